@@ -1,0 +1,299 @@
+"""The one loop: ask the scheduler, validate and apply its decision, execute, update.
+
+The loop owns all request state and the KV cache; schedulers only decide. Every
+decision is validated before anything changes: a decision that runs an unknown id,
+preempts a request that is not resident, asks for more tokens than a request has
+left, or needs more KV blocks than are free raises `SchedulingError` naming the step,
+the request ids and the numbers.
+
+Pure-decode runs are fast-forwarded when the scheduler promises (`Decision.repeat`)
+that it would repeat the same decision: the loop then executes k identical steps at
+once, k bounded by the next arrival, the next finish and the free memory, so the
+result equals stepping one at a time (up to floating-point summation order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from kvsched.backend import Backend, BatchShape
+from kvsched.decision import Decision, Scheduler, View
+from kvsched.kvcache import KVCache, blocks_for
+from kvsched.request import Request, RequestStatus
+
+STEP_COLUMNS = (
+    "step",  # index of the first step in this row
+    "num_steps",  # >1 when a decode run was fast-forwarded
+    "start_time",
+    "duration",  # seconds, all steps of the row
+    "num_seqs",
+    "num_prefill_tokens",
+    "num_decode_seqs",
+    "num_batch_kv_tokens",  # KV held by the batch after the (last) step
+    "kv_used_tokens",  # whole cache, after allocation, before finished requests free
+    "kv_used_blocks",
+    "num_waiting",
+    "num_resident",
+    "num_preempted",
+    "num_finished",
+)
+
+
+class SchedulingError(RuntimeError):
+    """A decision the loop cannot apply: always a scheduler bug."""
+
+
+@dataclass
+class Run:
+    """Everything a run produced: finished/rejected requests and one row per step."""
+
+    requests: list[Request]
+    steps: dict[str, list]
+    capacity_tokens: int
+    block_size: int
+    num_blocks: int
+    end_time: float
+
+    @property
+    def rejected(self) -> list[Request]:
+        return [r for r in self.requests if r.status is RequestStatus.REJECTED]
+
+
+ProgressFn = Callable[[float, int], None]  # (simulated time, requests done)
+
+
+def run(
+    requests: Iterable[Request],
+    scheduler: Scheduler,
+    backend: Backend,
+    kv: KVCache,
+    *,
+    progress: ProgressFn | None = None,
+    progress_every: int = 2048,
+) -> Run:
+    """Serve `requests` (copied, never mutated) until each finishes or is rejected."""
+    reqs = sorted((r.copy_fresh() for r in requests), key=lambda r: (r.arrival_time, r.request_id))
+    ids = [r.request_id for r in reqs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("request ids must be unique")
+    return _Loop(reqs, scheduler, backend, kv, progress, progress_every).run()
+
+
+class _Loop:
+    def __init__(self, reqs, scheduler, backend, kv, progress, progress_every):
+        self.reqs: list[Request] = reqs
+        self.scheduler = scheduler
+        self.backend = backend
+        self.kv: KVCache = kv
+        self.progress = progress
+        self.progress_every = progress_every
+        self.waiting: dict[int, Request] = {}
+        self.resident: dict[int, Request] = {}
+        self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+        self.now = 0.0
+        self.step = 0
+        self.next_arrival = 0  # index into reqs
+        self.num_done = 0
+        self.arrived: list[Request] = []
+        self.finished: list[Request] = []
+
+    # --- main loop -------------------------------------------------------------------
+    def run(self) -> Run:
+        waiting_view = MappingProxyType(self.waiting)
+        resident_view = MappingProxyType(self.resident)
+        blocks_view = self.kv.block_counts
+        kv, n_total = self.kv, len(self.reqs)
+        last_report = 0
+        while self.num_done < n_total:
+            self._admit_arrivals()
+            if not self.waiting and not self.resident:
+                if self.next_arrival < n_total:
+                    self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)
+                continue
+            view = View(
+                self.now, self.step, waiting_view, resident_view, self.arrived, self.finished,
+                kv.num_free_blocks, kv.num_blocks, kv.block_size, self.next_arrival < n_total, blocks_view,
+            )
+            self.arrived, self.finished = [], []
+            decision = self.scheduler.schedule(view)
+            self._apply(decision)
+            if self.progress is not None and self.step - last_report >= self.progress_every:
+                last_report = self.step
+                self.progress(self.now, self.num_done)
+        if self.progress is not None:
+            self.progress(self.now, self.num_done)
+        return Run(self.reqs, self.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, self.now)
+
+    def _admit_arrivals(self) -> None:
+        reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
+        num_blocks, block_size = self.kv.num_blocks, self.kv.block_size
+        while i < n and reqs[i].arrival_time <= self.now:
+            r = reqs[i]
+            i += 1
+            if blocks_for(r.peak_kv_len, block_size) > num_blocks:
+                # It could never run to completion: report it instead of letting it loop forever.
+                r.status = RequestStatus.REJECTED
+                r.reject_reason = (
+                    f"request {r.request_id} needs {r.peak_kv_len} KV tokens at its last step "
+                    f"(prompt_len={r.prompt_len}, output_len={r.output_len}) but capacity is "
+                    f"{num_blocks * block_size} tokens"
+                )
+                self.num_done += 1
+                continue
+            self.waiting[r.request_id] = r
+            self.arrived.append(r)
+        self.next_arrival = i
+
+    # --- applying a decision ----------------------------------------------------------
+    def _apply(self, decision: Decision) -> None:
+        for rid in decision.preempt:
+            self._preempt(rid)
+        if not decision.run:
+            self._idle(decision)
+            return
+        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(decision)
+        kv = self.kv
+        if new_blocks > kv.num_free_blocks:
+            raise SchedulingError(
+                f"step {self.step}: decision needs {new_blocks} new KV blocks but only "
+                f"{kv.num_free_blocks} of {kv.num_blocks} are free; run={dict(decision.run)}"
+            )
+        num_steps = 1
+        if (
+            decision.repeat > 1
+            and self.backend.max_repeat > 1
+            and not decision.preempt
+            and shape.num_prefill_tokens == 0
+        ):
+            durations = self._fast_forward_durations(decision, shape, min_slack, min_left)
+            num_steps = len(durations)
+            duration = float(durations[-1])  # cumulative
+        else:
+            duration = self.backend.execute(batch, shape)
+        if num_steps > 1:
+            totals = [(rid, total + num_steps - 1) for rid, total in totals]
+            new_blocks = sum(kv.num_new_blocks(rid, total) for rid, total in totals)
+        kv.allocate_many(totals, new_blocks)
+        self._finish_step(batch, shape, num_steps, duration, len(decision.preempt))
+
+    def _fast_forward_durations(self, decision, shape, min_slack, min_left):
+        """Cumulative durations of the longest identical decode run that is safe."""
+        kv, n = self.kv, shape.num_seqs
+        k = min(decision.repeat, self.backend.max_repeat, min_left)
+        # Memory: every sequence gains one token a step; within k = slack + bs*q steps no
+        # sequence needs more than q new blocks, so n*q <= free blocks is enough.
+        k = min(k, min_slack + kv.block_size * (kv.num_free_blocks // n))
+        k = max(k, 1)
+        cum = self.backend.decode_durations(shape, k).cumsum()
+        if self.next_arrival < len(self.reqs):
+            gap = self.reqs[self.next_arrival].arrival_time - self.now
+            # Stop at the first step that ends at or after the next arrival.
+            j = int(cum.searchsorted(gap, side="left"))
+            cum = cum[: min(j + 1, k)]
+        return cum
+
+    def _validate(self, decision: Decision):
+        """Check every entry of `run` before anything changes; return the batch, its shape,
+        the new blocks it needs, the smallest free-slot slack and decode steps left."""
+        bs = self.kv.block_size
+        blocks, resident, waiting = self.kv._blocks, self.resident, self.waiting
+        batch: list[tuple[Request, int]] = []
+        totals: list[tuple[int, int]] = []
+        num_prefill = num_decode = num_kv = attn = new_blocks = 0
+        min_slack = min_left = 1 << 62
+        for rid, n in decision.run.items():
+            r = resident.get(rid) or waiting.get(rid)
+            if r is None:
+                raise SchedulingError(f"step {self.step}: run names request {rid}, which is not waiting or resident")
+            computed, out = r.num_computed_tokens, r.num_output_tokens
+            remaining = r.prompt_len + out - computed
+            if not 1 <= n <= remaining:
+                raise SchedulingError(
+                    f"step {self.step}: request {rid} asked for {n} new tokens; it has {remaining} left to compute"
+                )
+            total = computed + n
+            held = blocks.get(rid, 0)
+            need = -(-total // bs) - held
+            if need > 0:
+                new_blocks += need
+            num_kv += total
+            if n == 1 and out > 0:
+                num_decode += 1
+                if held * bs - computed < min_slack:
+                    min_slack = held * bs - computed
+                if r.output_len - out < min_left:
+                    min_left = r.output_len - out
+            else:
+                num_prefill += n
+                attn += n * total
+            batch.append((r, n))
+            totals.append((rid, total))
+        shape = BatchShape(len(batch), num_prefill, num_decode, num_kv, attn)
+        return batch, totals, shape, new_blocks, min_slack, min_left
+
+    def _preempt(self, rid: int) -> None:
+        r = self.resident.pop(rid, None)
+        if r is None:
+            raise SchedulingError(f"step {self.step}: preempt names request {rid}, which is not resident")
+        self.kv.free(rid)
+        r.num_wasted_tokens += r.num_computed_tokens
+        r.num_computed_tokens = 0
+        r.num_preemptions += 1
+        r.admit_time = None
+        r.status = RequestStatus.WAITING
+        self.waiting[rid] = r
+
+    def _idle(self, decision: Decision) -> None:
+        """Nothing to run: wait for the next arrival, or fail if none will come."""
+        if decision.preempt:
+            return  # the scheduler freed memory and will be asked again at once
+        if self.next_arrival < len(self.reqs):
+            self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)
+            return
+        raise SchedulingError(
+            f"step {self.step}: scheduler {type(self.scheduler).__name__} returned an empty decision with "
+            f"{len(self.waiting)} waiting and {len(self.resident)} resident requests and no arrivals "
+            f"pending: it would wait forever"
+        )
+
+    def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int) -> None:
+        kv, now = self.kv, self.now
+        start, end = now, now + duration
+        used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
+        num_finished = 0
+        for r, n in batch:
+            rid = r.request_id
+            if r.status is RequestStatus.WAITING:
+                del self.waiting[rid]
+                self.resident[rid] = r
+                r.status = RequestStatus.RUNNING
+                r.admit_time = start
+                if r.first_scheduled_time is None:
+                    r.first_scheduled_time = start
+            caught_up = r.num_computed_tokens + n == r.prompt_len + r.num_output_tokens
+            r.num_computed_tokens += n * num_steps  # num_steps > 1 only for one-token decodes
+            if caught_up:
+                r.num_output_tokens += num_steps  # one token per step once caught up
+                if r.first_token_time is None:
+                    r.first_token_time = end
+                if r.num_output_tokens >= r.output_len:
+                    r.finish_time = end
+                    r.status = RequestStatus.FINISHED
+                    kv.free(rid)
+                    del self.resident[rid]
+                    self.finished.append(r)
+                    num_finished += 1
+        self.num_done += num_finished
+        s = self.steps
+        for col, val in zip(STEP_COLUMNS, (
+            self.step, num_steps, start, duration, shape.num_seqs, shape.num_prefill_tokens,
+            shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
+            used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
+            num_preempted, num_finished,
+        )):
+            s[col].append(val)
+        self.step += num_steps
+        self.now = end

@@ -1,0 +1,98 @@
+"""Metrics: pure functions of a finished run's requests and steps.
+
+Conventions (shared/design.md): TTFT from arrival to the end of the step that emits
+the first token; end-to-end latency from arrival to the end of the step that emits
+the last token; TPOT = (e2e - TTFT) / (output_len - 1) over requests with more than
+one output token (vLLM's serving-benchmark definition); throughput counts only
+output tokens of completed requests, divided by the makespan (first arrival to the
+end of the last step). KV statistics are weighted by step duration (busy time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kvsched.loop import Run
+from kvsched.request import RequestStatus
+
+PERCENTILES = (50, 90, 99)
+
+
+def requests_frame(run: Run) -> pd.DataFrame:
+    """One row per request, in request-id order."""
+    rows = sorted(run.requests, key=lambda r: r.request_id)
+    nan = float("nan")
+
+    def t(x):
+        return nan if x is None else x
+
+    df = pd.DataFrame(
+        {
+            "request_id": np.array([r.request_id for r in rows], dtype=np.int64),
+            "arrival_time": np.array([r.arrival_time for r in rows], dtype=np.float64),
+            "prompt_len": np.array([r.prompt_len for r in rows], dtype=np.int64),
+            "output_len": np.array([r.output_len for r in rows], dtype=np.int64),
+            "status": [r.status.value for r in rows],
+            "first_scheduled_time": np.array([t(r.first_scheduled_time) for r in rows], dtype=np.float64),
+            "first_token_time": np.array([t(r.first_token_time) for r in rows], dtype=np.float64),
+            "finish_time": np.array([t(r.finish_time) for r in rows], dtype=np.float64),
+            "num_preemptions": np.array([r.num_preemptions for r in rows], dtype=np.int64),
+            "num_wasted_tokens": np.array([r.num_wasted_tokens for r in rows], dtype=np.int64),
+        }
+    )
+    df["ttft"] = df["first_token_time"] - df["arrival_time"]
+    df["e2e_latency"] = df["finish_time"] - df["arrival_time"]
+    decode_steps = (df["output_len"] - 1).where(df["output_len"] > 1)
+    df["tpot"] = (df["finish_time"] - df["first_token_time"]) / decode_steps
+    df["reject_reason"] = [r.reject_reason or "" for r in rows]
+    return df
+
+
+def steps_frame(run: Run) -> pd.DataFrame:
+    return pd.DataFrame(run.steps)
+
+
+def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return {f"{prefix}_mean": float("nan"), **{f"{prefix}_p{p}": float("nan") for p in PERCENTILES}}
+    out = {f"{prefix}_mean": float(values.mean())}
+    for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+        out[f"{prefix}_p{p}"] = float(v)
+    return out
+
+
+def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
+    """The headline numbers of a run (all JSON-serialisable)."""
+    df = requests_frame(run) if requests is None else requests
+    done = df[df["status"] == RequestStatus.FINISHED.value]
+    steps = run.steps
+    durations = np.asarray(steps["duration"], dtype=np.float64)
+    kv_tokens = np.asarray(steps["kv_used_tokens"], dtype=np.float64)
+    busy_time = float(durations.sum())
+    makespan = run.end_time
+    completed_tokens = int(done["output_len"].sum())
+    summary = {
+        "num_requests": int(len(df)),
+        "num_completed": int(len(done)),
+        "num_rejected": int((df["status"] == RequestStatus.REJECTED.value).sum()),
+        **_stats("ttft", done["ttft"].to_numpy()),
+        **_stats("tpot", done["tpot"].to_numpy()),
+        **_stats("e2e", done["e2e_latency"].to_numpy()),
+        "throughput_tokens_per_s": completed_tokens / makespan if makespan > 0 else float("nan"),
+        "throughput_requests_per_s": len(done) / makespan if makespan > 0 else float("nan"),
+        "num_completed_output_tokens": completed_tokens,
+        "num_preemptions": int(df["num_preemptions"].sum()),
+        "num_preempted_requests": int((df["num_preemptions"] > 0).sum()),
+        "num_wasted_tokens": int(df["num_wasted_tokens"].sum()),
+        "peak_kv_tokens": int(kv_tokens.max()) if len(kv_tokens) else 0,
+        "peak_kv_blocks": int(max(steps["kv_used_blocks"], default=0)),
+        "mean_kv_tokens": float((kv_tokens * durations).sum() / busy_time) if busy_time > 0 else 0.0,
+        "capacity_tokens": int(run.num_blocks * run.block_size),
+        "block_size": int(run.block_size),
+        "num_steps": int(sum(steps["num_steps"])),
+        "makespan_s": float(makespan),
+        "busy_time_s": busy_time,
+    }
+    return summary

@@ -1,0 +1,76 @@
+"""Saving and loading runs as files pandas reads.
+
+A run directory holds:
+  requests.parquet  one row per request (metrics.requests_frame)
+  steps.parquet     one row per step, or per fast-forwarded run of decode steps
+  summary.json      metrics.summarize
+  config.json       everything needed to reproduce it (trace, seed, scheduler and its
+                    options, cost model, capacity, block size, kvsched version)
+The same inputs give byte-identical files: no wall-clock times are written.
+`format="csv"` writes .csv tables instead of Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kvsched.loop import Run
+from kvsched.metrics import requests_frame, steps_frame, summarize
+
+TABLES = ("requests", "steps")
+
+
+def _clean(obj):
+    """JSON has no NaN: write null so every reader accepts the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
+
+
+def save_run(run: Run, out_dir: str | Path, config: dict, *, format: str = "parquet") -> dict:
+    """Write the run's files into `out_dir` (created) and return its summary."""
+    if format not in ("parquet", "csv"):
+        raise ValueError(f"format must be 'parquet' or 'csv', got {format!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reqs = requests_frame(run)
+    summary = summarize(run, reqs)
+    for name, df in (("requests", reqs), ("steps", steps_frame(run))):
+        if format == "parquet":
+            df.to_parquet(out / f"{name}.parquet", index=False, compression="zstd")
+        else:
+            df.to_csv(out / f"{name}.csv", index=False)
+    write_json(out / "summary.json", summary)
+    write_json(out / "config.json", config)
+    return summary
+
+
+def load_table(run_dir: str | Path, name: str) -> pd.DataFrame:
+    """Read `requests` or `steps` from a run directory, whichever format it has."""
+    if name not in TABLES:
+        raise ValueError(f"table must be one of {TABLES}, got {name!r}")
+    d = Path(run_dir)
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = d / f"{name}{suffix}"
+        if path.exists():
+            return reader(path)
+    raise FileNotFoundError(f"{d}: no {name}.parquet or {name}.csv (is it a kvsched run directory?)")
+
+
+def load_json(run_dir: str | Path, name: str) -> dict:
+    path = Path(run_dir) / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (is it a kvsched run directory?)")
+    return json.loads(path.read_text())

@@ -1,0 +1,11 @@
+"""Scheduler implementations; importing this package registers them all.
+
+To add a scheduler: write a class deriving from `kvsched.decision.Scheduler` in a
+module here, decorate it with `@SCHEDULERS.register("name", "one line")`, and import
+the module below.
+"""
+
+from kvsched.registry import SCHEDULERS
+from kvsched.schedulers import vidur, vllm  # noqa: F401  (registration)
+
+__all__ = ["SCHEDULERS"]

@@ -1,0 +1,178 @@
+"""Vidur's vLLM and Sarathi schedulers, the baselines of the WAIT paper.
+
+Source of the rules: microsoft/vidur `vidur/scheduler/replica_scheduler/` (MIT), as
+summarised in shared/specs/baselines.md. Shared by both:
+- running requests are kept in arrival order; on a block shortage the latest-arrived
+  running request is restarted (KV freed, recomputed later from the head of the queue);
+- a new request is admitted only if blocks for its whole prompt are free above a
+  watermark of `watermark_fraction` of all blocks, and while fewer than
+  `batch_size_cap` requests are resident.
+Vidur allocates a decode's block one token late; kvsched allocates the KV a step
+writes before the step, so a shortage shows up one step earlier here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+from kvsched.decision import Decision, Scheduler, View
+from kvsched.kvcache import blocks_for
+from kvsched.registry import SCHEDULERS
+from kvsched.request import Request
+from kvsched.schedulers.vllm import STEADY
+
+
+def _arrival_key(r: Request) -> tuple[float, int]:
+    return (r.arrival_time, r.request_id)
+
+
+@dataclass(eq=False)
+class _VidurBase(Scheduler):
+    batch_size_cap: int = 128
+    watermark_fraction: float = 0.01
+    _queue: deque = field(init=False, repr=False)
+    _running: list = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size_cap < 1:
+            raise ValueError(f"batch_size_cap must be >= 1, got {self.batch_size_cap}")
+        if not 0.0 <= self.watermark_fraction < 1.0:
+            raise ValueError(f"watermark_fraction must be in [0, 1), got {self.watermark_fraction}")
+        self._queue = deque()
+        self._running = []  # sorted by arrival
+
+    def config(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+    def _sync(self, view: View) -> None:
+        self._queue.extend(view.arrived)
+        if view.finished:
+            self._running = [r for r in self._running if not r.is_finished]
+
+    def _admit(self, r: Request) -> None:
+        self._queue.popleft()
+        bisect.insort(self._running, r, key=_arrival_key)
+
+    def _fits_with_watermark(self, r: Request, free: int, view: View) -> bool:
+        watermark = int(self.watermark_fraction * view.num_blocks)
+        return free - blocks_for(r.num_tokens, view.block_size) >= watermark
+
+    def _restart_latest(self, view: View, preempted: list[int]) -> tuple[Request, int]:
+        """Restart the latest-arrived running request; return it and the blocks freed."""
+        victim = self._running.pop()
+        preempted.append(victim.request_id)
+        self._queue.appendleft(victim)
+        return victim, view.block_counts.get(victim.request_id, 0)
+
+
+@SCHEDULERS.register("vidur-vllm", "Vidur's vLLM: prefill-only batches first, else decode all; restart latest arrival")
+@dataclass(eq=False)
+class VidurVLLMScheduler(_VidurBase):
+    max_tokens_in_batch: int = 4096  # counted as len(batch) * max(prompt tokens)
+
+    def schedule(self, view: View) -> Decision:
+        self._sync(view)
+        free = view.num_free_blocks
+        run: dict[int, int] = {}
+        max_len = 0
+        while self._queue:
+            r = self._queue[0]
+            n = r.num_tokens
+            if not self._fits_with_watermark(r, free, view):
+                break
+            if (len(run) + 1) * max(max_len, n) > self.max_tokens_in_batch:
+                break
+            if len(self._running) >= self.batch_size_cap:
+                break
+            self._admit(r)
+            run[r.request_id] = n
+            free -= blocks_for(n, view.block_size)
+            max_len = max(max_len, n)
+        if run:
+            return Decision(run)
+        preempted: list[int] = []
+        i = 0
+        while i < len(self._running):
+            r = self._running[i]
+            need = view.blocks_needed(r, 1)
+            while need > free:
+                victim, freed = self._restart_latest(view, preempted)
+                free += freed
+                if victim is r:
+                    break
+            if preempted and preempted[-1] == r.request_id:
+                break
+            run[r.request_id] = 1
+            free -= need
+            i += 1
+        # Admission stays blocked as free memory shrinks, so decoding repeats until an event.
+        return Decision(run, tuple(preempted), 1 if preempted else STEADY)
+
+
+@SCHEDULERS.register("sarathi", "Sarathi-Serve (Vidur): decodes first, then prefill chunks within chunk_size")
+@dataclass(eq=False)
+class SarathiScheduler(_VidurBase):
+    chunk_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        super().__post_init__()
+
+    def schedule(self, view: View) -> Decision:
+        self._sync(view)
+        bs = view.block_size
+        # A partially prefilled request owns blocks for its whole prompt (Vidur allocates
+        # them at admission); kvsched allocates per chunk, so keep the rest reserved.
+        partial = [r for r in self._running if r.num_output_tokens == 0 or r.num_remaining_tokens > 1]
+        free = view.num_free_blocks - sum(
+            blocks_for(r.num_tokens, bs) - view.block_counts.get(r.request_id, 0) for r in partial
+        )
+        run: dict[int, int] = {}
+        preempted: list[int] = []
+        num_batch_tokens = 0
+        i = 0
+        held = view.block_counts
+        while i < len(self._running) and len(run) < self.batch_size_cap:
+            r = self._running[i]
+            i += 1
+            computed = r.num_computed_tokens
+            if r.num_output_tokens == 0 or r.prompt_len + r.num_output_tokens - computed > 1:
+                continue  # not decoding: a partial prefill, served below
+            # Inline view.blocks_needed(r, 1): this loop visits every running request every step.
+            need = 1 if held.get(r.request_id, 0) * bs <= computed else 0
+            while need > free:
+                victim, freed = self._restart_latest(view, preempted)
+                free += freed
+                if not victim.is_decoding:
+                    free += blocks_for(victim.num_tokens, bs) - freed  # its reservation too
+                    partial.remove(victim)
+                if victim is r:
+                    break
+            if preempted and preempted[-1] == r.request_id:
+                break
+            run[r.request_id] = 1
+            free -= need
+            num_batch_tokens += 1
+        for r in partial:
+            n = min(r.num_tokens - r.num_computed_tokens, self.chunk_size - num_batch_tokens)
+            if n > 0:
+                run[r.request_id] = n
+                num_batch_tokens += n
+        admitted = False
+        while self._queue and len(self._running) < self.batch_size_cap and len(run) < self.batch_size_cap:
+            r = self._queue[0]
+            if not self._fits_with_watermark(r, free, view):
+                break
+            n = min(r.num_tokens, self.chunk_size - num_batch_tokens)
+            if n <= 0:
+                break
+            self._admit(r)
+            run[r.request_id] = n
+            num_batch_tokens += n
+            free -= blocks_for(r.num_tokens, bs)
+            admitted = True
+        steady = not preempted and not partial and not admitted and len(run) == len(self._running)
+        return Decision(run, tuple(preempted), STEADY if steady else 1)

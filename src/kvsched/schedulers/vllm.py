@@ -1,0 +1,208 @@
+"""vLLM v1's scheduler, and the policies that share its mechanics (SJF/SRPT, static reservation).
+
+Rules (vllm/v1/core/sched/scheduler.py; see shared/specs/baselines.md):
+- One token budget per step (`max_num_batched_tokens`) and `max_num_seqs`.
+- Phase 1, running requests in admission order: each gets
+  min(tokens left, long_prefill_token_threshold if set, budget). When its KV blocks do
+  not fit, preempt the tail of the running list (FCFS policy) or the latest arrival
+  (PRIORITY policy) until it fits or the request itself is preempted. Preemption frees
+  all KV (recompute later) and puts the request at the head of the waiting queue.
+- Phase 2, only if nothing was preempted this step: admit waiting requests while budget
+  is left and fewer than `max_num_seqs` run; chunked prefill gives a partial chunk,
+  without it a prompt over the budget stops admission; a failed allocation stops
+  admission, which never preempts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from kvsched.decision import Decision, Scheduler, View
+from kvsched.kvcache import blocks_for
+from kvsched.predictors import make_predictor
+from kvsched.registry import SCHEDULERS
+from kvsched.request import Request
+from kvsched.schedulers.queues import FCFSQueue, PriorityQueue
+
+STEADY = 1 << 30  # Decision.repeat when the same decode decision holds until an event
+
+
+@SCHEDULERS.register("vllm", "vLLM v1: token budget, chunked prefill, tail-victim recompute preemption")
+@dataclass(eq=False)
+class VLLMScheduler(Scheduler):
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = 0  # 0 = off
+    policy: str = "fcfs"  # "fcfs": preempt the tail; "priority": preempt the latest arrival
+    _running: list[Request] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_batched_tokens", "max_num_seqs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError("long_prefill_token_threshold must be >= 0")
+        if self.policy not in ("fcfs", "priority"):
+            raise ValueError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
+        self._waiting = self._make_queue()
+        self._running = []
+
+    def config(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+    # --- hooks for the policies built on these mechanics ------------------------------
+    def _make_queue(self):
+        return FCFSQueue()
+
+    def _can_admit(self, r: Request, view: View) -> bool:
+        return True
+
+    def _admitted(self, r: Request) -> None:
+        pass
+
+    def _left(self, r: Request) -> None:
+        """`r` finished or was preempted."""
+
+    # --- the step -----------------------------------------------------------------------
+    def schedule(self, view: View) -> Decision:
+        for r in view.arrived:
+            self._waiting.add(r)
+        if view.finished:
+            for r in view.finished:
+                self._left(r)
+            self._running = [r for r in self._running if not r.is_finished]
+        budget = self.max_num_batched_tokens
+        free = view.num_free_blocks
+        run: dict[int, int] = {}
+        needs: dict[int, int] = {}
+        preempted: list[int] = []
+        running = self._running
+        steady = True  # every scheduled request is a plain decode
+        i = 0
+        bs, held = view.block_size, view.block_counts
+        threshold = self.long_prefill_token_threshold
+        while i < len(running) and budget > 0:
+            r = running[i]
+            n = r.prompt_len + r.num_output_tokens - r.num_computed_tokens
+            if n > budget:
+                n = budget
+            if threshold and n > threshold:
+                n = threshold
+            # Inline view.blocks_needed(r, n): this loop visits every running request every step.
+            need = -(-(r.num_computed_tokens + n) // bs) - held.get(r.request_id, 0)
+            if need < 0:
+                need = 0
+            self_preempted = False
+            while need > free:
+                victim = self._pick_victim(running)
+                vid = victim.request_id
+                preempted.append(vid)
+                free += view.block_counts.get(vid, 0)
+                if vid in run:  # PRIORITY policy may pick a request scheduled earlier
+                    budget += run.pop(vid)
+                    free += needs.pop(vid)
+                    i -= 1
+                self._waiting.add_front(victim)
+                self._left(victim)
+                if victim is r:
+                    self_preempted = True
+                    break
+            if self_preempted:
+                break
+            run[r.request_id] = n
+            needs[r.request_id] = need
+            budget -= n
+            free -= need
+            steady = steady and n == 1 and r.num_output_tokens > 0
+            i += 1
+
+        admitted = False
+        if not preempted:
+            while len(self._waiting) and budget > 0 and len(running) < self.max_num_seqs:
+                r = self._waiting.peek()
+                n = r.num_tokens - r.num_computed_tokens
+                if self.long_prefill_token_threshold:
+                    n = min(n, self.long_prefill_token_threshold)
+                if not self.enable_chunked_prefill and n > budget:
+                    break
+                n = min(n, budget)
+                need = view.blocks_needed(r, n)
+                if need > free or not self._can_admit(r, view):
+                    break
+                self._waiting.pop()
+                running.append(r)
+                self._admitted(r)
+                run[r.request_id] = n
+                budget -= n
+                free -= need
+                admitted = True
+        # With nothing preempted or admitted and everyone decoding, the same decision
+        # repeats until an arrival or a finish: admission stays blocked because free
+        # memory only shrinks, and budget and max_num_seqs do not change.
+        repeat = STEADY if steady and not preempted and not admitted and len(run) == len(running) else 1
+        return Decision(run, tuple(preempted), repeat)
+
+    def _pick_victim(self, running: list[Request]) -> Request:
+        if self.policy == "fcfs":
+            return running.pop()
+        j = max(range(len(running)), key=lambda k: (running[k].arrival_time, running[k].request_id))
+        return running.pop(j)
+
+
+@SCHEDULERS.register("sjf", "shortest (predicted) job first on vLLM v1 mechanics; key='remaining' gives SRPT")
+@dataclass(eq=False)
+class SJFScheduler(VLLMScheduler):
+    predictor: str = "oracle"  # "oracle" or "predicted" (Request.predicted_output_len)
+    key: str = "output"  # "output": total predicted output; "remaining": predicted minus generated
+
+    def __post_init__(self) -> None:
+        if self.key not in ("output", "remaining"):
+            raise ValueError(f"key must be 'output' or 'remaining', got {self.key!r}")
+        self._predictor = make_predictor(self.predictor)
+        super().__post_init__()
+
+    def _make_queue(self):
+        predict = self._predictor.output_len
+        if self.key == "output":
+            return PriorityQueue(lambda r: (predict(r), r.arrival_time))
+        return PriorityQueue(lambda r: (predict(r) - r.num_output_tokens, r.arrival_time))
+
+
+@SCHEDULERS.register("srpt", "shortest remaining (predicted) processing time first on vLLM v1 mechanics")
+def srpt(**kwargs) -> SJFScheduler:
+    kwargs.setdefault("key", "remaining")
+    return SJFScheduler(**kwargs)
+
+
+@SCHEDULERS.register("fcfs-static", "FCFS that admits only when the peak footprint fits (reserve everything)")
+@dataclass(eq=False)
+class StaticReservationScheduler(VLLMScheduler):
+    """FasterTransformer-style reservation: admit in arrival order only when the
+    request's peak footprint (prompt + predicted output - 1 tokens) fits beside the
+    peaks reserved by everyone admitted. With the oracle it never preempts; with a
+    prediction that falls short, vLLM's tail preemption keeps memory safe."""
+
+    predictor: str = "oracle"
+    _reserved_blocks: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._predictor = make_predictor(self.predictor)
+        self._peak: dict[int, int] = {}
+        super().__post_init__()
+
+    def _peak_blocks(self, r: Request, view: View) -> int:
+        return blocks_for(r.prompt_len + self._predictor.output_len(r) - 1, view.block_size)
+
+    def _can_admit(self, r: Request, view: View) -> bool:
+        peak = self._peak_blocks(r, view)
+        if self._reserved_blocks + peak > view.num_blocks:
+            return False
+        self._peak[r.request_id] = peak
+        return True
+
+    def _admitted(self, r: Request) -> None:
+        self._reserved_blocks += self._peak[r.request_id]
+
+    def _left(self, r: Request) -> None:
+        self._reserved_blocks -= self._peak.pop(r.request_id, 0)

@@ -1,0 +1,6 @@
+"""The iteration-level simulator: cost models and the backend that uses them."""
+
+from kvsched.sim.backend import SimBackend
+from kvsched.sim.simulate import simulate
+
+__all__ = ["SimBackend", "simulate"]

@@ -1,0 +1,29 @@
+"""SimBackend: executes a step by asking a cost model how long it takes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kvsched.backend import BatchShape
+from kvsched.request import Request
+
+
+class SimBackend:
+    """Step durations from a cost model (`kvsched.sim.cost`).
+
+    fast_forward: let the loop execute runs of identical decode steps at once when the
+    scheduler promises them (Decision.repeat). Off, every step is simulated one by one;
+    tests use this to check that both give the same schedule.
+    """
+
+    def __init__(self, cost_model, *, fast_forward: bool = True) -> None:
+        self.cost_model = cost_model
+        self.max_repeat = 1 << 30 if fast_forward else 1
+
+    def execute(self, batch: Sequence[tuple[Request, int]], shape: BatchShape) -> float:
+        return self.cost_model.step_time(shape)
+
+    def decode_durations(self, shape: BatchShape, num_steps: int) -> np.ndarray:
+        return self.cost_model.decode_times(shape.num_seqs, shape.num_kv_tokens, num_steps)

@@ -1,0 +1,247 @@
+"""Cost-model coefficients derived from operator profiles and hardware rooflines.
+
+The `llama2-7b-*` presets of `kvsched.sim.cost` are built here, from two sources:
+
+1. Token-linear operators (projections, MLP, norms, rope, residual add, embedding) from
+   Vidur's profiled operator tables (microsoft/vidur, MIT; Agrawal et al., MLSys'24). The
+   package ships a small derived table, `data/vidur_llama2_7b_tp1_linear_ops.csv`: for each
+   device and num_tokens, the sum of the per-layer operator medians (`layer_ms`) and the
+   embedding median (`emb_ms`), TP = 1. `python -m kvsched.sim.profiles DIR` regenerates
+   it from the original `*_Llama-2-7b-hf_mlp.csv` files in DIR. The step time of these
+   operators, `num_layers * layer_ms + emb_ms`, is fitted by `max(floor, base + slope * n)`
+   (`fit_hinge`): flat while reading the weights dominates, linear once compute does.
+2. Attention, which Vidur's public tables lack (Git LFS), from a roofline: decode reads each
+   cached KV token once (memory bound), prefill attention is compute bound.
+
+Everything here returns plain numbers in seconds; `kvsched.sim.cost` builds the models.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LINEAR_TABLE_PATH = Path(__file__).parent / "data" / "vidur_llama2_7b_tp1_linear_ops.csv"
+
+# Vidur's per-decoder-layer operators (its ExecutionTime sums these once per layer, `add`
+# included); `emb` runs once per step. Vidur leaves the embedding out of its model time;
+# we keep it (it is < 1 % of the step).
+PER_LAYER_OPS = (
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_rope",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_act",
+    "mlp_down_proj",
+    "add",
+)
+ONCE_PER_STEP_OPS = ("emb",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The transformer shape the roofline needs (dense attention, fp16/bf16 weights)."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    bytes_per_value: int = 2
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        # K and V, every layer: 2 * 32 * 32 * 128 * 2 B = 524,288 B for Llama-2-7B.
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.bytes_per_value
+
+    @property
+    def attn_flops_per_pair(self) -> int:
+        # Per (query, key) pair and layer: q.k over hidden (2*hidden FLOPs) and p*v (2*hidden).
+        return 4 * self.num_layers * self.hidden_size
+
+    @property
+    def lm_head_bytes(self) -> int:
+        return self.vocab_size * self.hidden_size * self.bytes_per_value
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """Peak numbers of one GPU plus the per-sequence overhead we assume on it."""
+
+    name: str
+    hbm_bytes_per_s: float
+    peak_flops: float  # dense fp16/bf16 tensor-core FLOP/s
+    per_seq_s: float  # see docs/cost_models.md ("per-sequence overhead")
+
+
+LLAMA2_7B = ModelSpec("Llama-2-7b-hf", num_layers=32, hidden_size=4096, num_kv_heads=32,
+                      head_dim=128, vocab_size=32000)
+GPUS = {
+    "a100": GpuSpec("A100-80GB", hbm_bytes_per_s=2.0e12, peak_flops=312e12, per_seq_s=10e-6),
+    # per_seq_s scaled from the A100 value by the HBM bandwidth ratio 2.0/3.35.
+    "h100": GpuSpec("H100-80GB", hbm_bytes_per_s=3.35e12, peak_flops=989e12, per_seq_s=6e-6),
+}
+
+BANDWIDTH_EFFICIENCY = 0.7  # achieved / peak HBM bandwidth of paged decode attention
+FLOPS_EFFICIENCY = 0.5  # achieved / peak tensor FLOP/s of prefill (flash) attention
+CAUSAL_FRACTION = 0.5  # prefill_attn_tokens counts the full rectangle; causal masking halves it
+ATTN_KERNEL_FLOOR_S = 10e-6  # per layer and step: attention + KV-save launches at tiny sizes
+
+
+@dataclass(frozen=True)
+class HingeFit:
+    """`max(floor_s, base_s + slope_s_per_token * n)` fitted to (n, time) points."""
+
+    floor_s: float
+    base_s: float
+    slope_s_per_token: float
+    r2: float
+    max_rel_err: float
+    mean_rel_err: float
+    num_points: int
+
+    @property
+    def knee_tokens(self) -> float:
+        return (self.floor_s - self.base_s) / self.slope_s_per_token
+
+    def predict(self, num_tokens: np.ndarray) -> np.ndarray:
+        return np.maximum(self.floor_s, self.base_s + self.slope_s_per_token * np.asarray(num_tokens))
+
+
+def fit_hinge(num_tokens: np.ndarray, time_s: np.ndarray) -> HingeFit:
+    """Least squares in *relative* error (steps span 9 to 260 ms; decode sits at the small end).
+
+    Segmented regression by grid search: for every split k, the floor is the weighted mean of
+    the points with n <= k and the line the weighted fit of the others; keep the split whose
+    hinge `max(floor, line)` has the smallest relative squared error. Deterministic, numpy only.
+    """
+    n = np.asarray(num_tokens, dtype=np.float64)
+    y = np.asarray(time_s, dtype=np.float64)
+    if n.shape != y.shape or n.ndim != 1 or len(n) < 4:
+        raise ValueError("fit_hinge needs two 1-D arrays of equal length >= 4")
+    if np.any(y <= 0):
+        raise ValueError("fit_hinge: times must be positive")
+    w = 1.0 / y
+    best: tuple[float, float, float, float] | None = None
+    for k in np.unique(n)[:-2]:
+        low = n <= k
+        high = ~low
+        floor = float(np.sum(y[low] * w[low] ** 2) / np.sum(w[low] ** 2))
+        design = np.column_stack([np.ones(high.sum()), n[high]]) * w[high, None]
+        (base, slope), *_ = np.linalg.lstsq(design, y[high] * w[high], rcond=None)
+        sse = float(np.sum(((np.maximum(floor, base + slope * n) - y) * w) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, floor, float(base), float(slope))
+    assert best is not None
+    _, floor, base, slope = best
+    pred = np.maximum(floor, base + slope * n)
+    rel = np.abs(pred - y) / y
+    r2 = 1.0 - float(np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    return HingeFit(floor, base, slope, r2, float(rel.max()), float(rel.mean()), len(n))
+
+
+def load_linear_table(device: str, path: Path = LINEAR_TABLE_PATH) -> tuple[np.ndarray, np.ndarray]:
+    """(num_tokens, step seconds of the token-linear operators) for `device` from the shipped
+    table: num_layers * layer_ms + emb_ms, converted to seconds."""
+    rows = [r for r in csv.DictReader(path.open()) if r["device"] == device]
+    if not rows:
+        raise ValueError(f"device {device!r} not in {path.name}")
+    num_tokens = np.array([int(r["num_tokens"]) for r in rows], dtype=np.float64)
+    step_ms = np.array([LLAMA2_7B.num_layers * float(r["layer_ms"]) + float(r["emb_ms"]) for r in rows])
+    return num_tokens, step_ms * 1e-3
+
+
+def summarise_vidur_table(csv_path: Path | str, tp: int = 1) -> list[dict]:
+    """Rows {num_tokens, layer_ms, emb_ms} from one Vidur `mlp.csv` (duplicated num_tokens
+    rows, e.g. 2048 and 4096, are averaged)."""
+    import pandas as pd  # only needed to regenerate the shipped table
+
+    df = pd.read_csv(csv_path)
+    df = df[df["num_tensor_parallel_workers"] == tp]
+    layer = df[[f"time_stats.{op}.median" for op in PER_LAYER_OPS]].sum(axis=1)
+    emb = df[[f"time_stats.{op}.median" for op in ONCE_PER_STEP_OPS]].sum(axis=1)
+    grouped = pd.DataFrame({"num_tokens": df["num_tokens"], "layer_ms": layer, "emb_ms": emb})
+    grouped = grouped.groupby("num_tokens", as_index=False).mean().sort_values("num_tokens")
+    return [
+        {"num_tokens": int(r.num_tokens), "layer_ms": round(float(r.layer_ms), 6),
+         "emb_ms": round(float(r.emb_ms), 6)}
+        for r in grouped.itertuples()
+    ]
+
+
+def write_linear_table(vidur_dir: Path | str, path: Path = LINEAR_TABLE_PATH) -> None:
+    """Regenerate the shipped table from `{a100,h100}_Llama-2-7b-hf_mlp.csv` in vidur_dir."""
+    with Path(path).open("w", newline="") as out:
+        writer = csv.DictWriter(out, ["device", "num_tokens", "layer_ms", "emb_ms"])
+        writer.writeheader()
+        for device in GPUS:
+            for row in summarise_vidur_table(Path(vidur_dir) / f"{device}_Llama-2-7b-hf_mlp.csv"):
+                writer.writerow({"device": device, **row})
+
+
+@functools.lru_cache(maxsize=None)
+def fit_device(device: str) -> HingeFit:
+    """Hinge fit of the shipped linear-operator table for `device` (cached)."""
+    return fit_hinge(*load_linear_table(device))
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """Coefficients of a `PiecewiseTokenCost` (as keyword arguments) and the fit behind them."""
+
+    coefficients: dict[str, float]
+    fit: HingeFit
+
+
+def derive_llama2_7b(
+    device: str,
+    bandwidth_efficiency: float = BANDWIDTH_EFFICIENCY,
+    flops_efficiency: float = FLOPS_EFFICIENCY,
+    per_seq_s: float | None = None,
+) -> Derivation:
+    """The `llama2-7b-<device>` preset: hinge fit of the Vidur linear operators + roofline
+    attention + fixed and per-sequence overheads (derivation in docs/cost_models.md)."""
+    if device not in GPUS:
+        raise ValueError(f"device must be one of {sorted(GPUS)}, got {device!r}")
+    if not 0 < bandwidth_efficiency <= 1:
+        raise ValueError(f"bandwidth_efficiency must be in (0, 1], got {bandwidth_efficiency}")
+    if not 0 < flops_efficiency <= 1:
+        raise ValueError(f"flops_efficiency must be in (0, 1], got {flops_efficiency}")
+    gpu, model = GPUS[device], LLAMA2_7B
+    fit = fit_device(device)
+    bandwidth = gpu.hbm_bytes_per_s * bandwidth_efficiency
+    coefficients = {
+        "linear_floor_s": fit.floor_s,
+        "linear_base_s": fit.base_s,
+        "linear_s_per_token": fit.slope_s_per_token,
+        # lm_head weights are read once per step (Vidur's table omits the lm_head), and every
+        # layer launches attention kernels even for tiny batches.
+        "d0_s": model.lm_head_bytes / bandwidth + model.num_layers * ATTN_KERNEL_FLOOR_S,
+        "d1_s_per_token": model.kv_bytes_per_token / bandwidth,
+        "d3_s_per_seq": gpu.per_seq_s if per_seq_s is None else per_seq_s,
+        "d4_s_per_attn_token": CAUSAL_FRACTION * model.attn_flops_per_pair
+        / (gpu.peak_flops * flops_efficiency),
+    }
+    return Derivation(coefficients, fit)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        sys.exit("usage: python -m kvsched.sim.profiles VIDUR_PROFILE_DIR")
+    write_linear_table(argv[0])
+    print(f"wrote {LINEAR_TABLE_PATH}")
+    for device in GPUS:
+        d = derive_llama2_7b(device)
+        print(device, d.coefficients, d.fit)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,215 @@
+"""Readers for the CSV trace formats, and format detection from a file's header.
+
+Every reader returns requests in arrival order with `request_id` = row index and
+times in seconds relative to the first request (first arrival = 0.0). Timed
+formats must list rows in non-decreasing time order (a row that goes backwards is
+an error, not something to sort away). Length-only files carry no times, so an
+arrival process (Poisson by default) is drawn from an explicit rng.
+
+Formats (required columns; other columns are ignored):
+  azure     TIMESTAMP (wall clock, 100 ns), ContextTokens, GeneratedTokens
+  vidur     arrived_at (s), num_prefill_tokens, num_decode_tokens
+  mooncake  timestamp_ms (ms), input_length, output_length   (hash_ids is not read)
+  generic   arrival_time (s), prompt_len, output_len
+  lengths   num_prefill_tokens, num_decode_tokens            (no time column)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kvsched.request import Request
+from kvsched.traces.synthetic import arrival_times
+from kvsched.traces.validate import (
+    TraceError,
+    check_non_decreasing,
+    length_column,
+    raise_first_bad,
+    require_columns,
+    requests_from_arrays,
+    time_column,
+)
+
+AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # %f takes up to 9 digits in pandas: 100 ns survives
+NS_PER_S = 1_000_000_000
+MS_PER_S = 1_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class TraceFormat:
+    name: str
+    time_column: str | None  # None: lengths only
+    prompt_column: str
+    output_column: str
+    time_unit: str  # "wallclock", "s", "ms" or "" (no times)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        names = (self.time_column, self.prompt_column, self.output_column)
+        return tuple(c for c in names if c is not None)
+
+
+AZURE = TraceFormat("azure", "TIMESTAMP", "ContextTokens", "GeneratedTokens", "wallclock")
+VIDUR = TraceFormat("vidur", "arrived_at", "num_prefill_tokens", "num_decode_tokens", "s")
+MOONCAKE = TraceFormat("mooncake", "timestamp_ms", "input_length", "output_length", "ms")
+GENERIC = TraceFormat("generic", "arrival_time", "prompt_len", "output_len", "s")
+LENGTHS = TraceFormat("lengths", None, "num_prefill_tokens", "num_decode_tokens", "")
+FORMATS: tuple[TraceFormat, ...] = (AZURE, VIDUR, MOONCAKE, GENERIC, LENGTHS)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceTable:
+    """The validated columns of one file, rows in file order."""
+
+    source: str
+    arrival_times_s: np.ndarray | None  # relative to the first row; None for lengths-only files
+    prompt_lens: np.ndarray
+    output_lens: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.prompt_lens)
+
+
+def _accepted_formats() -> str:
+    return "; ".join(f"{f.name}: {', '.join(f.columns)}" for f in FORMATS)
+
+
+def read_header(path: str | Path, source: str | None = None) -> list[str]:
+    """Column names of a CSV (plain or .gz)."""
+    source = source or str(path)
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0, skipinitialspace=True).columns]
+    except pd.errors.EmptyDataError:
+        formats = _accepted_formats()
+        raise TraceError(f"{source}: empty file, expected a CSV header; accepted formats: {formats}") from None
+
+
+def detect_format(header: list[str], source: str) -> TraceFormat:
+    """The one format whose required columns the header holds.
+
+    A format whose columns are a subset of another match's (lengths within vidur)
+    yields to the richer one, so a Vidur file keeps its times.
+    """
+    matches = [f for f in FORMATS if set(f.columns) <= set(header)]
+    matches = [f for f in matches if not any(set(f.columns) < set(g.columns) for g in matches)]
+    if not matches:
+        raise TraceError(f"{source}: unknown trace format, header {header}; accepted formats "
+                         f"(required columns): {_accepted_formats()}")
+    if len(matches) > 1:
+        raise TraceError(f"{source}: header {header} matches several formats: {[f.name for f in matches]}")
+    return matches[0]
+
+
+def _read_frame(path: str | Path, fmt: TraceFormat, source: str) -> pd.DataFrame:
+    """The file as a DataFrame whose row i is file line i + 2 (after checking its header)."""
+    require_columns(source, read_header(path, source), fmt.columns, fmt.name)
+    # Timestamps stay text so we parse them ourselves; blank lines stay rows so that
+    # pandas' row numbers keep matching file lines (a blank line inside is an error).
+    dtypes = {AZURE.time_column: str} if fmt is AZURE else None
+    # All columns are read (no usecols) and the first is not an index, so that a row
+    # with more fields than the header is an error rather than silently shifted or cut.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=dtypes, index_col=False, skip_blank_lines=False,
+                                skipinitialspace=True)
+    except pd.errors.ParserWarning:  # pandas' notice that the first data row is too long
+        raise TraceError(f"{source}: line 2 (header is line 1) has more fields than the header") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise TraceError(f"{source}: malformed CSV (lines counted with the header as line 1): {err}") from None
+    # Trailing blank lines (an editor's habit) are not rows.
+    filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
+    frame = frame.iloc[: filled[-1] + 1 if filled.size else 0]
+    if frame.empty:
+        raise TraceError(f"{source}: no data rows after the header")
+    return frame
+
+
+def _wallclock_times_s(source: str, column: str, values: pd.Series) -> np.ndarray:
+    """Seconds since the first row of Azure's wall-clock stamps, exact to 100 ns."""
+    missing = values.isna().to_numpy()
+    stamps = pd.to_datetime(values, format=AZURE_TIME_FORMAT, errors="coerce")
+    unparsed = stamps.isna().to_numpy() & ~missing
+    raise_first_bad(source, column, values, [
+        (missing, "missing value (empty cell)"),
+        (unparsed, "not a timestamp like '2023-11-16 18:15:46.6805900'"),
+    ])
+    ns = stamps.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    check_non_decreasing(source, column, values, ns)
+    # Subtract in integer ns before converting: epoch seconds as float64 keep only ~0.2 us.
+    return (ns - ns[0]) / NS_PER_S
+
+
+def read_table(path: str | Path, fmt: TraceFormat, source: str | None = None) -> TraceTable:
+    """Read and validate one file in a known format."""
+    source = source or str(path)
+    frame = _read_frame(path, fmt, source)
+    prompt_lens = length_column(source, fmt.prompt_column, frame[fmt.prompt_column])
+    output_lens = length_column(source, fmt.output_column, frame[fmt.output_column])
+    times_s: np.ndarray | None = None
+    if fmt.time_unit == "wallclock":
+        times_s = _wallclock_times_s(source, fmt.time_column, frame[fmt.time_column])
+    elif fmt.time_unit:
+        raw = time_column(source, fmt.time_column, frame[fmt.time_column])
+        times_s = (raw - raw[0]) / (MS_PER_S if fmt.time_unit == "ms" else 1.0)
+    return TraceTable(source, times_s, prompt_lens, output_lens)
+
+
+def table_to_requests(
+    table: TraceTable,
+    *,
+    rng: np.random.Generator | None = None,
+    rate: float | None = None,
+    arrival: str = "poisson",
+    cv: float | None = None,
+) -> list[Request]:
+    """Requests from a table: real times if it has them, else drawn from the arrival process.
+
+    A rate for a timed trace is an error rather than silently ignored: replaying a
+    real trace faster is `transforms.scale_rate`.
+    """
+    if table.arrival_times_s is not None:
+        if rate is not None:
+            raise TraceError(f"{table.source}: has real arrival times, so rate={rate} does not apply; "
+                             "use kvsched.traces.scale_rate to replay it faster")
+        return requests_from_arrays(table.arrival_times_s, table.prompt_lens, table.output_lens)
+    times_s = arrival_times(arrival, len(table), rate=rate, cv=cv, rng=rng, what=table.source)
+    return requests_from_arrays(times_s, table.prompt_lens, table.output_lens)
+
+
+def load_csv(path: str | Path, *, rng: np.random.Generator | None = None, rate: float | None = None,
+             arrival: str = "poisson", cv: float | None = None) -> list[Request]:
+    """Load a CSV of any accepted format, detected from its header."""
+    fmt = detect_format(read_header(path), str(path))
+    return table_to_requests(read_table(path, fmt), rng=rng, rate=rate, arrival=arrival, cv=cv)
+
+
+def load_azure_csv(path: str | Path) -> list[Request]:
+    """Azure LLM inference trace 2023 (TIMESTAMP, ContextTokens, GeneratedTokens)."""
+    return table_to_requests(read_table(path, AZURE))
+
+
+def load_vidur_csv(path: str | Path) -> list[Request]:
+    """Vidur processed trace (arrived_at [s], num_prefill_tokens, num_decode_tokens)."""
+    return table_to_requests(read_table(path, VIDUR))
+
+
+def load_mooncake_csv(path: str | Path) -> list[Request]:
+    """Mooncake trace as CSV (timestamp_ms, input_length, output_length; hash_ids unused)."""
+    return table_to_requests(read_table(path, MOONCAKE))
+
+
+def load_generic_csv(path: str | Path) -> list[Request]:
+    """The plain format: arrival_time [s], prompt_len, output_len [tokens]."""
+    return table_to_requests(read_table(path, GENERIC))
+
+
+def load_length_only_csv(path: str | Path, *, rng: np.random.Generator, rate: float | None,
+                         arrival: str = "poisson", cv: float | None = None) -> list[Request]:
+    """Lengths (num_prefill_tokens, num_decode_tokens) in file order, arrivals drawn from `rng`."""
+    return table_to_requests(read_table(path, LENGTHS), rng=rng, rate=rate, arrival=arrival, cv=cv)

@@ -1,0 +1,254 @@
+"""Cost models: hand-computed step times, decode fast path == step loop, fitting, presets."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvsched.backend import BatchShape
+from kvsched.registry import COST_MODELS
+from kvsched.sim import profiles
+from kvsched.sim.cost import (
+    AffineCost,
+    AffinePrefillCost,
+    CostModel,
+    PiecewiseTokenCost,
+    UnitCost,
+    fit_affine,
+    from_config,
+    wait_paper_d2,
+)
+
+VIDUR_DIR = Path("/work/shared/data/profiles/vidur")
+PRESETS = ("unit", "wait-paper", "wait-paper-prefill", "llama2-7b-a100", "llama2-7b-h100")
+
+DECODE = BatchShape(num_seqs=4, num_prefill_tokens=0, num_decode_seqs=4, num_kv_tokens=1000)
+MIXED = BatchShape(num_seqs=3, num_prefill_tokens=100, num_decode_seqs=2, num_kv_tokens=2000,
+                   prefill_attn_tokens=100 * 150)
+
+
+def test_unit_cost():
+    assert UnitCost().step_time(MIXED) == 1.0
+    assert UnitCost(0.25).step_time(DECODE) == 0.25
+
+
+def test_affine_cost():
+    model = AffineCost(0.01, 1e-6)
+    assert model.step_time(DECODE) == pytest.approx(0.01 + 1e-3)
+    assert model.step_time(MIXED) == pytest.approx(0.01 + 2e-3)
+
+
+def test_affine_prefill_cost():
+    model = AffinePrefillCost(0.01, 1e-6, 1e-4, 1e-3, 1e-8)
+    # 0.01 + 2000e-6 + 100e-4 + 3e-3 + 15000e-8
+    assert model.step_time(MIXED) == pytest.approx(0.01 + 0.002 + 0.01 + 0.003 + 0.00015)
+    assert model.step_time(DECODE) == pytest.approx(0.01 + 0.001 + 0.004)
+
+
+def test_piecewise_token_cost():
+    model = PiecewiseTokenCost(linear_floor_s=0.01, linear_base_s=0.005, linear_s_per_token=1e-4,
+                               d0_s=0.001, d1_s_per_token=1e-6, d3_s_per_seq=1e-5, d4_s_per_attn_token=1e-8)
+    # 4 batched tokens: floor 0.01 > 0.005 + 4e-4
+    assert model.step_time(DECODE) == pytest.approx(0.01 + 0.001 + 1e-3 + 4e-5)
+    # 102 batched tokens: 0.005 + 0.0102 = 0.0152 > floor
+    assert model.step_time(MIXED) == pytest.approx(0.0152 + 0.001 + 2e-3 + 3e-5 + 15000e-8)
+
+
+ALL_MODELS = [
+    UnitCost(0.5),
+    AffineCost(0.0106, 4e-7),
+    AffinePrefillCost(0.0106, 4e-7, 7e-5, 1e-5, 2e-9),
+    PiecewiseTokenCost(0.0095, 0.0047, 6.2e-5, 5e-4, 3.7e-7, 1e-5, 1.7e-9),
+    PiecewiseTokenCost(0.0, -0.001, 1e-4, 0.0, 1e-6),
+    *(COST_MODELS.create(name) for name in PRESETS),
+]
+
+
+@pytest.mark.parametrize("model", ALL_MODELS, ids=lambda m: type(m).__name__)
+@settings(max_examples=60, deadline=None)
+@given(num_seqs=st.integers(0, 600), num_kv_tokens=st.integers(0, 500_000), num_steps=st.integers(0, 50))
+def test_decode_times_equals_step_loop(model, num_seqs, num_kv_tokens, num_steps):
+    fast = model.decode_times(num_seqs, num_kv_tokens, num_steps)
+    slow = CostModel.decode_times(model, num_seqs, num_kv_tokens, num_steps)
+    assert isinstance(fast, np.ndarray) and fast.dtype == np.float64 and fast.shape == (num_steps,)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_decode_times_rejects_negative():
+    with pytest.raises(ValueError, match="num_steps"):
+        AffineCost(1.0, 0.0).decode_times(1, 1, -1)
+
+
+@pytest.mark.parametrize(
+    "factory, field",
+    [
+        (lambda: UnitCost(0.0), "step_time_s"),
+        (lambda: UnitCost(float("nan")), "step_time_s"),
+        (lambda: AffineCost(-0.1, 1e-6), "d0_s"),
+        (lambda: AffineCost(0.1, -1e-6), "d1_s_per_token"),
+        (lambda: AffineCost(0.0, 0.0), "d0_s"),
+        (lambda: AffinePrefillCost(0.01, 1e-6, d2_s_per_prefill_token=-1.0), "d2_s_per_prefill_token"),
+        (lambda: AffinePrefillCost(0.01, 1e-6, d3_s_per_seq=math.inf), "d3_s_per_seq"),
+        (lambda: AffinePrefillCost(0.01, 1e-6, d4_s_per_attn_token="1"), "d4_s_per_attn_token"),
+        (lambda: PiecewiseTokenCost(-0.01, 0.0, 1e-4), "linear_floor_s"),
+        (lambda: PiecewiseTokenCost(0.01, math.nan, 1e-4), "linear_base_s"),
+        (lambda: PiecewiseTokenCost(0.01, 0.0, -1e-4), "linear_s_per_token"),
+    ],
+)
+def test_invalid_args_name_the_field(factory, field):
+    with pytest.raises(ValueError, match=field):
+        factory()
+
+
+def test_config_round_trip_and_json():
+    for model in ALL_MODELS:
+        config = model.config()
+        assert config["name"] == type(model).kind
+        assert from_config(json.loads(json.dumps(config))) == model
+    with pytest.raises(ValueError, match="unknown keys"):
+        from_config({"name": "affine", "d0_s": 1.0, "d1_s_per_token": 0.0, "d2": 1.0})
+    with pytest.raises(ValueError, match="name"):
+        from_config({"name": "nope"})
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def _random_shapes(rng: np.random.Generator, n: int) -> list[BatchShape]:
+    shapes = []
+    for _ in range(n):
+        seqs = int(rng.integers(1, 64))
+        prefill_seqs = int(rng.integers(0, min(seqs, 4) + 1))
+        prefill = int(rng.integers(1, 1024)) * prefill_seqs
+        kv = int(rng.integers(seqs, 100_000)) + prefill
+        attn = prefill * int(rng.integers(1, 2048)) if prefill else 0
+        shapes.append(BatchShape(seqs, prefill, seqs - prefill_seqs, kv, attn))
+    return shapes
+
+
+def test_fit_affine_recovers_noiseless():
+    shapes = _random_shapes(np.random.default_rng(0), 200)
+    truth = AffineCost(0.0106, 4e-7)
+    result = fit_affine(shapes, [truth.step_time(s) for s in shapes])
+    assert result.model.d0_s == pytest.approx(0.0106, rel=1e-9)
+    assert result.model.d1_s_per_token == pytest.approx(4e-7, rel=1e-9)
+    assert result.r2 == pytest.approx(1.0) and result.rmse_s < 1e-12 and result.num_points == 200
+
+
+def test_fit_affine_prefill_recovers_noiseless():
+    shapes = _random_shapes(np.random.default_rng(1), 300)
+    truth = AffinePrefillCost(0.01, 4e-7, 7e-5, 1e-5, 2e-9)
+    result = fit_affine(shapes, [truth.step_time(s) for s in shapes], model="affine-prefill")
+    assert isinstance(result.model, AffinePrefillCost)
+    for name in ("d0_s", "d1_s_per_token", "d2_s_per_prefill_token", "d3_s_per_seq", "d4_s_per_attn_token"):
+        assert getattr(result.model, name) == pytest.approx(getattr(truth, name), rel=1e-6)
+
+
+def test_fit_affine_noisy_and_nonnegative():
+    rng = np.random.default_rng(2)
+    shapes = _random_shapes(rng, 2000)
+    truth = AffineCost(0.0106, 4e-7)
+    durations = [truth.step_time(s) * (1 + 0.02 * rng.standard_normal()) for s in shapes]
+    result = fit_affine(shapes, durations)
+    assert result.model.d0_s == pytest.approx(0.0106, rel=0.03)
+    assert result.model.d1_s_per_token == pytest.approx(4e-7, rel=0.03)
+    assert 0.9 < result.r2 < 1.0
+    # No prefill term in the truth: the prefill fit must not go negative anywhere.
+    prefill_fit = fit_affine(shapes, durations, model="affine-prefill").model
+    assert all(v >= 0 for k, v in prefill_fit.config().items() if k != "name")
+
+
+def test_fit_affine_clamps_negative_slope():
+    shapes = [BatchShape(1, 0, 1, kv) for kv in (10, 20, 30, 40)]
+    result = fit_affine(shapes, [0.05, 0.04, 0.03, 0.02])  # decreasing: unconstrained d1 < 0
+    assert result.model.d1_s_per_token == 0.0
+    assert result.model.d0_s == pytest.approx(0.035)
+
+
+def test_fit_affine_errors():
+    with pytest.raises(ValueError, match="model"):
+        fit_affine([DECODE] * 3, [1.0] * 3, model="cubic")
+    with pytest.raises(ValueError, match="durations_s"):
+        fit_affine([DECODE] * 3, [1.0] * 2)
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_presets_registered_and_described():
+    for name in PRESETS:
+        assert name in COST_MODELS
+        assert COST_MODELS.get(name).description
+        assert isinstance(COST_MODELS.create(name), CostModel)
+
+
+def test_wait_paper_presets():
+    assert COST_MODELS.create("wait-paper") == AffineCost(0.0106, 4.0e-7)
+    model = COST_MODELS.create("wait-paper-prefill")
+    # d2 = (1/24 - 4e-7 * 21 * 522) / 512 = (0.0416667 - 0.0043848) / 512
+    assert model.d2_s_per_prefill_token == pytest.approx(7.2816e-5, rel=1e-4)
+    kv_mass = 21 * (512 + 10)
+    assert 1 / (model.d1_s_per_token * kv_mass + model.d2_s_per_prefill_token * 512) == pytest.approx(24.0)
+    assert wait_paper_d2(22.0) > wait_paper_d2(26.0) > 0
+    assert COST_MODELS.create("unit", step_time_s=2.0) == UnitCost(2.0)
+
+
+# Documented in docs/cost_models.md; the hinge fit of the shipped table must reproduce them.
+EXPECTED_FITS = {
+    "a100": dict(floor_s=9.4752e-3, base_s=4.7102e-3, slope_s_per_token=6.1704e-5),
+    "h100": dict(floor_s=5.7970e-3, base_s=4.3431e-3, slope_s_per_token=1.9079e-5),
+}
+
+
+@pytest.mark.parametrize("device", ["a100", "h100"])
+def test_llama_preset_fit_matches_documented(device):
+    fit = profiles.fit_device(device)
+    for name, value in EXPECTED_FITS[device].items():
+        assert getattr(fit, name) == pytest.approx(value, rel=0.01), name
+    assert fit.r2 > 0.99 and fit.mean_rel_err < 0.05 and fit.num_points == 259
+
+
+@pytest.mark.skipif(not VIDUR_DIR.exists(), reason="shared Vidur profiles not present")
+@pytest.mark.parametrize("device", ["a100", "h100"])
+def test_shipped_table_recomputes_from_vidur(device):
+    """The shipped table is exactly the summary of the original Vidur file."""
+    rows = profiles.summarise_vidur_table(VIDUR_DIR / f"{device}_Llama-2-7b-hf_mlp.csv")
+    num_tokens, step_s = profiles.load_linear_table(device)
+    np.testing.assert_array_equal(num_tokens, [r["num_tokens"] for r in rows])
+    expected = [(32 * r["layer_ms"] + r["emb_ms"]) * 1e-3 for r in rows]
+    np.testing.assert_allclose(step_s, expected, rtol=1e-12)
+
+
+def test_llama_a100_preset_coefficients_and_sanity():
+    model = COST_MODELS.create("llama2-7b-a100")
+    assert model.d1_s_per_token == pytest.approx(524_288 / (0.7 * 2.0e12))
+    assert model.d4_s_per_attn_token == pytest.approx(0.5 * 4 * 32 * 4096 / (0.5 * 312e12))
+    assert model.d0_s == pytest.approx(32000 * 4096 * 2 / 1.4e12 + 32 * 10e-6)
+    assert model.d3_s_per_seq == 10e-6
+    decode = model.step_time(BatchShape(32, 0, 32, 40_000))
+    assert 0.015 < decode < 0.035  # vLLM Llama-2-7B A100 ITL at moderate batch: ~15-30 ms
+    prefill = model.step_time(BatchShape(1, 2048, 0, 2048, 2048 * 2048))
+    assert 0.100 < prefill < 0.200
+    assert COST_MODELS.create("llama2-7b-a100", bandwidth_efficiency=0.35).d1_s_per_token == \
+        pytest.approx(2 * model.d1_s_per_token)
+
+
+def test_llama_h100_faster_than_a100():
+    a100, h100 = COST_MODELS.create("llama2-7b-a100"), COST_MODELS.create("llama2-7b-h100")
+    for shape in (DECODE, MIXED, BatchShape(32, 0, 32, 40_000), BatchShape(1, 2048, 0, 2048, 2048**2)):
+        assert h100.step_time(shape) < a100.step_time(shape)
+
+
+def test_fit_hinge_recovers_synthetic():
+    n = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096], dtype=float)
+    truth = profiles.HingeFit(0.01, 0.004, 6e-5, 1.0, 0.0, 0.0, len(n))
+    fit = profiles.fit_hinge(n, truth.predict(n))
+    assert fit.floor_s == pytest.approx(0.01) and fit.base_s == pytest.approx(0.004)
+    assert fit.slope_s_per_token == pytest.approx(6e-5) and fit.max_rel_err < 1e-9
+    assert fit.knee_tokens == pytest.approx(100.0)

@@ -1,0 +1,106 @@
+"""The loop: token accounting conventions, decision validation, rejection, fast-forward."""
+
+import pytest
+
+from kvsched.decision import Decision, Scheduler
+from kvsched.kvcache import KVCache
+from kvsched.loop import SchedulingError, run
+from kvsched.registry import SCHEDULERS
+from kvsched.request import RequestStatus
+from kvsched.sim import SimBackend, simulate
+from kvsched.sim.cost import AffineCost, UnitCost
+
+from conftest import reqs
+
+
+class Scripted(Scheduler):
+    """Returns a fixed list of decisions, then idles."""
+
+    def __init__(self, decisions):
+        self.decisions = list(decisions)
+
+    def schedule(self, view):
+        return self.decisions.pop(0) if self.decisions else Decision()
+
+
+def _run(requests, decisions, capacity=100, block_size=1):
+    return run(requests, Scripted(decisions), SimBackend(UnitCost()), KVCache(capacity, block_size))
+
+
+def test_first_token_at_end_of_prefill_and_one_token_per_decode():
+    # prompt 3, output 3: prefill step emits token 1, two decode steps emit tokens 2 and 3.
+    r = simulate(reqs((0.0, 3, 3)), SCHEDULERS.create("vllm"), UnitCost(), capacity_tokens=100, block_size=1,
+                 fast_forward=False)
+    (q,) = r.requests
+    assert q.first_token_time == 1.0 and q.finish_time == 3.0
+    # KV held after the step emitting token j (j >= 2) is prompt + j - 1.
+    assert r.steps["kv_used_tokens"] == [3, 4, 5]
+
+
+def test_chunked_prefill_emits_only_when_caught_up():
+    r = _run(reqs((0.0, 5, 2)), [Decision({0: 2}), Decision({0: 3}), Decision({0: 1})])
+    (q,) = r.requests
+    assert q.first_token_time == 2.0 and q.finish_time == 3.0 and q.status is RequestStatus.FINISHED
+
+
+def test_preemption_recomputes_prompt_and_output():
+    r = _run(
+        reqs((0.0, 4, 4)),
+        [Decision({0: 4}), Decision({0: 1}), Decision({}, preempt=(0,)), Decision({0: 6}), Decision({0: 1})],
+    )
+    (q,) = r.requests
+    assert q.num_preemptions == 1 and q.num_wasted_tokens == 5
+    assert q.finish_time == 4.0  # the recompute step emitted token 3, the next one token 4
+
+
+@pytest.mark.parametrize(
+    "decision, match",
+    [
+        (Decision({9: 1}), "request 9, which is not waiting or resident"),
+        (Decision({0: 6}), "asked for 6 new tokens; it has 5 left"),
+        (Decision({0: 0}), "asked for 0 new tokens"),
+        (Decision({}, preempt=(0,)), "preempt names request 0, which is not resident"),
+    ],
+)
+def test_invalid_decisions_raise(decision, match):
+    with pytest.raises(SchedulingError, match=match):
+        _run(reqs((0.0, 5, 2)), [decision])
+
+
+def test_over_capacity_decision_raises_with_numbers():
+    with pytest.raises(SchedulingError, match=r"step 0: decision needs 4 new KV blocks but only 2 of 2 are free"):
+        _run(reqs((0.0, 20, 2), (0.0, 20, 2)), [Decision({0: 20, 1: 20})], capacity=32, block_size=16)
+
+
+def test_idle_forever_raises():
+    with pytest.raises(SchedulingError, match="would wait forever"):
+        _run(reqs((0.0, 5, 2)), [])
+
+
+def test_request_that_never_fits_is_rejected_and_counted():
+    # peak KV = 90 + 20 - 1 = 109 > 100 tokens
+    r = simulate(reqs((0.0, 90, 20), (0.5, 10, 5)), SCHEDULERS.create("vllm"), UnitCost(), capacity_tokens=100,
+                 block_size=1)
+    big, small = sorted(r.requests, key=lambda q: q.request_id)
+    assert big.status is RequestStatus.REJECTED and "needs 109 KV tokens" in big.reject_reason
+    assert "prompt_len=90, output_len=20" in big.reject_reason
+    assert small.status is RequestStatus.FINISHED
+    assert [q.request_id for q in r.rejected] == [0]
+
+
+def test_inputs_are_not_mutated():
+    rs = reqs((0.0, 5, 3), (1.0, 4, 2))
+    simulate(rs, SCHEDULERS.create("vllm"), UnitCost(), capacity_tokens=100)
+    assert all(q.num_output_tokens == 0 and q.finish_time is None for q in rs)
+
+
+def test_fast_forward_stops_at_arrivals_and_matches_stepping():
+    rs = reqs((0.0, 10, 50), (0.0, 20, 30), (7.3, 5, 10), (40.0, 8, 3))
+    cost = AffineCost(0.01, 0.01)  # steps of varying length, arrivals land inside runs
+    a = simulate(rs, SCHEDULERS.create("vllm"), cost, capacity_tokens=1000, block_size=16)
+    b = simulate(rs, SCHEDULERS.create("vllm"), cost, capacity_tokens=1000, block_size=16, fast_forward=False)
+    assert len(a.steps["step"]) < len(b.steps["step"])  # it did fast-forward
+    for x, y in zip(a.requests, b.requests):
+        assert x.first_token_time == pytest.approx(y.first_token_time, rel=1e-12)
+        assert x.finish_time == pytest.approx(y.finish_time, rel=1e-12)
+    assert sum(a.steps["num_steps"]) == sum(b.steps["num_steps"])
