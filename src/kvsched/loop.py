@@ -73,23 +73,28 @@ def run(
     *,
     progress: ProgressFn | None = None,
     progress_every: int = 2048,
+    max_steps: int | None = None,
 ) -> Run:
-    """Serve `requests` (copied, never mutated) until each finishes or is rejected."""
+    """Serve `requests` (copied, never mutated) until each finishes or is rejected.
+
+    max_steps: raise SchedulingError after this many steps (a guard against schedulers
+    that livelock, e.g. preempting and readmitting forever)."""
     reqs = sorted((r.copy_fresh() for r in requests), key=lambda r: (r.arrival_time, r.request_id))
     ids = [r.request_id for r in reqs]
     if len(set(ids)) != len(ids):
         raise ValueError("request ids must be unique")
-    return _Loop(reqs, scheduler, backend, kv, progress, progress_every).run()
+    return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps).run()
 
 
 class _Loop:
-    def __init__(self, reqs, scheduler, backend, kv, progress, progress_every):
+    def __init__(self, reqs, scheduler, backend, kv, progress, progress_every, max_steps):
         self.reqs: list[Request] = reqs
         self.scheduler = scheduler
         self.backend = backend
         self.kv: KVCache = kv
         self.progress = progress
         self.progress_every = progress_every
+        self.max_steps = max_steps
         self.waiting: dict[int, Request] = {}
         self.resident: dict[int, Request] = {}
         self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
@@ -120,6 +125,10 @@ class _Loop:
             self.arrived, self.finished = [], []
             decision = self.scheduler.schedule(view)
             self._apply(decision)
+            if self.max_steps is not None and self.step > self.max_steps:
+                raise SchedulingError(
+                    f"exceeded max_steps={self.max_steps} with {n_total - self.num_done} requests unfinished"
+                )
             if self.progress is not None and self.step - last_report >= self.progress_every:
                 last_report = self.step
                 self.progress(self.now, self.num_done)

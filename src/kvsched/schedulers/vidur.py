@@ -7,7 +7,9 @@ summarised in shared/specs/baselines.md. Shared by both:
 - a new request is admitted only if blocks for its whole prompt are free above a
   watermark of `watermark_fraction` of all blocks, and while fewer than
   `batch_size_cap` requests are resident.
-Vidur allocates a decode's block one token late; kvsched allocates the KV a step
+Two deviations keep every request servable: the watermark is waived when nothing is
+resident, and vidur-vllm runs a prompt longer than `max_tokens_in_batch` alone (Vidur
+would never schedule either). Vidur allocates a decode's block one token late; kvsched allocates the KV a step
 writes before the step, so a shortage shows up one step earlier here.
 """
 
@@ -56,7 +58,9 @@ class _VidurBase(Scheduler):
         bisect.insort(self._running, r, key=_arrival_key)
 
     def _fits_with_watermark(self, r: Request, free: int, view: View) -> bool:
-        watermark = int(self.watermark_fraction * view.num_blocks)
+        # Into an empty system the watermark is waived: a prompt that fits the capacity
+        # but not above the watermark would otherwise wait forever (Vidur stalls there).
+        watermark = int(self.watermark_fraction * view.num_blocks) if self._running else 0
         return free - blocks_for(r.num_tokens, view.block_size) >= watermark
 
     def _restart_latest(self, view: View, preempted: list[int]) -> tuple[Request, int]:
@@ -82,8 +86,8 @@ class VidurVLLMScheduler(_VidurBase):
             n = r.num_tokens
             if not self._fits_with_watermark(r, free, view):
                 break
-            if (len(run) + 1) * max(max_len, n) > self.max_tokens_in_batch:
-                break
+            if run and (len(run) + 1) * max(max_len, n) > self.max_tokens_in_batch:
+                break  # a prompt over the limit still runs alone, else it would wait forever
             if len(self._running) >= self.batch_size_cap:
                 break
             self._admit(r)

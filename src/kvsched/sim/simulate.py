@@ -20,7 +20,9 @@ def simulate(
     block_size: int = 16,
     fast_forward: bool = True,
     progress: ProgressFn | None = None,
+    max_steps: int | None = None,
 ) -> Run:
     """Simulate `requests` under `scheduler`; the inputs are not mutated."""
     kv = KVCache(capacity_tokens, block_size)
-    return run(requests, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv, progress=progress)
+    return run(requests, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv, progress=progress,
+               max_steps=max_steps)
