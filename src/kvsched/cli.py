@@ -186,7 +186,8 @@ def print_table(summaries: dict[str, dict], title: str) -> None:
         table.add_column(name, justify="right")
     for label, fmt in ROWS:
         table.add_row(label, *(fmt(s) for s in summaries.values()))
-    Console().print(table)
+    # Piped output has no terminal width; do not squeeze the table into 80 columns.
+    Console(width=None if sys.stdout.isatty() else 40 + 24 * len(summaries)).print(table)
 
 
 def _json_summary(summary: dict, scheduler: str) -> dict:
