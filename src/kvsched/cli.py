@@ -50,12 +50,16 @@ def _parse_options(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CLIError(f"scheduler option {pair!r} must look like key=value")
-        opts[key.replace("-", "_")] = _parse_value(value)
+        sched, colon, name = key.rpartition(":")  # compare's SCHEDULER:key keeps the scheduler's name
+        opts[sched + colon + name.replace("-", "_")] = _parse_value(value)
     return opts
 
 
 def make_scheduler(name: str, options: dict):
-    entry = SCHEDULERS.get(name)
+    try:
+        entry = SCHEDULERS.get(name)
+    except KeyError as exc:
+        raise CLIError(str(exc).strip("'\"")) from None
     try:
         return entry.factory(**options)
     except TypeError as exc:  # unknown keyword

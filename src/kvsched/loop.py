@@ -14,10 +14,11 @@ result equals stepping one at a time (up to floating-point summation order).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
+
+import numpy as np
 
 from kvsched.backend import Backend, BatchShape
 from kvsched.decision import Decision, Scheduler, View
@@ -39,6 +40,7 @@ STEP_COLUMNS = (
     "num_resident",
     "num_preempted",
     "num_finished",
+    "kv_token_seconds",  # sum over the row's steps of kv_used_tokens x step duration
 )
 
 
@@ -171,6 +173,7 @@ class _Loop:
                 f"{kv.num_free_blocks} of {kv.num_blocks} are free; run={dict(decision.run)}"
             )
         num_steps = 1
+        kv_weight = None
         if (
             decision.repeat > 1
             and self.backend.max_repeat > 1
@@ -180,13 +183,19 @@ class _Loop:
             durations = self._fast_forward_durations(decision, shape, min_slack, min_left)
             num_steps = len(durations)
             duration = float(durations[-1])  # cumulative
+            step_durations = np.diff(durations, prepend=0.0)
+            # KV grows by one token per sequence per step; the row records the last step's.
+            kv_weight = np.arange(-(num_steps - 1), 1) * shape.num_seqs
         else:
             duration = self.backend.execute(batch, shape)
         if num_steps > 1:
             totals = [(rid, total + num_steps - 1) for rid, total in totals]
             new_blocks = sum(kv.num_new_blocks(rid, total) for rid, total in totals)
         kv.allocate_many(totals, new_blocks)
-        self._finish_step(batch, shape, num_steps, duration, len(decision.preempt))
+        used = kv.num_used_tokens
+        kv_seconds = (float(((used + kv_weight) * step_durations).sum()) if kv_weight is not None
+                      else used * duration)
+        self._finish_step(batch, shape, num_steps, duration, len(decision.preempt), kv_seconds)
 
     def _fast_forward_durations(self, decision, shape, min_slack, min_left):
         """Cumulative durations of the longest identical decode run that is safe."""
@@ -268,7 +277,8 @@ class _Loop:
             f"pending: it would wait forever"
         )
 
-    def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int) -> None:
+    def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int,
+                     kv_seconds: float) -> None:
         kv, now = self.kv, self.now
         start, end = now, now + duration
         used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
@@ -301,7 +311,7 @@ class _Loop:
             self.step, num_steps, start, duration, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
-            num_preempted, num_finished,
+            num_preempted, num_finished, kv_seconds,
         )):
             s[col].append(val)
         self.step += num_steps

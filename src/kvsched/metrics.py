@@ -71,7 +71,8 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
     durations = np.asarray(steps["duration"], dtype=np.float64)
     kv_tokens = np.asarray(steps["kv_used_tokens"], dtype=np.float64)
     busy_time = float(durations.sum())
-    makespan = run.end_time
+    ends = np.asarray(steps["start_time"], dtype=np.float64) + durations
+    makespan = float(ends.max() - df["arrival_time"].min()) if len(ends) else 0.0
     completed_tokens = int(done["output_len"].sum())
     summary = {
         "num_requests": int(len(df)),
@@ -88,7 +89,7 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
         "num_wasted_tokens": int(df["num_wasted_tokens"].sum()),
         "peak_kv_tokens": int(kv_tokens.max()) if len(kv_tokens) else 0,
         "peak_kv_blocks": int(max(steps["kv_used_blocks"], default=0)),
-        "mean_kv_tokens": float((kv_tokens * durations).sum() / busy_time) if busy_time > 0 else 0.0,
+        "mean_kv_tokens": float(sum(steps["kv_token_seconds"]) / busy_time) if busy_time > 0 else 0.0,
         "capacity_tokens": int(run.num_blocks * run.block_size),
         "block_size": int(run.block_size),
         "num_steps": int(sum(steps["num_steps"])),

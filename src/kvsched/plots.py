@@ -25,32 +25,34 @@ def plot_runs(run_dirs: list[str | Path], kind: str, out_path: str | Path) -> Pa
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for d in map(Path, run_dirs):
-        label = _label(d)
+    try:
+        for d in map(Path, run_dirs):
+            label = _label(d)
+            if kind == "kv-usage":
+                steps = load_table(d, "steps")
+                cap = load_json(d, "summary")["capacity_tokens"]
+                end = steps["start_time"] + steps["duration"]
+                ax.step(end, steps["kv_used_tokens"] / cap, where="pre", label=label, lw=0.8)
+            else:
+                col = "e2e_latency" if kind == "latency-cdf" else "ttft"
+                reqs = load_table(d, "requests")
+                values = np.sort(reqs[col].dropna().to_numpy())
+                if len(values):
+                    ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=label)
         if kind == "kv-usage":
-            steps = load_table(d, "steps")
-            cap = load_json(d, "summary")["capacity_tokens"]
-            end = steps["start_time"] + steps["duration"]
-            ax.step(end, steps["kv_used_tokens"] / cap, where="pre", label=label, lw=0.8)
+            ax.set_xlabel("time (s)")
+            ax.set_ylabel("KV cache used / capacity")
+            ax.set_ylim(0, 1.05)
         else:
-            col = "e2e_latency" if kind == "latency-cdf" else "ttft"
-            reqs = load_table(d, "requests")
-            values = np.sort(reqs[col].dropna().to_numpy())
-            if len(values):
-                ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=label)
-    if kind == "kv-usage":
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("KV cache used / capacity")
-        ax.set_ylim(0, 1.05)
-    else:
-        ax.set_xlabel("end-to-end latency (s)" if kind == "latency-cdf" else "TTFT (s)")
-        ax.set_ylabel("fraction of completed requests")
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+            ax.set_xlabel("end-to-end latency (s)" if kind == "latency-cdf" else "TTFT (s)")
+            ax.set_ylabel("fraction of completed requests")
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        out = Path(out_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    finally:
+        plt.close(fig)
     return out

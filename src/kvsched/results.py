@@ -65,6 +65,10 @@ def load_table(run_dir: str | Path, name: str) -> pd.DataFrame:
     for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
         path = d / f"{name}{suffix}"
         if path.exists():
+            if suffix == ".csv" and name == "requests":
+                df = reader(path, dtype={"reject_reason": str})
+                df["reject_reason"] = df["reject_reason"].fillna("")
+                return df
             return reader(path)
     raise FileNotFoundError(f"{d}: no {name}.parquet or {name}.csv (is it a kvsched run directory?)")
 
