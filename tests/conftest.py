@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 import kvsched.schedulers  # noqa: F401  (registers schedulers)
 import kvsched.sim.cost  # noqa: F401  (registers cost models)
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.request import Request
+
+
+# CI explores the same examples on every run (no flaky failures); locally each run
+# explores new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 class Recorder(Scheduler):
