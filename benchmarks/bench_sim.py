@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 import kvsched
-import kvsched.schedulers  # noqa: F401  (registers the schedulers)
-import kvsched.sim.cost  # noqa: F401  (registers the cost models)
+import kvsched.schedulers
+import kvsched.sim.cost
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.sim import simulate

@@ -7,11 +7,10 @@ import os
 import pytest
 from hypothesis import settings
 
-import kvsched.schedulers  # noqa: F401  (registers schedulers)
+import kvsched.schedulers
 import kvsched.sim.cost  # noqa: F401  (registers cost models)
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.request import Request
-
 
 # CI explores the same examples on every run (no flaky failures); locally each run
 # explores new ones.

@@ -5,12 +5,11 @@ followed by hand; the expected decisions are derived in the comments.
 """
 
 import pytest
+from conftest import Recorder, reqs
 
 from kvsched.registry import SCHEDULERS
 from kvsched.sim import simulate
 from kvsched.sim.cost import UnitCost
-
-from conftest import Recorder, reqs
 
 
 def _sim(name, workload, capacity=100, block_size=1, **opts):

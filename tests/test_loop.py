@@ -1,6 +1,7 @@
 """The loop: token accounting conventions, decision validation, rejection, fast-forward."""
 
 import pytest
+from conftest import reqs
 
 from kvsched.decision import Decision, Scheduler
 from kvsched.kvcache import KVCache
@@ -9,8 +10,6 @@ from kvsched.registry import SCHEDULERS
 from kvsched.request import RequestStatus
 from kvsched.sim import SimBackend, simulate
 from kvsched.sim.cost import AffineCost, UnitCost
-
-from conftest import reqs
 
 
 class Scripted(Scheduler):

@@ -16,14 +16,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import reqs
 
-from kvsched.metrics import requests_frame, steps_frame, summarize
 from kvsched.loop import STEP_COLUMNS
+from kvsched.metrics import requests_frame, steps_frame, summarize
 from kvsched.registry import SCHEDULERS
 from kvsched.sim import simulate
 from kvsched.sim.cost import UnitCost
-
-from conftest import reqs
 
 FAST_FORWARD = pytest.mark.parametrize("fast_forward", [False, True], ids=["stepwise", "fast-forward"])
 

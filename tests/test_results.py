@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import reqs
 
 from kvsched.metrics import requests_frame, steps_frame, summarize
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.results import load_json, load_table, save_run
 from kvsched.sim import simulate
 from kvsched.sim.cost import UnitCost, from_config
-
-from conftest import reqs
 
 SPEC = "synthetic:n=120,rate=8,prompt=uniform(20,400),output=geometric(30)"
 FILES = {"parquet": ("requests.parquet", "steps.parquet", "summary.json", "config.json"),

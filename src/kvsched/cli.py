@@ -26,8 +26,8 @@ class CLIError(Exception):
 
 
 def _load_plugins() -> None:
-    import kvsched.schedulers  # noqa: F401
-    import kvsched.sim.cost  # noqa: F401
+    import kvsched.schedulers
+    import kvsched.sim.cost
     import kvsched.traces  # noqa: F401
 
 
@@ -122,7 +122,13 @@ def _progress(total: int, label: str, enabled: bool):
     if not enabled:
         return None, None
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("sim t={task.fields[t]:.0f}s"),
                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
@@ -131,8 +137,8 @@ def _progress(total: int, label: str, enabled: bool):
 
 
 def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple[dict, dict]:
-    from kvsched.results import save_run
     from kvsched.metrics import summarize
+    from kvsched.results import save_run
     from kvsched.sim import simulate
 
     scheduler = make_scheduler(sched_name, options)

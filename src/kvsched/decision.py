@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from kvsched.kvcache import blocks_for
 from kvsched.request import Request
 
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One step's decision.

@@ -240,10 +240,8 @@ class _Loop:
             num_kv += total
             if n == 1 and out > 0:
                 num_decode += 1
-                if held * bs - computed < min_slack:
-                    min_slack = held * bs - computed
-                if r.output_len - out < min_left:
-                    min_left = r.output_len - out
+                min_slack = min(min_slack, held * bs - computed)
+                min_left = min(min_left, r.output_len - out)
             else:
                 num_prefill += n
                 attn += n * total

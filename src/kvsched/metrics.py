@@ -75,8 +75,8 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
     makespan = float(ends.max() - df["arrival_time"].min()) if len(ends) else 0.0
     completed_tokens = int(done["output_len"].sum())
     summary = {
-        "num_requests": int(len(df)),
-        "num_completed": int(len(done)),
+        "num_requests": len(df),
+        "num_completed": len(done),
         "num_rejected": int((df["status"] == RequestStatus.REJECTED.value).sum()),
         **_stats("ttft", done["ttft"].to_numpy()),
         **_stats("tpot", done["tpot"].to_numpy()),

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from kvsched.results import load_json, load_table  # noqa: E402
+from kvsched.results import load_json, load_table
 
 KINDS = ("latency-cdf", "ttft-cdf", "kv-usage")
 

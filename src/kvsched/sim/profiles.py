@@ -187,7 +187,7 @@ def write_linear_table(vidur_dir: Path | str, path: Path = LINEAR_TABLE_PATH) ->
                 writer.writerow({"device": device, **row})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fit_device(device: str) -> HingeFit:
     """Hinge fit of the shipped linear-operator table for `device` (cached)."""
     return fit_hinge(*load_linear_table(device))

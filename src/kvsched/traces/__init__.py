@@ -25,7 +25,12 @@ from kvsched.traces.loaders import (
     read_table,
 )
 from kvsched.traces.shipped import SHIPPED_TRACES, ShippedTrace, read_shipped
-from kvsched.traces.spec import parse_length, parse_synthetic, parse_types, trace_lengths
+from kvsched.traces.spec import (
+    parse_length,
+    parse_synthetic,
+    parse_types,
+    trace_lengths,
+)
 from kvsched.traces.stats import trace_stats
 from kvsched.traces.synthetic import (
     Empirical,
@@ -42,7 +47,13 @@ from kvsched.traces.synthetic import (
     poisson_arrivals,
     synthetic_workload,
 )
-from kvsched.traces.transforms import clip_lengths, head, sample, scale_lengths, scale_rate
+from kvsched.traces.transforms import (
+    clip_lengths,
+    head,
+    sample,
+    scale_lengths,
+    scale_rate,
+)
 from kvsched.traces.validate import TraceError, requests_from_arrays
 
 __all__ = [

@@ -30,8 +30,8 @@ from kvsched.traces.validate import (
     check_non_decreasing,
     length_column,
     raise_first_bad,
-    require_columns,
     requests_from_arrays,
+    require_columns,
     time_column,
 )
 

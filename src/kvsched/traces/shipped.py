@@ -11,9 +11,9 @@ Length-only traces need `rng` and `rate`, and may pick `arrival="gamma", cv=...`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import as_file, files
-from typing import Callable
 
 import numpy as np
 

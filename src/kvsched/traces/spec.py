@@ -109,7 +109,7 @@ def parse_types(text: str) -> list[RequestType]:
 
 def parse_fields(spec: str) -> dict[str, str]:
     """key -> raw value text; unknown, repeated or malformed items are errors."""
-    body = spec[len(SYNTHETIC_PREFIX):] if spec.startswith(SYNTHETIC_PREFIX) else spec
+    body = spec.removeprefix(SYNTHETIC_PREFIX)
     fields: dict[str, str] = {}
     for item in _split_top_level(body):
         key, sep, value = item.partition("=")

@@ -9,7 +9,7 @@ Percentiles use numpy's default linear interpolation.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

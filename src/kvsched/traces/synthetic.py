@@ -12,8 +12,9 @@ return int64 arrays with every value >= 1 (draws below 1 are clipped up to 1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

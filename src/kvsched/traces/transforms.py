@@ -7,7 +7,7 @@ fresh) sorted by arrival time, with ids renumbered 0..n-1 in that order. Predict
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
