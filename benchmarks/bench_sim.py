@@ -104,7 +104,9 @@ def bench_azure(repeats: int, log) -> list[dict]:
         reqs = base if scale == 1.0 else scale_rate(base, scale)
         for name in AZURE_SCHEDULERS:
             walls = []
+            res = None
             for _ in range(repeats):
+                res = None  # free the previous repeat's run before timing the next
                 sched = SCHEDULERS.create(name)
                 t = time.perf_counter()
                 res = run_sim(reqs, sched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -204,7 +205,7 @@ def _json_summary(summary: dict, scheduler: str) -> dict:
     out = {"scheduler": scheduler}
     out.update({k: summary[k] for k in JSON_KEYS})
     out.update({k: v for k, v in summary.items() if k not in out})
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
 # --- commands -----------------------------------------------------------------------------

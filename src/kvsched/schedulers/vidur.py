@@ -130,7 +130,8 @@ class SarathiScheduler(_VidurBase):
         bs = view.block_size
         # A partially prefilled request owns blocks for its whole prompt (Vidur allocates
         # them at admission); kvsched allocates per chunk, so keep the rest reserved.
-        partial = [r for r in self._running if r.num_output_tokens == 0 or r.num_remaining_tokens > 1]
+        partial = [r for r in self._running
+                   if r.num_output_tokens == 0 or r.prompt_len + r.num_output_tokens - r.num_computed_tokens > 1]
         free = view.num_free_blocks - sum(
             blocks_for(r.num_tokens, bs) - view.block_counts.get(r.request_id, 0) for r in partial
         )

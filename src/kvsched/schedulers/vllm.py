@@ -85,12 +85,15 @@ class VLLMScheduler(Scheduler):
         while i < len(running) and budget > 0:
             r = running[i]
             n = r.prompt_len + r.num_output_tokens - r.num_computed_tokens
-            n = min(n, budget)
+            # if-statements and inline view.blocks_needed(r, n), not min()/max() and method
+            # calls: this loop visits every running request every step.
+            if n > budget:  # noqa: PLR1730
+                n = budget
             if threshold and n > threshold:
                 n = threshold
-            # Inline view.blocks_needed(r, n): this loop visits every running request every step.
             need = -(-(r.num_computed_tokens + n) // bs) - held.get(r.request_id, 0)
-            need = max(need, 0)
+            if need < 0:  # noqa: PLR1730
+                need = 0
             self_preempted = False
             while need > free:
                 victim = self._pick_victim(running)
