@@ -384,7 +384,7 @@ def machine_info() -> dict:
         commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "src"],
-                                    capture_output=True, text=True).stdout.strip())
+                                    capture_output=True, text=True, check=False).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     cpu = platform.processor() or platform.machine()

@@ -38,7 +38,8 @@ def exe() -> str:
 
 def kvsched(exe: str, *args: str, cwd: Path | None = None, ok: bool = True) -> subprocess.CompletedProcess:
     """Run the console script; with ok=True insist on exit 0 and show stderr otherwise."""
-    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+    proc = subprocess.run([exe, *map(str, args)], check=False, capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
     if ok:
         assert proc.returncode == 0, f"kvsched {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}"
     return proc

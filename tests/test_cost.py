@@ -201,8 +201,8 @@ def test_wait_paper_presets():
 
 # Documented in docs/cost_models.md; the hinge fit of the shipped table must reproduce them.
 EXPECTED_FITS = {
-    "a100": dict(floor_s=9.4752e-3, base_s=4.7102e-3, slope_s_per_token=6.1704e-5),
-    "h100": dict(floor_s=5.7970e-3, base_s=4.3431e-3, slope_s_per_token=1.9079e-5),
+    "a100": {"floor_s": 9.4752e-3, "base_s": 4.7102e-3, "slope_s_per_token": 6.1704e-5},
+    "h100": {"floor_s": 5.7970e-3, "base_s": 4.3431e-3, "slope_s_per_token": 1.9079e-5},
 }
 
 

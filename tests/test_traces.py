@@ -341,7 +341,7 @@ def test_spec_examples_from_the_docs():
     assert all(r.arrival_time == 0.0 for r in batch) and {r.output_len for r in batch} == {20, 50}
 
     empirical = parse_synthetic("n=500,rate=2,prompt=empirical(azure-code),output=geometric(30)", _rng())
-    code_prompts = set(r.prompt_len for r in load_trace("azure-code"))
+    code_prompts = {r.prompt_len for r in load_trace("azure-code")}
     assert {r.prompt_len for r in empirical} <= code_prompts
 
 

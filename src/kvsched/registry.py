@@ -29,9 +29,9 @@ class Registry(Generic[T]):
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
-            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            self._entries[name] = Entry(name, factory, text)
+            if description is None:  # default: the first line of the docstring
+                description = ((factory.__doc__ or "").strip().splitlines() or [""])[0]
+            self._entries[name] = Entry(name, factory, description)
             return factory
 
         return decorate
