@@ -29,9 +29,9 @@ class Registry(Generic[T]):
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            if description is None:  # default: the first line of the docstring
-                description = ((factory.__doc__ or "").strip().splitlines() or [""])[0]
-            self._entries[name] = Entry(name, factory, description)
+            # Default description: the first line of the docstring.
+            text = description or ((factory.__doc__ or "").strip().splitlines() or [""])[0]
+            self._entries[name] = Entry(name, factory, text)
             return factory
 
         return decorate
