@@ -30,6 +30,7 @@ class Decision:
     run: Mapping[int, int] = field(default_factory=dict)
     preempt: tuple[int, ...] = ()
     repeat: int = 1
+    restart: tuple[int, ...] = ()
 
 
 IDLE = Decision()
@@ -57,6 +58,9 @@ class View:
     block_size: int
     arrivals_pending: bool  # more requests will arrive later
     block_counts: Mapping[int, int] = field(default_factory=dict)  # resident request id -> blocks held
+    # KV slots allocated beyond the computed tokens of every scheduled request (vLLM's
+    # lookahead slots). 1 in theory mode: the papers charge the token a round emits at once.
+    lookahead_tokens: int = 0
 
     @property
     def capacity_tokens(self) -> int:
@@ -68,7 +72,7 @@ class View:
 
     def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
         """Extra blocks `request` needs to compute `num_new_tokens` more tokens."""
-        total = request.num_computed_tokens + num_new_tokens
+        total = request.num_computed_tokens + num_new_tokens + self.lookahead_tokens
         return max(0, blocks_for(total, self.block_size) - self.block_counts.get(request.request_id, 0))
 
 

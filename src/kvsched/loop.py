@@ -74,20 +74,25 @@ def run(
     progress: ProgressFn | None = None,
     progress_every: int = 2048,
     max_steps: int | None = None,
+    lookahead_tokens: int = 0,
 ) -> Run:
     """Serve `requests` (copied, never mutated) until each finishes or is rejected.
 
     max_steps: raise SchedulingError after this many steps (a guard against schedulers
-    that livelock, e.g. preempting and readmitting forever)."""
+    that livelock, e.g. preempting and readmitting forever).
+    lookahead_tokens: KV slots allocated beyond each scheduled request's computed tokens.
+    1 gives the theory papers' ledger (a request holds prompt + j after its j-th token)."""
+    if lookahead_tokens < 0:
+        raise ValueError(f"lookahead_tokens must be >= 0, got {lookahead_tokens}")
     reqs = sorted((r.copy_fresh() for r in requests), key=lambda r: (r.arrival_time, r.request_id))
     ids = [r.request_id for r in reqs]
     if len(set(ids)) != len(ids):
         raise ValueError("request ids must be unique")
-    return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps).run()
+    return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens).run()
 
 
 class _Loop:
-    def __init__(self, reqs, scheduler, backend, kv, progress, progress_every, max_steps):
+    def __init__(self, reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens=0):
         self.reqs: list[Request] = reqs
         self.scheduler = scheduler
         self.backend = backend
@@ -95,6 +100,7 @@ class _Loop:
         self.progress = progress
         self.progress_every = progress_every
         self.max_steps = max_steps
+        self.lookahead = lookahead_tokens
         self.waiting: dict[int, Request] = {}
         self.resident: dict[int, Request] = {}
         self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
@@ -121,6 +127,7 @@ class _Loop:
             view = View(
                 self.now, self.step, waiting_view, resident_view, self.arrived, self.finished,
                 kv.num_free_blocks, kv.num_blocks, kv.block_size, self.next_arrival < n_total, blocks_view,
+                self.lookahead,
             )
             self.arrived, self.finished = [], []
             decision = self.scheduler.schedule(view)
@@ -142,11 +149,11 @@ class _Loop:
         while i < n and reqs[i].arrival_time <= self.now:
             r = reqs[i]
             i += 1
-            if blocks_for(r.peak_kv_len, block_size) > num_blocks:
+            if blocks_for(r.peak_kv_len + self.lookahead, block_size) > num_blocks:
                 # It could never run to completion: report it instead of letting it loop forever.
                 r.status = RequestStatus.REJECTED
                 r.reject_reason = (
-                    f"request {r.request_id} needs {r.peak_kv_len} KV tokens at its last step "
+                    f"request {r.request_id} needs {r.peak_kv_len + self.lookahead} KV tokens at its last step "
                     f"(prompt_len={r.prompt_len}, output_len={r.output_len}) but capacity is "
                     f"{num_blocks * block_size} tokens"
                 )
@@ -160,6 +167,8 @@ class _Loop:
     def _apply(self, decision: Decision) -> None:
         for rid in decision.preempt:
             self._preempt(rid)
+        for rid in decision.restart:
+            self._preempt(rid, restart=True)
         if not decision.run:
             self._idle(decision)
             return
@@ -176,6 +185,7 @@ class _Loop:
             decision.repeat > 1
             and self.backend.max_repeat > 1
             and not decision.preempt
+            and not decision.restart
             and shape.num_prefill_tokens == 0
         ):
             durations = self._fast_forward_durations(decision, shape, min_slack, min_left)
@@ -194,7 +204,8 @@ class _Loop:
         kv_seconds = used * duration
         if num_steps > 1:
             kv_seconds -= shape.num_seqs * float(durations[:-1].sum())
-        self._finish_step(batch, shape, num_steps, duration, len(decision.preempt), kv_seconds)
+        self._finish_step(batch, shape, num_steps, duration, len(decision.preempt) + len(decision.restart),
+                          kv_seconds)
 
     def _fast_forward_durations(self, decision, shape, min_slack, min_left):
         """Cumulative durations of the longest identical decode run that is safe, or None
@@ -217,7 +228,7 @@ class _Loop:
     def _validate(self, decision: Decision):
         """Check every entry of `run` before anything changes; return the batch, its shape,
         the new blocks it needs, the smallest free-slot slack and decode steps left."""
-        bs = self.kv.block_size
+        bs, la = self.kv.block_size, self.lookahead
         blocks, resident, waiting = self.kv._blocks, self.resident, self.waiting
         batch: list[tuple[Request, int]] = []
         totals: list[tuple[int, int]] = []
@@ -235,32 +246,35 @@ class _Loop:
                 )
             total = computed + n
             held = blocks.get(rid, 0)
-            need = -(-total // bs) - held
+            need = -(-(total + la) // bs) - held
             if need > 0:
                 new_blocks += need
             num_kv += total
             if n == 1 and out > 0:
                 num_decode += 1
                 # if-statements, not min(): this runs per request per step (min() is ~7x slower)
-                if held * bs - computed < min_slack:  # noqa: PLR1730
-                    min_slack = held * bs - computed
+                if held * bs - computed - la < min_slack:  # noqa: PLR1730
+                    min_slack = held * bs - computed - la
                 if r.output_len - out < min_left:  # noqa: PLR1730
                     min_left = r.output_len - out
             else:
                 num_prefill += n
                 attn += n * total
             batch.append((r, n))
-            totals.append((rid, total))
+            totals.append((rid, total + la))
         shape = BatchShape(len(batch), num_prefill, num_decode, num_kv, attn)
         return batch, totals, shape, new_blocks, min_slack, min_left
 
-    def _preempt(self, rid: int) -> None:
+    def _preempt(self, rid: int, restart: bool = False) -> None:
         r = self.resident.pop(rid, None)
         if r is None:
-            raise SchedulingError(f"step {self.step}: preempt names request {rid}, which is not resident")
+            what = "restart" if restart else "preempt"
+            raise SchedulingError(f"step {self.step}: {what} names request {rid}, which is not resident")
         self.kv.free(rid)
         r.num_wasted_tokens += r.num_computed_tokens
         r.num_computed_tokens = 0
+        if restart:
+            r.num_output_tokens = 0  # generated text is discarded and produced again
         r.num_preemptions += 1
         r.admit_time = None
         r.status = RequestStatus.WAITING
@@ -268,7 +282,7 @@ class _Loop:
 
     def _idle(self, decision: Decision) -> None:
         """Nothing to run: wait for the next arrival, or fail if none will come."""
-        if decision.preempt:
+        if decision.preempt or decision.restart:
             return  # the scheduler freed memory and will be asked again at once
         if self.next_arrival < len(self.reqs):
             self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)

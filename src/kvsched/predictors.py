@@ -1,13 +1,38 @@
-"""How schedulers learn output lengths: only through an explicit predictor.
+"""How schedulers learn output lengths: only through predictions.
 
-A scheduler never reads `Request.output_len` directly. `OraclePredictor` is the
-explicit, named exception (clairvoyant policies and upper-bound studies);
-`PointPredictor` reads a prediction attached to the request by the workload.
+A scheduler never reads `Request.output_len` directly. Predictions are attached to the
+workload by a *prediction model* (`with_predictions`, or `--predictions` on the CLI),
+and schedulers read them through a *predictor*:
+
+- `oracle`: the true length (clairvoyant policies and upper-bound studies; the one
+  named exception),
+- `predicted`: the request's point prediction `predicted_output_len`,
+- `interval-high` / `interval-low`: an end of `predicted_output_interval` (A_max plans
+  with the upper end, A_min starts from the lower end).
+
+Prediction models (MC-SF spec section 8), each driven by an explicit generator:
+
+| spec                        | prediction                                                    |
+|-----------------------------|---------------------------------------------------------------|
+| `exact`                     | point = o                                                     |
+| `relative:eps=E`            | point = round(o (1 + E U)), U ~ Uniform[-1, 1], >= 1          |
+| `overestimate:alpha=A`      | point = max(o, floor(o (1 + (A-1) V))), V ~ Uniform[0, 1]     |
+| `interval-ratio:alpha=A`    | u = ceil(o / (A + (1-A) V)), l = max(1, floor(A u))           |
+| `interval-common:lo=L,hi=H` | [L, H] for every request (default: the workload's min and max)|
+
+Point models also set the interval (o, o) when exact; interval models leave the point
+unset. Clipping a planned length to what fits the memory (`M - s`) is the scheduler's
+job, because only it knows the capacity.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
+
+import numpy as np
 
 from kvsched.request import Request
 
@@ -16,7 +41,7 @@ class Predictor(Protocol):
     name: str
 
     def output_len(self, request: Request) -> int:
-        """Predicted total number of output tokens of `request`."""
+        """Planned total number of output tokens of `request`."""
         ...
 
 
@@ -30,17 +55,52 @@ class OraclePredictor:
 
 
 class PointPredictor:
-    """The request's own `predicted_output_len` (set by the workload or a noise model)."""
+    """The request's own `predicted_output_len` (set by a prediction model)."""
 
     name = "predicted"
 
     def output_len(self, request: Request) -> int:
         if request.predicted_output_len is None:
-            raise ValueError(f"request {request.request_id} has no predicted_output_len")
+            raise ValueError(
+                f"request {request.request_id} has no predicted_output_len; attach predictions with "
+                f"with_predictions(...) or --predictions (e.g. 'exact', 'relative:eps=0.5')"
+            )
         return request.predicted_output_len
 
 
-PREDICTORS = {"oracle": OraclePredictor, "predicted": PointPredictor}
+class _IntervalEnd:
+    name = "interval"
+    index = 0
+
+    def output_len(self, request: Request) -> int:
+        if request.predicted_output_interval is None:
+            raise ValueError(
+                f"request {request.request_id} has no predicted_output_interval; attach one with "
+                f"--predictions interval-ratio:alpha=A or interval-common"
+            )
+        return request.predicted_output_interval[self.index]
+
+
+class IntervalHighPredictor(_IntervalEnd):
+    """The upper end u of the interval prediction (A_max)."""
+
+    name = "interval-high"
+    index = 1
+
+
+class IntervalLowPredictor(_IntervalEnd):
+    """The lower end l of the interval prediction (A_min's starting bound)."""
+
+    name = "interval-low"
+    index = 0
+
+
+PREDICTORS = {
+    "oracle": OraclePredictor,
+    "predicted": PointPredictor,
+    "interval-high": IntervalHighPredictor,
+    "interval-low": IntervalLowPredictor,
+}
 
 
 def make_predictor(name: str) -> Predictor:
@@ -48,3 +108,113 @@ def make_predictor(name: str) -> Predictor:
         return PREDICTORS[name]()
     except KeyError:
         raise ValueError(f"unknown predictor {name!r}; known: {', '.join(PREDICTORS)}") from None
+
+
+# --- prediction models ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PredictionModel:
+    """Attaches predictions to a workload; `kind` and the fields are the spec string."""
+
+    kind: str
+    eps: float = 0.0
+    alpha: float = 1.0
+    lo: int | None = None
+    hi: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown prediction model {self.kind!r}; known: {', '.join(_KINDS)}")
+        if not 0.0 <= self.eps:
+            raise ValueError(f"relative error eps must be >= 0, got {self.eps}")
+        if self.kind == "overestimate" and not self.alpha >= 1.0:
+            raise ValueError(f"overestimate factor alpha must be >= 1, got {self.alpha}")
+        if self.kind == "interval-ratio" and not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"interval ratio alpha = lo/hi must be in (0, 1], got {self.alpha}")
+        if self.lo is not None and self.hi is not None and not 1 <= self.lo <= self.hi:
+            raise ValueError(f"interval-common needs 1 <= lo <= hi, got lo={self.lo}, hi={self.hi}")
+
+    @property
+    def spec(self) -> str:
+        params = {"relative": f"eps={self.eps:g}", "overestimate": f"alpha={self.alpha:g}",
+                  "interval-ratio": f"alpha={self.alpha:g}"}.get(self.kind)
+        if self.kind == "interval-common" and (self.lo is not None or self.hi is not None):
+            params = ",".join(f"{k}={v}" for k, v in (("lo", self.lo), ("hi", self.hi)) if v is not None)
+        return f"{self.kind}:{params}" if params else self.kind
+
+    def apply(self, requests: Sequence[Request], rng: np.random.Generator) -> list[Request]:
+        """Copies of `requests` carrying this model's predictions (inputs untouched)."""
+        o = np.array([r.output_len for r in requests], dtype=np.int64)
+        n = len(o)
+        point = interval = None
+        if self.kind == "exact":
+            point = o
+            interval = (o, o)
+        elif self.kind == "relative":
+            u = rng.uniform(-1.0, 1.0, n)
+            point = np.maximum(1, np.floor(o * (1.0 + self.eps * u) + 0.5).astype(np.int64))
+        elif self.kind == "overestimate":
+            v = rng.uniform(0.0, 1.0, n)
+            point = np.maximum(o, np.floor(o * (1.0 + (self.alpha - 1.0) * v)).astype(np.int64))
+        elif self.kind == "interval-ratio":
+            v = rng.uniform(0.0, 1.0, n)
+            hi = np.ceil(o / (self.alpha + (1.0 - self.alpha) * v)).astype(np.int64)
+            # floor(alpha * hi) <= o holds mathematically; guard float round-off anyway.
+            lo = np.minimum(o, np.maximum(1, np.floor(self.alpha * hi).astype(np.int64)))
+            interval = (lo, np.maximum(hi, o))
+        else:  # interval-common
+            lo_v = int(o.min()) if self.lo is None and n else self.lo
+            hi_v = int(o.max()) if self.hi is None and n else self.hi
+            for r in requests:
+                if not lo_v <= r.output_len <= hi_v:
+                    raise ValueError(
+                        f"request {r.request_id}: output_len={r.output_len} is outside the common "
+                        f"interval [{lo_v}, {hi_v}] of {self.spec}"
+                    )
+            interval = (np.full(n, lo_v), np.full(n, hi_v))
+        out = []
+        for i, r in enumerate(requests):
+            out.append(replace(
+                r.copy_fresh(),
+                predicted_output_len=None if point is None else int(point[i]),
+                predicted_output_interval=None if interval is None else (int(interval[0][i]), int(interval[1][i])),
+            ))
+        return out
+
+
+_KINDS = ("exact", "relative", "overestimate", "interval-ratio", "interval-common")
+_DEFAULT_KEY = {"relative": "eps", "overestimate": "alpha", "interval-ratio": "alpha"}
+
+
+def parse_predictions(spec: str) -> PredictionModel:
+    """`exact`, `relative:eps=0.5` (or `relative:0.5`), `overestimate:alpha=2`,
+    `interval-ratio:alpha=0.5`, `interval-common:lo=10,hi=500`."""
+    kind, _, rest = spec.strip().partition(":")
+    kind = kind.strip()
+    if kind not in _KINDS:
+        raise ValueError(f"unknown prediction model {kind!r} in {spec!r}; known: {', '.join(_KINDS)}")
+    kwargs: dict[str, float | int] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            key, value = _DEFAULT_KEY.get(kind, ""), part
+            if not key:
+                raise ValueError(f"{spec!r}: {kind} takes named parameters (lo=..., hi=...)")
+        key = key.strip()
+        if key not in ("eps", "alpha", "lo", "hi"):
+            raise ValueError(f"{spec!r}: unknown parameter {key!r}")
+        try:
+            kwargs[key] = int(value) if key in ("lo", "hi") else float(value)
+        except ValueError:
+            raise ValueError(f"{spec!r}: parameter {key}={value!r} is not a number") from None
+        if not math.isfinite(kwargs[key]):
+            raise ValueError(f"{spec!r}: parameter {key} must be finite")
+    return PredictionModel(kind, **kwargs)
+
+
+def with_predictions(requests: Sequence[Request], model: PredictionModel | str,
+                     rng: np.random.Generator) -> list[Request]:
+    """Copies of `requests` with predictions from `model` (a PredictionModel or spec string)."""
+    if isinstance(model, str):
+        model = parse_predictions(model)
+    return model.apply(requests, rng)

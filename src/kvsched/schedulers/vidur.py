@@ -61,7 +61,7 @@ class _VidurBase(Scheduler):
         # Into an empty system the watermark is waived: a prompt that fits the capacity
         # but not above the watermark would otherwise wait forever (Vidur stalls there).
         watermark = int(self.watermark_fraction * view.num_blocks) if self._running else 0
-        return free - blocks_for(r.num_tokens, view.block_size) >= watermark
+        return free - blocks_for(r.num_tokens + view.lookahead_tokens, view.block_size) >= watermark
 
     def _restart_latest(self, view: View, preempted: list[int]) -> tuple[Request, int]:
         """Restart the latest-arrived running request; return it and the blocks freed."""
@@ -92,7 +92,7 @@ class VidurVLLMScheduler(_VidurBase):
                 break
             self._admit(r)
             run[r.request_id] = n
-            free -= blocks_for(n, view.block_size)
+            free -= blocks_for(n + view.lookahead_tokens, view.block_size)
             max_len = max(max_len, n)
         if run:
             return Decision(run)
@@ -127,13 +127,13 @@ class SarathiScheduler(_VidurBase):
 
     def schedule(self, view: View) -> Decision:
         self._sync(view)
-        bs = view.block_size
+        bs, la = view.block_size, view.lookahead_tokens
         # A partially prefilled request owns blocks for its whole prompt (Vidur allocates
         # them at admission); kvsched allocates per chunk, so keep the rest reserved.
         partial = [r for r in self._running
                    if r.num_output_tokens == 0 or r.prompt_len + r.num_output_tokens - r.num_computed_tokens > 1]
         free = view.num_free_blocks - sum(
-            blocks_for(r.num_tokens, bs) - view.block_counts.get(r.request_id, 0) for r in partial
+            blocks_for(r.num_tokens + la, bs) - view.block_counts.get(r.request_id, 0) for r in partial
         )
         run: dict[int, int] = {}
         preempted: list[int] = []
@@ -147,12 +147,12 @@ class SarathiScheduler(_VidurBase):
             if r.num_output_tokens == 0 or r.prompt_len + r.num_output_tokens - computed > 1:
                 continue  # not decoding: a partial prefill, served below
             # Inline view.blocks_needed(r, 1): this loop visits every running request every step.
-            need = 1 if held.get(r.request_id, 0) * bs <= computed else 0
+            need = 1 if held.get(r.request_id, 0) * bs <= computed + la else 0
             while need > free:
                 victim, freed = self._restart_latest(view, preempted)
                 free += freed
                 if not victim.is_decoding:
-                    free += blocks_for(victim.num_tokens, bs) - freed  # its reservation too
+                    free += blocks_for(victim.num_tokens + la, bs) - freed  # its reservation too
                     partial.remove(victim)
                 if victim is r:
                     break
@@ -177,7 +177,7 @@ class SarathiScheduler(_VidurBase):
             self._admit(r)
             run[r.request_id] = n
             num_batch_tokens += n
-            free -= blocks_for(r.num_tokens, bs)
+            free -= blocks_for(r.num_tokens + la, bs)
             admitted = True
         steady = not preempted and not partial and not admitted and len(run) == len(self._running)
         return Decision(run, tuple(preempted), STEADY if steady else 1)

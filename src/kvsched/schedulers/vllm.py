@@ -80,7 +80,7 @@ class VLLMScheduler(Scheduler):
         running = self._running
         steady = True  # every scheduled request is a plain decode
         i = 0
-        bs, held = view.block_size, view.block_counts
+        bs, held, la = view.block_size, view.block_counts, view.lookahead_tokens
         threshold = self.long_prefill_token_threshold
         while i < len(running) and budget > 0:
             r = running[i]
@@ -91,7 +91,7 @@ class VLLMScheduler(Scheduler):
                 n = budget
             if threshold and n > threshold:
                 n = threshold
-            need = -(-(r.num_computed_tokens + n) // bs) - held.get(r.request_id, 0)
+            need = -(-(r.num_computed_tokens + n + la) // bs) - held.get(r.request_id, 0)
             if need < 0:  # noqa: PLR1730
                 need = 0
             self_preempted = False
@@ -193,7 +193,7 @@ class StaticReservationScheduler(VLLMScheduler):
         super().__post_init__()
 
     def _peak_blocks(self, r: Request, view: View) -> int:
-        return blocks_for(r.prompt_len + self._predictor.output_len(r) - 1, view.block_size)
+        return blocks_for(r.prompt_len + self._predictor.output_len(r) - 1 + view.lookahead_tokens, view.block_size)
 
     def _can_admit(self, r: Request, view: View) -> bool:
         peak = self._peak_blocks(r, view)
