@@ -13,6 +13,7 @@ import numpy as np
 
 from kvsched import __version__
 from kvsched.registry import COST_MODELS, SCHEDULERS, TRACES
+from kvsched.request import RequestStatus
 
 DEFAULT_CAPACITY_TOKENS = 137_000  # Llama-2-7B fp16 on one A100-80GB (WAIT paper, sec. 12.1)
 DEFAULT_COST_MODEL = "llama2-7b-a100"
@@ -76,6 +77,9 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-requests", type=int, help="use only this many requests")
     p.add_argument("--sample", action="store_true", help="with --num-requests: a random sample, not the first N")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--predictions", default="exact",
+                   help="output-length predictions schedulers see: exact (default), relative:eps=E, "
+                        "overestimate:alpha=A, interval-ratio:alpha=A, interval-common[:lo=L,hi=H]")
 
 
 def _system_args(p: argparse.ArgumentParser) -> None:
@@ -83,6 +87,9 @@ def _system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (1 = token-exact)")
     p.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="registered cost model (see docs)")
     p.add_argument("--no-fast-forward", action="store_true", help="simulate decode runs step by step")
+    p.add_argument("--theory", action="store_true",
+                   help="the theory papers' model: unit-time rounds, block size 1, a request holds prompt+j "
+                        "tokens after its j-th output token (overrides --cost-model and --block-size)")
     p.add_argument("--output", type=Path, help="directory for result files")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -90,6 +97,7 @@ def _system_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_workload(args) -> tuple[list, dict]:
+    from kvsched.predictors import with_predictions
     from kvsched.traces import head, load_trace, parse_synthetic, sample, scale_rate
 
     rng = np.random.default_rng(args.seed)
@@ -102,11 +110,14 @@ def build_workload(args) -> tuple[list, dict]:
             reqs = sample(reqs, args.num_requests, rng) if args.sample else head(reqs, args.num_requests)
         if args.rate_scale != 1.0:
             reqs = scale_rate(reqs, args.rate_scale)
+        # Its own stream: choosing a prediction model never changes the workload's draws.
+        reqs = with_predictions(reqs, args.predictions, np.random.default_rng([args.seed, 1]))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise CLIError(str(exc).strip("'\"")) from None
     desc = {
         "trace": args.trace, "rate": args.rate, "rate_scale": args.rate_scale,
         "num_requests": args.num_requests, "sample": args.sample, "seed": args.seed,
+        "predictions": args.predictions,
     }
     return reqs, desc
 
@@ -137,20 +148,31 @@ def _progress(total: int, label: str, enabled: bool):
     return bar, (lambda now, done: bar.update(task, completed=done, t=now))
 
 
+def _system(args) -> tuple[object, int, int]:
+    """(cost model, block size, lookahead tokens) of the run: theory mode fixes all three."""
+    if args.theory:
+        return _cost_model("unit"), 1, 1
+    return _cost_model(args.cost_model), args.block_size, 0
+
+
 def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple[dict, dict]:
+    from kvsched.bounds.runs import min_round_time, run_bound
     from kvsched.metrics import summarize
     from kvsched.results import save_run
+    from kvsched.schedulers.clearing import InfeasibleSchedule
     from kvsched.sim import simulate
 
     scheduler = make_scheduler(sched_name, options)
-    cost = _cost_model(args.cost_model)
+    cost, block_size, lookahead = _system(args)
     bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     if bar:
         bar.start()
     try:
-        result = simulate(reqs, scheduler, cost, capacity_tokens=args.capacity, block_size=args.block_size,
-                          fast_forward=not args.no_fast_forward, progress=cb)
+        result = simulate(reqs, scheduler, cost, capacity_tokens=args.capacity, block_size=block_size,
+                          fast_forward=not args.no_fast_forward, progress=cb, lookahead_tokens=lookahead)
+    except (ValueError, InfeasibleSchedule) as exc:
+        raise CLIError(f"{sched_name}: {exc}") from None
     finally:
         if bar:
             bar.stop()
@@ -158,14 +180,15 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
     config = {
         "kvsched_version": __version__, "workload": workload,
         "scheduler": {"name": sched_name, **scheduler.config()},
-        "cost_model": cost.config(), "capacity_tokens": args.capacity, "block_size": args.block_size,
-        "fast_forward": not args.no_fast_forward,
+        "cost_model": cost.config(), "capacity_tokens": args.capacity, "block_size": block_size,
+        "lookahead_tokens": lookahead, "theory": bool(args.theory), "fast_forward": not args.no_fast_forward,
     }
     if args.output:
         out = args.output if len(getattr(args, "schedulers_list", [sched_name])) == 1 else args.output / sched_name
         summary = save_run(result, out, config, format=args.format)
     else:
         summary = summarize(result)
+    summary.update(run_bound(result, min_round_time(cost), lookahead))
     summary["sim_wall_time_s"] = wall
     return summary, config
 
@@ -183,6 +206,7 @@ ROWS = (
     ("peak / mean KV (tokens)", lambda s: f"{s['peak_kv_tokens']} / {s['mean_kv_tokens']:.0f} of {s['capacity_tokens']}"),
     ("simulated steps", lambda s: str(s["num_steps"])),
     ("makespan (s)", lambda s: f"{s['makespan_s']:.1f}"),
+    ("total latency / bound", lambda s: f"{s['ratio_to_bound']:.3f} ({s['bound_name']} bound)"),
     ("wall time (s)", lambda s: f"{s['sim_wall_time_s']:.2f}"),
 )
 
@@ -277,6 +301,135 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _theory_heuristics(reqs, capacity: int, names: list[str]) -> dict[str, tuple[int, tuple | None]]:
+    """Total latency and start epochs of each heuristic in theory mode (starts None when
+    the schedule cleared someone, so it cannot warm-start the non-preemptive IP)."""
+    from kvsched.sim import simulate_theory
+
+    out = {}
+    for name in names:
+        run = simulate_theory(reqs, make_scheduler(name, {}), capacity_tokens=capacity)
+        done = [r for r in run.requests if r.status is RequestStatus.FINISHED]
+        tel = int(round(sum(r.finish_time - r.arrival_time for r in done)))
+        starts = None if any(r.num_preemptions for r in run.requests) else {
+            r.request_id: int(r.admit_time) for r in done}
+        out[name] = (tel, starts)
+    return out
+
+
+def cmd_bound(args) -> int:
+    from kvsched.bounds import Instance, bound_report, volume_bound_seconds
+    from kvsched.bounds.runs import min_round_time
+
+    reqs, workload = build_workload(args)
+    lookahead = 1 if args.theory else 0
+    fits = [r for r in reqs if r.prompt_len + r.output_len - 1 + lookahead <= args.capacity]
+    notes = [f"{len(reqs) - len(fits)} requests can never fit capacity {args.capacity} and are left out"] \
+        if len(fits) < len(reqs) else []
+    if not args.theory:
+        cost = _cost_model(args.cost_model)
+        round_time = min_round_time(cost)
+        # Engine ledger (prompt + j - 1 after token j): the volume of a prompt one shorter.
+        value = volume_bound_seconds(np.array([r.arrival_time for r in fits]),
+                                     np.array([r.prompt_len - 1 for r in fits]),
+                                     np.array([r.output_len for r in fits]), args.capacity, round_time)
+        result = {"workload": workload, "capacity_tokens": args.capacity, "mode": "trace",
+                  "cost_model": cost.config(), "min_round_time_s": round_time,
+                  "bounds": [{"name": "volume", "value": value, "unit": "seconds of total latency"}],
+                  "best_lower_bound": {"name": "volume", "value": value}, "optimum": None,
+                  "notes": notes + ["the hindsight IP needs unit rounds: add --theory"]}
+    else:
+        try:
+            inst = Instance.from_requests(fits, args.capacity)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        names = [n.strip() for n in args.heuristics.split(",") if n.strip()]
+        heur = _theory_heuristics(fits, args.capacity, names) if names else {}
+        usable = [(tel, st) for tel, st in heur.values() if st is not None]
+        warm = None
+        if usable:
+            best_starts = min(usable, key=lambda h: h[0])[1]
+            warm = [best_starts[rid] for rid in inst.request_ids]
+        report = bound_report(inst, ip=not args.no_ip, lp=not args.no_lp, time_limit_s=args.time_limit,
+                              incumbent_starts=warm)
+        result = {"workload": workload, "capacity_tokens": args.capacity, "mode": "theory", **report.to_dict()}
+        result["notes"] = notes + result.get("notes", [])
+        best = report.best_lower_bound[1]
+        result["heuristics"] = [
+            {"scheduler": n, "total_latency": tel, "ratio_to_best_bound": tel / best if best else None}
+            for n, (tel, _) in heur.items()
+        ]
+    if args.json:
+        print(json.dumps(result, default=str))
+        return 0
+    _print_bound(result)
+    return 0
+
+
+def _print_bound(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    unit = "epochs" if result["mode"] == "theory" else "s"
+    table = Table(title=f"lower bounds on total latency ({unit}), capacity {result['capacity_tokens']}")
+    table.add_column("bound")
+    table.add_column("value", justify="right")
+    for b in result["bounds"]:
+        table.add_row(b["name"], f"{b['value']:.6g}")
+    console.print(table)
+    opt = result.get("optimum")
+    if opt and opt.get("status") == "optimal":
+        console.print(f"optimum: {opt['value']} (proven optimal)")
+    elif opt:
+        console.print(f"optimum: between {opt['lower']} and {opt['upper']} (time limit; proven interval)")
+    for h in result.get("heuristics", []):
+        ratio = h["ratio_to_best_bound"]
+        console.print(f"{h['scheduler']}: total latency {h['total_latency']}"
+                      + (f", {ratio:.4f}x the best lower bound" if ratio else ""))
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
+
+
+def cmd_experiment(args) -> int:
+    from kvsched.experiments import mcsf as exp
+
+    out = args.output
+    label = args.experiment
+    bar, cb = _progress(1, label, not args.no_progress and sys.stderr.isatty())
+    progress = (lambda done, total: (bar.update(bar.task_ids[0], total=total), cb(0.0, done))) if bar else None
+    if bar:
+        bar.start()
+    try:
+        if label == "mcsf-synthetic":
+            frame, summary = exp.synthetic_study(args.model, instances=args.instances, time_limit_s=args.time_limit,
+                                                 base_seed=args.seed, jobs=args.jobs, out=out, progress=progress,
+                                                 solve=not args.no_ip, scale=args.scale)
+        elif label == "mcsf-trace":
+            frame, summary = exp.trace_study(rates=args.rates, num_requests=args.num_requests,
+                                             capacity=args.capacity, cost_model=args.cost_model, seed=args.seed,
+                                             find_alpha=not args.no_alpha_search, out=out, progress=progress)
+        else:
+            frame, summary = exp.robustness_study(eps_values=args.eps, rate=args.rates[0],
+                                                  num_requests=args.num_requests, capacity=args.capacity,
+                                                  cost_model=args.cost_model, seed=args.seed, out=out,
+                                                  progress=progress)
+    finally:
+        if bar:
+            bar.stop()
+    print(json.dumps(summary, indent=2, default=str))
+    if out:
+        print(f"results written to {out}")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvsched", description="LLM inference scheduling under KV-cache limits")
     p.add_argument("--version", action="version", version=f"kvsched {__version__}")
@@ -304,6 +457,39 @@ def build_parser() -> argparse.ArgumentParser:
     _workload_args(t)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_trace_stats)
+
+    b = sub.add_parser("bound", help="lower bounds on total latency, and the hindsight optimum where it can be solved")
+    _workload_args(b)
+    b.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY_TOKENS, help="KV capacity in tokens")
+    b.add_argument("--theory", action="store_true", help="unit rounds and integer arrivals (needed for the IP)")
+    b.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="trace mode: its smallest step is the round time")
+    b.add_argument("--time-limit", type=float, default=60.0, help="IP time limit in seconds (then: proven interval)")
+    b.add_argument("--no-ip", action="store_true", help="closed-form bounds and the LP only")
+    b.add_argument("--no-lp", action="store_true", help="skip the LP relaxation")
+    b.add_argument("--heuristics", default="mcsf,mc-benchmark,zhou-jiang",
+                   help="schedulers run in theory mode; the best warm-starts the IP")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bound)
+
+    e = sub.add_parser("experiment", help="reproduce a paper's experiment (results saved as files)")
+    e.add_argument("experiment", choices=("mcsf-synthetic", "mcsf-trace", "mcsf-robustness"))
+    e.add_argument("--model", type=int, choices=(1, 2), default=1, help="synthetic: arrival model")
+    e.add_argument("--instances", type=int, default=200, help="synthetic: number of instances")
+    e.add_argument("--scale", choices=("paper", "small"), default="paper",
+                   help="synthetic: paper-size instances (M 30-50, n 40-60) or small ones the IP closes")
+    e.add_argument("--time-limit", type=float, default=10.0, help="synthetic: IP time limit per instance (s)")
+    e.add_argument("--no-ip", action="store_true", help="synthetic: heuristics and closed-form bounds only")
+    e.add_argument("--jobs", type=int, default=1, help="synthetic: worker processes")
+    e.add_argument("--rates", type=_floats, default=[10.0, 50.0], help="trace: arrival rates (req/s)")
+    e.add_argument("--eps", type=_floats, default=[0.2, 0.5, 0.8], help="robustness: prediction errors")
+    e.add_argument("--num-requests", type=int, default=10_000)
+    e.add_argument("--capacity", type=int, default=16_492, help="KV capacity in tokens (the paper's M)")
+    e.add_argument("--cost-model", default="llama2-70b-a100-tp2")
+    e.add_argument("--no-alpha-search", action="store_true", help="trace: skip the smallest-feasible-alpha search")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--output", type=Path, help="directory for result files")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_experiment)
 
     pl = sub.add_parser("plot", help="plot saved runs (latency CDF, TTFT CDF, KV usage over time)")
     pl.add_argument("runs", nargs="+", type=Path, help="run directories written with --output")
