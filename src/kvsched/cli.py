@@ -183,12 +183,12 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
         "cost_model": cost.config(), "capacity_tokens": args.capacity, "block_size": block_size,
         "lookahead_tokens": lookahead, "theory": bool(args.theory), "fast_forward": not args.no_fast_forward,
     }
+    bound = run_bound(result, min_round_time(cost), lookahead)
     if args.output:
         out = args.output if len(getattr(args, "schedulers_list", [sched_name])) == 1 else args.output / sched_name
-        summary = save_run(result, out, config, format=args.format)
+        summary = save_run(result, out, config, format=args.format, extra_summary=bound)
     else:
-        summary = summarize(result)
-    summary.update(run_bound(result, min_round_time(cost), lookahead))
+        summary = {**summarize(result), **bound}
     summary["sim_wall_time_s"] = wall
     return summary, config
 

@@ -39,14 +39,18 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
 
 
-def save_run(run: Run, out_dir: str | Path, config: dict, *, format: str = "parquet") -> dict:
-    """Write the run's files into `out_dir` (created) and return its summary."""
+def save_run(run: Run, out_dir: str | Path, config: dict, *, format: str = "parquet",
+             extra_summary: dict | None = None) -> dict:
+    """Write the run's files into `out_dir` (created) and return its summary.
+
+    extra_summary: more headline numbers to store in summary.json (e.g. the bound ratio)."""
     if format not in ("parquet", "csv"):
         raise ValueError(f"format must be 'parquet' or 'csv', got {format!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reqs = requests_frame(run)
     summary = summarize(run, reqs)
+    summary.update(extra_summary or {})
     for name, df in (("requests", reqs), ("steps", steps_frame(run))):
         if format == "parquet":
             df.to_parquet(out / f"{name}.parquet", index=False, compression="zstd")
