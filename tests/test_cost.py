@@ -26,7 +26,8 @@ from kvsched.sim.cost import (
 )
 
 VIDUR_DIR = Path("/work/shared/data/profiles/vidur")
-PRESETS = ("unit", "wait-paper", "wait-paper-prefill", "llama2-7b-a100", "llama2-7b-h100")
+PRESETS = ("unit", "wait-paper", "wait-paper-prefill", "llama2-7b-a100", "llama2-7b-h100",
+           "llama2-70b-a100-tp2")
 
 DECODE = BatchShape(num_seqs=4, num_prefill_tokens=0, num_decode_seqs=4, num_kv_tokens=1000)
 MIXED = BatchShape(num_seqs=3, num_prefill_tokens=100, num_decode_seqs=2, num_kv_tokens=2000,
@@ -252,3 +253,95 @@ def test_fit_hinge_recovers_synthetic():
     assert fit.floor_s == pytest.approx(0.01) and fit.base_s == pytest.approx(0.004)
     assert fit.slope_s_per_token == pytest.approx(6e-5) and fit.max_rel_err < 1e-9
     assert fit.knee_tokens == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------- llama2-70b-a100-tp2
+
+SPLITWISE_PERF = Path("/work/shared/data/profiles/splitwise_sim/perf_model.csv")
+# Mutinifni/splitwise-sim data/perf_model.csv (MIT; Patel et al., Splitwise, ISCA'24), rows
+# llama2-70b, a100-80gb, tensor_parallel 2, mean of the repeated measurements (ms):
+SPLITWISE_DECODE_B32_MS = 72.21  # token_time, batch 32, prompt 512, 128 output tokens
+SPLITWISE_PREFILL_2048_MS = 687.26  # prompt_time, batch 1, prompt 2048
+
+
+def test_llama70b_tp2_fit_matches_documented():
+    fit = profiles.fit_table("llama2-70b-tp2", "a100")
+    assert fit.floor_s == pytest.approx(4.7178e-2, rel=0.01)
+    assert fit.base_s == pytest.approx(2.7867e-2, rel=0.01)
+    assert fit.slope_s_per_token == pytest.approx(3.0632e-4, rel=0.01)
+    assert fit.knee_tokens == pytest.approx(63, abs=2)
+    assert fit.r2 > 0.99 and fit.mean_rel_err < 0.05 and fit.num_points == 259
+
+
+def test_llama70b_tp2_coefficients():
+    model = COST_MODELS.create("llama2-70b-a100-tp2")
+    # KV per token per GPU: 2 (K, V) * 80 layers * 8/2 KV heads * 128 * 2 B = 163,840 B.
+    assert profiles.LLAMA2_70B.kv_bytes_per_token_per_gpu(2) == 163_840
+    assert model.d1_s_per_token == pytest.approx(163_840 / (0.7 * 2.0e12))
+    assert model.d4_s_per_attn_token == pytest.approx(0.5 * 4 * 80 * (8192 // 2) / (0.5 * 312e12))
+    assert model.d0_s == pytest.approx(32000 // 2 * 8192 * 2 / 1.4e12 + 80 * 10e-6)
+    assert model.d3_s_per_seq == pytest.approx(10e-6 * 80 / 32)
+    assert COST_MODELS.create("llama2-70b-a100-tp2", bandwidth_efficiency=0.35).d1_s_per_token == \
+        pytest.approx(2 * model.d1_s_per_token)
+    with pytest.raises(ValueError, match="device"):
+        profiles.derive_llama2_70b_tp2("h100")
+    with pytest.raises(ValueError, match="tp=3"):
+        profiles.LLAMA2_70B.kv_bytes_per_token_per_gpu(3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seqs=st.integers(1, 256), prefill=st.integers(0, 8192), kv=st.integers(0, 200_000),
+       attn=st.integers(0, 10**8), dim=st.sampled_from(["seqs", "prefill", "decode", "kv", "attn"]),
+       step=st.integers(1, 5000))
+def test_llama70b_tp2_monotone_in_each_dimension(seqs, prefill, kv, attn, dim, step):
+    model = COST_MODELS.create("llama2-70b-a100-tp2")
+    decode = seqs - 1 if prefill else seqs
+    base = BatchShape(seqs, prefill, decode, kv + prefill + decode, attn if prefill else 0)
+    bigger = {
+        "seqs": BatchShape(seqs + step, prefill, decode, base.num_kv_tokens, base.prefill_attn_tokens),
+        "prefill": BatchShape(seqs, prefill + step, decode, base.num_kv_tokens + step,
+                              base.prefill_attn_tokens),
+        "decode": BatchShape(seqs + step, prefill, decode + step, base.num_kv_tokens + step,
+                             base.prefill_attn_tokens),
+        "kv": BatchShape(seqs, prefill, decode, base.num_kv_tokens + step, base.prefill_attn_tokens),
+        "attn": BatchShape(seqs, prefill, decode, base.num_kv_tokens, base.prefill_attn_tokens + step),
+    }[dim]
+    assert model.step_time(bigger) >= model.step_time(base)
+    if dim in ("seqs", "decode", "kv", "attn"):  # terms with a positive coefficient everywhere
+        assert model.step_time(bigger) > model.step_time(base)
+
+
+def test_llama70b_tp2_sanity_against_splitwise():
+    """Within a factor 2 of vLLM-era measurements on the same hardware (a sanity check, not a fit)."""
+    model = COST_MODELS.create("llama2-70b-a100-tp2")
+    decode = model.step_time(BatchShape(32, 0, 32, 10_000))
+    assert SPLITWISE_DECODE_B32_MS / 2 < decode * 1e3 < 2 * SPLITWISE_DECODE_B32_MS
+    prefill = model.step_time(BatchShape(1, 2048, 0, 2048, 2048 * 2048))
+    assert SPLITWISE_PREFILL_2048_MS / 2 < prefill * 1e3 < 2 * SPLITWISE_PREFILL_2048_MS
+    # Weight-read floor: a batch-1 decode step is at least the 45 ms of reading 69 GB per GPU.
+    assert 0.045 < model.step_time(BatchShape(1, 0, 1, 1000)) < 0.055
+    seven_b = COST_MODELS.create("llama2-7b-a100")
+    for shape in (DECODE, MIXED, BatchShape(32, 0, 32, 10_000), BatchShape(1, 2048, 0, 2048, 2048**2)):
+        assert model.step_time(shape) > seven_b.step_time(shape)
+
+
+@pytest.mark.skipif(not SPLITWISE_PERF.exists(), reason="shared Splitwise perf model not present")
+def test_splitwise_reference_values_match_shared_file():
+    import pandas as pd
+
+    df = pd.read_csv(SPLITWISE_PERF)
+    df = df[(df.model == "llama2-70b") & (df.hardware == "a100-80gb") & (df.tensor_parallel == 2)]
+    decode = df[(df.batch_size == 32) & (df.prompt_size == 512) & (df.token_size == 128)].token_time
+    prefill = df[(df.batch_size == 1) & (df.prompt_size == 2048) & (df.token_size == 128)].prompt_time
+    assert decode.mean() == pytest.approx(SPLITWISE_DECODE_B32_MS, abs=0.01)
+    assert prefill.mean() == pytest.approx(SPLITWISE_PREFILL_2048_MS, abs=0.01)
+
+
+@pytest.mark.skipif(not VIDUR_DIR.exists(), reason="shared Vidur profiles not present")
+@pytest.mark.parametrize("table", sorted(profiles.LINEAR_TABLES))
+def test_shipped_tables_regenerate_identically(table, tmp_path):
+    """`python -m kvsched.sim.profiles VIDUR_DIR` rewrites each shipped table byte for byte."""
+    spec = profiles.LINEAR_TABLES[table]
+    out = tmp_path / spec.path.name
+    profiles.write_linear_table(VIDUR_DIR, out, table=spec)
+    assert out.read_bytes() == spec.path.read_bytes()

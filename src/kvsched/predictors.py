@@ -76,7 +76,7 @@ class _IntervalEnd:
         if request.predicted_output_interval is None:
             raise ValueError(
                 f"request {request.request_id} has no predicted_output_interval; attach one with "
-                f"--predictions interval-ratio:alpha=A or interval-common"
+                f"with_predictions(requests, 'interval-ratio:alpha=A', rng) or --predictions interval-ratio:alpha=A"
             )
         return request.predicted_output_interval[self.index]
 
@@ -131,8 +131,12 @@ class PredictionModel:
             raise ValueError(f"overestimate factor alpha must be >= 1, got {self.alpha}")
         if self.kind == "interval-ratio" and not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"interval ratio alpha = lo/hi must be in (0, 1], got {self.alpha}")
-        if self.lo is not None and self.hi is not None and not 1 <= self.lo <= self.hi:
-            raise ValueError(f"interval-common needs 1 <= lo <= hi, got lo={self.lo}, hi={self.hi}")
+        for name in ("lo", "hi"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"interval-common needs {name} >= 1, got {name}={value}")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            raise ValueError(f"interval-common needs lo <= hi, got lo={self.lo}, hi={self.hi}")
 
     @property
     def spec(self) -> str:
@@ -183,7 +187,8 @@ class PredictionModel:
 
 
 _KINDS = ("exact", "relative", "overestimate", "interval-ratio", "interval-common")
-_DEFAULT_KEY = {"relative": "eps", "overestimate": "alpha", "interval-ratio": "alpha"}
+_PARAMS = {"exact": (), "relative": ("eps",), "overestimate": ("alpha",), "interval-ratio": ("alpha",),
+           "interval-common": ("lo", "hi")}
 
 
 def parse_predictions(spec: str) -> PredictionModel:
@@ -193,16 +198,22 @@ def parse_predictions(spec: str) -> PredictionModel:
     kind = kind.strip()
     if kind not in _KINDS:
         raise ValueError(f"unknown prediction model {kind!r} in {spec!r}; known: {', '.join(_KINDS)}")
+    allowed = _PARAMS[kind]
     kwargs: dict[str, float | int] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         if not eq:
-            key, value = _DEFAULT_KEY.get(kind, ""), part
-            if not key:
-                raise ValueError(f"{spec!r}: {kind} takes named parameters (lo=..., hi=...)")
+            if len(allowed) != 1:
+                takes = "no parameters" if not allowed else "named parameters (" + ", ".join(
+                    f"{a}=..." for a in allowed) + ")"
+                raise ValueError(f"{spec!r}: {kind} takes {takes}")
+            key, value = allowed[0], part
         key = key.strip()
-        if key not in ("eps", "alpha", "lo", "hi"):
-            raise ValueError(f"{spec!r}: unknown parameter {key!r}")
+        if key not in allowed:
+            takes = ", ".join(allowed) or "no parameters"
+            raise ValueError(f"{spec!r}: {kind} does not take {key!r} (it takes {takes})")
+        if key in kwargs:
+            raise ValueError(f"{spec!r}: parameter {key!r} given twice")
         try:
             kwargs[key] = int(value) if key in ("lo", "hi") else float(value)
         except ValueError:

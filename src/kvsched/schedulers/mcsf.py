@@ -297,7 +297,12 @@ class AMinScheduler(MCSFScheduler):
         g, length = r.num_output_tokens, self._planned[r.request_id]
         if g >= length:
             if self.refine == "double" and r.predicted_output_interval is not None:
-                length = max(g + 1, min(r.predicted_output_interval[1], 2 * length))
+                # Double as often as stepping round by round would have by now: the
+                # simulator may skip calls while the decision repeats (fast-forward).
+                hi = r.predicted_output_interval[1]
+                while length <= g and length < hi:
+                    length = min(hi, 2 * length)
+                length = max(g + 1, length)
             else:
                 length = g + 1
             self._planned[r.request_id] = length

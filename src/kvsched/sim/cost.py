@@ -8,7 +8,8 @@ simulator's hot path when the loop fast-forwards decodes. Models:
 - `AffineCost`: d0 + d1 * num_kv_tokens (WAIT paper eq. 1).
 - `AffinePrefillCost`: adds prefill-token, per-sequence and prefill-attention terms.
 - `PiecewiseTokenCost`: max(floor, base + slope * batched tokens) for the weight-bound /
-  compute-bound linear layers, plus the affine terms (the profiled `llama2-7b-*` presets).
+  compute-bound linear layers, plus the affine terms (the profiled `llama2-7b-*` and
+  `llama2-70b-a100-tp2` presets).
 
 `fit_affine` calibrates the affine models from measured steps. Named presets are in
 `COST_MODELS`; their derivations are in docs/cost_models.md and `kvsched.sim.profiles`.
@@ -332,3 +333,15 @@ def llama2_7b_a100(**overrides: float) -> PiecewiseTokenCost:
 )
 def llama2_7b_h100(**overrides: float) -> PiecewiseTokenCost:
     return llama2_7b("h100", **overrides)
+
+
+@COST_MODELS.register(
+    "llama2-70b-a100-tp2",
+    "PiecewiseTokenCost for Llama-2-70B fp16 on two A100-80GB, tensor parallelism 2 (the MC-SF "
+    "trace study's hardware; calibration input, not the paper's values): Vidur-profiled linear ops "
+    "(TP=2, hinge fit) + per-GPU roofline attention (70% of 2.0 TB/s, 50% of 312 TFLOP/s); no all-reduce term",
+)
+def llama2_70b_a100_tp2(**overrides: float) -> PiecewiseTokenCost:
+    """Overrides go to `profiles.derive_llama2_70b_tp2` (bandwidth_efficiency,
+    flops_efficiency, per_seq_s)."""
+    return PiecewiseTokenCost(**profiles.derive_llama2_70b_tp2(**overrides).coefficients)
