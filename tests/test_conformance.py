@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvsched.bounds.runs import min_round_time, run_bound
 from kvsched.kvcache import blocks_for
 from kvsched.predictors import with_predictions
 from kvsched.registry import SCHEDULERS
@@ -70,6 +71,9 @@ def _check_run(name, specs, capacity, block_size, theory=False, **opts):
         else:
             assert r.status is RequestStatus.REJECTED and r.reject_reason
     assert max(run.steps["kv_used_blocks"], default=0) <= num_blocks
+    # The volume lower bound is a proven bound: no schedule may beat it.
+    bound = run_bound(run, 1.0 if theory else min_round_time(COST), lookahead)
+    assert bound["total_latency_s"] >= bound["bound_total_latency_s"] - 1e-9 * max(1.0, bound["total_latency_s"])
     assert all(u <= b * block_size for u, b in zip(run.steps["kv_used_tokens"], run.steps["kv_used_blocks"]))
     return run
 

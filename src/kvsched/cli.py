@@ -410,7 +410,7 @@ def cmd_experiment(args) -> int:
                                              capacity=args.capacity, cost_model=args.cost_model, seed=args.seed,
                                              find_alpha=not args.no_alpha_search, out=out, progress=progress)
         else:
-            frame, summary = exp.robustness_study(eps_values=args.eps, rate=args.rates[0],
+            frame, summary = exp.robustness_study(eps_values=args.eps, rates=args.rates,
                                                   num_requests=args.num_requests, capacity=args.capacity,
                                                   cost_model=args.cost_model, seed=args.seed, out=out,
                                                   progress=progress)

@@ -331,43 +331,47 @@ def summarize_trace(frame: pd.DataFrame, alphas: dict | None = None) -> dict:
 
 # --- 10.3 robustness study --------------------------------------------------------------------
 
-def robustness_study(*, eps_values: Sequence[float] = (0.2, 0.5, 0.8), rate: float = 50.0,
+def robustness_study(*, eps_values: Sequence[float] = (0.2, 0.5, 0.8), rates: Sequence[float] = (50.0, 10.0),
                      num_requests: int = 10_000, capacity: int = PAPER_CAPACITY_TOKENS,
                      cost_model: str = TRACE_COST_MODEL, reserve: float = 0.1, seed: int = 0,
                      out: Path | None = None, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
     """Spec 10.3: noisy predictions; MC-SF (and MC-Benchmark) with a reserve and LIFO
     clearing on overflow, against the alpha/beta baselines (which ignore predictions)."""
-    rng = np.random.default_rng([seed, int(rate * 1000)])
-    base = lmsys_like_workload(num_requests, rate, capacity, rng)
-    total = len(eps_values) * 2 + len(BASELINES)
+    total = len(rates) * (len(eps_values) * 2 + len(BASELINES))
     rows = []
-    exact = with_predictions(base, "exact", rng)
-    for name, options in BASELINES:
-        rows.append({"eps": None, **_trace_run(exact, name, options, capacity, cost_model)})
-        if progress:
-            progress(len(rows), total)
-    for eps in eps_values:
-        noisy = with_predictions(base, f"relative:eps={eps}", np.random.default_rng([seed, int(eps * 1000)]))
-        for name in ("mcsf", "mc-benchmark"):
-            rows.append({"eps": eps, **_trace_run(noisy, name, {"reserve": reserve}, capacity, cost_model)})
+    summary: dict = {"paper": "MC-SF beats the FCFS-type benchmarks at every eps (no numeric table)"}
+    for rate in rates:
+        rng = np.random.default_rng([seed, int(rate * 1000)])
+        base = lmsys_like_workload(num_requests, rate, capacity, rng)
+        exact = with_predictions(base, "exact", rng)
+        for name, options in BASELINES:
+            rows.append({"rate": rate, "eps": None, **_trace_run(exact, name, options, capacity, cost_model)})
             if progress:
                 progress(len(rows), total)
+        for eps in eps_values:
+            noisy = with_predictions(base, f"relative:eps={eps}", np.random.default_rng([seed, int(eps * 1000)]))
+            for name in ("mcsf", "mc-benchmark"):
+                run = _trace_run(noisy, name, {"reserve": reserve}, capacity, cost_model)
+                rows.append({"rate": rate, "eps": eps, **run})
+                if progress:
+                    progress(len(rows), total)
     frame = pd.DataFrame(rows)
-    summary: dict = {"paper": "MC-SF beats the FCFS-type benchmarks at every eps (no numeric table)"}
-    baselines = frame[frame["eps"].isna() & frame["feasible"]]
-    best_baseline = float(baselines["mean_latency_s"].min()) if len(baselines) else None
-    for eps in eps_values:
-        sub = frame[frame["eps"] == eps].set_index("scheduler")
-        mcsf = float(sub.loc["mcsf", "mean_latency_s"])
-        summary[f"eps_{eps:g}"] = {
-            "mcsf_mean_latency_s": mcsf,
-            "mc_benchmark_mean_latency_s": float(sub.loc["mc-benchmark", "mean_latency_s"]),
-            "best_baseline_mean_latency_s": best_baseline,
-            "mcsf_beats_every_feasible_baseline": bool(best_baseline is None or mcsf < best_baseline),
-            "mcsf_evictions": int(sub.loc["mcsf", "num_preemptions"]),
-            "mcsf_recomputed_tokens": int(sub.loc["mcsf", "num_wasted_tokens"]),
-        }
-    config = {"study": "mcsf-robustness", "eps": list(eps_values), "rate": rate, "num_requests": num_requests,
+    for rate in rates:
+        at = frame[frame["rate"] == rate]
+        baselines = at[at["eps"].isna() & at["feasible"]]
+        best_baseline = float(baselines["mean_latency_s"].min()) if len(baselines) else None
+        for eps in eps_values:
+            sub = at[at["eps"] == eps].set_index("scheduler")
+            mcsf = float(sub.loc["mcsf", "mean_latency_s"])
+            summary[f"rate_{rate:g}_eps_{eps:g}"] = {
+                "mcsf_mean_latency_s": mcsf,
+                "mc_benchmark_mean_latency_s": float(sub.loc["mc-benchmark", "mean_latency_s"]),
+                "best_baseline_mean_latency_s": best_baseline,
+                "mcsf_beats_every_feasible_baseline": bool(best_baseline is None or mcsf < best_baseline),
+                "mcsf_evictions": int(sub.loc["mcsf", "num_preemptions"]),
+                "mcsf_recomputed_tokens": int(sub.loc["mcsf", "num_wasted_tokens"]),
+            }
+    config = {"study": "mcsf-robustness", "eps": list(eps_values), "rates": list(rates), "num_requests": num_requests,
               "capacity_tokens": capacity, "cost_model": cost_model, "reserve": reserve, "seed": seed,
               "noise_model": "relative uniform: round(o (1 + eps U)), U ~ U[-1, 1] (spec 8)"}
     _write(out, {"runs": frame}, config, summary)
