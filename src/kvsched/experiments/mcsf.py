@@ -103,8 +103,8 @@ def theory_schedule(inst, scheduler_name: str, **options) -> tuple[int, tuple[in
 # Instance sizes: the paper's, and a scaled-down family whose IPs HiGHS closes in seconds.
 SCALES = {
     "paper": {1: {}, 2: {}},
-    "small": {1: {"capacity_range": (10, 16), "n_range": (8, 14), "prompt_max": 3},
-              2: {"capacity_range": (10, 16), "epochs_range": (8, 12), "prompt_max": 3}},
+    "small": {1: {"capacity_range": (10, 16), "n_range": (6, 10), "prompt_max": 3},
+              2: {"capacity_range": (10, 16), "epochs_range": (6, 10), "prompt_max": 3}},
 }
 
 
@@ -157,7 +157,7 @@ def synthetic_study(model: int, *, instances: int = 200, time_limit_s: float = 1
                     solve: bool = True, scale: str = "paper") -> tuple[pd.DataFrame, dict]:
     """Spec 10.1: per-instance rows and the summary table beside the paper's numbers.
 
-    scale="small" draws scaled-down instances (M 10-16, n 8-14 or 8-12 epochs, s 1-3)
+    scale="small" draws scaled-down instances (M 10-16, n 6-10 or 6-10 epochs, s 1-3)
     whose IPs close, so MC-SF's ratio to a *proven* optimum can be measured; it is not
     the paper's distribution and is labelled so in every output."""
     if model not in (1, 2):
