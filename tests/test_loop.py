@@ -76,6 +76,39 @@ def test_idle_forever_raises():
         _run(reqs((0.0, 5, 2)), [])
 
 
+def test_restart_discards_generated_tokens():
+    r = _run(
+        reqs((0.0, 4, 4)),
+        [Decision({0: 4}), Decision({0: 1}), Decision({}, restart=(0,)), Decision({0: 4}), Decision({0: 1}),
+         Decision({0: 1}), Decision({0: 1})],
+    )
+    (q,) = r.requests
+    # Two tokens were generated, then thrown away: the request starts over from its prompt.
+    assert q.num_preemptions == 1 and q.num_wasted_tokens == 5 and q.num_output_tokens == 4
+    assert q.finish_time == 6.0
+
+
+def test_lookahead_slot_charges_the_papers_ledger():
+    r = run(reqs((0.0, 3, 3)), Scripted([Decision({0: 3}), Decision({0: 1}), Decision({0: 1})]),
+            SimBackend(UnitCost()), KVCache(100, 1), lookahead_tokens=1)
+    assert r.steps["kv_used_tokens"] == [4, 5, 6]  # prompt + j after the j-th output token
+    # Two 2-token prompts fit 5 tokens without the slot (4), not with it (6).
+    two = reqs((0.0, 2, 1), (0.0, 2, 1))
+    run(two, Scripted([Decision({0: 2, 1: 2})]), SimBackend(UnitCost()), KVCache(5, 1))
+    with pytest.raises(SchedulingError, match="needs 6 new KV blocks but only 5"):
+        run(two, Scripted([Decision({0: 2, 1: 2})]), SimBackend(UnitCost()), KVCache(5, 1), lookahead_tokens=1)
+
+
+def test_idle_until_waits_without_an_arrival():
+    r = _run(reqs((0.0, 2, 1)), [Decision(idle_until=5.0), Decision({0: 2})])
+    assert r.requests[0].first_scheduled_time == 5.0 and r.requests[0].finish_time == 6.0
+    # An arrival before idle_until still wakes the scheduler at the arrival.
+    r = _run(reqs((0.0, 2, 1), (3.0, 2, 1)), [Decision(idle_until=5.0), Decision({0: 2, 1: 2})])
+    assert r.requests[0].first_scheduled_time == 3.0
+    with pytest.raises(SchedulingError, match="would wait forever"):
+        _run(reqs((0.0, 2, 1)), [Decision(idle_until=0.0)])
+
+
 def test_request_that_never_fits_is_rejected_and_counted():
     # peak KV = 90 + 20 - 1 = 109 > 100 tokens
     r = simulate(reqs((0.0, 90, 20), (0.5, 10, 5)), SCHEDULERS.create("vllm"), UnitCost(), capacity_tokens=100,

@@ -140,3 +140,12 @@ def test_trace_experiment_is_deterministic(exe, tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 8 and set(a["scheduler"]) == {"mcsf", "mc-benchmark", "alpha-protection", "beta-clearing"}
     assert (a.loc[a["feasible"], "peak_kv_tokens"] <= 16_492).all()
+
+
+def test_simulate_summary_can_compare_with_the_ip_bound(exe, tiny):
+    out = json.loads(kvsched(exe, "simulate", "--trace", str(tiny), "--capacity", "10", "--theory",
+                             "--scheduler", "mcsf", "--bound", "ip", "--json").stdout)
+    assert out["bound_name"] == "ip-dual" and out["bound_total_latency_s"] == 24
+    assert out["ratio_to_bound"] == pytest.approx(26 / 24) and out["optimum"]["status"] == "optimal"
+    bad = kvsched(exe, "simulate", "--trace", str(tiny), "--capacity", "10", "--bound", "ip", ok=False)
+    assert bad.returncode == 2 and "--theory" in bad.stderr

@@ -87,6 +87,10 @@ def _system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (1 = token-exact)")
     p.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="registered cost model (see docs)")
     p.add_argument("--no-fast-forward", action="store_true", help="simulate decode runs step by step")
+    p.add_argument("--bound", choices=("volume", "ip"), default="volume",
+                   help="lower bound the summary compares total latency with: volume (any run, instant) or "
+                        "ip (theory mode: the hindsight IP's proven bound, under --bound-time-limit)")
+    p.add_argument("--bound-time-limit", type=float, default=30.0, help="seconds for --bound ip")
     p.add_argument("--theory", action="store_true",
                    help="the theory papers' model: unit-time rounds, block size 1, a request holds prompt+j "
                         "tokens after its j-th output token (overrides --cost-model and --block-size)")
@@ -162,6 +166,8 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
     from kvsched.schedulers.clearing import InfeasibleSchedule
     from kvsched.sim import simulate
 
+    if args.bound == "ip" and not args.theory:
+        raise CLIError("--bound ip needs --theory (the hindsight IP counts unit rounds)")
     scheduler = make_scheduler(sched_name, options)
     cost, block_size, lookahead = _system(args)
     bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
@@ -184,6 +190,8 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
         "lookahead_tokens": lookahead, "theory": bool(args.theory), "fast_forward": not args.no_fast_forward,
     }
     bound = run_bound(result, min_round_time(cost), lookahead)
+    if args.bound == "ip":
+        bound.update(_ip_bound(result, args))
     if args.output:
         out = args.output if len(getattr(args, "schedulers_list", [sched_name])) == 1 else args.output / sched_name
         summary = save_run(result, out, config, format=args.format, extra_summary=bound)
@@ -299,6 +307,22 @@ def cmd_plot(args) -> int:
         raise CLIError(str(exc)) from None
     print(f"wrote {out}")
     return 0
+
+
+def _ip_bound(result, args) -> dict:
+    """The strongest proven lower bound on the completed requests' total latency."""
+    from kvsched.bounds import Instance, bound_report
+
+    done = [r for r in result.requests if r.status is RequestStatus.FINISHED]
+    try:
+        inst = Instance.from_requests(done, args.capacity)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    report = bound_report(inst, ip=True, time_limit_s=args.bound_time_limit)
+    name, value = report.best_lower_bound
+    total = sum(r.finish_time - r.arrival_time for r in done)
+    return {"bound_name": name, "bound_total_latency_s": float(value),
+            "ratio_to_bound": total / value if value else float("nan"), "optimum": report.optimum}
 
 
 def _theory_heuristics(reqs, capacity: int, names: list[str]) -> dict[str, tuple[int, tuple | None]]:

@@ -19,18 +19,26 @@ class Decision:
     """One step's decision.
 
     run:     request id -> number of new tokens to compute this step (>= 1).
-    preempt: resident request ids whose KV is freed before the step (recompute later).
+    preempt: resident request ids whose KV is freed before the step; they keep their
+             generated tokens and later recompute prompt + output in one prefill (vLLM).
     repeat:  a promise that, while no request arrives or finishes and memory suffices,
              the scheduler would return this same pure-decode decision for `repeat`
              consecutive steps. The simulator uses it to fast-forward decode runs;
              it is ignored unless every request in `run` is decoding and nothing is
              preempted. 1 (the default) promises nothing.
+    restart: resident request ids killed before the step: KV freed and generated tokens
+             discarded, so they start over from the prompt (the theory papers' clearing,
+             kill-and-restart).
+    idle_until: with an empty `run`, let the clock advance to this time (or to the next
+             arrival, whichever comes first) instead of only to the next arrival: a
+             schedule may leave the engine idle on purpose (the hindsight optimum does).
     """
 
     run: Mapping[int, int] = field(default_factory=dict)
     preempt: tuple[int, ...] = ()
     repeat: int = 1
     restart: tuple[int, ...] = ()
+    idle_until: float | None = None
 
 
 IDLE = Decision()

@@ -284,9 +284,15 @@ class _Loop:
         """Nothing to run: wait for the next arrival, or fail if none will come."""
         if decision.preempt or decision.restart:
             return  # the scheduler freed memory and will be asked again at once
+        until = decision.idle_until
         if self.next_arrival < len(self.reqs):
-            self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)
+            arrival = self.reqs[self.next_arrival].arrival_time
+            until = arrival if until is None or until <= self.now else min(until, arrival)
+        if until is not None and until > self.now:
+            self.now = until
             return
+        if self.next_arrival < len(self.reqs):
+            return  # the arrival is due now
         raise SchedulingError(
             f"step {self.step}: scheduler {type(self.scheduler).__name__} returned an empty decision with "
             f"{len(self.waiting)} waiting and {len(self.resident)} resident requests and no arrivals "
