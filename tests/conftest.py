@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from hypothesis import settings
@@ -40,3 +41,12 @@ def reqs(*specs: tuple[float, int, int]) -> list[Request]:
 @pytest.fixture
 def make_reqs():
     return reqs
+
+
+@pytest.fixture(scope="session")
+def exe() -> str:
+    """The installed `kvsched` console script (CLI tests run it in a subprocess)."""
+    path = shutil.which("kvsched")
+    if path is None:
+        pytest.fail("the `kvsched` console script is not on PATH; install the package with `pip install -e .`")
+    return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,14 +25,6 @@ JSON_KEYS = (
 RUN_FILES = ("requests.parquet", "steps.parquet", "summary.json", "config.json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(scope="module")
-def exe() -> str:
-    path = shutil.which("kvsched")
-    if path is None:
-        pytest.fail("the `kvsched` console script is not on PATH; install the package with "
-                    "`pip install -e /work/main --no-deps` before running tests/test_cli.py")
-    return path
 
 
 def kvsched(exe: str, *args: str, cwd: Path | None = None, ok: bool = True) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ solver, real files read back with pandas). Instances are tiny so the file runs i
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,13 +15,6 @@ import pytest
 
 TV1 = "arrival_time,prompt_len,output_len\n0,2,2\n0,2,8\n0,2,5\n0,2,2\n0,2,1\n"
 
-
-@pytest.fixture(scope="module")
-def exe() -> str:
-    path = shutil.which("kvsched")
-    if path is None:
-        pytest.fail("the `kvsched` console script is not on PATH; run `pip install -e .` first")
-    return path
 
 
 def kvsched(exe: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -121,13 +120,6 @@ def test_summary_json_is_strict_json_with_null_for_nan(tmp_path):
 
 # --- the CLI's run directories -----------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def exe() -> str:
-    path = shutil.which("kvsched")
-    if path is None:
-        pytest.fail("the `kvsched` console script is not on PATH; `pip install -e /work/main --no-deps`")
-    return path
 
 
 def _cli_run(exe: str, out: Path, *extra: str) -> None:

@@ -334,7 +334,7 @@ def _theory_heuristics(reqs, capacity: int, names: list[str]) -> dict[str, tuple
     for name in names:
         run = simulate_theory(reqs, make_scheduler(name, {}), capacity_tokens=capacity)
         done = [r for r in run.requests if r.status is RequestStatus.FINISHED]
-        tel = int(round(sum(r.finish_time - r.arrival_time for r in done)))
+        tel = round(sum(r.finish_time - r.arrival_time for r in done))
         starts = None if any(r.num_preemptions for r in run.requests) else {
             r.request_id: int(r.admit_time) for r in done}
         out[name] = (tel, starts)
@@ -426,15 +426,15 @@ def cmd_experiment(args) -> int:
         bar.start()
     try:
         if label == "mcsf-synthetic":
-            frame, summary = exp.synthetic_study(args.model, instances=args.instances, time_limit_s=args.time_limit,
+            _, summary = exp.synthetic_study(args.model, instances=args.instances, time_limit_s=args.time_limit,
                                                  base_seed=args.seed, jobs=args.jobs, out=out, progress=progress,
                                                  solve=not args.no_ip, scale=args.scale)
         elif label == "mcsf-trace":
-            frame, summary = exp.trace_study(rates=args.rates, num_requests=args.num_requests,
+            _, summary = exp.trace_study(rates=args.rates, num_requests=args.num_requests,
                                              capacity=args.capacity, cost_model=args.cost_model, seed=args.seed,
                                              find_alpha=not args.no_alpha_search, out=out, progress=progress)
         else:
-            frame, summary = exp.robustness_study(eps_values=args.eps, rates=args.rates,
+            _, summary = exp.robustness_study(eps_values=args.eps, rates=args.rates,
                                                   num_requests=args.num_requests, capacity=args.capacity,
                                                   cost_model=args.cost_model, seed=args.seed, out=out,
                                                   progress=progress)

@@ -92,7 +92,7 @@ def theory_schedule(inst, scheduler_name: str, **options) -> tuple[int, tuple[in
     reqs = [by_id[rid] for rid in inst.request_ids]
     if any(r.status is not RequestStatus.FINISHED for r in reqs):
         raise RuntimeError(f"{scheduler_name} left requests unfinished on a feasible instance")
-    tel = int(round(sum(r.finish_time - r.arrival_time for r in reqs)))
+    tel = round(sum(r.finish_time - r.arrival_time for r in reqs))
     if any(r.num_preemptions for r in reqs):
         return tel, None
     return tel, tuple(int(r.admit_time) for r in reqs)
@@ -109,7 +109,11 @@ SCALES = {
 
 
 def synthetic_instance(model: int, index: int, base_seed: int, scale: str = "paper"):
-    from kvsched.experiments.mcsf_instances import instance_rng, model1_instance, model2_instance
+    from kvsched.experiments.mcsf_instances import (
+        instance_rng,
+        model1_instance,
+        model2_instance,
+    )
 
     rng = instance_rng(base_seed, model, index)
     kwargs = SCALES[scale][model]
@@ -196,7 +200,7 @@ def summarize_synthetic(frame: pd.DataFrame, model: int) -> dict:
         return out
     proven = frame[frame["proven_optimal"]]
     ratio = proven["mcsf_tel"] / proven["ip_upper"]
-    out["proven_optimal"] = int(len(proven))
+    out["proven_optimal"] = len(proven)
     out["proven"] = {
         "mean": float(ratio.mean()) if len(ratio) else None,
         "best": float(ratio.min()) if len(ratio) else None,

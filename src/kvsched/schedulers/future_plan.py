@@ -27,7 +27,7 @@ from collections.abc import Iterable
 class FuturePlan:
     """Planned memory at future checkpoints for a set of non-preemptive requests."""
 
-    __slots__ = ("cap", "ends", "sum_f", "count", "prefix_max")
+    __slots__ = ("cap", "count", "ends", "prefix_max", "sum_f")
 
     def __init__(self, cap: int, alive: Iterable[tuple[int, int]] = ()) -> None:
         """cap: the memory the plan must respect (tokens).
