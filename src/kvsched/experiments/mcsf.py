@@ -244,13 +244,12 @@ def _trace_run(reqs: Sequence[Request], name: str, options: dict, capacity: int,
     from kvsched.sim import simulate
 
     scheduler = SCHEDULERS.create(name, **options)
-    t0 = time.perf_counter()
     try:
         run = simulate(reqs, scheduler, COST_MODELS.create(cost_model), capacity_tokens=capacity, block_size=1,
                        lookahead_tokens=1)
     except InfeasibleSchedule as exc:
         return {"scheduler": name, "label": label(name, options), **options, "feasible": False,
-                "infeasible_reason": str(exc), "wall_s": time.perf_counter() - t0}
+                "infeasible_reason": str(exc)}
     df = requests_frame(run)
     s = summarize(run, df)
     done = df[df["status"] == RequestStatus.FINISHED.value].sort_values("arrival_time")
@@ -264,7 +263,6 @@ def _trace_run(reqs: Sequence[Request], name: str, options: dict, capacity: int,
         "ttft_mean_s": s["ttft_mean"], "throughput_tokens_per_s": s["throughput_tokens_per_s"],
         "num_preemptions": s["num_preemptions"], "num_wasted_tokens": s["num_wasted_tokens"],
         "peak_kv_tokens": s["peak_kv_tokens"], "cum_avg_latency_slope": slope, "makespan_s": s["makespan_s"],
-        "wall_s": time.perf_counter() - t0,
     }
 
 
