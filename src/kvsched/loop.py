@@ -6,6 +6,11 @@ preempts a request that is not resident, asks for more tokens than a request has
 left, or needs more KV blocks than are free raises `SchedulingError` naming the step,
 the request ids and the numbers.
 
+Preemption frees a request's KV before the step and either keeps its generated tokens
+(`Decision.preempt`, vLLM recompute) or discards them (`Decision.restart`). With
+`lookahead_tokens=k` every scheduled request is allocated k slots beyond its computed
+tokens; k = 1 is the theory papers' memory ledger (`simulate_theory`).
+
 Pure-decode runs are fast-forwarded when the scheduler promises (`Decision.repeat`)
 that it would repeat the same decision: the loop then executes k identical steps at
 once, k bounded by the next arrival, the next finish and the free memory, so the
