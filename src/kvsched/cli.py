@@ -447,6 +447,50 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def _request_type(text: str):
+    from kvsched.bounds.fluid import RequestType
+
+    try:
+        prompt, output, rate = text.split(",")
+        return RequestType(int(prompt), int(output), float(rate))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--type wants PROMPT_LEN,OUTPUT_LEN,RATE, got {text!r} ({exc})") from None
+
+
+def cmd_fluid(args) -> int:
+    from kvsched.bounds.fluid import fluid_benchmark
+
+    if not args.type:
+        raise CLIError("give at least one --type PROMPT_LEN,OUTPUT_LEN,RATE (e.g. --type 512,20,20)")
+    try:
+        result = fluid_benchmark(args.type, args.d0, args.d1, args.capacity,
+                                 first_token_in_prefill=args.first_token_in_prefill)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fluid benchmark: d0={args.d0:g} s, d1={args.d1:g} s/token, C={args.capacity:,} tokens")
+    for col in ("type (prompt, output, rate)", "S_j", "n_j*", "fluid latency (s)"):
+        table.add_column(col, justify="right")
+    for t, s, n, lat in zip(result.types, result.mass, result.per_stage, result.latency_s):
+        table.add_row(f"({t.prompt_len}, {t.output_len}, {t.rate:g})", f"{s:,.1f}", f"{n:.4g}", f"{lat:.4g}")
+    console = Console()
+    console.print(table)
+    for label, value in (("S_tot", f"{result.total_mass:,.1f}"), ("rho = d1 S_tot", f"{result.rho:.5f}"),
+                         ("iteration time dT*", f"{1e3 * result.iteration_time_s:.3f} ms"),
+                         ("memory M*", f"{result.memory_tokens:,.0f} tokens ({result.memory_fraction:.2%} of C)"),
+                         ("throughput*", f"{result.throughput_tokens_per_s:,.1f} tokens/s"),
+                         ("completion rate", f"{result.completion_rate:g} req/s"),
+                         ("rate scale alpha* (M* = C)", f"{result.rate_scale_to_capacity:.4g}"),
+                         ("verdict", result.verdict)):
+        console.print(f"{label:28s} {value}")
+    return 0
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -494,6 +538,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schedulers run in theory mode; the best warm-starts the IP")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bound)
+
+    f = sub.add_parser("fluid", help="the WAIT paper's fluid benchmark: equilibrium, memory, stability verdict")
+    f.add_argument("--type", action="append", type=_request_type, metavar="PROMPT,OUTPUT,RATE",
+                   help="a request type (repeatable), e.g. 512,20,20")
+    f.add_argument("--d0", type=float, default=0.0106, help="seconds per iteration (default: WAIT paper, 10.6 ms)")
+    f.add_argument("--d1", type=float, default=4.0e-7, help="seconds per KV token per iteration (default 4e-7)")
+    f.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY_TOKENS, help="KV capacity C in tokens")
+    f.add_argument("--first-token-in-prefill", action="store_true",
+                   help="engine convention: the prefill emits the first token (one decode iteration fewer)")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_fluid)
 
     e = sub.add_parser("experiment", help="reproduce a paper's experiment (results saved as files)")
     e.add_argument("experiment", choices=("mcsf-synthetic", "mcsf-trace", "mcsf-robustness"))
