@@ -296,13 +296,13 @@ def azure_table(azure: list[dict]) -> Table:
         f"{r['sim_steps_per_s']:,.0f}", f"{r['us_per_iteration']:.0f}", f"{r['ratio_to_target']:.2f}x",
     ] for r in azure]
     return (
-        f"1. azure-conv, whole trace ({COST_MODEL}, {CAPACITY_TOKENS:,} tokens, block {BLOCK_SIZE}; "
-        f"best of {azure[0]['repeats']})",
+        (f"1. azure-conv, whole trace ({COST_MODEL}, {CAPACITY_TOKENS:,} tokens, block {BLOCK_SIZE}; "
+        f"best of {azure[0]['repeats']})"),
         ["rate", "scheduler", "requests", "wall s", "req/s", "iterations", "sim steps", "sim steps/s",
          "us/iter", f"wall / target ({AZURE_TARGET_S:g} s)"],
         rows,
-        "ratio > 1 = slower than the target. iterations = scheduler calls that ran a batch; "
-        "sim steps counts fast-forwarded decode steps one by one.",
+        ("ratio > 1 = slower than the target. iterations = scheduler calls that ran a batch; "
+        "sim steps counts fast-forwarded decode steps one by one."),
     )
 
 
@@ -318,10 +318,10 @@ def synthetic_table(s: dict) -> Table:
           f"{s['iterations']:,}", f"{s['sim_steps_per_s']:,.0f}", f"{s['us_per_iteration']:.0f}",
           f"{s['mean_waiting']:.1f} / {s['max_waiting']}", f"{s['second_half_over_first_half_per_request']:.2f}",
           f"{s['wall_s_for_target_requests']:.1f} s ({label})", f"{s['ratio_to_target']:.2f}x"]],
-        "Stable load: Poisson at 10 req/s, prompt lognormal(mu 5.5, sigma 0.5) ~ median 245 tokens, "
+        ("Stable load: Poisson at 10 req/s, prompt lognormal(mu 5.5, sigma 0.5) ~ median 245 tokens, "
         "output uniform 50..350; vllm saturates near 15 req/s here. 'wall s' excludes generation. "
         "2nd/1st half = wall per request in the second half of the run over the first (1 = linear). "
-        f"{s['num_preemptions']} preemptions; peak RSS {s['peak_rss_mib']:.0f} MiB.",
+        f"{s['num_preemptions']} preemptions; peak RSS {s['peak_rss_mib']:.0f} MiB."),
     )
 
 
@@ -339,13 +339,13 @@ def queue_table(queue: list[dict]) -> Table:
                 f"({q['ratio_largest_to_smallest_schedule_call']:.2f})" if i == last else "",
             ])
     return (
-        f"3. cost per loop iteration vs waiting-queue length (all requests arrive at t=0; "
-        f"best of {queue[0]['repeats']})",
+        (f"3. cost per loop iteration vs waiting-queue length (all requests arrive at t=0; "
+        f"best of {queue[0]['repeats']})"),
         ["scheduler", "waiting", "waiting at end", "us/iter", "us/schedule()", "us/sim step",
          "calls / sim steps", "same decisions", "ratio largest/smallest: iter (schedule)"],
         rows,
-        "us/iter = one scheduler call + the loop applying its decision. The ratio is relative to the "
-        "smallest queue in this same run; ~1 means O(1) in the queue length.",
+        ("us/iter = one scheduler call + the loop applying its decision. The ratio is relative to the "
+        "smallest queue in this same run; ~1 means O(1) in the queue length."),
     )
 
 

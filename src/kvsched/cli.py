@@ -325,20 +325,13 @@ def _ip_bound(result, args) -> dict:
             "ratio_to_bound": total / value if value else float("nan"), "optimum": report.optimum}
 
 
-def _theory_heuristics(reqs, capacity: int, names: list[str]) -> dict[str, tuple[int, tuple | None]]:
-    """Total latency and start epochs of each heuristic in theory mode (starts None when
-    the schedule cleared someone, so it cannot warm-start the non-preemptive IP)."""
+def _theory_heuristics(reqs, capacity: int, names: list[str]) -> dict[str, tuple[int, dict | None]]:
+    """Total latency and start epochs of each heuristic in theory mode."""
+    from kvsched.bounds.runs import schedule_of
     from kvsched.sim import simulate_theory
 
-    out = {}
-    for name in names:
-        run = simulate_theory(reqs, make_scheduler(name, {}), capacity_tokens=capacity)
-        done = [r for r in run.requests if r.status is RequestStatus.FINISHED]
-        tel = round(sum(r.finish_time - r.arrival_time for r in done))
-        starts = None if any(r.num_preemptions for r in run.requests) else {
-            r.request_id: int(r.admit_time) for r in done}
-        out[name] = (tel, starts)
-    return out
+    return {name: schedule_of(simulate_theory(reqs, make_scheduler(name, {}), capacity_tokens=capacity))
+            for name in names}
 
 
 def cmd_bound(args) -> int:

@@ -22,6 +22,17 @@ from kvsched.loop import Run
 from kvsched.request import RequestStatus
 
 
+def schedule_of(run: Run) -> tuple[int, dict[int, int] | None]:
+    """A theory-mode run as the IP sees it: total latency of the completed requests and
+    their start epochs (None when someone was cleared or preempted: the schedule is then
+    not non-preemptive and cannot warm-start the IP)."""
+    done = [r for r in run.requests if r.status is RequestStatus.FINISHED]
+    tel = round(sum(r.finish_time - r.arrival_time for r in done))
+    if any(r.num_preemptions for r in run.requests):
+        return tel, None
+    return tel, {r.request_id: int(r.admit_time) for r in done}
+
+
 def min_round_time(cost_model) -> float:
     """The cost model's smallest possible step: one sequence decoding with one KV token."""
     return float(cost_model.step_time(BatchShape(1, 0, 1, 1, 0)))

@@ -82,20 +82,17 @@ def instance_requests(inst) -> list[Request]:
 
 
 def theory_schedule(inst, scheduler_name: str, **options) -> tuple[int, tuple[int, ...] | None]:
-    """Total latency of `scheduler_name` on `inst` in theory mode, and its start epochs
-    (None when a request was cleared, so the schedule is not non-preemptive)."""
+    """Total latency of `scheduler_name` on `inst` in theory mode, and its start epochs in
+    `inst` order (None when a request was cleared, so the schedule is not non-preemptive)."""
+    from kvsched.bounds.runs import schedule_of
     from kvsched.sim import simulate_theory
 
     run = simulate_theory(instance_requests(inst), SCHEDULERS.create(scheduler_name, **options),
                           capacity_tokens=inst.capacity)
-    by_id = {r.request_id: r for r in run.requests}
-    reqs = [by_id[rid] for rid in inst.request_ids]
-    if any(r.status is not RequestStatus.FINISHED for r in reqs):
+    if any(r.status is not RequestStatus.FINISHED for r in run.requests):
         raise RuntimeError(f"{scheduler_name} left requests unfinished on a feasible instance")
-    tel = round(sum(r.finish_time - r.arrival_time for r in reqs))
-    if any(r.num_preemptions for r in reqs):
-        return tel, None
-    return tel, tuple(int(r.admit_time) for r in reqs)
+    tel, starts = schedule_of(run)
+    return tel, None if starts is None else tuple(starts[rid] for rid in inst.request_ids)
 
 
 # --- 10.1 synthetic study -----------------------------------------------------------------
