@@ -70,6 +70,18 @@ def make_scheduler(name: str, options: dict):
         raise CLIError(f"scheduler {name!r}: {exc}") from None
 
 
+def _design_options(name: str, options: dict, reqs, cost) -> dict:
+    """WAIT-family schedulers get the workload and the design time model from the run itself."""
+    from kvsched.schedulers.wait_common import fill_design_options
+
+    if name not in SCHEDULERS:
+        return options
+    try:
+        return fill_design_options(SCHEDULERS.get(name).factory, options, reqs, cost)
+    except ValueError as exc:
+        raise CLIError(f"scheduler {name!r}: {exc}") from None
+
+
 def _workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", required=True, help="registered trace name, CSV path, or synthetic:KEY=VALUE,...")
     p.add_argument("--rate", type=float, help="arrival rate (req/s) for length-only traces")
@@ -168,8 +180,8 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
 
     if args.bound == "ip" and not args.theory:
         raise CLIError("--bound ip needs --theory (the hindsight IP counts unit rounds)")
-    scheduler = make_scheduler(sched_name, options)
     cost, block_size, lookahead = _system(args)
+    scheduler = make_scheduler(sched_name, _design_options(sched_name, options, reqs, cost))
     bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     if bar:

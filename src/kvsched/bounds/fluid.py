@@ -17,6 +17,7 @@ derived estimates, not statements of the paper.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -121,3 +122,43 @@ def fluid_benchmark(types: Sequence[RequestType | tuple[int, int, float]], d0_s:
         kinds, d0_s, d1_s_per_token, capacity_tokens, mass, total, rho, dt, tuple(t.rate * dt for t in kinds),
         memory, throughput, rate, alpha, tuple((dec + 1) * dt for dec in decodes), dt, verdict,
     )
+
+
+def types_from_requests(requests: Sequence, *, num_bins: int = 50, max_distinct: int = 16,
+                        rate: float | None = None) -> tuple[RequestType, ...]:
+    """Request types of an empirical workload, for the fluid benchmark and WAIT's design.
+
+    Arrival rate: `rate`, or the trace's empirical rate (n - 1) / (last - first arrival).
+    Types: when the workload has at most `max_distinct` output lengths, one type per output
+    length; otherwise `num_bins` equal-width bins over (0, max output], each type's output
+    the bin's upper edge (the authors' 50 bins of 10 for lmsys, spec A22). A type's rate is
+    the total rate times its share of requests and its prompt the mean prompt of its
+    requests, rounded (A22; with mixed prompts WAIT's LIFO repair covers the rest, 4.10)."""
+    reqs = list(requests)
+    if not reqs:
+        raise ValueError("types_from_requests: the workload is empty")
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    if rate is None:
+        times = [r.arrival_time for r in reqs]
+        span = max(times) - min(times)
+        if len(reqs) < 2 or span <= 0:
+            raise ValueError("types_from_requests: every request arrives at the same time, so the workload has no "
+                             "arrival rate; pass rate=")
+        rate = (len(reqs) - 1) / span
+    outputs = sorted({r.output_len for r in reqs})
+    if len(outputs) <= max_distinct:
+        edges = outputs
+    else:
+        width = math.ceil(outputs[-1] / num_bins)
+        edges = sorted({width * math.ceil(o / width) for o in outputs})
+    groups: dict[int, list[int]] = {}
+    for r in reqs:
+        edge = edges[_first_at_least(edges, r.output_len)]
+        groups.setdefault(edge, []).append(r.prompt_len)
+    return tuple(RequestType(max(1, round(sum(p) / len(p))), edge, rate * len(p) / len(reqs))
+                 for edge, p in sorted(groups.items()))
+
+
+def _first_at_least(sorted_values: Sequence[int], value: int) -> int:
+    return bisect.bisect_left(sorted_values, value)

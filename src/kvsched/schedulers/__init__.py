@@ -6,6 +6,6 @@ the module below.
 """
 
 from kvsched.registry import SCHEDULERS
-from kvsched.schedulers import mcsf, protection, vidur, vllm  # noqa: F401  (registration)
+from kvsched.schedulers import mcsf, nested_wait, protection, vidur, vllm, wait, wait_cp  # noqa: F401  (registration)
 
 __all__ = ["SCHEDULERS"]

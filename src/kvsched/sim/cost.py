@@ -221,6 +221,7 @@ class FitResult:
 
 _FIT_COLUMNS = {
     "affine": ("d0_s", "d1_s_per_token"),
+    "affine-prefill-tokens": ("d0_s", "d1_s_per_token", "d2_s_per_prefill_token"),
     "affine-prefill": ("d0_s", "d1_s_per_token", "d2_s_per_prefill_token", "d3_s_per_seq",
                        "d4_s_per_attn_token"),
 }
@@ -248,8 +249,9 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit_affine(shapes: Sequence[BatchShape], durations_s: Sequence[float], model: str = "affine") -> FitResult:
-    """Calibrate an `AffineCost` (model="affine") or `AffinePrefillCost` ("affine-prefill")
-    from measured steps by non-negative least squares. Returns the model with its fit quality."""
+    """Calibrate an `AffineCost` (model="affine") or `AffinePrefillCost` ("affine-prefill", or
+    "affine-prefill-tokens": d0, d1 and d2 only) from measured steps by non-negative least
+    squares. Returns the model with its fit quality."""
     if model not in _FIT_COLUMNS:
         raise ValueError(f"fit_affine: model must be one of {sorted(_FIT_COLUMNS)}, got {model!r}")
     names = _FIT_COLUMNS[model]
@@ -264,12 +266,29 @@ def fit_affine(shapes: Sequence[BatchShape], durations_s: Sequence[float], model
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0  # an all-zero feature (say, no prefill steps) gets coefficient 0
     coef = _nnls(x / scale, y) / scale
-    fitted = AffineCost(*coef) if model == "affine" else AffinePrefillCost(*coef)
+    fitted = AffineCost(*coef) if model == "affine" else AffinePrefillCost(*coef)  # absent terms stay 0
     pred = np.array([fitted.step_time(s) for s in shapes])
     ssr = float(np.sum((pred - y) ** 2))
     sst = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - ssr / sst if sst > 0 else (1.0 if ssr == 0 else 0.0)
     return FitResult(fitted, r2, math.sqrt(ssr / len(y)), float(np.max(np.abs(pred - y) / y)), len(y))
+
+
+def design_coefficients(cost_model: CostModel, prompt_lens: Sequence[int], output_lens: Sequence[int]) -> FitResult:
+    """d0 + d1 * KV + d2 * prefill tokens fitted to `cost_model` on the batches a WAIT-family
+    scheduler forms for this workload: decodes of 1..512 requests holding the types' KV, with
+    0..2048 prefill tokens beside them. The threshold design needs these three numbers
+    (spec wait.md A3, A3b); fitting them to the simulator's own model keeps the design honest
+    about prefill compute, which the paper's (d0, d1) leave out."""
+    kv_per_seq = sorted({int(p + o / 2) for p, o in zip(prompt_lens, output_lens)})
+    shapes = []
+    for seqs in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+        for kv in kv_per_seq:
+            for prefill in (0, 128, 256, 512, 1024, 2048):
+                decodes = seqs
+                num_seqs = decodes + (1 if prefill else 0)
+                shapes.append(BatchShape(num_seqs, prefill, decodes, decodes * kv + prefill, prefill * prefill))
+    return fit_affine(shapes, [cost_model.step_time(s) for s in shapes], model="affine-prefill-tokens")
 
 
 # ---------------------------------------------------------------- presets
