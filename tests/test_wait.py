@@ -14,7 +14,12 @@ from kvsched.decision import Decision, Scheduler, View
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.wait import WaitScheduler
-from kvsched.schedulers.wait_common import fill_design_options, group_types, parse_types
+from kvsched.schedulers.wait_common import (
+    fill_design_options,
+    format_types,
+    group_types,
+    parse_types,
+)
 from kvsched.schedulers.wait_design import check_wait_thresholds
 from kvsched.sim import simulate
 from kvsched.sim.cost import COST_MODELS, AffineCost, UnitCost
@@ -75,7 +80,7 @@ def test_wait_invariants_t11(seed: int, n1: int, n2: int, load: float) -> None:
     check = check_wait_thresholds(types, thresholds, 0.05, 0.01, 10**9, first_token_in_prefill=True)
     capacity = int(check.batch_memory_tokens)
     reqs, label = _workload(rng, types, 120)
-    sched = WaitScheduler(types="3x4:%g|5x9:%g" % (types[0].rate, types[1].rate), thresholds=f"{n1},{n2}",
+    sched = WaitScheduler(types=format_types(types), thresholds=f"{n1},{n2}",
                           d0_s=0.05, d1_s_per_token=0.01)
     probe = Probe(sched, label)
     run = simulate(reqs, probe, AffineCost(0.05, 0.01), capacity_tokens=capacity, block_size=1)
