@@ -425,6 +425,10 @@ def cmd_experiment(args) -> int:
 
     out = args.output
     label = args.experiment
+    if label.startswith("wait-"):
+        return _wait_experiment(args)
+    args.rates = args.rates or [10.0, 50.0]
+    args.num_requests = args.num_requests or 10_000
     bar, cb = _progress(1, label, not args.no_progress and sys.stderr.isatty())
     progress = (lambda done, total: (bar.update(bar.task_ids[0], total=total), cb(0.0, done))) if bar else None
     if bar:
@@ -452,6 +456,77 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def _wait_experiment(args) -> int:
+    from kvsched.experiments import wait as exp
+
+    key = args.experiment.removeprefix("wait-")
+    bar, cb = _progress(1, args.experiment, not args.no_progress and sys.stderr.isatty())
+    progress = (lambda done, total: (bar.update(bar.task_ids[0], total=total), cb(0.0, done))) if bar else None
+    if bar:
+        bar.start()
+    try:
+        if key == "e5":
+            _, summary = exp.repeated_runs(out=args.output, repetitions=args.replications or 20,
+                                           num_requests=args.num_requests or 5000, seed=args.seed, jobs=args.jobs,
+                                           progress=progress)
+        else:
+            _, summary = exp.run_experiment(key, out=args.output, quick=args.quick, replications=args.replications,
+                                            num_requests=args.num_requests, rates=args.rates, seed=args.seed,
+                                            jobs=args.jobs, progress=progress)
+    finally:
+        if bar:
+            bar.stop()
+    print(json.dumps(summary, indent=2, default=str))
+    if args.output:
+        print(f"results written to {args.output}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Grid search over WAIT-CP's knobs (tl, L, chunk) on one workload."""
+    from kvsched.metrics import summarize
+    from kvsched.sim import simulate
+
+    reqs, _ = build_workload(args)
+    cost, block_size, lookahead = _system(args)
+    rows = []
+    for tl in args.tl:
+        for segments in args.segments:
+            for chunk in args.chunk:
+                options = {"tl": tl, "chunk_size": chunk, "num_segments": segments or None, "eta": args.eta}
+                scheduler = make_scheduler("wait-cp", _design_options("wait-cp", options, reqs, cost))
+                run = simulate(reqs, scheduler, cost, capacity_tokens=args.capacity, block_size=block_size,
+                               lookahead_tokens=lookahead)
+                s = summarize(run)
+                rows.append({"tl": tl, "segments": segments or "per type", "chunk_size": chunk,
+                             "e2e_mean": s["e2e_mean"], "e2e_p99": s["e2e_p99"], "ttft_mean": s["ttft_mean"],
+                             "num_preemptions": s["num_preemptions"]})
+    rows.sort(key=lambda r: r[args.metric])
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"wait-cp grid on {args.trace} ({len(reqs)} requests), sorted by {args.metric}")
+    for col in rows[0]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
+    Console().print(table)
+    best = rows[0]
+    print(f"best: -o tl={best['tl']} -o chunk_size={best['chunk_size']}"
+          + (f" -o num_segments={best['segments']}" if best["segments"] != "per type" else ""))
+    return 0
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _request_type(text: str):
     from kvsched.bounds.fluid import RequestType
 
@@ -463,10 +538,17 @@ def _request_type(text: str):
 
 
 def cmd_fluid(args) -> int:
-    from kvsched.bounds.fluid import fluid_benchmark
+    from kvsched.bounds.fluid import fluid_benchmark, types_from_requests
 
-    if not args.type:
-        raise CLIError("give at least one --type PROMPT_LEN,OUTPUT_LEN,RATE (e.g. --type 512,20,20)")
+    if bool(args.type) == bool(args.trace):
+        raise CLIError("give either --type PROMPT_LEN,OUTPUT_LEN,RATE (repeatable, e.g. --type 512,20,20) or --trace")
+    if args.trace:
+        args.rate_scale, args.sample, args.predictions = 1.0, False, "exact"
+        reqs, _ = build_workload(args)
+        try:
+            args.type = types_from_requests(reqs, num_bins=args.bins)
+        except ValueError as exc:
+            raise CLIError(f"{args.trace}: {exc}") from None
     try:
         result = fluid_benchmark(args.type, args.d0, args.d1, args.capacity,
                                  first_token_in_prefill=args.first_token_in_prefill)
@@ -552,21 +634,39 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY_TOKENS, help="KV capacity C in tokens")
     f.add_argument("--first-token-in-prefill", action="store_true",
                    help="engine convention: the prefill emits the first token (one decode iteration fewer)")
+    f.add_argument("--trace", help="instead of --type: types from a trace by output-length binning, its empirical rate")
+    f.add_argument("--rate", type=float, help="with --trace: arrival rate for length-only traces")
+    f.add_argument("--num-requests", type=int, help="with --trace: use only the first N requests")
+    f.add_argument("--bins", type=int, default=50, help="with --trace: output-length bins (default 50)")
+    f.add_argument("--seed", type=int, default=0)
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fluid)
 
+    tu = sub.add_parser("tune", help="grid search over wait-cp's knobs (tl, segments L, chunk) on one workload")
+    _workload_args(tu)
+    tu.add_argument("--tl", type=_ints, default=[20, 40, 80, 160, 300], help="total limits to try")
+    tu.add_argument("--segments", type=_ints, default=[0], help="numbers of segments L (0 = one per type)")
+    tu.add_argument("--chunk", type=_ints, default=[128, 256], help="prefill chunk sizes")
+    tu.add_argument("--eta", type=float, default=0.05, help="margin on the continuation probabilities")
+    tu.add_argument("--metric", choices=("e2e_mean", "e2e_p99", "ttft_mean"), default="e2e_mean")
+    _system_args(tu)
+    tu.set_defaults(func=cmd_tune)
+
     e = sub.add_parser("experiment", help="reproduce a paper's experiment (results saved as files)")
-    e.add_argument("experiment", choices=("mcsf-synthetic", "mcsf-trace", "mcsf-robustness"))
+    e.add_argument("experiment", choices=("mcsf-synthetic", "mcsf-trace", "mcsf-robustness", "wait-e1", "wait-e2",
+                                          "wait-e3", "wait-e4", "wait-e5"))
+    e.add_argument("--quick", action="store_true", help="wait-*: small grids, 1000 requests, 2 replications")
+    e.add_argument("--replications", type=int, help="wait-*: runs per rate (default 10; E5: 20)")
     e.add_argument("--model", type=int, choices=(1, 2), default=1, help="synthetic: arrival model")
     e.add_argument("--instances", type=int, default=200, help="synthetic: number of instances")
     e.add_argument("--scale", choices=("paper", "small"), default="paper",
                    help="synthetic: paper-size instances (M 30-50, n 40-60) or small ones the IP closes")
     e.add_argument("--time-limit", type=float, default=10.0, help="synthetic: IP time limit per instance (s)")
     e.add_argument("--no-ip", action="store_true", help="synthetic: heuristics and closed-form bounds only")
-    e.add_argument("--jobs", type=int, default=1, help="synthetic: worker processes")
-    e.add_argument("--rates", type=_floats, default=[10.0, 50.0], help="trace: arrival rates (req/s)")
+    e.add_argument("--jobs", type=int, default=1, help="synthetic, wait-*: worker processes")
+    e.add_argument("--rates", type=_floats, help="trace, wait-*: arrival rates (req/s; trace default 10,50)")
     e.add_argument("--eps", type=_floats, default=[0.2, 0.5, 0.8], help="robustness: prediction errors")
-    e.add_argument("--num-requests", type=int, default=10_000)
+    e.add_argument("--num-requests", type=int, help="requests per run (mcsf default 10,000; wait default 5,000)")
     e.add_argument("--capacity", type=int, default=16_492, help="KV capacity in tokens (the paper's M)")
     e.add_argument("--cost-model", default="llama2-70b-a100-tp2")
     e.add_argument("--no-alpha-search", action="store_true", help="trace: skip the smallest-feasible-alpha search")

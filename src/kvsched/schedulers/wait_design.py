@@ -126,6 +126,11 @@ def proportional_thresholds(types, d0_s: float, d1_s_per_token: float, capacity_
             return ProportionalDesign(c, (lo, hi), check)
         if check.memory_margin_tokens < 0:
             break
+    load = sum(t.rate * (d1_s_per_token * _mass(t, first_token_in_prefill, block_size)
+                         + d2_s_per_prefill_token * t.prompt_len) for t in kinds)
+    if load >= 1.0:
+        raise ValueError(f"no WAIT thresholds keep up: the workload is overloaded under the design time model "
+                         f"(sum_j lambda_j (d1 S_j + d2 l_j) = {load:.4g} >= 1), so load balance fails for every n")
     floor = check_wait_thresholds(kinds, [1] * len(kinds), d0_s, d1_s_per_token, capacity_tokens, **conv)
     raise ValueError(f"no integer thresholds satisfy WAIT's conditions for c in [{lo:.6g}, {hi:.6g}]: rounding to "
                      f"integers leaves no room (one request per stage of each of the {len(kinds)} types alone needs "
