@@ -90,8 +90,11 @@ def test_sweep_summary_and_files(tmp_path) -> None:
 
 def test_lambda_star_rule() -> None:
     means = pd.DataFrame({"label": ["a"] * 4, "rate": [10.0, 12.0, 14.0, 16.0],
-                          "stability_ratio": [1.0, 1.1, 2.0, 1.0], "completion_rate": [10.0, 11.9, 14.0, 16.0]})
-    assert exp.lambda_star(means) == {"a": 12.0}
+                          "stability_ratio": [1.0, 1.1, 2.0, 1.0], "completion_rate": [10.0, 11.9, 14.0, 16.0],
+                          "mean_latency_s": [1.0, 1.2, 1.4, 1.6]})
+    assert exp.latency_slo(means) == 5.0
+    assert exp.lambda_star(means) == {"a": 12.0}  # 14 has a growing latency (ratio 2.0)
+    assert exp.lambda_star(means, slo_s=1.1) == {"a": 10.0}  # 12 misses the SLO
     means.loc[1, "completion_rate"] = 11.0  # more than 5 % below the offered rate
     assert exp.lambda_star(means) == {"a": 10.0}
 

@@ -23,9 +23,10 @@ designs too (A16).
 Each row of the results is one run: untrimmed and middle-50 % mean latency (A11), TTFT,
 completion rate, effective throughput, restarts, and a stability ratio (mean latency of
 the last quarter of arrivals over that of the second quarter). lambda* of a policy is the
-largest rate up to which every rate's median stability ratio stays below 1.5 and the
-completion rate stays within 5 % of lambda: the project's reading of "latency stays
-controlled and the completion rate tracks lambda" (spec 12.1).
+largest rate up to which, at every rate, the median stability ratio stays below 1.5, the
+completion rate stays within 5 % of lambda and the mean latency stays within an SLO of 5x
+the best mean latency any policy reaches at the lowest swept rate: the project's reading
+of "latency stays controlled and the completion rate tracks lambda" (spec 12.1).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ CAPACITY_TOKENS = 137_000
 COST_MODEL = "llama2-7b-a100"
 STABLE_RATIO = 1.5
 RATE_TOLERANCE = 0.05
+SLO_FACTOR = 5.0
 
 PAPER = {
     "E1": {"lambda_star": {"vidur-vllm": 19, "sarathi": 22, "wait-cp (tuned)": 23},
@@ -256,13 +258,22 @@ def with_tuned(frame: pd.DataFrame, metric: str = "mean_latency_s") -> pd.DataFr
     return means
 
 
-def lambda_star(means: pd.DataFrame) -> dict[str, float | None]:
-    """Largest rate up to which every rate is stable (ratio < 1.5, completion within 5 %)."""
+def latency_slo(means: pd.DataFrame) -> float:
+    """SLO_FACTOR times the lowest mean latency any policy reaches at the lowest swept rate."""
+    lowest = means[means["rate"] == means["rate"].min()]
+    return SLO_FACTOR * float(lowest["mean_latency_s"].min())
+
+
+def lambda_star(means: pd.DataFrame, slo_s: float | None = None) -> dict[str, float | None]:
+    """Largest rate up to which every rate is stable: median stability ratio < 1.5, completion
+    rate within 5 % of lambda, and mean latency within the SLO (`latency_slo` by default)."""
+    slo = latency_slo(means) if slo_s is None else slo_s
     out: dict[str, float | None] = {}
     for label_, part in means.groupby("label"):
         best = None
         for _, row in part.sort_values("rate").iterrows():
-            if row["stability_ratio"] < STABLE_RATIO and row["completion_rate"] >= (1 - RATE_TOLERANCE) * row["rate"]:
+            if (row["stability_ratio"] < STABLE_RATIO and row["completion_rate"] >= (1 - RATE_TOLERANCE) * row["rate"]
+                    and row["mean_latency_s"] <= slo):
                 best = float(row["rate"])
             else:
                 break
@@ -275,7 +286,8 @@ def summarize(frame: pd.DataFrame, experiment: str, fixed_label: str | None = No
     table = means.pivot_table(index="rate", columns="label", values="mean_latency_s")
     shown = [c for c in ("vidur-vllm", "sarathi", "wait-cp (tuned)", fixed_label, "wait-cp (auto)", "wait",
                          "nested-wait") if c and c in table.columns]
-    summary: dict = {"experiment": experiment, "lambda_star": lambda_star(means),
+    summary: dict = {"experiment": experiment, "latency_slo_s": round(latency_slo(means), 4),
+                     "lambda_star": lambda_star(means),
                      "mean_latency_s": {c: {str(r): _round(v) for r, v in table[c].items()} for c in shown}}
     if "sarathi" in table.columns and "wait-cp (tuned)" in table.columns:
         gain = (table["sarathi"] - table["wait-cp (tuned)"]) / table["sarathi"]
@@ -386,7 +398,8 @@ def run_experiment(key: str, *, out: Path | None = None, quick: bool = False, re
               "rates": list(grid), "replications": reps, "num_requests": n, "seed": seed,
               "capacity_tokens": CAPACITY_TOKENS, "block_size": 16, "cost_model": COST_MODEL,
               "policies": [{"label": p.label, "scheduler": p.scheduler, "options": p.options} for p in exp.policies],
-              "stability_rule": {"ratio_below": STABLE_RATIO, "completion_rate_within": RATE_TOLERANCE}}
+              "stability_rule": {"ratio_below": STABLE_RATIO, "completion_rate_within": RATE_TOLERANCE,
+                                 "slo_factor": SLO_FACTOR}}
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
     if out is not None:
         labels = ["vidur-vllm", "sarathi", "wait-cp (tuned)", exp.fixed_label, "wait-cp (auto)", "wait", "nested-wait"]

@@ -78,7 +78,6 @@ class WaitScheduler(WaitFamily):
         self._stages: list[dict[int, list[Request]]] = [defaultdict(list) for _ in self._types]
         self._type: dict[int, int] = {}
         self._last_run: list[tuple[Request, int | None]] = []
-        self._block_size = 1
         self.num_repair_evictions = 0
         self.check: ThresholdCheck | None = None
         self.design_notes: list[str] = []
@@ -108,8 +107,6 @@ class WaitScheduler(WaitFamily):
 
     # --- the step --------------------------------------------------------------------------
     def schedule(self, view: View) -> Decision:
-        if self._capacity_tokens is None:
-            self._block_size = view.block_size
         self._observe(view)
         self._sync(view)
         drain = not view.arrivals_pending

@@ -216,6 +216,7 @@ class WaitFamily(Scheduler):
         if not self.drift_tolerance >= 0:
             raise ValueError(f"drift_tolerance must be >= 0, got {self.drift_tolerance}")
         self._capacity_tokens: int | None = None
+        self._block_size = 1
 
     def _design(self, types: tuple[RequestType, ...], capacity_tokens: int) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -226,6 +227,7 @@ class WaitFamily(Scheduler):
     def _observe(self, view: View) -> None:
         if self._capacity_tokens is None:
             self._capacity_tokens = view.capacity_tokens
+            self._block_size = view.block_size  # designs count memory in whole blocks
             self._design(self._types, view.capacity_tokens)
         if self.rates != "online":
             return

@@ -105,13 +105,16 @@ class WaitCPDesign:
 def design_wait_cp(types, capacity_tokens: int, *, total_limit: int | None = None, chunk_size: int = 256,
                    eta: float = 0.05, num_segments: int | None = None, segment_size: int | None = None,
                    per_stage_basis: str = "output_stages", d0_s: float = 0.0106, d1_s_per_token: float = 4.0e-7,
-                   d2_s_per_prefill_token: float = 0.0, tl_slack: float = 0.25) -> WaitCPDesign:
+                   d2_s_per_prefill_token: float = 0.0, tl_slack: float = 0.25, block_size: int = 1,
+                   watermark_fraction: float = 0.0) -> WaitCPDesign:
     """WAIT-CP's segments, budgets (spec 9.2) and token gate (9.3) for a workload.
 
     `types` are the workload's types (with their own prompts, for the memory check and
     the automatic tl); the segments come from them, grouped into `num_segments`
     equal-width groups when given, or cut uniformly every `segment_size` stages (a single
-    type, spec 9.5). `total_limit=None` chooses tl automatically (see WaitCPScheduler)."""
+    type, spec 9.5). `total_limit=None` chooses tl automatically (see WaitCPScheduler).
+    The memory check counts a request's peak in whole `block_size` blocks against the
+    capacity left above the admission watermark."""
     if per_stage_basis not in PER_STAGE_BASES:
         raise ValueError(f"per_stage_basis must be one of {PER_STAGE_BASES}, got {per_stage_basis!r}")
     kinds = parse_types(types)
@@ -142,19 +145,20 @@ def design_wait_cp(types, capacity_tokens: int, *, total_limit: int | None = Non
 
     # Smallest tl with n_1 >= 1 (n_1 is linear in tl); the guard absorbs round-off.
     tl_min = max(1, math.ceil(1.0 / budgets(1.0)[0][0] - 1e-9))
-    peak = max(t.prompt_len + t.output_len for t in kinds)
+    peak = blocks_for(max(t.prompt_len + t.output_len for t in kinds), block_size) * block_size
+    usable_tokens = int(capacity_tokens * (1.0 - watermark_fraction))
     in_service = None
     if total_limit is None:
         _, in_service = fluid_requests_in_service(kinds, chunk_size, d0_s, d1_s_per_token, d2_s_per_prefill_token)
         tl = max(math.ceil((1.0 + tl_slack) * in_service - 1e-9), tl_min)
-        if tl * peak > capacity_tokens:
-            capped = max(1, capacity_tokens // peak)
+        if tl * peak > usable_tokens:
+            capped = max(1, usable_tokens // peak)
             notes.append(f"automatic tl {tl} capped to {capped} by memory: {tl} requests of up to {peak} KV tokens "
                          f"exceed the capacity {capacity_tokens}")
             tl = capped
     else:
         tl = total_limit
-        if tl * peak > capacity_tokens:
+        if tl * peak > usable_tokens:
             notes.append(f"tl={tl} requests of up to {peak} KV tokens may exceed the capacity {capacity_tokens}; "
                          f"the LIFO repair is the safety net")
     per_stage, b = budgets(tl)
@@ -256,8 +260,8 @@ class WaitCPScheduler(WaitFamily):
 
     def _design_args(self, tl: int | None) -> dict:
         names = ("chunk_size", "eta", "num_segments", "segment_size", "per_stage_basis", "d0_s", "d1_s_per_token",
-                 "d2_s_per_prefill_token", "tl_slack")
-        return {"total_limit": tl, **{n: getattr(self, n) for n in names}}
+                 "d2_s_per_prefill_token", "tl_slack", "watermark_fraction")
+        return {"total_limit": tl, "block_size": self._block_size, **{n: getattr(self, n) for n in names}}
 
     def _design(self, types: tuple[RequestType, ...], capacity_tokens: int) -> None:
         try:
