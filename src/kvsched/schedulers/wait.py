@@ -93,7 +93,15 @@ class WaitScheduler(WaitFamily):
             if not self.check.ok:
                 self.design_notes.append("given thresholds fail WAIT's conditions: " + "; ".join(self.check.failures))
             return
-        design = proportional_thresholds(types, self.d0_s, self.d1_s_per_token, capacity_tokens, self.c_s, **conv)
+        try:
+            design = proportional_thresholds(types, self.d0_s, self.d1_s_per_token, capacity_tokens, self.c_s,
+                                             **conv)
+        except ValueError as exc:
+            if self.check is None:
+                raise
+            # An online estimate that looks overloaded: raising mid-run would lose the run.
+            self.design_notes.append(f"re-design kept thresholds {list(self.n)}: {exc}")
+            return
         self.n, self.check = design.thresholds, design.check
         if not design.check.ok:
             self.design_notes.append("designed thresholds fail WAIT's conditions: " + "; ".join(design.check.failures))
