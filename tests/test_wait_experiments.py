@@ -28,12 +28,16 @@ def test_t4_table2_reproduction(lam: float, expected: float) -> None:
 
 
 def test_t4_boundary_rate_and_rounded_constants() -> None:
-    # M* = C at lambda = C / (298.837 + 0.0113071 C) = 74.14
-    assert 137_000 / (298.837 + 0.0113071 * 137_000) == pytest.approx(74.14, abs=0.01)
+    """M* = C at lambda = 74.14 (alpha* of the benchmark at lambda = 1), and the rounded
+    constants d0 = 10.6 ms, d1 = 4.0e-4 ms with a = 28,172 give the spec's smaller values."""
+    t = RequestType(60, 150, 1.0)
+    s = (t.output_len + 1) * (t.prompt_len + t.output_len / 2)
+    unit = fluid_benchmark([t], 298.837 / s, 0.0113071 / s, 137_000)
+    assert unit.rate_scale_to_capacity == pytest.approx(74.14, abs=0.01)
     a = 28_172.0
     for lam, expected in ((50, 34_202), (60, 55_322), (70, 98_983), (80, 242_546)):
-        m = 10.6e-3 * lam * a / (1 - 4.0e-7 * lam * a)
-        assert m == pytest.approx(expected, rel=2e-4)
+        result = fluid_benchmark([RequestType(60, 150, lam)], 10.6e-3 * a / s, 4.0e-7 * a / s, 137_000)
+        assert result.memory_tokens == pytest.approx(expected, rel=2e-4)
 
 
 def test_types_from_requests_bins_and_rate() -> None:

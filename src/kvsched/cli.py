@@ -520,13 +520,6 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _request_type(text: str):
     from kvsched.bounds.fluid import RequestType
 
@@ -578,11 +571,17 @@ def cmd_fluid(args) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _list_of(kind: type):
+    """An argparse type for comma-separated numbers of `kind`."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+_floats, _ints = _list_of(float), _list_of(int)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -154,11 +154,7 @@ def types_from_requests(requests: Sequence, *, num_bins: int = 50, max_distinct:
         edges = sorted({width * math.ceil(o / width) for o in outputs})
     groups: dict[int, list[int]] = {}
     for r in reqs:
-        edge = edges[_first_at_least(edges, r.output_len)]
+        edge = edges[bisect.bisect_left(edges, r.output_len)]
         groups.setdefault(edge, []).append(r.prompt_len)
     return tuple(RequestType(max(1, round(sum(p) / len(p))), edge, rate * len(p) / len(reqs))
                  for edge, p in sorted(groups.items()))
-
-
-def _first_at_least(sorted_values: Sequence[int], value: int) -> int:
-    return bisect.bisect_left(sorted_values, value)

@@ -211,8 +211,8 @@ def run_cell(task: dict) -> dict:
         "num_restarts": int(sum(r.num_preemptions for r in run.requests)),
         "restart_rate": float(np.mean([r.num_preemptions > 0 for r in run.requests])),
         "stability_ratio": float(last / second) if q else float("nan"),
-        "total_limit": stats.get("total_limit", stats.get("tl", np.nan)) if isinstance(stats, dict) else np.nan,
-        "repair_evictions": int(stats.get("num_repair_evictions", 0)) if isinstance(stats, dict) else 0,
+        "total_limit": stats.get("total_limit", np.nan),
+        "repair_evictions": int(stats.get("num_repair_evictions", 0)),
     }
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from kvsched.bounds.fluid import RequestType
 from kvsched.decision import IDLE, Decision, View
@@ -41,9 +41,9 @@ from kvsched.registry import SCHEDULERS
 from kvsched.request import Request
 from kvsched.schedulers.wait_common import (
     WaitFamily,
-    blocks_needed,
     fifo_key,
     lifo_repair,
+    parse_thresholds,
     stage_of,
 )
 from kvsched.schedulers.wait_design import (
@@ -52,20 +52,6 @@ from kvsched.schedulers.wait_design import (
     nested_segments,
     nested_thresholds,
 )
-
-
-def parse_segment_thresholds(text: str | None, num_segments: int) -> tuple[int, ...] | None:
-    """"10,4" -> (10, 4): one integer >= 1 per segment, by increasing output length."""
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in str(text).split(","))
-    except ValueError:
-        raise ValueError(f"thresholds must be comma-separated integers, got {text!r}") from None
-    if len(values) != num_segments or min(values) < 1:
-        raise ValueError(f"thresholds {text!r}: need {num_segments} integers >= 1 (one per segment, by output "
-                         f"length)")
-    return values
 
 
 def _finite(x: float) -> float | None:
@@ -100,7 +86,7 @@ class NestedWaitScheduler(WaitFamily):
         if not self.horizon_s > 0:
             raise ValueError(f"horizon_s must be > 0, got {self.horizon_s}")
         self._init_workload()
-        self._fixed = parse_segment_thresholds(self.thresholds, len(self._types))
+        self._fixed = parse_thresholds(self.thresholds, len(self._types), "segment")
         self._boundary_sigmas = frozenset(self._outputs[:-1])  # entries of segments 2..m
         self._heap: list[tuple[float, int]] = []  # FIFO of waiting requests: (arrival time, id), lazily cleaned
         self._block_size = 1
@@ -162,20 +148,21 @@ class NestedWaitScheduler(WaitFamily):
         for r in head:
             run[r.request_id] = r.num_tokens - r.num_computed_tokens
         unselected_boundary: list[Request] = []
-        paused: list[Request] = []
         for sigma, group in groups.items():
             k = min(bisect.bisect_right(outputs, sigma), m - 1)
-            rest = unselected_boundary if sigma in self._boundary_sigmas else paused
+            boundary = sigma in self._boundary_sigmas
             if k >= active:
-                rest.extend(group)
+                if boundary:
+                    unselected_boundary.extend(group)
                 continue
             if len(group) > n[k]:
                 group.sort(key=fifo_key)
-                rest.extend(group[n[k]:])
+                if boundary:
+                    unselected_boundary.extend(group[n[k]:])
                 group = group[:n[k]]
             for r in group:
                 run[r.request_id] = r.num_tokens - r.num_computed_tokens
-        evicted = self._repair(view, run, unselected_boundary, paused)
+        evicted = self._repair(view, run, unselected_boundary)
         for r in head:  # prefills the repair dropped wait again
             if r.request_id not in run:
                 heapq.heappush(self._heap, fifo_key(r))
@@ -201,19 +188,12 @@ class NestedWaitScheduler(WaitFamily):
             active += 1
         return active
 
-    def _repair(self, view: View, run: dict[int, int], unselected_boundary: list[Request],
-                paused: list[Request]) -> list[int]:
-        """LIFO repair before launch (spec 8.2 rule 4, A8). The paper's rule restarts unselected
-        boundary requests; past it, other paused residents, then (lifo_repair) new prefills
-        leave the batch. Only if the selected residents' own steps still do not fit are
-        they restarted, latest admitted first: restarting running work to admit new
-        prefills could keep the oldest requests from ever finishing."""
-        evicted = lifo_repair(view, run, [unselected_boundary, paused])
-        free_blocks = view.num_free_blocks + sum(view.block_counts.get(rid, 0) for rid in evicted)
-        if blocks_needed(view, run) > free_blocks:
-            selected = [view.resident[rid] for rid in run if rid in view.resident]
-            evicted += lifo_repair(replace(view, num_free_blocks=free_blocks), run, [selected])
-        return evicted
+    def _repair(self, view: View, run: dict[int, int], unselected_boundary: list[Request]) -> list[int]:
+        """LIFO repair before launch (spec 8.2 rule 4, A8): the paper's rule restarts unselected
+        boundary requests; past them `lifo_repair` restarts other paused residents, then drops
+        new prefills, and only then restarts selected residents (restarting running work to
+        admit new prefills could keep the oldest requests from ever finishing)."""
+        return lifo_repair(view, run, [unselected_boundary, view.resident.values()])
 
     def _pop_waiting(self, view: View, count: int) -> list[Request]:
         """The first `count` waiting requests by (arrival, id), popped from the FIFO heap in

@@ -36,25 +36,18 @@ from kvsched.predictors import make_predictor
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request
 from kvsched.schedulers.vllm import STEADY
-from kvsched.schedulers.wait_common import WaitFamily, fifo_key, lifo_repair, stage_of
+from kvsched.schedulers.wait_common import (
+    WaitFamily,
+    fifo_key,
+    lifo_repair,
+    parse_thresholds,
+    stage_of,
+)
 from kvsched.schedulers.wait_design import (
     ThresholdCheck,
     check_wait_thresholds,
     proportional_thresholds,
 )
-
-
-def parse_thresholds(text: str | None, num_types: int) -> tuple[int, ...] | None:
-    """"3,1" -> (3, 1): one integer >= 1 per type, in the order of increasing output length."""
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in str(text).split(","))
-    except ValueError:
-        raise ValueError(f"thresholds must be comma-separated integers, got {text!r}") from None
-    if len(values) != num_types or min(values) < 1:
-        raise ValueError(f"thresholds {text!r}: need {num_types} integers >= 1 (one per type, by output length)")
-    return values
 
 
 @SCHEDULERS.register("wait", "WAIT (known lengths): a type runs when n_j wait; n_j per stage; idle otherwise")

@@ -58,6 +58,20 @@ def format_types(types: Iterable[RequestType]) -> str:
     return "|".join(f"{t.prompt_len}x{t.output_len}:{t.rate:.6g}" for t in types)
 
 
+def parse_thresholds(text: str | None, count: int, what: str = "type") -> tuple[int, ...] | None:
+    """"3,1" -> (3, 1): one integer >= 1 per `what` (type or segment), by increasing output
+    length; None stays None (the scheduler designs its own)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"thresholds must be comma-separated integers, got {text!r}") from None
+    if len(values) != count or min(values) < 1:
+        raise ValueError(f"thresholds {text!r}: need {count} integers >= 1 (one per {what}, by output length)")
+    return values
+
+
 def stage_of(r: Request) -> int:
     """Steps completed: 0 until the prefill emits the first token, then output tokens so far."""
     return r.num_output_tokens
