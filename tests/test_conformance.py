@@ -96,7 +96,7 @@ def _check_run(name, specs, capacity, block_size, theory=False, **opts):
 
 
 def _times(run):
-    return [(r.request_id, r.first_token_time, r.finish_time, r.num_preemptions) for r in run.requests]
+    return [(r.request_id, r.first_token_time, r.finish_time, r.num_evictions) for r in run.requests]
 
 
 @pytest.mark.parametrize("name", SCHEDULERS.names())
@@ -146,7 +146,7 @@ def test_fast_forward_equals_stepping(name, specs, system):
     if None in runs:
         assert runs == [None, None]  # infeasible either way
         return
-    fast, slow = ([(r.request_id, r.num_preemptions, r.first_token_time, r.finish_time) for r in x.requests]
+    fast, slow = ([(r.request_id, r.num_evictions, r.first_token_time, r.finish_time) for r in x.requests]
                   for x in runs)
     for f, s in zip(fast, slow):
         assert f[:2] == s[:2]

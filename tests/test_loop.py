@@ -84,8 +84,32 @@ def test_restart_discards_generated_tokens():
     )
     (q,) = r.requests
     # Two tokens were generated, then thrown away: the request starts over from its prompt.
-    assert q.num_preemptions == 1 and q.num_wasted_tokens == 5 and q.num_output_tokens == 4
+    assert (q.num_restarts, q.num_preemptions) == (1, 0)
+    assert q.num_wasted_tokens == 5 and q.num_output_tokens == 4
+    assert q.num_discarded_tokens == 2  # the two tokens of the killed attempt
+    # The killed attempt held 4 then 5 KV tokens (block size 1, no lookahead).
+    assert q.wasted_kv_area == 4 + 5
+    assert q.attempts == [(0, 2, "restart"), (2, 4, "finish")]
     assert q.finish_time == 6.0
+    assert q.first_token_time == 1.0  # the first attempt's first token (identical output)
+    assert q.admit_time == 2.0  # the final attempt started at step 2
+
+
+def test_recompute_preemption_keeps_tokens_and_counts_separately():
+    r = _run(
+        reqs((0.0, 4, 4)),
+        [Decision({0: 4}), Decision({0: 1}), Decision({}, preempt=(0,)), Decision({0: 6}), Decision({0: 1})],
+    )
+    (q,) = r.requests
+    assert (q.num_restarts, q.num_preemptions) == (0, 1)
+    assert q.num_discarded_tokens == 0 and q.wasted_kv_area == 0
+    assert q.attempts == [(0, 2, "preempt"), (2, 2, "finish")]  # the second attempt made 2 new tokens
+    assert q.finish_time == 4.0
+
+
+def test_preempt_and_restart_of_one_request_is_an_error():
+    with pytest.raises(SchedulingError, match=r"both preempted and restarted"):
+        _run(reqs((0.0, 4, 4)), [Decision({0: 4}), Decision({}, preempt=(0,), restart=(0,))])
 
 
 def test_lookahead_slot_charges_the_papers_ledger():

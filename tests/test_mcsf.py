@@ -130,7 +130,7 @@ def test_p1_mcsf_tel_and_starts(name, order, column):
     expected = TV_EXPECTED[name]
     assert tel(run) == expected[0]
     assert starts(run) == expected[column]
-    assert all(r.num_preemptions == 0 for r in run.requests)
+    assert all(r.num_evictions == 0 for r in run.requests)
 
 
 def test_p1_mcsf_default_order_is_length_arrival_prompt_id():
@@ -248,7 +248,7 @@ def test_amax_never_clears_with_interval_predictions():
     capacity, spec = TV["TV-4"]
     run, _ = theory("a-max", predicted(reqs(*spec), "interval-ratio:alpha=0.3", 3), capacity)
     assert all_finished(run)
-    assert sum(r.num_preemptions for r in run.requests) == 0
+    assert sum(r.num_evictions for r in run.requests) == 0
 
 
 # --- P-5: A_min -------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_p5_amin_must_evict_on_optimistic_bounds():
     run, rec = theory("a-min", workload, 10)
     assert all_finished(run)
     assert max(run.steps["kv_used_tokens"]) <= 10
-    assert sum(r.num_preemptions for r in run.requests) == 1
+    assert sum(r.num_evictions for r in run.requests) == 1
     assert sorted(finishes(run).values()) == [6.0, 10.0]
     restarts = [(now, d.restart) for now, d in rec.decisions if d.restart]
     assert len(restarts) == 1 and restarts[0][0] == 4.0
@@ -302,7 +302,7 @@ def test_p8_prefix_rule_never_starts_past_a_waiting_earlier_request(case, alpha,
     workload = predicted(workload, f"overestimate:alpha={alpha}", seed)
     run, rec = theory("mcsf", workload, capacity, skip_infeasible=False)
     reqs_by_id = by_id(run)
-    assert all(r.num_preemptions == 0 for r in run.requests)  # first_scheduled_time is the start
+    assert all(r.num_evictions == 0 for r in run.requests)  # first_scheduled_time is the start
     for now, d in rec.decisions:
         started = [rid for rid in d.run if reqs_by_id[rid].first_scheduled_time == now]
         waiting = [r for r in run.requests if r.arrival_time <= now and r.first_scheduled_time > now]
@@ -346,8 +346,11 @@ def test_p9_restart_semantics_after_clearing():
         later = [dd.run[1] for _, dd in rec.decisions[i:] if 1 in dd.run]
         assert later[0] == b.prompt_len  # g reset to 0: a fresh prefill of the prompt only
     assert rec.produced[3][1] == 3 and rec.produced[4][1] == 1  # restarted, then one new token
-    assert (a.num_preemptions, a.finish_time) == (0, 7.0)
-    assert b.num_preemptions == 3 and b.num_wasted_tokens == 8
+    assert (a.num_evictions, a.finish_time) == (0, 7.0)
+    assert (b.num_restarts, b.num_preemptions, b.num_wasted_tokens) == (3, 0, 8)
+    # Kill accounting: each restart discarded the tokens its attempt had produced.
+    assert b.num_discarded_tokens == sum(g for _, g, how in b.attempts if how == "restart")
+    assert [how for _, _, how in b.attempts] == ["restart", "restart", "restart", "finish"]
     assert b.first_scheduled_time == 1.0 and b.finish_time == 13.0
     assert b.finish_time - b.arrival_time == 12.0  # counted from the original arrival
     assert_victims_keep_their_progress_bound(rec)
@@ -384,7 +387,7 @@ def test_p9_reentry_tokens_under_relative_noise(case, seed, preemption):
             assert reentry == reqs_by_id[rid].prompt_len + g
     for r in run.requests:
         assert r.finish_time - r.arrival_time >= r.output_len
-        if r.num_preemptions:
+        if r.num_evictions:
             assert r.num_wasted_tokens > 0
     assert_victims_keep_their_progress_bound(rec)
 
@@ -405,7 +408,7 @@ def test_reserve_keeps_overestimate_runs_within_90_percent(case, alpha, seed):
     capacity, workload = case
     run, _ = theory("mcsf", predicted(workload, f"overestimate:alpha={alpha}", seed), capacity, reserve=0.1)
     assert max(run.steps["kv_used_tokens"]) <= math.floor(0.9 * capacity)
-    assert all(r.num_preemptions == 0 for r in run.requests)
+    assert all(r.num_evictions == 0 for r in run.requests)
     assert all_finished(run)
 
 

@@ -319,7 +319,7 @@ def test_tight_capacity_repairs_yet_every_request_finishes(seed):
     _check_complete(run, capacity)
     assert not probe.violations, probe.violations[:3]
     assert inner.num_repair_evictions > 0 and inner.stats()["num_repair_evictions"] == inner.num_repair_evictions
-    assert sum(r.num_preemptions for r in run.requests) == inner.num_repair_evictions
+    assert sum(r.num_evictions for r in run.requests) == inner.num_repair_evictions
     assert any("memory" in note for note in inner.design_notes)
     # Prefills are taken FIFO by arrival, restarted requests included (A20).
     for c in probe.calls:

@@ -93,8 +93,8 @@ def test_greedy_clear_all_option_restarts_every_running_request():
     _, by_id, calls, _ = _theory("alpha-protection", reqs((0, 3, 7), (2, 1, 3)), 10, alpha=0.2, clearing="all")
     assert [c for c in calls if c[2]] == [(4.0, {0: 3, 1: 1}, (0, 1), ())]
     a, b = by_id[0], by_id[1]
-    assert (a.finish_time, a.num_preemptions, a.num_wasted_tokens) == (11.0, 1, 6)
-    assert (b.finish_time, b.num_preemptions, b.num_wasted_tokens) == (7.0, 1, 2)
+    assert (a.finish_time, a.num_restarts, a.num_wasted_tokens) == (11.0, 1, 6)
+    assert (b.finish_time, b.num_restarts, b.num_wasted_tokens) == (7.0, 1, 2)
 
 
 # --- α-protection β-clearing ---------------------------------------------------------------
@@ -114,9 +114,9 @@ def test_beta_clearing_evicts_latest_started_and_victim_restarts():
         (8.0, {1: 1}, (), ()),
     ]
     a, b = by_id[0], by_id[1]
-    assert (a.finish_time, a.num_preemptions) == (7.0, 0)
+    assert (a.finish_time, a.num_restarts) == (7.0, 0)
     # B held s + 3 = 5 tokens (4 computed) when cleared: they are computed again.
-    assert (b.num_preemptions, b.num_wasted_tokens, b.num_output_tokens) == (1, 4, 7)
+    assert (b.num_restarts, b.num_wasted_tokens, b.num_output_tokens) == (1, 4, 7)
     assert b.finish_time - b.arrival_time == 14.0  # latency from the original arrival
     assert max(run.steps["kv_used_tokens"]) == 10
 
@@ -131,7 +131,7 @@ def test_beta_clearing_victim_readmitted_at_once_when_protection_allows():
     evictions = [(now, run, restart) for now, run, restart, _ in calls if restart]
     assert evictions == [(4.0, {0: 1, 1: 1}, (1,)), (6.0, {0: 1}, (1,))]
     b = by_id[1]
-    assert (b.num_preemptions, b.num_wasted_tokens, b.first_scheduled_time, b.finish_time) == (2, 6, 0.0, 16.0)
+    assert (b.num_restarts, b.num_wasted_tokens, b.first_scheduled_time, b.finish_time) == (2, 6, 0.0, 16.0)
     assert by_id[0].finish_time == 8.0
 
 
@@ -153,7 +153,7 @@ def test_beta_clearing_bernoulli_is_seeded_and_reproducible():
     def once(seed):
         run = simulate_theory(workload, SCHEDULERS.create("beta-clearing", clearing="bernoulli", beta=0.5,
                                                           seed=seed), capacity_tokens=16, max_steps=20_000)
-        return run.steps, [(r.finish_time, r.num_preemptions, r.num_wasted_tokens) for r in run.requests]
+        return run.steps, [(r.finish_time, r.num_evictions, r.num_wasted_tokens) for r in run.requests]
 
     first = once(3)
     assert once(3) == first
@@ -220,8 +220,8 @@ def test_beta_clearing_theory_mode_is_safe_and_complete(rule, specs, capacity):
     _check(run, capacity)
     assert all(float(r.finish_time).is_integer() for r in run.requests if r.finish_time is not None)
     stepped = _run(workload, rule, capacity, None, fast_forward=False)
-    assert [(r.finish_time, r.num_preemptions) for r in stepped.requests] == \
-        [(r.finish_time, r.num_preemptions) for r in run.requests]
+    assert [(r.finish_time, r.num_evictions) for r in stepped.requests] == \
+        [(r.finish_time, r.num_evictions) for r in run.requests]
 
 
 @pytest.mark.parametrize("rule", ["lifo", "all", "bernoulli"])
@@ -252,7 +252,7 @@ def test_greedy_is_safe_or_declares_infeasible(specs, capacity, alpha):
         assert "overflow at step" in str(e)
         return
     _check(run, capacity)
-    assert all(r.num_preemptions == 0 for r in run.requests)
+    assert all(r.num_evictions == 0 for r in run.requests)
 
 
 # --- clearing.clear ------------------------------------------------------------------------

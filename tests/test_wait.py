@@ -86,7 +86,7 @@ def test_wait_invariants_t11(seed: int, n1: int, n2: int, load: float) -> None:
     run = simulate(reqs, probe, AffineCost(0.05, 0.01), capacity_tokens=capacity, block_size=1)
     assert all(r.status is RequestStatus.FINISHED for r in run.requests)
     assert probe.violations == []
-    assert sched.num_repair_evictions == 0 and sum(r.num_preemptions for r in run.requests) == 0
+    assert sched.num_repair_evictions == 0 and sum(r.num_evictions for r in run.requests) == 0
     assert probe.max_stage_count[0] <= n1 and probe.max_stage_count[1] <= n2
     assert probe.max_projected_kv <= capacity
     assert max(run.steps["kv_used_tokens"]) <= check.batch_memory_tokens
@@ -119,7 +119,7 @@ def test_paused_types_keep_their_kv() -> None:
     during = {(rid, out) for t, rid, out in progress if 1.0 < t < 20.0}
     assert during == {(0, 1), (1, 1)}  # held at stage 1 with their KV the whole time
     b = [r for r in run.requests if r.request_id in (0, 1)]
-    assert all(r.finish_time > 20.0 and r.num_preemptions == 0 for r in b)
+    assert all(r.finish_time > 20.0 and r.num_evictions == 0 for r in b)
 
 
 class PaperFCFS(Scheduler):
@@ -158,7 +158,7 @@ def test_toy_fcfs_dynamics_t12_and_wait_on_the_same_instance() -> None:
     assert steps["kv_used_tokens"][1] == 12  # memory full: 3 completing hold 6, the 6 new hold 6
     assert fcfs.evictions[2] == (2.0, 2)  # 4 arrivals need 4 tokens: 2 decoding requests restart
     assert all(r.status is RequestStatus.FINISHED for r in run.requests)
-    assert sum(r.num_preemptions for r in run.requests) == 2
+    assert sum(r.num_evictions for r in run.requests) == 2
 
     wait_sched = SCHEDULERS.create("wait", types="1x2:4", thresholds="4")
     wait_run = simulate(toy, wait_sched, UnitCost(1.0), capacity_tokens=12, block_size=1)
@@ -200,7 +200,7 @@ def test_mis_specified_rates_trigger_the_lifo_repair_safely() -> None:
     run = simulate(reqs, sched, AffineCost(0.01, 1e-5), capacity_tokens=capacity, block_size=16)
     assert sched.design_notes and "memory" in sched.design_notes[0]
     assert sched.num_repair_evictions > 0
-    assert sum(r.num_preemptions for r in run.requests) == sched.num_repair_evictions
+    assert sum(r.num_evictions for r in run.requests) == sched.num_repair_evictions
     assert all(r.status is RequestStatus.FINISHED for r in run.requests)
     assert max(run.steps["kv_used_tokens"]) <= capacity
 

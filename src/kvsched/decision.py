@@ -28,7 +28,9 @@ class Decision:
              preempted. 1 (the default) promises nothing.
     restart: resident request ids killed before the step: KV freed and generated tokens
              discarded, so they start over from the prompt (the theory papers' clearing,
-             kill-and-restart).
+             kill-and-restart). Preemptions and restarts are applied before `run`, so a
+             request restarted here may be re-admitted in the same decision. An id in
+             both `preempt` and `restart` is a scheduler error.
     idle_until: with an empty `run`, let the clock advance to this time (or to the next
              arrival, whichever comes first) instead of only to the next arrival: a
              schedule may leave the engine idle on purpose (the hindsight optimum does).
@@ -85,9 +87,14 @@ class View:
 
 
 class Scheduler:
-    """Base class: subclasses implement `schedule`. Register with `@SCHEDULERS.register`."""
+    """Base class: subclasses implement `schedule`. Register with `@SCHEDULERS.register`.
+
+    `clairvoyant`: whether the scheduler may read true output lengths (its exact oracle).
+    Set it to False and the loop hands the scheduler `BlindRequest`s, whose
+    `output_len` raises, so a test run proves the scheduler never looks."""
 
     name: str = "scheduler"
+    clairvoyant: bool = True
 
     def schedule(self, view: View) -> Decision:  # pragma: no cover - interface
         raise NotImplementedError

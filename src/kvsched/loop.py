@@ -7,7 +7,11 @@ left, or needs more KV blocks than are free raises `SchedulingError` naming the 
 the request ids and the numbers.
 
 Preemption frees a request's KV before the step and either keeps its generated tokens
-(`Decision.preempt`, vLLM recompute) or discards them (`Decision.restart`). With
+(`Decision.preempt`, vLLM recompute) or discards them (`Decision.restart`, kill-and-
+restart). Every residency is an attempt: the loop records its start step, the tokens it
+generated and how it ended, and charges a killed attempt's output tokens and KV area
+(token x steps) to the request as waste. A scheduler with `clairvoyant = False` sees
+requests only through `BlindRequest` (no true output length). With
 `lookahead_tokens=k` every scheduled request is allocated k slots beyond its computed
 tokens; k = 1 is the theory papers' memory ledger (`simulate_theory`).
 
@@ -19,14 +23,14 @@ result equals stepping one at a time (up to floating-point summation order).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from kvsched.backend import Backend, BatchShape
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.kvcache import KVCache, blocks_for
-from kvsched.request import Request, RequestStatus
+from kvsched.request import BlindRequest, Request, RequestStatus
 
 STEP_COLUMNS = (
     "step",  # index of the first step in this row
@@ -68,6 +72,27 @@ class Run:
 
 
 ProgressFn = Callable[[float, int], None]  # (simulated time, requests done)
+
+
+class _BlindMapping(Mapping):
+    """A live dict of requests seen through `BlindRequest`s (one proxy per request)."""
+
+    __slots__ = ("_blind", "_data")
+
+    def __init__(self, data: dict[int, Request], blind: Callable[[Request], BlindRequest]) -> None:
+        self._data, self._blind = data, blind
+
+    def __getitem__(self, rid: int) -> BlindRequest:
+        return self._blind(self._data[rid])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._data
 
 
 def run(
@@ -118,8 +143,21 @@ class _Loop:
 
     # --- main loop -------------------------------------------------------------------
     def run(self) -> Run:
-        waiting_view = MappingProxyType(self.waiting)
-        resident_view = MappingProxyType(self.resident)
+        if getattr(self.scheduler, "clairvoyant", True):
+            waiting_view = MappingProxyType(self.waiting)
+            resident_view = MappingProxyType(self.resident)
+            wrap = None
+        else:
+            proxies: dict[int, BlindRequest] = {}
+
+            def wrap(r: Request) -> BlindRequest:
+                p = proxies.get(r.request_id)
+                if p is None:
+                    p = proxies[r.request_id] = BlindRequest(r)
+                return p
+
+            waiting_view = _BlindMapping(self.waiting, wrap)
+            resident_view = _BlindMapping(self.resident, wrap)
         blocks_view = self.kv.block_counts
         kv, n_total = self.kv, len(self.reqs)
         last_report = 0
@@ -129,8 +167,11 @@ class _Loop:
                 if self.next_arrival < n_total:
                     self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)
                 continue
+            arrived, finished = self.arrived, self.finished
+            if wrap is not None:
+                arrived, finished = [wrap(r) for r in arrived], [wrap(r) for r in finished]
             view = View(
-                self.now, self.step, waiting_view, resident_view, self.arrived, self.finished,
+                self.now, self.step, waiting_view, resident_view, arrived, finished,
                 kv.num_free_blocks, kv.num_blocks, kv.block_size, self.next_arrival < n_total, blocks_view,
                 self.lookahead,
             )
@@ -170,6 +211,12 @@ class _Loop:
 
     # --- applying a decision ----------------------------------------------------------
     def _apply(self, decision: Decision) -> None:
+        if decision.preempt and decision.restart:
+            both = set(decision.preempt).intersection(decision.restart)
+            if both:
+                raise SchedulingError(
+                    f"step {self.step}: requests {sorted(both)} are both preempted and restarted; pick one kind"
+                )
         for rid in decision.preempt:
             self._preempt(rid)
         for rid in decision.restart:
@@ -278,9 +325,15 @@ class _Loop:
         self.kv.free(rid)
         r.num_wasted_tokens += r.num_computed_tokens
         r.num_computed_tokens = 0
+        r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "restart" if restart else "preempt"))
         if restart:
+            r.num_discarded_tokens += r.num_output_tokens
+            r.wasted_kv_area += r.attempt_kv_area
             r.num_output_tokens = 0  # generated text is discarded and produced again
-        r.num_preemptions += 1
+            r.num_restarts += 1
+        else:
+            r.num_preemptions += 1
+        r.attempt_kv_area = 0
         r.admit_time = None
         r.status = RequestStatus.WAITING
         self.waiting[rid] = r
@@ -306,7 +359,7 @@ class _Loop:
 
     def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int,
                      kv_seconds: float) -> None:
-        kv, now = self.kv, self.now
+        kv, now, la = self.kv, self.now, self.lookahead
         start, end = now, now + duration
         used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
         num_finished = 0
@@ -317,15 +370,22 @@ class _Loop:
                 self.resident[rid] = r
                 r.status = RequestStatus.RUNNING
                 r.admit_time = start
+                r.attempt_start_step = self.step
+                r.attempt_start_output = r.num_output_tokens
                 if r.first_scheduled_time is None:
                     r.first_scheduled_time = start
             caught_up = r.num_computed_tokens + n == r.prompt_len + r.num_output_tokens
             r.num_computed_tokens += n * num_steps  # num_steps > 1 only for one-token decodes
+            # KV held after each step of the row: the last step holds `held`, each earlier
+            # one a token less (a fast-forward adds one token per step).
+            held = r.num_computed_tokens + la
+            r.attempt_kv_area += held * num_steps - num_steps * (num_steps - 1) // 2
             if caught_up:
                 r.num_output_tokens += num_steps  # one token per step once caught up
                 if r.first_token_time is None:
                     r.first_token_time = end
                 if r.num_output_tokens >= r.output_len:
+                    r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "finish"))
                     r.finish_time = end
                     r.status = RequestStatus.FINISHED
                     kv.free(rid)

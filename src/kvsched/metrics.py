@@ -6,6 +6,8 @@ the last token; TPOT = (e2e - TTFT) / (output_len - 1) over requests with more t
 one output token (vLLM's serving-benchmark definition); throughput counts only
 output tokens of completed requests, divided by the makespan (first arrival to the
 end of the last step). KV statistics are weighted by step duration (busy time).
+Preemptions (recompute, tokens kept) and restarts (kill-and-restart, tokens discarded)
+are counted separately; restart waste is reported in tokens and in KV token x steps.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ def requests_frame(run: Run) -> pd.DataFrame:
             "first_token_time": np.array([t(r.first_token_time) for r in rows], dtype=np.float64),
             "finish_time": np.array([t(r.finish_time) for r in rows], dtype=np.float64),
             "num_preemptions": np.array([r.num_preemptions for r in rows], dtype=np.int64),
+            "num_restarts": np.array([r.num_restarts for r in rows], dtype=np.int64),
             "num_wasted_tokens": np.array([r.num_wasted_tokens for r in rows], dtype=np.int64),
+            "num_discarded_tokens": np.array([r.num_discarded_tokens for r in rows], dtype=np.int64),
+            "wasted_kv_area": np.array([r.wasted_kv_area for r in rows], dtype=np.int64),
+            # Start of the attempt that finished (first_scheduled_time is the first attempt's).
+            "final_attempt_time": np.array(
+                [t(r.admit_time) if r.finish_time is not None else nan for r in rows], dtype=np.float64),
         }
     )
     df["ttft"] = df["first_token_time"] - df["arrival_time"]
@@ -85,8 +93,14 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
         "throughput_requests_per_s": len(done) / makespan if makespan > 0 else float("nan"),
         "num_completed_output_tokens": completed_tokens,
         "num_preemptions": int(df["num_preemptions"].sum()),
-        "num_preempted_requests": int((df["num_preemptions"] > 0).sum()),
+        "num_restarts": int(df["num_restarts"].sum()),
+        "num_preempted_requests": int(((df["num_preemptions"] + df["num_restarts"]) > 0).sum()),
         "num_wasted_tokens": int(df["num_wasted_tokens"].sum()),
+        # Kill-and-restart waste: output tokens generated again, prompts prefilled again
+        # and the KV token x steps held by killed attempts.
+        "num_discarded_tokens": int(df["num_discarded_tokens"].sum()),
+        "num_recomputed_prompt_tokens": int((df["num_restarts"] * df["prompt_len"]).sum()),
+        "wasted_kv_area": int(df["wasted_kv_area"].sum()),
         "peak_kv_tokens": int(kv_tokens.max()) if len(kv_tokens) else 0,
         "peak_kv_blocks": int(max(steps["kv_used_blocks"], default=0)),
         "mean_kv_tokens": float(sum(steps["kv_token_seconds"]) / busy_time) if busy_time > 0 else 0.0,

@@ -24,8 +24,9 @@ from kvsched.request import RequestStatus
 
 def schedule_of(run: Run) -> tuple[int, dict[int, int] | None]:
     """A theory-mode run as the IP sees it: total latency of the completed requests and
-    their start epochs (None when someone was cleared or preempted: the schedule is then
-    not non-preemptive and cannot warm-start the IP)."""
+    their start epochs (None when someone was preempted with its tokens kept: the schedule
+    is then not non-preemptive and cannot warm-start the IP). A killed attempt can simply
+    be dropped (it only adds memory), so a restarted request starts at its final attempt."""
     done = [r for r in run.requests if r.status is RequestStatus.FINISHED]
     tel = round(sum(r.finish_time - r.arrival_time for r in done))
     if any(r.num_preemptions for r in run.requests):

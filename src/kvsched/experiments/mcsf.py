@@ -258,7 +258,8 @@ def _trace_run(reqs: Sequence[Request], name: str, options: dict, capacity: int,
         "scheduler": name, "label": label(name, options), **options, "feasible": True,
         "mean_latency_s": s["e2e_mean"], "p50_latency_s": s["e2e_p50"], "p99_latency_s": s["e2e_p99"],
         "ttft_mean_s": s["ttft_mean"], "throughput_tokens_per_s": s["throughput_tokens_per_s"],
-        "num_preemptions": s["num_preemptions"], "num_wasted_tokens": s["num_wasted_tokens"],
+        "num_preemptions": s["num_preemptions"], "num_restarts": s["num_restarts"],
+        "num_wasted_tokens": s["num_wasted_tokens"],
         "peak_kv_tokens": s["peak_kv_tokens"], "cum_avg_latency_slope": slope, "makespan_s": s["makespan_s"],
     }
 
@@ -367,7 +368,7 @@ def robustness_study(*, eps_values: Sequence[float] = (0.2, 0.5, 0.8), rates: Se
                 "mc_benchmark_mean_latency_s": float(sub.loc["mc-benchmark", "mean_latency_s"]),
                 "best_baseline_mean_latency_s": best_baseline,
                 "mcsf_beats_every_feasible_baseline": bool(best_baseline is None or mcsf < best_baseline),
-                "mcsf_evictions": int(sub.loc["mcsf", "num_preemptions"]),
+                "mcsf_evictions": int(sub.loc["mcsf", "num_preemptions"] + sub.loc["mcsf", "num_restarts"]),
                 "mcsf_recomputed_tokens": int(sub.loc["mcsf", "num_wasted_tokens"]),
             }
     config = {"study": "mcsf-robustness", "eps": list(eps_values), "rates": list(rates), "num_requests": num_requests,
