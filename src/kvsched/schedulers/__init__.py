@@ -6,6 +6,15 @@ the module below.
 """
 
 from kvsched.registry import SCHEDULERS
-from kvsched.schedulers import mcsf, nested_wait, protection, vidur, vllm, wait, wait_cp  # noqa: F401  (registration)
+from kvsched.schedulers import (  # noqa: F401  (registration)
+    geometric,
+    mcsf,
+    nested_wait,
+    protection,
+    vidur,
+    vllm,
+    wait,
+    wait_cp,
+)
 
 __all__ = ["SCHEDULERS"]

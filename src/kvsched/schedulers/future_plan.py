@@ -16,12 +16,31 @@ N(c) the number of requests whose end is >= c. A candidate (f_i, r_i) fits iff
 `fits` is O(log C) through a prefix maximum of m(c) + c; `add` is O(C) (it raises
 every checkpoint up to r_i and inserts r_i). A step therefore costs
 O(S log S + admitted·C + log C), independent of the waiting queue.
+
+This is also the reservation check of the GBA/GSA spec (§6.2): an attempt with budget b
+reserves its worst case, footprint + c for c = 1..b, so GBA, GSA, b-scaling and Sorted-F
+use this class too. `fits_many` tests many candidates at once, and with `delay=d` it
+tests them as of d rounds later, when nothing in the plan has ended yet; schedulers use
+that to promise how long their decision stays unchanged (`Decision.repeat`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
+
+import numpy as np
+
+
+def ledger_pad(view) -> int:
+    """What to add to prompt + generated tokens to get a request's footprint in the plan.
+
+    The plan charges footprint + c after round c. The cache holds prompt + generated +
+    lookahead - 1 tokens after the round that emits a token, rounded up to whole blocks
+    (at most block_size - 1 more), so this pad makes the plan an upper bound, exact with
+    block size 1. It is -1 with no lookahead and block size 1: the batch theory mode
+    stores a prompt of s tokens as prompt_len = s + 1 (the GBA/GSA spec, §4.3)."""
+    return view.lookahead_tokens + view.block_size - 2
 
 
 class FuturePlan:
@@ -86,6 +105,57 @@ class FuturePlan:
         if k >= 0 and self.prefix_max[k] > cap:
             return False
         return self.memory_at(rounds) + rounds <= cap
+
+    def fits_many(self, footprints: np.ndarray, rounds: np.ndarray, delay: int = 0) -> np.ndarray:
+        """`fits` for many candidates at once (a bool array), as of `delay` rounds from now.
+
+        With delay d > 0 the plan's requests hold d more tokens and have d fewer rounds
+        left; d must be below every planned end (nothing in the plan has left)."""
+        footprints = np.asarray(footprints, dtype=np.int64)
+        rounds = np.asarray(rounds, dtype=np.int64)
+        cap = self.cap - footprints
+        if not self.ends:
+            return rounds <= cap
+        if delay and delay >= self.ends[0]:
+            raise ValueError(f"delay {delay} reaches the plan's first end {self.ends[0]}")
+        ends = np.asarray(self.ends, dtype=np.int64)
+        # Seen from d rounds later, checkpoint c is the absolute round c + d: the memory
+        # there is the same, and a candidate's c-th round is absolute round c + d.
+        last = rounds + delay
+        k = np.searchsorted(ends, last, side="right") - 1
+        peak = np.where(k >= 0, np.asarray(self.prefix_max, dtype=np.int64)[np.maximum(k, 0)] - delay, 0)
+        j = np.searchsorted(ends, last, side="left")
+        inside = j < len(ends)
+        jj = np.minimum(j, len(ends) - 1)
+        at_end = np.where(inside, np.asarray(self.sum_f, dtype=np.int64)[jj] + last * np.asarray(self.count)[jj], 0)
+        return (peak <= cap) & (at_end + rounds <= cap)
+
+    def earliest_fit(self, footprints: np.ndarray, rounds: np.ndarray, first: int, last: int) -> int | None:
+        """The smallest delay d in [first, last] at which some candidate fits, or None.
+
+        `last` must be below the plan's first end."""
+        if last < first:
+            return None
+        if self.ends and last >= self.ends[0]:
+            raise ValueError(f"last delay {last} reaches the plan's first end {self.ends[0]}")
+        footprints = np.asarray(footprints, dtype=np.int64)
+        rounds = np.asarray(rounds, dtype=np.int64)
+        if not self.ends:
+            return first if bool((footprints + rounds <= self.cap).any()) else None
+        delays = np.arange(first, last + 1, dtype=np.int64)
+        ends = np.asarray(self.ends, dtype=np.int64)
+        pm = np.asarray(self.prefix_max, dtype=np.int64)
+        sum_f, count = np.asarray(self.sum_f, dtype=np.int64), np.asarray(self.count, dtype=np.int64)
+        absolute = delays[:, None] + rounds[None, :]  # (delays, candidates)
+        k = np.searchsorted(ends, absolute, side="right") - 1
+        peak = np.where(k >= 0, pm[np.maximum(k, 0)] - delays[:, None], 0)
+        j = np.searchsorted(ends, absolute, side="left")
+        jj = np.minimum(j, len(ends) - 1)
+        at_end = np.where(j < len(ends), sum_f[jj] + absolute * count[jj], 0)
+        cap = self.cap - footprints[None, :]
+        ok = ((peak <= cap) & (at_end + rounds[None, :] <= cap)).any(axis=1)
+        hit = np.flatnonzero(ok)
+        return int(delays[hit[0]]) if hit.size else None
 
     def add(self, footprint: int, rounds: int) -> None:
         """Put the request into the plan (callers check `fits` first)."""

@@ -46,7 +46,7 @@ from kvsched.predictors import make_predictor
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request
 from kvsched.schedulers.clearing import check_clearing, clear, next_round_blocks
-from kvsched.schedulers.future_plan import FuturePlan
+from kvsched.schedulers.future_plan import FuturePlan, ledger_pad
 
 STEADY = 1 << 30
 ORDER_FIELDS = ("length", "arrival", "prompt", "id", "volume")
@@ -103,6 +103,11 @@ class MCSFScheduler(Scheduler):
         self._heap: list[tuple] = []
         self._running: list[Request] = []  # in admission order (LIFO clearing pops the end)
         self._planned: dict[int, int] = {}  # request id -> planned total output length
+
+    @property
+    def clairvoyant(self) -> bool:
+        """Only the oracle predictor reads true lengths; the others see predictions."""
+        return self.predictor == "oracle"
 
     def config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -168,7 +173,7 @@ class MCSFScheduler(Scheduler):
                 self._planned[rid] = max(self._planned[rid], v.num_output_tokens + 1)
                 self._push(v)
 
-        pad = max(0, view.lookahead_tokens + view.block_size - 2)
+        pad = ledger_pad(view)
         cap = math.floor((1.0 - self.reserve) * capacity)
         alive = []
         for r in self._running:

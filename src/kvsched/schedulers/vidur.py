@@ -37,6 +37,8 @@ class _VidurBase(Scheduler):
     _queue: deque = field(init=False, repr=False)
     _running: list = field(init=False, repr=False)
 
+    clairvoyant = False  # Vidur's policies never read output lengths
+
     def __post_init__(self) -> None:
         if self.batch_size_cap < 1:
             raise ValueError(f"batch_size_cap must be >= 1, got {self.batch_size_cap}")

@@ -11,6 +11,11 @@ Rules (vllm/v1/core/sched/scheduler.py; see shared/specs/baselines.md):
   is left and fewer than `max_num_seqs` run; chunked prefill gives a partial chunk,
   without it a prompt over the budget stops admission; a failed allocation stops
   admission, which never preempts.
+
+`preemption="restart"` turns preemption into kill-and-restart (the victim's generated
+tokens are discarded): the FCFS baseline of the GBA/GSA spec (§11). vLLM itself never
+reads output lengths, so `vllm` is non-clairvoyant; the policies that rank by a
+predictor are clairvoyant exactly when that predictor is the oracle.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ class VLLMScheduler(Scheduler):
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0  # 0 = off
     policy: str = "fcfs"  # "fcfs": preempt the tail; "priority": preempt the latest arrival
+    preemption: str = "recompute"  # recompute (vLLM: keep generated tokens) | restart (discard them)
     _running: list[Request] = field(init=False, repr=False)
+
+    clairvoyant = False  # a class attribute, not an option
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
@@ -45,6 +53,8 @@ class VLLMScheduler(Scheduler):
             raise ValueError("long_prefill_token_threshold must be >= 0")
         if self.policy not in ("fcfs", "priority"):
             raise ValueError(f"policy must be 'fcfs' or 'priority', got {self.policy!r}")
+        if self.preemption not in ("recompute", "restart"):
+            raise ValueError(f"preemption must be 'recompute' or 'restart', got {self.preemption!r}")
         self._waiting = self._make_queue()
         self._running = []
 
@@ -142,6 +152,8 @@ class VLLMScheduler(Scheduler):
         # repeats until an arrival or a finish: admission stays blocked because free
         # memory only shrinks, and budget and max_num_seqs do not change.
         repeat = STEADY if steady and not preempted and not admitted and len(run) == len(running) else 1
+        if self.preemption == "restart":
+            return Decision(run, (), repeat, restart=tuple(preempted))
         return Decision(run, tuple(preempted), repeat)
 
     def _pick_victim(self, running: list[Request]) -> Request:
@@ -156,6 +168,10 @@ class VLLMScheduler(Scheduler):
 class SJFScheduler(VLLMScheduler):
     predictor: str = "oracle"  # "oracle" or "predicted" (Request.predicted_output_len)
     key: str = "output"  # "output": total predicted output; "remaining": predicted minus generated
+
+    @property
+    def clairvoyant(self) -> bool:
+        return self.predictor == "oracle"
 
     def __post_init__(self) -> None:
         if self.key not in ("output", "remaining"):
@@ -186,6 +202,10 @@ class StaticReservationScheduler(VLLMScheduler):
 
     predictor: str = "oracle"
     _reserved_blocks: int = field(init=False, default=0)
+
+    @property
+    def clairvoyant(self) -> bool:
+        return self.predictor == "oracle"
 
     def __post_init__(self) -> None:
         self._predictor = make_predictor(self.predictor)
