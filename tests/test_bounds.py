@@ -160,7 +160,7 @@ def test_canonical_starts_orders_identical_requests() -> None:
     [
         ({"arrival": (0, 0), "prompt_len": (1,), "output_len": (1, 1)}, "equal lengths"),
         ({"arrival": (0, -1), "prompt_len": (1, 1), "output_len": (1, 1)}, r"request index 1 .*arrival must be >= 0"),
-        ({"arrival": (0, 0), "prompt_len": (1, 0), "output_len": (1, 1)}, r"request index 1 .*prompt_len must be >= 1"),
+        ({"arrival": (0, 0), "prompt_len": (1, -1), "output_len": (1, 1)}, r"request index 1 .*prompt_len must be >= 0"),
         ({"arrival": (0, 0), "prompt_len": (1, 1), "output_len": (0, 1)}, r"request index 0 .*output_len must be >= 1"),
         ({"arrival": (0, 0), "prompt_len": (1, 4), "output_len": (1, 7)}, r"request index 1 .*exceeds capacity 10"),
     ],

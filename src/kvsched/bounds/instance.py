@@ -1,7 +1,8 @@
 """Theory-mode problem instances for the bounds: the data of spec section 2, nothing else.
 
 An `Instance` is what the hindsight IP and the volume bounds need: integer arrival
-epochs, prompt and output lengths, and the KV capacity `M`. It also carries the
+epochs, prompt lengths `s_i >= 0` (0 is the batch theory model of gsa_gba.md 3.2),
+output lengths `o_i >= 1`, and the KV capacity `M`. It also carries the
 request ids so that per-request results (IP starts) can be mapped back to
 `kvsched.request.Request` objects.
 
@@ -76,8 +77,8 @@ class Instance:
         for i in range(n):
             if arrival[i] < 0:
                 raise ValueError(f"request index {i} (id {ids[i]}): arrival must be >= 0, got {arrival[i]}")
-            if prompt[i] < 1:
-                raise ValueError(f"request index {i} (id {ids[i]}): prompt_len must be >= 1, got {prompt[i]}")
+            if prompt[i] < 0:  # s_i = 0 is allowed: the batch theory model (gsa_gba.md 3.2, Ambiguity 25)
+                raise ValueError(f"request index {i} (id {ids[i]}): prompt_len must be >= 0, got {prompt[i]}")
             if output[i] < 1:
                 raise ValueError(f"request index {i} (id {ids[i]}): output_len must be >= 1, got {output[i]}")
             if prompt[i] + output[i] > capacity:

@@ -11,6 +11,7 @@ from kvsched.schedulers import (  # noqa: F401  (registration)
     mcsf,
     nested_wait,
     protection,
+    sorted_f,
     vidur,
     vllm,
     wait,
