@@ -427,6 +427,8 @@ def cmd_experiment(args) -> int:
     label = args.experiment
     if label.startswith("wait-"):
         return _wait_experiment(args)
+    if label.startswith("gsa-"):
+        return _gsa_experiment(args)
     args.rates = args.rates or [10.0, 50.0]
     args.num_requests = args.num_requests or 10_000
     bar, cb = _progress(1, label, not args.no_progress and sys.stderr.isatty())
@@ -480,6 +482,127 @@ def _wait_experiment(args) -> int:
     if args.output:
         print(f"results written to {args.output}")
     return 0
+
+
+def _gsa_experiment(args) -> int:
+    from kvsched.experiments import gsa as exp
+
+    bar, cb = _progress(1, args.experiment, not args.no_progress and sys.stderr.isatty())
+    progress = (lambda done, total: (bar.update(bar.task_ids[0], total=total), cb(0.0, done))) if bar else None
+    seeds = tuple(range(args.seed, args.seed + (args.seeds or 10)))
+    common = {"jobs": args.jobs, "out": args.output, "progress": progress}
+    if bar:
+        bar.start()
+    try:
+        if args.experiment == "gsa-sweep":
+            kw = {k: v for k, v in (("traces", args.traces), ("sizes", args.sizes),
+                                    ("capacities", args.capacities)) if v}
+            _, summary = exp.sweep(seeds=seeds, **kw, **common)
+        elif args.experiment == "gsa-ablation":
+            kw = {k: v for k, v in (("capacities", args.capacities),) if v}
+            _, summary = exp.ablation(trace=(args.traces or ["azure-conv"])[0], n=(args.sizes or [1000])[0],
+                                      seeds=tuple(range(args.seed, args.seed + (args.seeds or 5))), **kw, **common)
+        elif args.experiment == "gsa-serving":
+            kw = {k: v for k, v in (("capacities", args.capacities),) if v}
+            _, summary = exp.serving(trace=(args.traces or ["azure-conv"])[0], n=(args.sizes or [1000])[0],
+                                     seeds=tuple(range(args.seed, args.seed + (args.seeds or 3))),
+                                     cost_model=args.cost_model if args.cost_model != "llama2-70b-a100-tp2"
+                                     else "llama2-7b-a100", **kw, **common)
+        else:
+            _, summary = exp.worst_case(instances=args.instances, seed=args.seed, time_limit_s=args.time_limit,
+                                        out=args.output, progress=progress)
+    finally:
+        if bar:
+            bar.stop()
+    print(json.dumps(summary, indent=2, default=str))
+    if args.output:
+        print(f"results written to {args.output}")
+    return 0
+
+
+def _batch_jobs(args) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """The batch of `kvsched batch`: explicit --job S,O pairs or a sample of a trace."""
+    from kvsched.experiments.gsa import sample_batch
+
+    if args.job:
+        s = np.array([j[0] for j in args.job], dtype=np.int64)
+        o = np.array([j[1] for j in args.job], dtype=np.int64)
+        fits = s + o <= args.capacity
+        return s[fits], o[fits], int((~fits).sum()), f"{len(s)} jobs from --job"
+    try:
+        s, o, dropped = sample_batch(args.trace, args.num_requests, args.capacity, args.seed)
+    except (ValueError, KeyError) as exc:
+        raise CLIError(str(exc)) from exc
+    return s, o, dropped, f"{args.num_requests} requests of {args.trace} (seed {args.seed})"
+
+
+def cmd_batch(args) -> int:
+    from kvsched.bounds.batch import batch_bounds, exact_optimum, job_size_ratio, regime
+    from kvsched.experiments.gsa import ALL_POLICIES, Policy, ablation_policies, run_policy
+
+    s, o, dropped, what = _batch_jobs(args)
+    if not len(s):
+        raise CLIError(f"no job fits the capacity {args.capacity} ({dropped} dropped)")
+    known = {p.label: p for p in (*ALL_POLICIES, *ablation_policies())}
+    policies = []
+    for name in args.policies.split(","):
+        name = name.strip()
+        if name in known:
+            policies.append(known[name])
+        elif name in SCHEDULERS:
+            policies.append(Policy(name, name))
+        else:
+            raise CLIError(f"unknown policy {name!r}; known: {', '.join(sorted(known))} or any registered scheduler")
+    eps = job_size_ratio(s, o, args.capacity)
+    bounds = batch_bounds(s, o, args.capacity, lp=args.lp)
+    result = {"workload": what, "num_jobs": int(len(s)), "num_dropped": dropped, "capacity": args.capacity,
+              "job_size_ratio": eps, "regime": regime(eps), "bounds": bounds, "policies": []}
+    if args.ip:
+        opt = exact_optimum(s, o, args.capacity, time_limit_s=args.time_limit)
+        result["optimum"] = {"value": opt.objective, "proven": opt.status == "optimal", "lower_bound": opt.lower_bound}
+    for policy in policies:
+        row = run_policy(policy, s, o, args.capacity)
+        row["ratio_to_lb_count"] = row["total_latency"] / bounds["lb_count"]
+        result["policies"].append(row)
+    if args.output:
+        import pandas as pd
+
+        args.output.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(result["policies"]).to_parquet(args.output / "batch.parquet", index=False)
+        (args.output / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"{what}: {len(s)} jobs, {dropped} dropped (s + o > M), M = {args.capacity}, "
+                  f"ε = {eps:.4f} ({regime(eps)} regime)")
+    console.print("lower bounds on total latency (rounds): "
+                  + ", ".join(f"{k} = {v:,.1f}" if isinstance(v, float) else f"{k} = {v:,}" for k, v in bounds.items()))
+    if "optimum" in result:
+        opt = result["optimum"]
+        console.print(f"exact optimum: {opt['value']:,} ({'proven' if opt['proven'] else 'not proven'})")
+    table = Table(title="offline batch, theory model (rounds)")
+    for col in ("policy", "total latency", "/ LB_count", "kills", "discarded tokens", "makespan", "peak mem"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for row in result["policies"]:
+        table.add_row(row["policy"], f"{row['total_latency']:,.0f}", f"{row['ratio_to_lb_count']:.3f}",
+                      f"{row['num_kills']:,}", f"{row['num_discarded_tokens']:,}", f"{row['makespan']:,.0f}",
+                      f"{row['peak_memory_utilization']:.3f}")
+    console.print(table)
+    return 0
+
+
+def _job(text: str) -> tuple[int, int]:
+    try:
+        s, o = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PROMPT,OUTPUT (two integers), got {text!r}") from None
+    if s < 0 or o < 1:
+        raise argparse.ArgumentTypeError(f"need prompt >= 0 and output >= 1, got {text!r}")
+    return s, o
 
 
 def cmd_tune(args) -> int:
@@ -651,13 +774,36 @@ def build_parser() -> argparse.ArgumentParser:
     _system_args(tu)
     tu.set_defaults(func=cmd_tune)
 
+    bt = sub.add_parser("batch", help="offline batch (all jobs at time 0): GBA/GSA and baselines against the batch "
+                                      "lower bounds, in the theory model")
+    bt.add_argument("--trace", default="azure-conv", help="trace to sample from (default azure-conv)")
+    bt.add_argument("-n", "--num-requests", type=int, default=1000, help="jobs sampled without replacement")
+    bt.add_argument("--job", action="append", type=_job, metavar="PROMPT,OUTPUT",
+                    help="an explicit job instead of a trace sample (repeatable), e.g. --job 0,4")
+    bt.add_argument("--capacity", type=int, default=16384, help="KV capacity M in tokens")
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--policies", default="gba,gsa,mcsf-break,sorted-f,fcfs-restart,a-min,b-scaling",
+                    help="comma-separated policy labels (see docs/gsa.md) or registered scheduler names")
+    bt.add_argument("--lp", action="store_true", help="also the polymatroid LP bound (cutting planes; small n)")
+    bt.add_argument("--ip", action="store_true", help="also the exact optimum (time-indexed IP; tiny n)")
+    bt.add_argument("--time-limit", type=float, default=60.0, help="IP time limit in seconds")
+    bt.add_argument("--output", type=Path, help="directory for batch.parquet and summary.json")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=cmd_batch)
+
     e = sub.add_parser("experiment", help="reproduce a paper's experiment (results saved as files)")
     e.add_argument("experiment", choices=("mcsf-synthetic", "mcsf-trace", "mcsf-robustness", "wait-e1", "wait-e2",
-                                          "wait-e3", "wait-e4", "wait-e5"))
+                                          "wait-e3", "wait-e4", "wait-e5", "gsa-sweep", "gsa-ablation",
+                                          "gsa-worst-case", "gsa-serving"))
+    e.add_argument("--traces", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   help="gsa-*: traces (default azure-conv,azure-code)")
+    e.add_argument("--sizes", type=_ints, help="gsa-*: batch sizes n (sweep default 100,1000)")
+    e.add_argument("--capacities", type=_ints, help="gsa-*: KV capacities M in tokens")
+    e.add_argument("--seeds", type=int, help="gsa-*: number of seeds, from --seed on (sweep default 10)")
     e.add_argument("--quick", action="store_true", help="wait-*: small grids, 1000 requests, 2 replications")
     e.add_argument("--replications", type=int, help="wait-*: runs per rate (default 10; E5: 20)")
     e.add_argument("--model", type=int, choices=(1, 2), default=1, help="synthetic: arrival model")
-    e.add_argument("--instances", type=int, default=200, help="synthetic: number of instances")
+    e.add_argument("--instances", type=int, default=200, help="synthetic, gsa-worst-case: number of instances")
     e.add_argument("--scale", choices=("paper", "small"), default="paper",
                    help="synthetic: paper-size instances (M 30-50, n 40-60) or small ones the IP closes")
     e.add_argument("--time-limit", type=float, default=10.0, help="synthetic: IP time limit per instance (s)")

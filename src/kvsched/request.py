@@ -136,6 +136,8 @@ class BlindRequest:
         object.__setattr__(self, "_request", request)
 
     def __getattr__(self, name: str):
+        if name == "_request" or name.startswith("__"):
+            raise AttributeError(name)  # copy/pickle probing a half-built proxy
         if name in _HIDDEN:
             raise OutputLengthHidden(
                 f"request {self._request.request_id}: a non-clairvoyant scheduler read {name!r}, "
@@ -145,6 +147,12 @@ class BlindRequest:
 
     def __setattr__(self, name: str, value) -> None:
         raise AttributeError(f"requests are read-only for schedulers (tried to set {name!r})")
+
+    def __copy__(self) -> BlindRequest:
+        return self  # a read-only view: copies would only hide the same request
+
+    def __deepcopy__(self, memo) -> BlindRequest:
+        return self
 
     def __repr__(self) -> str:
         r = self._request
