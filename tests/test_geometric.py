@@ -18,7 +18,12 @@ from kvsched.loop import SchedulingError
 from kvsched.registry import SCHEDULERS
 from kvsched.request import OutputLengthHidden, RequestStatus
 from kvsched.schedulers.future_plan import FuturePlan, brute_force_fits
-from kvsched.schedulers.geometric import GOLDEN_GSA_BASE, geometric_budget, kv_area, volume_class
+from kvsched.schedulers.geometric import (
+    GOLDEN_GSA_BASE,
+    geometric_budget,
+    kv_area,
+    volume_class,
+)
 from kvsched.sim import simulate_batch
 
 GEOMETRIC = ("gba", "gba-batched", "gba-sync", "gsa", "gsa-batched", "b-scaling")
@@ -73,7 +78,7 @@ def test_exact_vectors(name, options, instance, expected):
 
 
 def test_gba_three_jobs_starts_with_and_without_stagger():
-    starts = lambda run: sorted(r.admit_time for r in run.requests)  # noqa: E731
+    starts = lambda run: sorted(r.admit_time for r in run.requests)
     on, off = run_batch("gba", [0] * 3, [4] * 3, 10), run_batch("gba", [0] * 3, [4] * 3, 10, stagger=False)
     assert starts(on) == [0, 1, 2] and total(on) == 15
     assert starts(off) == [0, 0, 2] and total(off) == 14
@@ -178,7 +183,7 @@ jobs_strategy = st.integers(min_value=8, max_value=60).flatmap(lambda M: st.tupl
 def test_gba_and_gsa_equal_the_literal_pseudocode(case, base, stagger, B, refund):
     M, jobs = case
     s, o = [j[0] for j in jobs], [j[1] for j in jobs]
-    by_id = lambda run: [r.finish_time for r in sorted(run.requests, key=lambda r: r.request_id)]  # noqa: E731
+    by_id = lambda run: [r.finish_time for r in sorted(run.requests, key=lambda r: r.request_id)]
     gba = run_batch("gba", s, o, M, stagger=stagger, credit_cap=B)
     assert by_id(gba) == reference(jobs, M, clairvoyant=True, stagger=stagger, B=B)
     gsa = run_batch("gsa", s, o, M, base=base, stagger=stagger, credit_cap=B, refund=refund)
@@ -198,7 +203,7 @@ def test_memory_safety_completion_and_fast_forward(case, name):
         assert all(r.finish_time >= r.output_len for r in run.requests)
         assert all(sum(1 for *_, how in r.attempts if how == "finish") == 1 for r in run.requests)
     # Skipping rounds (Decision.repeat) must not change a single decision's effect.
-    key = lambda run: [(r.request_id, r.finish_time, r.attempts) for r in run.requests]  # noqa: E731
+    key = lambda run: [(r.request_id, r.finish_time, r.attempts) for r in run.requests]
     assert key(fast) == key(slow)
 
 
@@ -383,9 +388,9 @@ def test_reconstructions_stay_below_the_published_constants_on_tiny_instances():
         o = np.minimum(rng.integers(1, M, n), M - s)
         opt = exact_optimum(s, o, M, time_limit_s=20)
         assert opt.status == "optimal"
-        for name in worst:
+        for name, so_far in worst.items():
             ratio = total(run_batch(name, s, o, M)) / opt.objective
             assert ratio >= 1 - 1e-9
-            worst[name] = max(worst[name], ratio)
+            worst[name] = max(so_far, ratio)
     for name, bound in (("gba", 32 / 3), ("gba-batched", 32 / 3), ("gsa", 61.92)):
         assert worst[name] <= bound, f"{name}: reconstruction exceeds the published bound ({worst[name]:.2f})"

@@ -64,7 +64,8 @@ def test_worst_case_study_against_the_exact_optimum(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kvsched.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "kvsched.cli", *args], capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_cli_batch_on_explicit_jobs_with_the_optimum():

@@ -458,23 +458,14 @@ def cmd_experiment(args) -> int:
     return 0
 
 
-def _wait_experiment(args) -> int:
-    from kvsched.experiments import wait as exp
-
-    key = args.experiment.removeprefix("wait-")
+def _with_progress(args, study) -> int:
+    """Run `study(progress)` under a progress bar, print its summary as JSON."""
     bar, cb = _progress(1, args.experiment, not args.no_progress and sys.stderr.isatty())
     progress = (lambda done, total: (bar.update(bar.task_ids[0], total=total), cb(0.0, done))) if bar else None
     if bar:
         bar.start()
     try:
-        if key == "e5":
-            _, summary = exp.repeated_runs(out=args.output, repetitions=args.replications or 20,
-                                           num_requests=args.num_requests or 5000, seed=args.seed, jobs=args.jobs,
-                                           progress=progress)
-        else:
-            _, summary = exp.run_experiment(key, out=args.output, quick=args.quick, replications=args.replications,
-                                            num_requests=args.num_requests, rates=args.rates, seed=args.seed,
-                                            jobs=args.jobs, progress=progress)
+        _, summary = study(progress)
     finally:
         if bar:
             bar.stop()
@@ -482,42 +473,45 @@ def _wait_experiment(args) -> int:
     if args.output:
         print(f"results written to {args.output}")
     return 0
+
+
+def _wait_experiment(args) -> int:
+    from kvsched.experiments import wait as exp
+
+    key = args.experiment.removeprefix("wait-")
+    if key == "e5":
+        return _with_progress(args, lambda progress: exp.repeated_runs(
+            out=args.output, repetitions=args.replications or 20, num_requests=args.num_requests or 5000,
+            seed=args.seed, jobs=args.jobs, progress=progress))
+    return _with_progress(args, lambda progress: exp.run_experiment(
+        key, out=args.output, quick=args.quick, replications=args.replications, num_requests=args.num_requests,
+        rates=args.rates, seed=args.seed, jobs=args.jobs, progress=progress))
 
 
 def _gsa_experiment(args) -> int:
     from kvsched.experiments import gsa as exp
 
-    bar, cb = _progress(1, args.experiment, not args.no_progress and sys.stderr.isatty())
-    progress = (lambda done, total: (bar.update(bar.task_ids[0], total=total), cb(0.0, done))) if bar else None
-    seeds = tuple(range(args.seed, args.seed + (args.seeds or 10)))
-    common = {"jobs": args.jobs, "out": args.output, "progress": progress}
-    if bar:
-        bar.start()
-    try:
-        if args.experiment == "gsa-sweep":
-            kw = {k: v for k, v in (("traces", args.traces), ("sizes", args.sizes),
-                                    ("capacities", args.capacities)) if v}
-            _, summary = exp.sweep(seeds=seeds, **kw, **common)
-        elif args.experiment == "gsa-ablation":
-            kw = {k: v for k, v in (("capacities", args.capacities),) if v}
-            _, summary = exp.ablation(trace=(args.traces or ["azure-conv"])[0], n=(args.sizes or [1000])[0],
-                                      seeds=tuple(range(args.seed, args.seed + (args.seeds or 5))), **kw, **common)
-        elif args.experiment == "gsa-serving":
-            kw = {k: v for k, v in (("capacities", args.capacities),) if v}
-            _, summary = exp.serving(trace=(args.traces or ["azure-conv"])[0], n=(args.sizes or [1000])[0],
-                                     seeds=tuple(range(args.seed, args.seed + (args.seeds or 3))),
-                                     cost_model=args.cost_model if args.cost_model != "llama2-70b-a100-tp2"
-                                     else "llama2-7b-a100", **kw, **common)
-        else:
-            _, summary = exp.worst_case(instances=args.instances, seed=args.seed, time_limit_s=args.time_limit,
-                                        out=args.output, progress=progress)
-    finally:
-        if bar:
-            bar.stop()
-    print(json.dumps(summary, indent=2, default=str))
-    if args.output:
-        print(f"results written to {args.output}")
-    return 0
+    def seeds(default: int) -> tuple[int, ...]:
+        return tuple(range(args.seed, args.seed + (args.seeds or default)))
+
+    capacities = {"capacities": args.capacities} if args.capacities else {}
+    trace, n = (args.traces or ["azure-conv"])[0], (args.sizes or [1000])[0]
+    if args.experiment == "gsa-sweep":
+        kw = {k: v for k, v in (("traces", args.traces), ("sizes", args.sizes)) if v}
+        return _with_progress(args, lambda progress: exp.sweep(
+            seeds=seeds(10), jobs=args.jobs, out=args.output, progress=progress, **kw, **capacities))
+    if args.experiment == "gsa-ablation":
+        return _with_progress(args, lambda progress: exp.ablation(
+            trace=trace, n=n, seeds=seeds(5), jobs=args.jobs, out=args.output, progress=progress, **capacities))
+    if args.experiment == "gsa-serving":
+        # The experiment's --cost-model default is the MC-SF paper's 70B model; the serving
+        # study's default is the 7B one unless the user picked another.
+        cost = "llama2-7b-a100" if args.cost_model == "llama2-70b-a100-tp2" else args.cost_model
+        return _with_progress(args, lambda progress: exp.serving(
+            trace=trace, n=n, seeds=seeds(3), cost_model=cost, jobs=args.jobs, out=args.output, progress=progress,
+            **capacities))
+    return _with_progress(args, lambda progress: exp.worst_case(
+        instances=args.instances, seed=args.seed, time_limit_s=args.time_limit, out=args.output, progress=progress))
 
 
 def _batch_jobs(args) -> tuple[np.ndarray, np.ndarray, int, str]:
@@ -538,7 +532,12 @@ def _batch_jobs(args) -> tuple[np.ndarray, np.ndarray, int, str]:
 
 def cmd_batch(args) -> int:
     from kvsched.bounds.batch import batch_bounds, exact_optimum, job_size_ratio, regime
-    from kvsched.experiments.gsa import ALL_POLICIES, Policy, ablation_policies, run_policy
+    from kvsched.experiments.gsa import (
+        ALL_POLICIES,
+        Policy,
+        ablation_policies,
+        run_policy,
+    )
 
     s, o, dropped, what = _batch_jobs(args)
     if not len(s):
@@ -555,7 +554,7 @@ def cmd_batch(args) -> int:
             raise CLIError(f"unknown policy {name!r}; known: {', '.join(sorted(known))} or any registered scheduler")
     eps = job_size_ratio(s, o, args.capacity)
     bounds = batch_bounds(s, o, args.capacity, lp=args.lp)
-    result = {"workload": what, "num_jobs": int(len(s)), "num_dropped": dropped, "capacity": args.capacity,
+    result = {"workload": what, "num_jobs": len(s), "num_dropped": dropped, "capacity": args.capacity,
               "job_size_ratio": eps, "regime": regime(eps), "bounds": bounds, "policies": []}
     if args.ip:
         opt = exact_optimum(s, o, args.capacity, time_limit_s=args.time_limit)

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import kvsched.schedulers  # noqa: F401  (registers the schedulers)
+import kvsched.sim  # noqa: F401  (registers the cost models)
 from kvsched import __version__
 from kvsched.bounds.batch import batch_bounds, exact_optimum, job_size_ratio, regime
 from kvsched.loop import Run
 from kvsched.predictors import with_predictions
-import kvsched.schedulers  # noqa: F401  (registers the schedulers)
-import kvsched.sim  # noqa: F401  (registers the cost models)
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import RequestStatus
 from kvsched.sim.simulate import batch_requests, simulate
