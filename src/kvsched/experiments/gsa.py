@@ -64,6 +64,7 @@ CLAIRVOYANT = (
     Policy("mcsf-break", "mcsf", {"predictor": "oracle"}),
     Policy("mcsf-scan", "mcsf", {"predictor": "oracle", "skip_infeasible": True}),
     Policy("sorted-f", "sorted-f"),
+    Policy("sf-restart", "sjf", {"max_num_batched_tokens": BIG, "max_num_seqs": BIG, "preemption": "restart"}),
 )
 NON_CLAIRVOYANT = (
     Policy("gsa", "gsa", regime_base=True),
