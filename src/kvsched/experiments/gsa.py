@@ -229,7 +229,38 @@ def sweep(*, traces: Sequence[str] = TRACES, sizes: Sequence[int] = (100, 1000),
               "seeds": list(seeds), "policies": [p.__dict__ for p in policies], "kvsched_version": __version__,
               "model": "offline batch, theory ledger, unit rounds (simulate_batch)"}
     _write(out, "sweep", frame, config, summary)
+    if out is not None:
+        plot_sweep(frame, Path(out) / "sweep.png")
     return frame, summary
+
+
+def plot_sweep(frame: pd.DataFrame, path: Path) -> None:
+    """Mean ratio to LB_count against M, one panel per (trace, n), one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(t, n) for t, n in zip(frame["trace"], frame["n"])})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True)
+    means = frame.groupby(["trace", "n", "capacity", "policy"], as_index=False)["ratio_to_lb_count"].mean()
+    for ax, (trace, n) in zip(axes[0], panels):
+        part = means[(means["trace"] == trace) & (means["n"] == n)]
+        for k, policy in enumerate(dict.fromkeys(frame["policy"])):
+            line = part[part["policy"] == policy].sort_values("capacity")
+            style = "-" if policy.startswith(("gba", "gsa")) else "--"
+            ax.plot(line["capacity"], line["ratio_to_lb_count"], style, marker="o", ms=3, label=policy,
+                    color=plt.cm.tab20(k % 20))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("KV capacity M (tokens)")
+        ax.set_title(f"{trace}, n = {n}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("total latency / LB_count")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("offline batch, theory model (GBA/GSA are reconstructions)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def ablation(*, trace: str = "azure-conv", n: int = 1000, capacities: Sequence[int] = (16384, 131072),
