@@ -15,6 +15,7 @@ the true length; all it learns is "finished" or "still running after u tokens".
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass, field
 
 
@@ -157,3 +158,12 @@ class BlindRequest:
     def __repr__(self) -> str:
         r = self._request
         return f"BlindRequest(id={r.request_id}, prompt_len={r.prompt_len}, num_output_tokens={r.num_output_tokens})"
+
+
+# The fields schedulers read every step, as C-level properties (the __getattr__ fallback
+# costs a Python call per read).
+for _name in ("request_id", "arrival_time", "prompt_len", "num_computed_tokens", "num_output_tokens", "status",
+              "attempt_start_output", "predicted_output_len", "predicted_output_interval", "num_tokens",
+              "num_attempt_tokens", "is_finished"):
+    setattr(BlindRequest, _name, property(operator.attrgetter(f"_request.{_name}")))
+del _name

@@ -226,15 +226,18 @@ class _SliceScheduler(Scheduler):
             self._level.setdefault(r.request_id, 0)
             self._enqueue(r, r.num_output_tokens)
 
-        run = {rid: view.resident[rid].num_tokens - view.resident[rid].num_computed_tokens for rid in self._running}
-        plan = FuturePlan(M, [
-            (view.resident[rid].prompt_len + view.resident[rid].num_output_tokens + self._pad,
-             max(1, a.budget - view.resident[rid].num_attempt_tokens))
-            for rid, a in self._running.items()
-        ])
+        run: dict[int, int] = {}
+        alive = []
+        resident, pad = view.resident, self._pad
+        for rid, a in self._running.items():
+            r = resident[rid]
+            prompt, out = r.prompt_len, r.num_output_tokens
+            run[rid] = prompt + out - r.num_computed_tokens
+            alive.append((prompt + out + pad, max(1, a.budget - (out - r.attempt_start_output))))
+        plan = FuturePlan(M, alive)
         admitted = self._scan(view, plan, run, killed)
         kill_kind = {"restart": killed} if self._kill_kind() == "restart" else {"preempt": killed}
-        repeat = 1 if (admitted or killed) else self._quiet_rounds(view, plan)
+        repeat = 1 if (admitted or killed) else self._quiet_rounds(plan, min((r for _, r in alive), default=STEADY))
         return Decision(run, repeat=repeat, **kill_kind)
 
     def _kill_kind(self) -> str:
@@ -295,10 +298,9 @@ class _SliceScheduler(Scheduler):
             start = i
         return admitted
 
-    def _quiet_rounds(self, view: View, plan: FuturePlan) -> int:
-        """How many rounds the decision just made stays the same (nothing admitted or killed)."""
-        ends = min((max(1, a.budget - view.resident[rid].num_attempt_tokens) for rid, a in self._running.items()),
-                   default=STEADY)
+    def _quiet_rounds(self, plan: FuturePlan, ends: int) -> int:
+        """How many rounds the decision just made stays the same (nothing admitted or
+        killed); `ends` is the number of rounds until the first running attempt ends."""
         pool = self._pool
         if not len(pool) or (self._admit_only_when_empty() and self._running):
             return ends
@@ -424,9 +426,12 @@ class GSAScheduler(_SliceScheduler):
 
     def _kills(self, view: View) -> tuple[int, ...]:
         killed = []
+        resident = view.resident
         for rid, a in list(self._running.items()):
-            r = view.resident[rid]
-            if not a.capped and r.num_attempt_tokens >= a.budget:
+            if a.capped:
+                continue
+            r = resident[rid]
+            if r.num_output_tokens - r.attempt_start_output >= a.budget:
                 killed.append(rid)
                 del self._running[rid]
                 self._level[rid] += 1
