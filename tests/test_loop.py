@@ -7,7 +7,7 @@ from kvsched.decision import Decision, Scheduler
 from kvsched.kvcache import KVCache
 from kvsched.loop import SchedulingError, run
 from kvsched.registry import SCHEDULERS
-from kvsched.request import RequestStatus
+from kvsched.request import Request, RequestStatus
 from kvsched.sim import SimBackend, simulate
 from kvsched.sim.cost import AffineCost, UnitCost
 
@@ -160,3 +160,22 @@ def test_fast_forward_stops_at_arrivals_and_matches_stepping():
         assert x.first_token_time == pytest.approx(y.first_token_time, rel=1e-12)
         assert x.finish_time == pytest.approx(y.finish_time, rel=1e-12)
     assert sum(a.steps["num_steps"]) == sum(b.steps["num_steps"])
+
+
+def test_an_arrival_on_a_step_boundary_counts_the_same_when_fast_forwarding():
+    # Hypothesis found this: the boundary after step 49 sums to 1.1 in one order and to
+    # 1.0999999999999999 in the other, so request 2 arrived before the boundary in one
+    # run and after it in the other. Arrivals within TIME_EPS_S of a boundary count as
+    # arrived at it.
+    from kvsched.sim.cost import AffinePrefillCost
+
+    specs = [(0.0, 2, 20), (0.0, 47, 38), (1.1, 1, 1), (0.0625, 45, 23)]
+    workload = [Request(i, a, p, o) for i, (a, p, o) in enumerate(specs)]
+    cost = AffinePrefillCost(d0_s=0.01, d1_s_per_token=1e-4, d2_s_per_prefill_token=1e-3)
+    results = []
+    for ff in (True, False):
+        run = simulate(workload, SCHEDULERS.create("vidur-vllm"), cost, capacity_tokens=123, block_size=1,
+                       fast_forward=ff)
+        results.append([(r.request_id, r.num_evictions, r.finish_time) for r in run.requests])
+    assert [x[:2] for x in results[0]] == [x[:2] for x in results[1]]
+    assert [x[2] for x in results[0]] == pytest.approx([x[2] for x in results[1]], rel=1e-9)

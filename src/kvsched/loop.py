@@ -51,6 +51,12 @@ STEP_COLUMNS = (
 )
 
 
+# A request arriving within this many seconds after a step boundary counts as arrived at
+# it: a fast-forwarded run sums step durations in another order than stepping does, and
+# an arrival must not fall on different sides of a boundary in the two.
+TIME_EPS_S = 1e-9
+
+
 class SchedulingError(RuntimeError):
     """A decision the loop cannot apply: always a scheduler bug."""
 
@@ -192,7 +198,7 @@ class _Loop:
     def _admit_arrivals(self) -> None:
         reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
         num_blocks, block_size = self.kv.num_blocks, self.kv.block_size
-        while i < n and reqs[i].arrival_time <= self.now:
+        while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
             r = reqs[i]
             i += 1
             if blocks_for(r.peak_kv_len + self.lookahead, block_size) > num_blocks:
@@ -273,7 +279,7 @@ class _Loop:
         if self.next_arrival < len(self.reqs):
             gap = self.reqs[self.next_arrival].arrival_time - self.now
             # Stop at the first step that ends at or after the next arrival.
-            j = int(cum.searchsorted(gap, side="left"))
+            j = int(cum.searchsorted(gap - TIME_EPS_S, side="left"))
             cum = cum[: min(j + 1, k)]
         return cum
 
