@@ -15,6 +15,7 @@ from kvsched.bounds.batch import exact_optimum, lb_count
 from kvsched.bounds.solvers import solver_available
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.loop import SchedulingError
+from kvsched.metrics import summarize
 from kvsched.registry import SCHEDULERS
 from kvsched.request import OutputLengthHidden, RequestStatus
 from kvsched.schedulers.future_plan import FuturePlan, brute_force_fits
@@ -250,6 +251,12 @@ def test_kill_accounting_matches_the_attempt_log():
         assert r.num_discarded_tokens == sum(g for g, _ in killed)
         assert r.wasted_kv_area == sum(kv_area(r.prompt_len - 1, g) for g, _ in killed)
         assert r.num_output_tokens == r.output_len and r.num_preemptions == 0
+    summary = summarize(run)
+    # Throughput counts the tokens of completed requests once, never the discarded ones.
+    assert summary["num_completed_output_tokens"] == int(o.sum())
+    assert summary["num_discarded_tokens"] == sum(r.num_discarded_tokens for r in run.requests) > 0
+    assert summary["num_restarts"] == sum(r.num_restarts for r in run.requests)
+    assert summary["wasted_kv_area"] == sum(r.wasted_kv_area for r in run.requests)
 
 
 def test_resume_keeps_tokens_and_wastes_none():
