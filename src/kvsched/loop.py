@@ -52,8 +52,9 @@ STEP_COLUMNS = (
 
 
 # A request arriving within this many seconds after a step boundary counts as arrived at
-# it: a fast-forwarded run sums step durations in another order than stepping does, and
-# an arrival must not fall on different sides of a boundary in the two.
+# it (the clock snaps forward to its arrival): a fast-forwarded run sums step durations in
+# another order than stepping does, and an arrival must not fall on different sides of a
+# boundary in the two.
 TIME_EPS_S = 1e-9
 
 
@@ -201,6 +202,8 @@ class _Loop:
         while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
             r = reqs[i]
             i += 1
+            if r.arrival_time > self.now:
+                self.now = r.arrival_time  # snap the clock: nothing may start before it arrived
             if blocks_for(r.peak_kv_len + self.lookahead, block_size) > num_blocks:
                 # It could never run to completion: report it instead of letting it loop forever.
                 r.status = RequestStatus.REJECTED
