@@ -142,10 +142,12 @@ def build_workload(args) -> tuple[list, dict]:
             reqs = sample(reqs, args.num_requests, rng) if args.sample else head(reqs, args.num_requests)
         if args.rate_scale != 1.0:
             reqs = scale_rate(reqs, args.rate_scale)
-        if args.length_scale != 1.0:
-            reqs = scale_lengths(reqs, args.length_scale, args.length_scale)
-        if args.max_prompt_len is not None or args.max_output_len is not None:
-            reqs = clip_lengths(reqs, args.max_prompt_len, args.max_output_len)
+        length_scale = getattr(args, "length_scale", 1.0)  # commands without the option pass through
+        max_prompt, max_output = getattr(args, "max_prompt_len", None), getattr(args, "max_output_len", None)
+        if length_scale != 1.0:
+            reqs = scale_lengths(reqs, length_scale, length_scale)
+        if max_prompt is not None or max_output is not None:
+            reqs = clip_lengths(reqs, max_prompt, max_output)
         # Its own stream: choosing a prediction model never changes the workload's draws.
         reqs = with_predictions(reqs, args.predictions, np.random.default_rng([args.seed, 1]))
     except (ValueError, KeyError, FileNotFoundError) as exc:
@@ -153,13 +155,24 @@ def build_workload(args) -> tuple[list, dict]:
     desc = {
         "trace": args.trace, "rate": args.rate, "rate_scale": args.rate_scale,
         "num_requests": args.num_requests, "sample": args.sample, "seed": args.seed,
-        "length_scale": args.length_scale, "max_prompt_len": args.max_prompt_len,
-        "max_output_len": args.max_output_len, "predictions": args.predictions,
+        "length_scale": length_scale, "max_prompt_len": max_prompt, "max_output_len": max_output,
+        "predictions": args.predictions,
     }
     return reqs, desc
 
 
 def _cost_model(name: str):
+    """A registered cost model, or a JSON file written by `kvsched calibrate`."""
+    if name.endswith(".json"):
+        from kvsched.sim.cost import from_config
+
+        path = Path(name)
+        try:
+            return from_config(json.loads(path.read_text())["cost_model"])
+        except FileNotFoundError:
+            raise CLIError(f"cost model file {path} does not exist") from None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CLIError(f"cost model file {path}: {exc}") from None
     try:
         return COST_MODELS.create(name)
     except KeyError as exc:
@@ -549,6 +562,77 @@ def _gsa_experiment(args) -> int:
         instances=args.instances, seed=args.seed, time_limit_s=args.time_limit, out=args.output, progress=progress))
 
 
+def _load_engine_model(args):
+    from kvsched.engine.weights import load_model
+
+    try:
+        return load_model(args.model, device=args.device)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise CLIError(f"cannot load the model: {exc}") from None
+
+
+def cmd_calibrate(args) -> int:
+    from kvsched.engine.calibrate import calibrate
+
+    model, _ = _load_engine_model(args)
+    fit, points = calibrate(model, block_size=args.block_size, repeats=args.repeats, device=args.device)
+    result = {"cost_model": fit.model.config(), "r2": fit.r2, "rmse_s": fit.rmse_s, "max_rel_err": fit.max_rel_err,
+              "num_points": fit.num_points, "model": args.model or "SmolLM2-135M-Instruct", "device": args.device,
+              "block_size": args.block_size,
+              "points": [{**{f: getattr(s, f) for f in ("num_seqs", "num_prefill_tokens", "num_decode_seqs",
+                                                        "num_kv_tokens", "prefill_attn_tokens")}, "duration_s": d}
+                         for s, d in points]}
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    coef = ", ".join(f"{k} = {v:.4g}" for k, v in fit.model.config().items() if k != "name")
+    print(f"fitted {fit.model.config()['name']} on {fit.num_points} profiled steps: {coef}")
+    print(f"r2 = {fit.r2:.4f}, rmse = {1e3 * fit.rmse_s:.2f} ms, max relative error = {fit.max_rel_err:.1%}")
+    if args.output:
+        print(f"use it with --cost-model {args.output}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from kvsched.engine.calibrate import FIDELITY_KEYS, calibrate, validate
+
+    reqs, _ = build_workload(args)
+    model, _ = _load_engine_model(args)
+    if args.cost_model:
+        cost = _cost_model(args.cost_model)
+    else:
+        cost = calibrate(model, block_size=args.block_size, device=args.device)[0].model
+    rows = []
+    for name in args.schedulers.split(","):
+        fid = validate(reqs, name.strip(), cost, model=model, capacity_tokens=args.capacity,
+                       block_size=args.block_size, device=args.device, seed=args.seed)
+        rows.append({"scheduler": fid.scheduler, "engine": fid.engine, "simulator": fid.simulator,
+                     "errors": fid.errors()})
+    result = {"cost_model": cost.config(), "capacity_tokens": args.capacity, "num_requests": len(reqs), "runs": rows}
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"simulator vs engine, {len(reqs)} requests, capacity {args.capacity} tokens")
+    for col in ("scheduler", "metric", "engine", "simulator", "error"):
+        table.add_column(col, justify="left" if col in ("scheduler", "metric") else "right")
+    for row in rows:
+        for k in (*FIDELITY_KEYS, "num_preemptions"):
+            e, s = row["engine"][k], row["simulator"][k]
+            err = row["errors"].get(k)
+            table.add_row(row["scheduler"], k, f"{e:.4g}", f"{s:.4g}", "" if err is None else f"{err:+.1%}")
+    Console(width=None if sys.stdout.isatty() else 100).print(table)
+    return 0
+
+
 def _batch_jobs(args) -> tuple[np.ndarray, np.ndarray, int, str]:
     """The batch of `kvsched batch`: explicit --job S,O pairs or a sample of a trace."""
     from kvsched.experiments.gsa import sample_batch
@@ -807,6 +891,28 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--metric", choices=("e2e_mean", "e2e_p99", "ttft_mean"), default="e2e_mean")
     _system_args(tu)
     tu.set_defaults(func=cmd_tune)
+
+    ca = sub.add_parser("calibrate", help="profile the engine's step time over batch shapes and fit a cost model")
+    ca.add_argument("--model", help="a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
+    ca.add_argument("--device", default="cpu")
+    ca.add_argument("--block-size", type=int, default=16)
+    ca.add_argument("--repeats", type=int, default=3, help="timed repeats per shape (the median is kept)")
+    ca.add_argument("--output", type=Path, help="JSON file with the fitted model (use it as --cost-model FILE)")
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(func=cmd_calibrate)
+
+    va = sub.add_parser("validate", help="the same workload and scheduler on the engine and in the simulator: "
+                                         "errors of mean/p90 TTFT and latency")
+    _workload_args(va)
+    va.add_argument("--schedulers", default="vllm,sarathi", help="comma-separated names")
+    va.add_argument("--capacity", type=int, default=4096, help="KV capacity in tokens (small: real memory pressure)")
+    va.add_argument("--block-size", type=int, default=16)
+    va.add_argument("--cost-model", help="a calibrate JSON file or registered model (default: calibrate now)")
+    va.add_argument("--model", help="a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
+    va.add_argument("--device", default="cpu")
+    va.add_argument("--output", type=Path, help="JSON file with both runs' metrics")
+    va.add_argument("--json", action="store_true")
+    va.set_defaults(func=cmd_validate)
 
     bt = sub.add_parser("batch", help="offline batch (all jobs at time 0): GBA/GSA and baselines against the batch "
                                       "lower bounds, in the theory model")
