@@ -191,6 +191,13 @@ _KINDS: dict[str, type[CostModel]] = {
 }
 
 
+def register_kind(cls: type[CostModel]) -> type[CostModel]:
+    """Let `from_config` rebuild models of `cls` (a class decorator for cost models
+    defined outside this module, e.g. the table-driven ones)."""
+    _KINDS[cls.kind] = cls
+    return cls
+
+
 def from_config(config: dict[str, Any]) -> CostModel:
     """Rebuild a model from `CostModel.config()`; unknown names or keys raise ValueError."""
     args = dict(config)
