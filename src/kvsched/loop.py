@@ -202,8 +202,7 @@ class _Loop:
         while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
             r = reqs[i]
             i += 1
-            if r.arrival_time > self.now:
-                self.now = r.arrival_time  # snap the clock: nothing may start before it arrived
+            self.now = max(self.now, r.arrival_time)  # snap the clock: nothing may start before it arrived
             if blocks_for(r.peak_kv_len + self.lookahead, block_size) > num_blocks:
                 # It could never run to completion: report it instead of letting it loop forever.
                 r.status = RequestStatus.REJECTED
