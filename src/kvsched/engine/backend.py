@@ -50,6 +50,7 @@ class EngineBackend:
         self._prompts: dict[int, list[int]] = {k: list(v) for k, v in (prompt_token_ids or {}).items()}
         self._generated: dict[int, list[int]] = {}
         self.step_times_s: list[float] = []
+        self.step_shapes: list[BatchShape] = []  # with step_times_s: measured (shape, seconds) pairs
 
     def prompt_ids(self, r: Request) -> list[int]:
         ids = self._prompts.get(r.request_id)
@@ -86,6 +87,7 @@ class EngineBackend:
             if emit:
                 self._generated[r.request_id].append(int(token))
         self.step_times_s.append(duration)
+        self.step_shapes.append(shape)
         return duration
 
     def decode_durations(self, shape: BatchShape, num_steps: int):  # pragma: no cover - max_repeat is 1

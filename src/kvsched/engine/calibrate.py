@@ -3,8 +3,10 @@
 * `profile_steps` times `Llama.forward_step` over a grid of batch shapes (prefill
   chunks, decode batches at several KV lengths, mixed steps) on a scratch paged cache;
   block contents do not change the work, so the cache is not filled first.
+* `run_steps` records every step of a calibration run of the engine (vLLM scheduler,
+  a synthetic workload of its own seed), the batches a scheduler really forms.
 * `calibrate` fits `AffinePrefillCost` (d0 + d1·KV + d2·prefill tokens + d3·seqs +
-  d4·prefill attention) to those timings by non-negative least squares (`fit_affine`).
+  d4·prefill attention) to both by non-negative least squares (`fit_affine`).
 * `validate` serves one workload with one scheduler twice, on the engine and in the
   simulator with the fitted model, and reports the relative errors of mean and p90 TTFT
   and end-to-end latency.
@@ -24,7 +26,8 @@ from kvsched.sim.cost import FitResult, fit_affine
 PREFILL_LENS = (16, 64, 128, 256)
 DECODE_BATCHES = (1, 2, 4, 8, 16)
 DECODE_KV_LENS = (32, 128, 256)
-MIXED = ((64, 4), (128, 8))  # (prefill tokens, decodes) in one step
+MIXED = ((64, 4), (128, 8), (32, 16))  # (prefill tokens, decodes) in one step
+MULTI_PREFILL = ((2, 32), (4, 32), (8, 32), (16, 32), (4, 64), (8, 64))  # (sequences, tokens each)
 
 
 def _time_step(model, paged, seqs, repeats: int) -> float:
@@ -42,21 +45,24 @@ def _time_step(model, paged, seqs, repeats: int) -> float:
 def profile_steps(model, *, block_size: int = 16, repeats: int = 3, device: str = "cpu",
                   prefill_lens: Sequence[int] = PREFILL_LENS, decode_batches: Sequence[int] = DECODE_BATCHES,
                   decode_kv_lens: Sequence[int] = DECODE_KV_LENS,
-                  mixed: Sequence[tuple[int, int]] = MIXED) -> list[tuple[BatchShape, float]]:
+                  mixed: Sequence[tuple[int, int]] = MIXED,
+                  multi_prefill: Sequence[tuple[int, int]] = MULTI_PREFILL) -> list[tuple[BatchShape, float]]:
     """(shape, median seconds) for every grid point; one warm-up step first."""
     from kvsched.engine.model import PagedKVCache, SeqInput
 
     longest = max(max(prefill_lens), max(decode_kv_lens) + 1)
     blocks_per_seq = -(-longest // block_size)
-    max_seqs = max(max(decode_batches), max(d for _, d in mixed) + 1)
+    max_seqs = max(max(decode_batches), max(d for _, d in mixed) + 1, max(k for k, _ in multi_prefill))
     dtype = next(model.parameters()).dtype
     paged = PagedKVCache(model.config, blocks_per_seq * max_seqs, block_size, dtype=dtype, device=device)
 
     def table(i: int) -> list[int]:
         return list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
 
-    def tokens(n: int) -> list[int]:
-        return [100 + (7 * j) % 1000 for j in range(n)]
+    vocab = model.config.vocab_size
+
+    def tokens(n: int) -> list[int]:  # arbitrary ids: the work does not depend on them
+        return [(100 + 7 * j) % vocab for j in range(n)]
 
     points: list[tuple[BatchShape, float]] = []
     _time_step(model, paged, [SeqInput(tokens(8), 0, table(0))], 1)  # warm-up
@@ -67,6 +73,9 @@ def profile_steps(model, *, block_size: int = 16, repeats: int = 3, device: str 
         for kv in decode_kv_lens:
             seqs = [SeqInput(tokens(1), kv, table(i)) for i in range(b)]
             points.append((BatchShape(b, 0, b, b * (kv + 1), 0), _time_step(model, paged, seqs, repeats)))
+    for k, p in multi_prefill:  # several prompts in one step: per-sequence attention work
+        seqs = [SeqInput(tokens(p), 0, table(i)) for i in range(k)]
+        points.append((BatchShape(k, k * p, 0, k * p, k * p * p), _time_step(model, paged, seqs, repeats)))
     for p, d in mixed:
         kv = decode_kv_lens[len(decode_kv_lens) // 2]
         seqs = [SeqInput(tokens(p), 0, table(0))] + [SeqInput(tokens(1), kv, table(i + 1)) for i in range(d)]
@@ -75,9 +84,35 @@ def profile_steps(model, *, block_size: int = 16, repeats: int = 3, device: str 
     return points
 
 
-def calibrate(model, *, block_size: int = 16, repeats: int = 3, device: str = "cpu") -> tuple[FitResult, list]:
-    """The fitted cost model and the profiled points it was fitted to."""
+CALIBRATION_WORKLOAD = "synthetic:n=48,rate=6,prompt=uniform(16,128),output=uniform(8,48)"
+
+
+def run_steps(model, *, workload: str = CALIBRATION_WORKLOAD, capacity_tokens: int = 1024, block_size: int = 16,
+              device: str = "cpu", seed: int = 12345) -> list[tuple[BatchShape, float]]:
+    """(shape, seconds) of every step of a vLLM run of `workload` on the engine: the
+    batches a scheduler really forms, timed under the same conditions as a served run."""
+    import numpy as np
+
+    from kvsched.engine.run import run_engine
+    from kvsched.registry import SCHEDULERS
+    from kvsched.traces import parse_synthetic
+
+    reqs = parse_synthetic(workload, np.random.default_rng(seed))
+    _, backend = run_engine(reqs, SCHEDULERS.create("vllm"), capacity_tokens=capacity_tokens,
+                            block_size=block_size, model=model, device=device, seed=seed)
+    return list(zip(backend.step_shapes, backend.step_times_s, strict=True))
+
+
+def calibrate(model, *, block_size: int = 16, repeats: int = 3, device: str = "cpu",
+              with_run: bool = True) -> tuple[FitResult, list]:
+    """The fitted cost model and the points it was fitted to: the profiling grid plus,
+    with `with_run`, every step of a calibration run (a different seed and workload from
+    anything `validate` is asked to check)."""
+    import kvsched.schedulers  # noqa: F401  (registration, for run_steps)
+
     points = profile_steps(model, block_size=block_size, repeats=repeats, device=device)
+    if with_run:
+        points += run_steps(model, block_size=block_size, device=device)
     return fit_affine([s for s, _ in points], [d for _, d in points], model="affine-prefill"), points
 
 
