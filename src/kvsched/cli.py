@@ -608,9 +608,11 @@ def cmd_validate(args) -> int:
     rows = []
     for name in args.schedulers.split(","):
         fid = validate(reqs, name.strip(), cost, model=model, capacity_tokens=args.capacity,
-                       block_size=args.block_size, device=args.device, seed=args.seed)
+                       block_size=args.block_size, device=args.device, seed=args.seed,
+                       engine_repeats=args.repeats)
         rows.append({"scheduler": fid.scheduler, "engine": fid.engine, "simulator": fid.simulator,
-                     "errors": fid.errors()})
+                     "errors": fid.errors(), "engine_spread": fid.engine_spread(),
+                     "engine_runs": list(fid.engine_runs)})
     result = {"cost_model": cost.config(), "capacity_tokens": args.capacity, "num_requests": len(reqs), "runs": rows}
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -621,14 +623,16 @@ def cmd_validate(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"simulator vs engine, {len(reqs)} requests, capacity {args.capacity} tokens")
-    for col in ("scheduler", "metric", "engine", "simulator", "error"):
+    table = Table(title=f"simulator vs engine (mean of {args.repeats} runs), {len(reqs)} requests, "
+                        f"capacity {args.capacity} tokens")
+    for col in ("scheduler", "metric", "engine", "simulator", "error", "engine run spread"):
         table.add_column(col, justify="left" if col in ("scheduler", "metric") else "right")
     for row in rows:
         for k in (*FIDELITY_KEYS, "num_preemptions"):
             e, s = row["engine"][k], row["simulator"][k]
-            err = row["errors"].get(k)
-            table.add_row(row["scheduler"], k, f"{e:.4g}", f"{s:.4g}", "" if err is None else f"{err:+.1%}")
+            err, spread = row["errors"].get(k), row["engine_spread"].get(k)
+            table.add_row(row["scheduler"], k, f"{e:.4g}", f"{s:.4g}", "" if err is None else f"{err:+.1%}",
+                          "" if spread is None else f"{spread:.1%}")
     Console(width=None if sys.stdout.isatty() else 100).print(table)
     return 0
 
@@ -910,6 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--cost-model", help="a calibrate JSON file or registered model (default: calibrate now)")
     va.add_argument("--model", help="a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
     va.add_argument("--device", default="cpu")
+    va.add_argument("--repeats", type=int, default=3, help="engine runs per scheduler (their mean is compared)")
     va.add_argument("--output", type=Path, help="JSON file with both runs' metrics")
     va.add_argument("--json", action="store_true")
     va.set_defaults(func=cmd_validate)

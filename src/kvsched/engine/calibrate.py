@@ -118,32 +118,50 @@ def calibrate(model, *, block_size: int = 16, repeats: int = 3, device: str = "c
 
 @dataclass(frozen=True)
 class Fidelity:
-    """Engine vs simulator on one workload and scheduler (relative errors sim/engine - 1)."""
+    """Engine vs simulator on one workload and scheduler.
+
+    `engine` holds the mean over the engine runs (measured step times vary from run to
+    run, and a different step time can change a scheduler's decisions), `engine_runs`
+    each run; `errors()` gives simulator / engine mean - 1, `engine_spread()` the
+    (max - min) / mean of the engine runs, the noise floor of the comparison."""
 
     scheduler: str
     engine: dict
     simulator: dict
+    engine_runs: tuple[dict, ...] = ()
 
     def errors(self) -> dict[str, float]:
         return {k: self.simulator[k] / self.engine[k] - 1.0 for k in self.engine if self.engine[k]}
+
+    def engine_spread(self) -> dict[str, float]:
+        runs = self.engine_runs or (self.engine,)
+        return {k: (max(r[k] for r in runs) - min(r[k] for r in runs)) / self.engine[k]
+                for k in self.engine if self.engine[k]}
 
 
 FIDELITY_KEYS = ("ttft_mean", "ttft_p90", "e2e_mean", "e2e_p90")
 
 
 def validate(requests: Sequence[Request], scheduler_name: str, cost_model, *, model, capacity_tokens: int,
-             block_size: int = 16, options: dict | None = None, device: str = "cpu", seed: int = 0) -> Fidelity:
-    """Serve `requests` on the engine and in the simulator with `cost_model`; compare."""
+             block_size: int = 16, options: dict | None = None, device: str = "cpu", seed: int = 0,
+             engine_repeats: int = 1) -> Fidelity:
+    """Serve `requests` on the engine (`engine_repeats` times) and once in the simulator
+    with `cost_model` (deterministic); compare."""
     from kvsched.engine.run import run_engine
     from kvsched.metrics import summarize
     from kvsched.registry import SCHEDULERS
     from kvsched.sim import simulate
 
-    engine_run, _ = run_engine(requests, SCHEDULERS.create(scheduler_name, **(options or {})),
-                               capacity_tokens=capacity_tokens, block_size=block_size, model=model, device=device,
-                               seed=seed)
+    keys = (*FIDELITY_KEYS, "num_preemptions", "makespan_s")
+    runs = []
+    for _ in range(max(1, engine_repeats)):
+        engine_run, _ = run_engine(requests, SCHEDULERS.create(scheduler_name, **(options or {})),
+                                   capacity_tokens=capacity_tokens, block_size=block_size, model=model,
+                                   device=device, seed=seed)
+        e = summarize(engine_run)
+        runs.append({k: float(e[k]) for k in keys})
     sim_run = simulate(requests, SCHEDULERS.create(scheduler_name, **(options or {})), cost_model,
                        capacity_tokens=capacity_tokens, block_size=block_size)
-    e, s = summarize(engine_run), summarize(sim_run)
-    keys = (*FIDELITY_KEYS, "num_preemptions", "makespan_s")
-    return Fidelity(scheduler_name, {k: e[k] for k in keys}, {k: s[k] for k in keys})
+    s = summarize(sim_run)
+    mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
+    return Fidelity(scheduler_name, mean, {k: float(s[k]) for k in keys}, tuple(runs))
