@@ -98,6 +98,11 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
                         "overestimate:alpha=A, interval-ratio:alpha=A, interval-common[:lo=L,hi=H]")
 
 
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="engine: a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu", help="engine: torch device (cpu, cuda)")
+
+
 def _system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY_TOKENS, help="KV capacity in tokens")
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (1 = token-exact)")
@@ -105,8 +110,7 @@ def _system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fast-forward", action="store_true", help="simulate decode runs step by step")
     p.add_argument("--backend", choices=("sim", "engine"), default="sim",
                    help="sim: the cost model's step times; engine: run every step on a real model and measure it")
-    p.add_argument("--model", help="engine: a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="cpu", help="engine: torch device (cpu, cuda)")
+    _engine_args(p)
     p.add_argument("--bound", choices=("volume", "ip"), default="volume",
                    help="lower bound the summary compares total latency with: volume (any run, instant) or "
                         "ip (theory mode: the hindsight IP's proven bound, under --bound-time-limit)")
@@ -897,8 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.set_defaults(func=cmd_tune)
 
     ca = sub.add_parser("calibrate", help="profile the engine's step time over batch shapes and fit a cost model")
-    ca.add_argument("--model", help="a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
-    ca.add_argument("--device", default="cpu")
+    _engine_args(ca)
     ca.add_argument("--block-size", type=int, default=16)
     ca.add_argument("--repeats", type=int, default=3, help="timed repeats per shape (the median is kept)")
     ca.add_argument("--output", type=Path, help="JSON file with the fitted model (use it as --cost-model FILE)")
@@ -912,8 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--capacity", type=int, default=4096, help="KV capacity in tokens (small: real memory pressure)")
     va.add_argument("--block-size", type=int, default=16)
     va.add_argument("--cost-model", help="a calibrate JSON file or registered model (default: calibrate now)")
-    va.add_argument("--model", help="a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
-    va.add_argument("--device", default="cpu")
+    _engine_args(va)
     va.add_argument("--repeats", type=int, default=3, help="engine runs per scheduler (their mean is compared)")
     va.add_argument("--output", type=Path, help="JSON file with both runs' metrics")
     va.add_argument("--json", action="store_true")
