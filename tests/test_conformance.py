@@ -61,8 +61,9 @@ def _simulate(name, workload, capacity, block_size, theory=False, **opts):
     try:
         if theory:
             return simulate_theory(workload, scheduler, capacity_tokens=capacity, max_steps=50_000)
+        # check_oracle: a scheduler declaring itself non-clairvoyant must run blind.
         return simulate(workload, scheduler, COST, capacity_tokens=capacity, block_size=block_size,
-                        max_steps=50_000)
+                        max_steps=50_000, check_oracle=True)
     except InfeasibleSchedule:
         # Only policies whose own rule declares infeasibility (alpha-protection greedy) may.
         if not getattr(scheduler, "may_declare_infeasible", False):

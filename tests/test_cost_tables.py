@@ -119,11 +119,16 @@ def test_attention_exact_at_every_shipped_row(name):
             assert impl.coords(_grid_shape(pc, kp, nd, kd)) == (pc, kp, nd, kd)
 
 
+def _attention_us(prof) -> dict[tuple[int, int, int, int], float]:
+    """The attention grid as shipped: (prefill_chunk, kv_prefill, n_decode, kv_decode) -> µs."""
+    return {tuple(int(r[c]) for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")): float(r["time_us"])
+            for r in _rows(prof.path("attention"))}
+
+
 @pytest.mark.parametrize("name", sorted(LLMSERVINGSIM))
 def test_step_time_at_grid_point_is_the_sum_of_the_tables(name):
     prof = LLMSERVINGSIM[name]
-    attn = {tuple(int(r[c]) for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")): float(r["time_us"])
-            for r in _rows(prof.path("attention"))}
+    attn = _attention_us(prof)
     model = COST_MODELS.create(name)
     for pc, kp, nd, kd in [(0, 0, 32, 1024), (0, 0, 128, 4096), (512, 0, 0, 0), (2048, 0, 0, 0),
                            (16, 4096, 4, 2048), (32, 512, 8, 256), (0, 0, 64, 256)]:
@@ -134,8 +139,7 @@ def test_step_time_at_grid_point_is_the_sum_of_the_tables(name):
 @pytest.mark.parametrize("name", sorted(LLMSERVINGSIM))
 def test_attention_interpolates_linearly_and_extrapolates(name):
     prof = LLMSERVINGSIM[name]
-    attn = {tuple(int(r[c]) for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")): float(r["time_us"])
-            for r in _rows(prof.path("attention"))}
+    attn = _attention_us(prof)
     impl = tables.load_table_set(name)
     # Midway between two kv_decode points, and between two n_decode points.
     assert impl.attention(0, 0, 32, 768) == pytest.approx((attn[0, 0, 32, 512] + attn[0, 0, 32, 1024]) / 2)

@@ -10,8 +10,10 @@ Preemption frees a request's KV before the step and either keeps its generated t
 (`Decision.preempt`, vLLM recompute) or discards them (`Decision.restart`, kill-and-
 restart). Every residency is an attempt: the loop records its start step, the tokens it
 generated and how it ended, and charges a killed attempt's output tokens and KV area
-(token x steps) to the request as waste. A scheduler with `clairvoyant = False` sees
-requests only through `BlindRequest` (no true output length). With
+(token x steps) to the request as waste. With `check_oracle=True` a scheduler with
+`clairvoyant = False` sees requests only through `BlindRequest` (reading the true output
+length raises): a proof that it never looks, paid for with slower attribute reads, so it
+is off by default and on wherever a run should prove it (tests, `simulate_batch`). With
 `lookahead_tokens=k` every scheduled request is allocated k slots beyond its computed
 tokens; k = 1 is the theory papers' memory ledger (`simulate_theory`).
 
@@ -112,24 +114,28 @@ def run(
     progress_every: int = 2048,
     max_steps: int | None = None,
     lookahead_tokens: int = 0,
+    check_oracle: bool = False,
 ) -> Run:
     """Serve `requests` (copied, never mutated) until each finishes or is rejected.
 
     max_steps: raise SchedulingError after this many steps (a guard against schedulers
     that livelock, e.g. preempting and readmitting forever).
     lookahead_tokens: KV slots allocated beyond each scheduled request's computed tokens.
-    1 gives the theory papers' ledger (a request holds prompt + j after its j-th token)."""
+    1 gives the theory papers' ledger (a request holds prompt + j after its j-th token).
+    check_oracle: hide true output lengths from a non-clairvoyant scheduler (reads raise)."""
     if lookahead_tokens < 0:
         raise ValueError(f"lookahead_tokens must be >= 0, got {lookahead_tokens}")
     reqs = sorted((r.copy_fresh() for r in requests), key=lambda r: (r.arrival_time, r.request_id))
     ids = [r.request_id for r in reqs]
     if len(set(ids)) != len(ids):
         raise ValueError("request ids must be unique")
-    return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens).run()
+    return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens,
+                 check_oracle).run()
 
 
 class _Loop:
-    def __init__(self, reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens=0):
+    def __init__(self, reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens=0,
+                 check_oracle=False):
         self.reqs: list[Request] = reqs
         self.scheduler = scheduler
         self.backend = backend
@@ -138,6 +144,7 @@ class _Loop:
         self.progress_every = progress_every
         self.max_steps = max_steps
         self.lookahead = lookahead_tokens
+        self.blind = check_oracle and not getattr(scheduler, "clairvoyant", True)
         self.waiting: dict[int, Request] = {}
         self.resident: dict[int, Request] = {}
         self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
@@ -150,7 +157,7 @@ class _Loop:
 
     # --- main loop -------------------------------------------------------------------
     def run(self) -> Run:
-        if getattr(self.scheduler, "clairvoyant", True):
+        if not self.blind:
             waiting_view = MappingProxyType(self.waiting)
             resident_view = MappingProxyType(self.resident)
             wrap = None
@@ -386,10 +393,10 @@ class _Loop:
                     r.first_scheduled_time = start
             caught_up = r.num_computed_tokens + n == r.prompt_len + r.num_output_tokens
             r.num_computed_tokens += n * num_steps  # num_steps > 1 only for one-token decodes
-            # KV held after each step of the row: the last step holds `held`, each earlier
-            # one a token less (a fast-forward adds one token per step).
-            held = r.num_computed_tokens + la
-            r.attempt_kv_area += held * num_steps - num_steps * (num_steps - 1) // 2
+            if num_steps == 1:
+                r.attempt_kv_area += r.num_computed_tokens + la  # KV held after the step
+            else:  # each step of a fast-forwarded row holds a token less than the next
+                r.attempt_kv_area += (r.num_computed_tokens + la) * num_steps - num_steps * (num_steps - 1) // 2
             if caught_up:
                 r.num_output_tokens += num_steps  # one token per step once caught up
                 if r.first_token_time is None:

@@ -125,7 +125,7 @@ def run_policy(policy: Policy, s: np.ndarray, o: np.ndarray, capacity: int, *, c
         reqs = with_predictions(reqs, f"interval-common:lo=1,hi={capacity}", np.random.default_rng(seed))
     cost = COST_MODELS.create(cost_model or "unit")
     t0 = time.perf_counter()
-    run = simulate(reqs, sched, cost, capacity_tokens=capacity, block_size=1, lookahead_tokens=0)
+    run = simulate(reqs, sched, cost, capacity_tokens=capacity, block_size=1, lookahead_tokens=0, check_oracle=True)
     wall = time.perf_counter() - t0
     return {"policy": policy.label, "scheduler": policy.scheduler, "options": json.dumps(options, sort_keys=True),
             "clairvoyant": bool(sched.clairvoyant), **run_metrics(run, capacity), "wall_time_s": wall}

@@ -157,7 +157,6 @@ class _SliceScheduler(Scheduler):
         self._last_step: int | None = None
         self._capacity = 0
         self._pad = 0
-        self.num_kills = 0
 
     def config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -435,7 +434,6 @@ class GSAScheduler(_SliceScheduler):
                 killed.append(rid)
                 del self._running[rid]
                 self._level[rid] += 1
-                self.num_kills += 1
                 self._enqueue(r, r.num_output_tokens if self.resume else 0)
         return tuple(killed)
 

@@ -35,11 +35,13 @@ def simulate(
     progress: ProgressFn | None = None,
     max_steps: int | None = None,
     lookahead_tokens: int = 0,
+    check_oracle: bool = False,
 ) -> Run:
-    """Simulate `requests` under `scheduler`; the inputs are not mutated."""
+    """Simulate `requests` under `scheduler`; the inputs are not mutated. `check_oracle`:
+    a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`)."""
     kv = KVCache(capacity_tokens, block_size)
     return run(requests, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv, progress=progress,
-               max_steps=max_steps, lookahead_tokens=lookahead_tokens)
+               max_steps=max_steps, lookahead_tokens=lookahead_tokens, check_oracle=check_oracle)
 
 
 def simulate_theory(
@@ -82,11 +84,13 @@ def simulate_batch(
     fast_forward: bool = True,
     progress: ProgressFn | None = None,
     max_steps: int | None = None,
+    check_oracle: bool = True,
 ) -> Run:
     """The offline batch theory model: unit rounds, block size 1, jobs (s_i, o_i) at time 0.
 
     A request's `finish_time` is the paper's C_i (in rounds); `prompt_len - 1` is s_i.
-    Jobs with s_i + o_i > capacity are reported rejected, never silently dropped."""
+    Jobs with s_i + o_i > capacity are reported rejected, never silently dropped. The
+    oracle is checked by default: every batch run of GSA proves it never read a length."""
     return simulate(batch_requests(prompt_lens, output_lens), scheduler, UnitCost(), capacity_tokens=capacity_tokens,
                     block_size=1, fast_forward=fast_forward, progress=progress, max_steps=max_steps,
-                    lookahead_tokens=0)
+                    lookahead_tokens=0, check_oracle=check_oracle)
