@@ -25,6 +25,7 @@ result equals stepping one at a time (up to floating-point summation order).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -149,31 +150,37 @@ class _Loop:
         self.resident: dict[int, Request] = {}
         self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
         self.now = 0.0
-        self.step = 0
+        self.step_index = 0
         self.next_arrival = 0  # index into reqs
         self.num_done = 0
         self.arrived: list[Request] = []
         self.finished: list[Request] = []
+        self.accepting = False  # an online loop takes requests while it runs
+        self._make_views()
 
     # --- main loop -------------------------------------------------------------------
-    def run(self) -> Run:
+    def _make_views(self) -> None:
+        self.blocks_view = self.kv.block_counts
         if not self.blind:
-            waiting_view = MappingProxyType(self.waiting)
-            resident_view = MappingProxyType(self.resident)
-            wrap = None
-        else:
-            proxies: dict[int, BlindRequest] = {}
+            self.waiting_view = MappingProxyType(self.waiting)
+            self.resident_view = MappingProxyType(self.resident)
+            self.wrap = None
+            return
+        proxies: dict[int, BlindRequest] = {}
+        self._proxies = proxies
 
-            def wrap(r: Request) -> BlindRequest:
-                p = proxies.get(r.request_id)
-                if p is None:
-                    p = proxies[r.request_id] = BlindRequest(r)
-                return p
+        def wrap(r: Request) -> BlindRequest:
+            p = proxies.get(r.request_id)
+            if p is None:
+                p = proxies[r.request_id] = BlindRequest(r)
+            return p
 
-            waiting_view = _BlindMapping(self.waiting, wrap)
-            resident_view = _BlindMapping(self.resident, wrap)
-        blocks_view = self.kv.block_counts
-        kv, n_total = self.kv, len(self.reqs)
+        self.waiting_view = _BlindMapping(self.waiting, wrap)
+        self.resident_view = _BlindMapping(self.resident, wrap)
+        self.wrap = wrap
+
+    def run(self) -> Run:
+        n_total = len(self.reqs)
         last_report = 0
         while self.num_done < n_total:
             self._admit_arrivals()
@@ -181,48 +188,56 @@ class _Loop:
                 if self.next_arrival < n_total:
                     self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)
                 continue
-            arrived, finished = self.arrived, self.finished
-            if wrap is not None:
-                arrived, finished = [wrap(r) for r in arrived], [wrap(r) for r in finished]
-            view = View(
-                self.now, self.step, waiting_view, resident_view, arrived, finished,
-                kv.num_free_blocks, kv.num_blocks, kv.block_size, self.next_arrival < n_total, blocks_view,
-                self.lookahead,
-            )
-            self.arrived, self.finished = [], []
-            decision = self.scheduler.schedule(view)
-            self._apply(decision)
-            if self.max_steps is not None and self.step > self.max_steps:
+            self._schedule_and_apply()
+            if self.max_steps is not None and self.step_index > self.max_steps:
                 raise SchedulingError(
                     f"exceeded max_steps={self.max_steps} with {n_total - self.num_done} requests unfinished"
                 )
-            if self.progress is not None and self.step - last_report >= self.progress_every:
-                last_report = self.step
+            if self.progress is not None and self.step_index - last_report >= self.progress_every:
+                last_report = self.step_index
                 self.progress(self.now, self.num_done)
         if self.progress is not None:
             self.progress(self.now, self.num_done)
+        kv = self.kv
         return Run(self.reqs, self.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, self.now)
+
+    def _schedule_and_apply(self) -> None:
+        """One scheduling call and the step (or idling) it decides."""
+        arrived, finished, wrap, kv = self.arrived, self.finished, self.wrap, self.kv
+        if wrap is not None:
+            arrived, finished = [wrap(r) for r in arrived], [wrap(r) for r in finished]
+            for r in self.finished:  # told once; then the proxy cache forgets it
+                self._proxies.pop(r.request_id, None)
+        view = View(
+            self.now, self.step_index, self.waiting_view, self.resident_view, arrived, finished,
+            kv.num_free_blocks, kv.num_blocks, kv.block_size, self.accepting or self.next_arrival < len(self.reqs),
+            self.blocks_view, self.lookahead,
+        )
+        self.arrived, self.finished = [], []
+        self._apply(self.scheduler.schedule(view))
 
     def _admit_arrivals(self) -> None:
         reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
-        num_blocks, block_size = self.kv.num_blocks, self.kv.block_size
         while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
             r = reqs[i]
             i += 1
             self.now = max(self.now, r.arrival_time)  # snap the clock: nothing may start before it arrived
-            if blocks_for(r.peak_kv_len + self.lookahead, block_size) > num_blocks:
-                # It could never run to completion: report it instead of letting it loop forever.
-                r.status = RequestStatus.REJECTED
-                r.reject_reason = (
-                    f"request {r.request_id} needs {r.peak_kv_len + self.lookahead} KV tokens at its last step "
-                    f"(prompt_len={r.prompt_len}, output_len={r.output_len}) but capacity is "
-                    f"{num_blocks * block_size} tokens"
-                )
-                self.num_done += 1
-                continue
-            self.waiting[r.request_id] = r
-            self.arrived.append(r)
+            self._arrive(r)
         self.next_arrival = i
+
+    def _arrive(self, r: Request) -> None:
+        if blocks_for(r.peak_kv_len + self.lookahead, self.kv.block_size) > self.kv.num_blocks:
+            # It could never run to completion: report it instead of letting it loop forever.
+            r.status = RequestStatus.REJECTED
+            r.reject_reason = (
+                f"request {r.request_id} needs {r.peak_kv_len + self.lookahead} KV tokens at its last step "
+                f"(prompt_len={r.prompt_len}, output_len={r.output_len}) but capacity is "
+                f"{self.kv.num_blocks * self.kv.block_size} tokens"
+            )
+            self.num_done += 1
+            return
+        self.waiting[r.request_id] = r
+        self.arrived.append(r)
 
     # --- applying a decision ----------------------------------------------------------
     def _apply(self, decision: Decision) -> None:
@@ -230,7 +245,7 @@ class _Loop:
             both = set(decision.preempt).intersection(decision.restart)
             if both:
                 raise SchedulingError(
-                    f"step {self.step}: requests {sorted(both)} are both preempted and restarted; pick one kind"
+                    f"step {self.step_index}: requests {sorted(both)} are both preempted and restarted; pick one kind"
                 )
         for rid in decision.preempt:
             self._preempt(rid)
@@ -243,7 +258,7 @@ class _Loop:
         kv = self.kv
         if new_blocks > kv.num_free_blocks:
             raise SchedulingError(
-                f"step {self.step}: decision needs {new_blocks} new KV blocks but only "
+                f"step {self.step_index}: decision needs {new_blocks} new KV blocks but only "
                 f"{kv.num_free_blocks} of {kv.num_blocks} are free; run={dict(decision.run)}"
             )
         num_steps = 1
@@ -306,12 +321,15 @@ class _Loop:
         for rid, n in decision.run.items():
             r = resident.get(rid) or waiting.get(rid)
             if r is None:
-                raise SchedulingError(f"step {self.step}: run names request {rid}, which is not waiting or resident")
+                raise SchedulingError(
+                    f"step {self.step_index}: run names request {rid}, which is not waiting or resident"
+                )
             computed, out = r.num_computed_tokens, r.num_output_tokens
             remaining = r.prompt_len + out - computed
             if not 1 <= n <= remaining:
                 raise SchedulingError(
-                    f"step {self.step}: request {rid} asked for {n} new tokens; it has {remaining} left to compute"
+                    f"step {self.step_index}: request {rid} asked for {n} new tokens; "
+                    f"it has {remaining} left to compute"
                 )
             total = computed + n
             held = blocks.get(rid, 0)
@@ -338,7 +356,7 @@ class _Loop:
         r = self.resident.pop(rid, None)
         if r is None:
             what = "restart" if restart else "preempt"
-            raise SchedulingError(f"step {self.step}: {what} names request {rid}, which is not resident")
+            raise SchedulingError(f"step {self.step_index}: {what} names request {rid}, which is not resident")
         self.kv.free(rid)
         r.num_wasted_tokens += r.num_computed_tokens
         r.num_computed_tokens = 0
@@ -369,7 +387,7 @@ class _Loop:
         if self.next_arrival < len(self.reqs):
             return  # the arrival is due now
         raise SchedulingError(
-            f"step {self.step}: scheduler {type(self.scheduler).__name__} returned an empty decision with "
+            f"step {self.step_index}: scheduler {type(self.scheduler).__name__} returned an empty decision with "
             f"{len(self.waiting)} waiting and {len(self.resident)} resident requests and no arrivals "
             f"pending: it would wait forever"
         )
@@ -387,7 +405,7 @@ class _Loop:
                 self.resident[rid] = r
                 r.status = RequestStatus.RUNNING
                 r.admit_time = start
-                r.attempt_start_step = self.step
+                r.attempt_start_step = self.step_index
                 r.attempt_start_output = r.num_output_tokens
                 if r.first_scheduled_time is None:
                     r.first_scheduled_time = start
@@ -412,11 +430,98 @@ class _Loop:
         self.num_done += num_finished
         s = self.steps
         for col, val in zip(STEP_COLUMNS, (
-            self.step, num_steps, start, duration, shape.num_seqs, shape.num_prefill_tokens,
+            self.step_index, num_steps, start, duration, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
             num_preempted, num_finished, kv_seconds,
         )):
             s[col].append(val)
-        self.step += num_steps
+        self.step_index += num_steps
         self.now = end
+
+
+class OnlineLoop(_Loop):
+    """The loop driven one iteration at a time, for a server.
+
+    Requests are added while it runs (`add`, arriving now) and can be withdrawn (`abort`,
+    which frees their KV); the caller sets the clock (`now`, e.g. wall time) before each
+    `step`. An aborted request reaches the scheduler in `View.finished` (status ABORTED),
+    the same way a finished one does, so schedulers drop it from their queues.
+
+    A backend that knows when a request ends early (a server's EOS or stop string) lists
+    its id in `backend.stopped` during `execute`: the loop then ends it after this step's
+    token, as if its output length had been that long all along. Until then a request's
+    `output_len` is its upper bound (the client's max_tokens).
+
+    Unlike the batch loop it keeps no request list and hands its step rows out
+    (`pop_steps`), so a long-running server does not grow."""
+
+    def __init__(self, scheduler: Scheduler, backend: Backend, kv: KVCache, *, check_oracle: bool = False) -> None:
+        super().__init__([], scheduler, backend, kv, None, 0, None, 0, check_oracle)
+        self.accepting = True
+        self.idle_until: float | None = None  # set when the last step() decided to wait
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.resident)
+
+    def add(self, r: Request) -> None:
+        """`r` arrives now. A request too large for the KV capacity is marked REJECTED
+        (with `reject_reason`) instead of being queued. Ids must not be reused while the
+        scheduler has not yet been told that their previous holder left."""
+        rid = r.request_id
+        if rid in self.waiting or rid in self.resident or any(f.request_id == rid for f in self.finished):
+            raise ValueError(f"request {rid} is already in the system")
+        r.arrival_time = min(r.arrival_time, self.now)
+        self._arrive(r)
+
+    def abort(self, request_id: int) -> Request | None:
+        """Withdraw a waiting or resident request and free its KV; None if it is not
+        here (finished, rejected or unknown)."""
+        r = self.waiting.pop(request_id, None)
+        if r is None:
+            r = self.resident.pop(request_id, None)
+            if r is None:
+                return None
+            self.kv.free(request_id)
+            r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "abort"))
+        r.status = RequestStatus.ABORTED
+        r.finish_time = self.now
+        if r in self.arrived:
+            self.arrived.remove(r)  # the scheduler never saw it: nothing to tell
+        else:
+            self.finished.append(r)
+        return r
+
+    def step(self) -> None:
+        """One scheduling call and what it decides. After it, `idle_until` is None if a
+        step ran or memory was freed, else the time the scheduler asked to wait for
+        (math.inf: until something arrives, also when there is no work)."""
+        if not self.has_work:
+            self.idle_until = math.inf
+            return
+        self.idle_until = None
+        self._schedule_and_apply()
+
+    def pop_steps(self) -> dict[str, list]:
+        """The step rows recorded since the last call (STEP_COLUMNS)."""
+        rows, self.steps = self.steps, {c: [] for c in STEP_COLUMNS}
+        return rows
+
+    def _idle(self, decision: Decision) -> None:
+        if decision.preempt or decision.restart:
+            return
+        until = decision.idle_until
+        self.idle_until = until if until is not None and until > self.now else math.inf
+
+    def _fast_forward_durations(self, decision, shape, min_slack, min_left):
+        return None  # one step per call: requests come, go and stop between any two steps
+
+    def _finish_step(self, batch, *args) -> None:
+        stopped = getattr(self.backend, "stopped", None)
+        if stopped:
+            for r, _ in batch:
+                if r.request_id in stopped:
+                    r.output_len = r.num_output_tokens + 1  # this step's token is its last
+            stopped.clear()
+        super()._finish_step(batch, *args)

@@ -24,6 +24,7 @@ class RequestStatus(enum.Enum):
     RUNNING = "running"  # resident: holds KV blocks (it may be paused in a step)
     FINISHED = "finished"
     REJECTED = "rejected"  # can never fit in the KV capacity
+    ABORTED = "aborted"  # withdrawn by its client (a server's disconnect); its KV was freed
 
 
 @dataclass(slots=True, eq=False)
@@ -103,7 +104,8 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status is RequestStatus.FINISHED
+        """Gone from the system: finished, or aborted by its client."""
+        return self.status is RequestStatus.FINISHED or self.status is RequestStatus.ABORTED
 
     def copy_fresh(self) -> Request:
         """A new request with the same identity and lengths and no progress."""

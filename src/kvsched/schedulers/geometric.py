@@ -41,6 +41,7 @@ import numpy as np
 
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.registry import SCHEDULERS
+from kvsched.request import RequestStatus
 from kvsched.schedulers.future_plan import FuturePlan, ledger_pad
 
 STEADY = 1 << 30
@@ -119,6 +120,13 @@ class _Pool:
         self.prompt = np.delete(self.prompt, i)
         self.budget = np.delete(self.budget, i)
         self.cls = np.delete(self.cls, i)
+
+    def discard(self, rid: int) -> None:
+        """Drop job `rid` if it waits here (withdrawn by its client), O(length)."""
+        try:
+            self.pop(self.ids.index(rid))
+        except ValueError:
+            pass
 
 
 def pareto_minimal(prompt: np.ndarray, budget: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,6 +223,8 @@ class _SliceScheduler(Scheduler):
             attempt = self._running.pop(r.request_id, None)
             if attempt is not None:
                 self._credit += self._refund(attempt, r.num_attempt_tokens)
+            elif r.status is RequestStatus.ABORTED:  # a client disconnect (online loop) while waiting
+                self._pool.discard(r.request_id)
             self._level.pop(r.request_id, None)
 
         killed = self._kills(view)

@@ -44,7 +44,7 @@ import numpy as np
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.predictors import make_predictor
 from kvsched.registry import SCHEDULERS
-from kvsched.request import Request
+from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.clearing import check_clearing, clear, next_round_blocks
 from kvsched.schedulers.future_plan import FuturePlan, ledger_pad
 
@@ -159,8 +159,14 @@ class MCSFScheduler(Scheduler):
             self._planned[r.request_id] = self._initial_plan(r, capacity)
             self._push(r)
         if view.finished:
+            aborted = set()
             for r in view.finished:
                 self._planned.pop(r.request_id, None)
+                if r.status is RequestStatus.ABORTED:  # a client disconnect (online loop)
+                    aborted.add(r.request_id)
+            if aborted:  # it may have been waiting: drop it from the heap
+                self._heap = [e for e in self._heap if e[-1].request_id not in aborted]
+                heapq.heapify(self._heap)
             self._running = [r for r in self._running if not r.is_finished]
 
         victims = self._victims(view) if self._running else []

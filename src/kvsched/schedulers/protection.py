@@ -28,7 +28,7 @@ import numpy as np
 
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.registry import SCHEDULERS
-from kvsched.request import Request
+from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.clearing import (
     CLEARING_RULES,
     check_clearing,
@@ -108,8 +108,15 @@ class AlphaProtectionScheduler(Scheduler):
         heap, running = self._heap, self._running
         for r in view.arrived:
             heapq.heappush(heap, (r.arrival_time, r.request_id, r))
-        for r in view.finished:
-            running.pop(r.request_id, None)
+        if view.finished:
+            aborted = set()
+            for r in view.finished:
+                running.pop(r.request_id, None)
+                if r.status is RequestStatus.ABORTED:  # a client disconnect (online loop)
+                    aborted.add(r.request_id)
+            if aborted:  # it may have been waiting: drop it from the heap
+                heap[:] = [e for e in heap if e[1] not in aborted]
+                heapq.heapify(heap)
 
         # Overflow check and clearing of the running set, before anything is admitted.
         victims: list[Request] = []

@@ -31,6 +31,10 @@ class FCFSQueue:
     def pop(self) -> Request:
         return self._q.popleft()
 
+    def remove(self, request_ids: set[int]) -> None:
+        """Drop the requests with these ids (withdrawn by their clients), O(length)."""
+        self._q = deque(r for r in self._q if r.request_id not in request_ids)
+
     def __len__(self) -> int:
         return len(self._q)
 
@@ -52,6 +56,11 @@ class PriorityQueue:
 
     def pop(self) -> Request:
         return heapq.heappop(self._heap)[-1]
+
+    def remove(self, request_ids: set[int]) -> None:
+        """Drop the requests with these ids (withdrawn by their clients), O(length)."""
+        self._heap = [e for e in self._heap if e[-1].request_id not in request_ids]
+        heapq.heapify(self._heap)
 
     def __len__(self) -> int:
         return len(self._heap)

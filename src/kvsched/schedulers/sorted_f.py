@@ -20,6 +20,7 @@ import numpy as np
 
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.registry import SCHEDULERS
+from kvsched.request import RequestStatus
 from kvsched.schedulers.future_plan import FuturePlan, ledger_pad
 
 STEADY = 1 << 30
@@ -69,7 +70,10 @@ class SortedFScheduler(Scheduler):
         if view.arrived:
             self._stale = True
         for r in view.finished:
-            self._running.discard(r.request_id)
+            if r.request_id in self._running:
+                self._running.discard(r.request_id)
+            elif r.status is RequestStatus.ABORTED:  # withdrawn while waiting (online loop)
+                self._stale = True  # the batches still name it: rebuild them
         run = {rid: view.resident[rid].num_tokens - view.resident[rid].num_computed_tokens for rid in self._running}
         if not self._running and view.waiting:
             if self._stale or not self._batches:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.kvcache import blocks_for
 from kvsched.registry import SCHEDULERS
-from kvsched.request import Request
+from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.vllm import STEADY
 
 
@@ -54,6 +54,9 @@ class _VidurBase(Scheduler):
         self._queue.extend(view.arrived)
         if view.finished:
             self._running = [r for r in self._running if not r.is_finished]
+            if self._queue and any(r.status is RequestStatus.ABORTED for r in view.finished):
+                # A client disconnect (online loop) may withdraw a queued request.
+                self._queue = deque(r for r in self._queue if not r.is_finished)
 
     def _admit(self, r: Request) -> None:
         self._queue.popleft()

@@ -26,7 +26,7 @@ from kvsched.decision import Decision, Scheduler, View
 from kvsched.kvcache import blocks_for
 from kvsched.predictors import make_predictor
 from kvsched.registry import SCHEDULERS
-from kvsched.request import Request
+from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.queues import FCFSQueue, PriorityQueue
 
 STEADY = 1 << 30  # Decision.repeat when the same decode decision holds until an event
@@ -79,8 +79,13 @@ class VLLMScheduler(Scheduler):
         for r in view.arrived:
             self._waiting.add(r)
         if view.finished:
+            aborted = set()
             for r in view.finished:
                 self._left(r)
+                if r.status is RequestStatus.ABORTED:  # a client disconnect (online loop)
+                    aborted.add(r.request_id)
+            if aborted:  # it may have been waiting: never run it
+                self._waiting.remove(aborted)
             self._running = [r for r in self._running if not r.is_finished]
         budget = self.max_num_batched_tokens
         free = view.num_free_blocks
@@ -213,7 +218,10 @@ class StaticReservationScheduler(VLLMScheduler):
         super().__post_init__()
 
     def _peak_blocks(self, r: Request, view: View) -> int:
-        return blocks_for(r.prompt_len + self._predictor.output_len(r) - 1 + view.lookahead_tokens, view.block_size)
+        # Clipped to the cache: a predicted peak above it (the request fits, or the loop
+        # would have rejected it) reserves everything and runs alone instead of never.
+        peak = blocks_for(r.prompt_len + self._predictor.output_len(r) - 1 + view.lookahead_tokens, view.block_size)
+        return min(peak, view.num_blocks)
 
     def _can_admit(self, r: Request, view: View) -> bool:
         peak = self._peak_blocks(r, view)

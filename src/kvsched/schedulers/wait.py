@@ -34,7 +34,7 @@ from kvsched.bounds.fluid import RequestType
 from kvsched.decision import IDLE, Decision, View
 from kvsched.predictors import make_predictor
 from kvsched.registry import SCHEDULERS
-from kvsched.request import Request
+from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.vllm import STEADY
 from kvsched.schedulers.wait_common import (
     WaitFamily,
@@ -172,3 +172,23 @@ class WaitScheduler(WaitFamily):
             j = self._label(r)
             self._type[r.request_id] = j
             heapq.heappush(self._waiting[j], (*fifo_key(r), r))
+        for r in view.finished:
+            j = self._type.pop(r.request_id, None)
+            if j is not None and r.status is RequestStatus.ABORTED:
+                self._drop_aborted(r, j)
+
+    def _drop_aborted(self, r: Request, j: int) -> None:
+        """Forget a request its client withdrew (online loop): a paused resident sits in
+        its stage's bucket, a waiting one in its type's queue (one that ran in the last
+        step has already left its bucket above)."""
+        s = stage_of(r)
+        bucket = self._stages[j].get(s)
+        if bucket is not None and r in bucket:
+            bucket.remove(r)
+            if not bucket:
+                del self._stages[j][s]
+            return
+        rid = r.request_id
+        heap = self._waiting[j]
+        heap[:] = [e for e in heap if e[1] != rid]
+        heapq.heapify(heap)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 
 from kvsched.bounds.fluid import RequestType
 from kvsched.decision import Scheduler, View
-from kvsched.request import Request
+from kvsched.request import Request, RequestStatus
 
 
 def parse_types(spec: str | Sequence) -> tuple[RequestType, ...]:
@@ -252,6 +252,8 @@ class WaitFamily(Scheduler):
                 est.labelled(r.arrival_time, self._label(r))
         if not self._label_on_arrival:
             for r in view.finished:
+                if r.status is RequestStatus.ABORTED:
+                    continue  # withdrawn by its client (online loop): its length is unknown
                 est.labelled(r.finish_time if r.finish_time is not None else view.now, self._type_of(r.output_len))
         if view.now < self._next_check:
             return
@@ -259,6 +261,8 @@ class WaitFamily(Scheduler):
         if est.num_labelled(view.now) < self.min_samples:
             return
         estimate = est.rates(view.now)
+        if not max(estimate) > 0:
+            return  # no arrival in the window (labels of late finishes only): nothing to estimate
         in_use = [t.rate for t in self._types]
         if drifted(in_use, estimate, self.drift_tolerance):
             floor = 1e-3 * max(estimate)  # a type unseen in the window keeps a tiny rate
