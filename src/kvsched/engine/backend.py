@@ -72,23 +72,34 @@ class EngineBackend:
 
         seqs, emits = [], []
         for r, n in batch:
-            generated = self._generated.setdefault(r.request_id, [])
-            del generated[r.num_output_tokens:]  # a restart discarded them
-            tokens = self.prompt_ids(r) + generated
+            tokens = self._token_ids(r)
             start = r.num_computed_tokens
             seqs.append(SeqInput(tokens[start:start + n], start, self.kv.block_ids(r.request_id)))
             emits.append(start + n == r.prompt_len + r.num_output_tokens)
-        torch = self._torch
         t0 = time.perf_counter()
         logits = self.model.forward_step(seqs, self.paged)
-        next_ids = torch.argmax(logits, dim=-1).tolist()  # .tolist() waits for the device
+        next_ids = self._choose(batch, emits, logits)  # a list: waits for the device
         duration = time.perf_counter() - t0
         for (r, _), emit, token in zip(batch, emits, next_ids, strict=True):
             if emit:
-                self._generated[r.request_id].append(int(token))
+                self._emit(r, int(token))
         self.step_times_s.append(duration)
         self.step_shapes.append(shape)
         return duration
+
+    # --- what a serving backend changes (kvsched.engine.serving) ---------------------
+    def _token_ids(self, r: Request) -> list[int]:
+        """Prompt plus the output the loop says `r` has (a restart discarded the rest)."""
+        generated = self._generated.setdefault(r.request_id, [])
+        del generated[r.num_output_tokens:]
+        return self.prompt_ids(r) + generated
+
+    def _choose(self, batch, emits: Sequence[bool], logits) -> list[int]:
+        """The next token of every row: greedy."""
+        return self._torch.argmax(logits, dim=-1).tolist()
+
+    def _emit(self, r: Request, token: int) -> None:
+        self._generated[r.request_id].append(token)
 
     def decode_durations(self, shape: BatchShape, num_steps: int):  # pragma: no cover - max_repeat is 1
         raise NotImplementedError("the engine executes every step; the loop never fast-forwards it")
