@@ -24,19 +24,19 @@ from kvsched.metrics import requests_frame, steps_frame, summarize
 TABLES = ("requests", "steps")
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON has no NaN: write null so every reader accepts the file."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True) + "\n")
 
 
 def save_run(run: Run, out_dir: str | Path, config: dict, *, format: str = "parquet",
