@@ -21,6 +21,9 @@ Pure-decode runs are fast-forwarded when the scheduler promises (`Decision.repea
 that it would repeat the same decision: the loop then executes k identical steps at
 once, k bounded by the next arrival, the next finish and the free memory, so the
 result equals stepping one at a time (up to floating-point summation order).
+
+`run` serves a known request list; `OnlineLoop` is the same loop driven one iteration
+at a time by a server, with requests added and aborted while it runs.
 """
 
 from __future__ import annotations
