@@ -38,6 +38,26 @@ def reqs(*specs: tuple[float, int, int]) -> list[Request]:
     return [Request(i, t, p, o) for i, (t, p, o) in enumerate(specs)]
 
 
+def create_scheduler(name: str, workload: list[Request], **opts) -> Scheduler:
+    """A registered scheduler for a small random workload. The WAIT family needs a
+    workload description: take it from the requests (a few length bins) with explicit
+    small thresholds, since these capacities are far below what the automatic designs
+    accept."""
+    from kvsched.bounds.fluid import types_from_requests
+    from kvsched.registry import SCHEDULERS
+    from kvsched.schedulers.wait_common import WaitFamily, format_types
+
+    factory = SCHEDULERS.get(name).factory
+    if isinstance(factory, type) and issubclass(factory, WaitFamily):
+        kinds = types_from_requests(workload, rate=1.0, max_distinct=3, num_bins=3)
+        opts = {"types": format_types(kinds), **opts}
+        if name == "wait-cp":
+            opts.setdefault("tl", 2 + len(kinds))
+        else:
+            opts.setdefault("thresholds", ",".join(str(1 + k % 2) for k in range(len(kinds))))
+    return SCHEDULERS.create(name, **opts)
+
+
 @pytest.fixture
 def make_reqs():
     return reqs

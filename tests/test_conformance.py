@@ -9,17 +9,16 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import create_scheduler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvsched.bounds.fluid import types_from_requests
 from kvsched.bounds.runs import min_round_time, run_bound
 from kvsched.kvcache import blocks_for
 from kvsched.predictors import with_predictions
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.clearing import InfeasibleSchedule
-from kvsched.schedulers.wait_common import WaitFamily, format_types
 from kvsched.sim import simulate, simulate_theory
 from kvsched.sim.cost import AffinePrefillCost
 
@@ -41,23 +40,8 @@ def _requests(specs, seed=0):
             for p, i in zip(points, intervals)]
 
 
-def _create(name, workload, **opts):
-    """The WAIT family needs a workload description: take it from the requests (a few
-    length bins) with explicit small thresholds, since these capacities are far below
-    what the automatic designs accept."""
-    factory = SCHEDULERS.get(name).factory
-    if isinstance(factory, type) and issubclass(factory, WaitFamily):
-        kinds = types_from_requests(workload, rate=1.0, max_distinct=3, num_bins=3)
-        opts = {"types": format_types(kinds), **opts}
-        if name == "wait-cp":
-            opts.setdefault("tl", 2 + len(kinds))
-        else:
-            opts.setdefault("thresholds", ",".join(str(1 + k % 2) for k in range(len(kinds))))
-    return SCHEDULERS.create(name, **opts)
-
-
 def _simulate(name, workload, capacity, block_size, theory=False, **opts):
-    scheduler = _create(name, workload, **opts)
+    scheduler = create_scheduler(name, workload, **opts)
     try:
         if theory:
             return simulate_theory(workload, scheduler, capacity_tokens=capacity, max_steps=50_000)
@@ -137,7 +121,7 @@ def test_fast_forward_equals_stepping(name, specs, system):
     workload = _requests(specs)
     runs = []
     for ff in (True, False):
-        scheduler = _create(name, workload)
+        scheduler = create_scheduler(name, workload)
         try:
             runs.append(simulate(workload, scheduler, COST, capacity_tokens=capacity, block_size=block_size,
                                  fast_forward=ff, max_steps=50_000))

@@ -14,17 +14,17 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import create_scheduler
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from kvsched.bounds.fluid import types_from_requests
 from kvsched.decision import Decision, Scheduler
 from kvsched.kvcache import KVCache, blocks_for
 from kvsched.loop import STEP_COLUMNS, OnlineLoop
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.clearing import InfeasibleSchedule
-from kvsched.schedulers.wait_common import WaitFamily, format_types
+from kvsched.schedulers.wait_common import WaitFamily
 from kvsched.sim import SimBackend
 from kvsched.sim.cost import AffinePrefillCost, UnitCost
 
@@ -56,20 +56,6 @@ class StoppingBackend:
 
     def decode_durations(self, shape, num_steps):
         return self.inner.decode_durations(shape, num_steps)
-
-
-def _create(name: str, workload: list[Request], **opts):
-    """As in test_conformance: the WAIT family needs a workload description and small
-    thresholds (these capacities are far below what the automatic designs accept)."""
-    factory = SCHEDULERS.get(name).factory
-    if isinstance(factory, type) and issubclass(factory, WaitFamily):
-        kinds = types_from_requests(workload, rate=1.0, max_distinct=3, num_bins=3)
-        opts = {"types": format_types(kinds), **opts}
-        if name == "wait-cp":
-            opts.setdefault("tl", 2 + len(kinds))
-        else:
-            opts.setdefault("thresholds", ",".join(str(1 + k % 2) for k in range(len(kinds))))
-    return SCHEDULERS.create(name, **opts)
 
 
 def _gates_on_arrivals(name: str) -> bool:
@@ -271,7 +257,7 @@ def test_wait_family_holds_a_lone_request_until_no_more_arrive():
     """Online, arrivals are always pending, so WAIT's gate holds a type with fewer than
     n_j waiting requests indefinitely; clearing `accepting` is the drain signal (A17)."""
     workload = [Request(0, 0.0, 4, 3), Request(1, 0.0, 4, 6)]
-    loop = OnlineLoop(_create("wait", workload, thresholds="2,2"), SimBackend(COST, fast_forward=False),
+    loop = OnlineLoop(create_scheduler("wait", workload, thresholds="2,2"), SimBackend(COST, fast_forward=False),
                       KVCache(200, 1))
     loop.add(workload[0])
     loop.step()
@@ -314,7 +300,7 @@ def _workload(specs):
 
 def _drive(name, specs, capacity, block_size, **opts):
     workload = _workload(specs)
-    scheduler = _create(name, [r.copy_fresh() for r in workload], **opts)
+    scheduler = create_scheduler(name, [r.copy_fresh() for r in workload], **opts)
     stop_at = {r.request_id: s[3] for r, s in zip(workload, specs) if s[3] is not None and s[3] < r.output_len}
     backend = StoppingBackend(COST, stop_at)
     kv = KVCache(capacity, block_size)
