@@ -95,7 +95,8 @@ def load_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], d
 
     state_dict: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
-        name = _gguf_to_llama_name(tensor.name, path)
+        name = _to_llama_name(tensor.name, _GGUF_GLOBAL_NAMES, _GGUF_LAYER_RE, _GGUF_LAYER_NAMES, str(path),
+                              " (e.g. rope_freqs for Llama 3 rope scaling, or biases)")
         try:
             array = quants.dequantize(tensor.data, tensor.tensor_type)
         except NotImplementedError as exc:
@@ -178,16 +179,15 @@ def _gguf_config(meta: Mapping[str, object], path: Path) -> LlamaConfig:
     )
 
 
-def _gguf_to_llama_name(name: str, path: Path) -> str:
-    if name in _GGUF_GLOBAL_NAMES:
-        return _GGUF_GLOBAL_NAMES[name]
-    match = _GGUF_LAYER_RE.fullmatch(name)
-    if match and match.group(2) in _GGUF_LAYER_NAMES:
-        return f"layers.{match.group(1)}.{_GGUF_LAYER_NAMES[match.group(2)]}"
-    raise ValueError(
-        f"{path}: unexpected tensor {name!r} for a plain Llama model "
-        "(e.g. rope_freqs for Llama 3 rope scaling, or biases)"
-    )
+def _to_llama_name(name: str, global_names: dict, layer_re: re.Pattern, layer_names: dict, where: str,
+                   hint: str = "") -> str:
+    """Our parameter name for a checkpoint tensor name (GGUF or Hugging Face scheme)."""
+    if name in global_names:
+        return global_names[name]
+    match = layer_re.fullmatch(name)
+    if match and match.group(2) in layer_names:
+        return f"layers.{match.group(1)}.{layer_names[match.group(2)]}"
+    raise ValueError(f"{where}: unexpected tensor {name!r} for a plain Llama model{hint}")
 
 
 def _unpermute_rotary_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -237,7 +237,7 @@ def load_safetensors_dir(path: str | Path) -> tuple[LlamaConfig, dict[str, torch
         for name, tensor in tensors.items():
             if name.endswith("rotary_emb.inv_freq"):  # old checkpoints saved this buffer; it is recomputed
                 continue
-            state_dict[_hf_to_llama_name(name, file)] = tensor.float()
+            state_dict[_to_llama_name(name, _HF_GLOBAL_NAMES, _HF_LAYER_RE, _HF_LAYER_NAMES, str(file))] = tensor.float()
     if config.tie_word_embeddings:
         state_dict.pop("lm_head.weight", None)  # some tied checkpoints still store a copy
     return config, state_dict
@@ -270,15 +270,6 @@ def _hf_config(hf: Mapping[str, object], config_file: Path) -> LlamaConfig:
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
     )
-
-
-def _hf_to_llama_name(name: str, file: Path) -> str:
-    if name in _HF_GLOBAL_NAMES:
-        return _HF_GLOBAL_NAMES[name]
-    match = _HF_LAYER_RE.fullmatch(name)
-    if match and match.group(2) in _HF_LAYER_NAMES:
-        return f"layers.{match.group(1)}.{_HF_LAYER_NAMES[match.group(2)]}"
-    raise ValueError(f"{file}: unexpected tensor {name!r} for a plain Llama model")
 
 
 # --- assembling ------------------------------------------------------------------------
