@@ -128,44 +128,17 @@ def _system_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_workload(args) -> tuple[list, dict]:
-    from kvsched.predictors import with_predictions
-    from kvsched.traces import (
-        clip_lengths,
-        head,
-        load_trace,
-        parse_synthetic,
-        sample,
-        scale_lengths,
-        scale_rate,
-    )
+    from kvsched.workload import build_workload as build
 
-    rng = np.random.default_rng(args.seed)
     try:
-        if args.trace.startswith("synthetic:"):
-            reqs = parse_synthetic(args.trace, rng)
-        else:
-            reqs = load_trace(args.trace, rng=rng, rate=args.rate)
-        if args.num_requests is not None:
-            reqs = sample(reqs, args.num_requests, rng) if args.sample else head(reqs, args.num_requests)
-        if args.rate_scale != 1.0:
-            reqs = scale_rate(reqs, args.rate_scale)
-        length_scale = getattr(args, "length_scale", 1.0)  # commands without the option pass through
-        max_prompt, max_output = getattr(args, "max_prompt_len", None), getattr(args, "max_output_len", None)
-        if length_scale != 1.0:
-            reqs = scale_lengths(reqs, length_scale, length_scale)
-        if max_prompt is not None or max_output is not None:
-            reqs = clip_lengths(reqs, max_prompt, max_output)
-        # Its own stream: choosing a prediction model never changes the workload's draws.
-        reqs = with_predictions(reqs, args.predictions, np.random.default_rng([args.seed, 1]))
+        return build(args.trace, rate=args.rate, rate_scale=args.rate_scale, num_requests=args.num_requests,
+                     sample=args.sample, seed=args.seed, predictions=args.predictions,
+                     # commands without these options pass through
+                     length_scale=getattr(args, "length_scale", 1.0),
+                     max_prompt_len=getattr(args, "max_prompt_len", None),
+                     max_output_len=getattr(args, "max_output_len", None))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise CLIError(str(exc).strip("'\"")) from None
-    desc = {
-        "trace": args.trace, "rate": args.rate, "rate_scale": args.rate_scale,
-        "num_requests": args.num_requests, "sample": args.sample, "seed": args.seed,
-        "length_scale": length_scale, "max_prompt_len": max_prompt, "max_output_len": max_output,
-        "predictions": args.predictions,
-    }
-    return reqs, desc
 
 
 def _cost_model(name: str):
@@ -1079,6 +1052,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     be.add_argument("--no-progress", action="store_true")
     be.set_defaults(func=cmd_bench)
+    from kvsched import cli_sweep; cli_sweep.add_parser(sub)  # noqa: I001
     return p
 
 

@@ -1,0 +1,148 @@
+"""Capacity search: the largest arrival rate a scheduler sustains, by bisection.
+
+The WAIT paper's lambda* read off a grid of rates is a bisection here, per scheduler and
+workload: a rate is *sustained* when every seed's run meets the criterion,
+
+- `slo`: a latency metric (`e2e_p99` by default; any column of metrics.summarize) is at
+  most `slo_s` seconds, or
+- `stable`: the queue does not grow (stability ratio, the last quarter of arrivals' mean
+  latency over the second quarter's, below 1.5) and completions keep up (completion rate
+  at least 95 % of the offered rate): the rule the WAIT experiments use for lambda*;
+  an optional `slo_s` on the metric is then checked too.
+
+The search doubles `hi` until a rate fails (or `max_rate` is reached), then halves the
+bracket [sustained, failed] until it is narrower than `rel_tol` times its lower end. It
+assumes a sustained rate stays sustained below: true of the metric's trend, not of every
+seed's noise, which is why all seeds must pass and every probe is kept for inspection.
+Each (scheduler, workload, capacity) search is one runner task, so searches run in
+parallel, on Ray, and resume like any sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kvsched.experiments.runner import LocalExecutor, ProgressFn, RayExecutor, run_tasks
+from kvsched.experiments.sweep import Grid, label, run_cell
+from kvsched.results import write_json
+
+STABLE_RATIO = 1.5
+COMPLETION_FRACTION = 0.95
+
+
+@dataclass(frozen=True)
+class Criterion:
+    kind: str = "slo"  # "slo" | "stable"
+    metric: str = "e2e_p99"
+    slo_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("slo", "stable"):
+            raise ValueError(f"criterion must be 'slo' or 'stable', got {self.kind!r}")
+        if self.kind == "slo" and self.slo_s is None:
+            raise ValueError("criterion 'slo' needs slo_s (seconds)")
+        if self.slo_s is not None and not self.slo_s > 0:
+            raise ValueError(f"slo_s must be > 0, got {self.slo_s}")
+
+    def passes(self, summary: dict) -> bool:
+        """Whether one run meets the criterion (a metric that is missing or NaN fails)."""
+        def num(key: str) -> float:
+            v = summary.get(key)
+            return float("nan") if v is None else float(v)
+
+        if summary.get("num_rejected"):
+            return False
+        if self.slo_s is not None and not num(self.metric) <= self.slo_s:
+            return False
+        if self.kind == "stable":
+            return (num("stability_ratio") < STABLE_RATIO
+                    and num("completion_rate_per_s") >= COMPLETION_FRACTION * num("offered_rate_per_s"))
+        return True
+
+
+def _probe(task: dict, rate: float, probes: list[dict]) -> bool:
+    crit = Criterion(**task["criterion"])
+    ok = True
+    for seed in task["seeds"]:
+        summary = run_cell({**task["cell"], "rate": rate, "seed": seed}, save_runs=False)
+        passed = crit.passes(summary)
+        probes.append({"rate": rate, "seed": seed, "passed": passed, crit.metric: summary.get(crit.metric),
+                       "stability_ratio": summary.get("stability_ratio"),
+                       "completion_rate_per_s": summary.get("completion_rate_per_s")})
+        ok = ok and passed
+        if not ok:  # one failing seed decides; the others would not change the answer
+            break
+    return ok
+
+
+def search(task: dict) -> dict:
+    """One bisection (a runner task): the largest sustained rate and every probe made."""
+    lo, hi, max_rate, rel_tol = task["lo"], task["hi"], task["max_rate"], task["rel_tol"]
+    probes: list[dict] = []
+    result = {"max_rate_per_s": None, "bracket_lo": None, "bracket_hi": lo, "limit": "below lo"}
+    if _probe(task, lo, probes):
+        while hi < max_rate and _probe(task, hi, probes):
+            lo, hi = hi, min(2 * hi, max_rate)
+        if hi >= max_rate and _probe(task, max_rate, probes):
+            lo, result["limit"] = max_rate, "max_rate"
+        else:
+            result["limit"] = "bisection"
+            while (hi - lo) > rel_tol * lo:
+                mid = math.sqrt(lo * hi)  # geometric: rates span orders of magnitude
+                lo, hi = (mid, hi) if _probe(task, mid, probes) else (lo, mid)
+        result.update(max_rate_per_s=lo, bracket_lo=lo, bracket_hi=hi if result["limit"] == "bisection" else None)
+    return {**result, "num_probes": len(probes), "probes": probes}
+
+
+def search_tasks(grid: Grid, criterion: Criterion, *, lo: float, hi: float, max_rate: float,
+                 rel_tol: float) -> list[dict]:
+    """One search per (workload, capacity, scheduler variant); the grid's rates are ignored
+    and its seeds are the runs every probed rate must pass."""
+    if not 0 < lo < hi <= max_rate:
+        raise ValueError(f"need 0 < lo < hi <= max_rate, got lo={lo}, hi={hi}, max_rate={max_rate}")
+    if not 0 < rel_tol < 1:
+        raise ValueError(f"rel_tol must be in (0, 1), got {rel_tol}")
+    seen, tasks = set(), []
+    for cell in grid.cells():
+        base = {**cell, "rate": None, "seed": None}
+        key = repr(sorted(base.items(), key=lambda kv: kv[0]))
+        if key in seen:
+            continue
+        seen.add(key)
+        tasks.append({"cell": base, "seeds": list(grid.seeds), "criterion": asdict(criterion), "lo": lo, "hi": hi,
+                      "max_rate": max_rate, "rel_tol": rel_tol})
+    return tasks
+
+
+def run_search(grid: Grid, criterion: Criterion, out: str | Path, *, lo: float = 0.25, hi: float = 4.0,
+               max_rate: float = 1024.0, rel_tol: float = 0.02,
+               executor: LocalExecutor | RayExecutor | None = None,
+               progress: ProgressFn | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every search of the grid; writes capacity.parquet (one row per search),
+    probes.parquet (every run made) and search.json. Returns both tables."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = search_tasks(grid, criterion, lo=lo, hi=hi, max_rate=max_rate, rel_tol=rel_tol)
+    write_json(out / "search.json", {"grid": grid.to_dict(), "criterion": asdict(criterion), "lo": lo, "hi": hi,
+                                     "max_rate": max_rate, "rel_tol": rel_tol})
+    outcome = run_tasks(tasks, search, out=out, executor=executor, progress=progress)
+    rows, probe_rows = [], []
+    for task, tid, res, err in zip(tasks, outcome.task_ids, outcome.summaries, outcome.errors):
+        cell = task["cell"]
+        ident = {"search_id": tid, "scheduler": cell["scheduler"], "label": label(cell["scheduler"], cell["options"]),
+                 "trace": cell["workload"]["trace"], "capacity_tokens": cell["capacity_tokens"]}
+        res = res or {}
+        rows.append({**ident, "status": "ok" if err is None else "failed", "error": err or "",
+                     **{k: res.get(k) for k in ("max_rate_per_s", "bracket_lo", "bracket_hi", "limit", "num_probes")}})
+        probe_rows += [{**ident, **p} for p in res.get("probes", [])]
+    table = pd.DataFrame(rows)
+    for col in ("max_rate_per_s", "bracket_lo", "bracket_hi"):
+        table[col] = pd.to_numeric(table[col])
+    probes = pd.DataFrame(probe_rows)
+    table.to_parquet(out / "capacity.parquet", index=False)
+    probes.to_parquet(out / "probes.parquet", index=False)
+    return table, probes

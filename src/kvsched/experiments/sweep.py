@@ -1,0 +1,317 @@
+"""Sweeps: schedulers x workloads x rates x capacities x seeds x scheduler options.
+
+A `Grid` comes from a TOML file (`Grid.from_toml`) or a dict (the command line builds one)
+and expands into cells, one simulator run each. `run_sweep` runs the cells not yet done
+(`runner.run_tasks`: local processes, or Ray), saves each cell's run as it finishes and
+gathers one row per cell, config and metrics, into `results.parquet`.
+
+    name = "chat-load"
+    schedulers = ["vllm", "sarathi", "mcsf"]
+    rates = [2.0, 4.0, 8.0]          # req/s; omitted: the traces' own arrivals
+    capacities = [16384, 65536]      # KV tokens
+    seeds = [0, 1, 2]
+    cost_model = "llama2-7b-a100"    # or theory = true: unit rounds, token-exact blocks
+
+    [[workloads]]
+    trace = "azure-conv"             # a list of traces expands to one workload each
+    num_requests = 2000
+
+    [options.sarathi]                # list values are axes, scalars fixed
+    chunk_size = [256, 512]
+
+Rates follow `kvsched.workload.build_workload`'s `target_rate`: the Poisson rate of a
+length-only trace or synthetic spec, the mean replay rate of a trace with real arrivals.
+
+Results directory (see runner.py for cells/ and failed/):
+
+    sweep.json       the grid, its cell count and the kvsched version
+    results.parquet  one row per cell in grid order: cell_id, status, error, the config
+                     columns, every metric of metrics.summarize, the volume bound, the
+                     fluid benchmark, offered and completion rates, a stability ratio
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kvsched import __version__
+from kvsched.experiments.runner import (
+    LocalExecutor,
+    ProgressFn,
+    RayExecutor,
+    run_tasks,
+    task_id,
+)
+from kvsched.results import write_json
+
+DEFAULT_CAPACITY_TOKENS = 137_000
+DEFAULT_COST_MODEL = "llama2-7b-a100"
+WORKLOAD_KEYS = ("trace", "num_requests", "sample", "rate_scale", "length_scale", "max_prompt_len",
+                 "max_output_len", "predictions")
+CONFIG_COLUMNS = ("scheduler", "label", "options", "trace", "rate", "capacity_tokens", "seed", "cost_model",
+                  "block_size", "theory", "predictions", "workload")
+
+
+class GridError(ValueError):
+    """A grid that cannot run: the message names the file (or "command line") and the key."""
+
+
+def _as_tuple(value, key: str, kind: type | tuple, source: str) -> tuple:
+    """A scalar or a list as a non-empty tuple of `kind` (TOML booleans are never numbers)."""
+    values = tuple(value) if isinstance(value, list) else (value,)
+    if not values:
+        raise GridError(f"{source}: {key} is empty")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise GridError(f"{source}: {key}: {v!r} is not a {getattr(kind, '__name__', 'number')}")
+    return values
+
+
+def _workloads(raw, source: str) -> tuple[dict, ...]:
+    out = []
+    for k, table in enumerate(raw if isinstance(raw, list) else [raw]):
+        where = f"{source}: workloads[{k}]"
+        if not isinstance(table, dict) or "trace" not in table:
+            raise GridError(f"{where}: needs a 'trace' key")
+        unknown = set(table) - set(WORKLOAD_KEYS)
+        if unknown:
+            raise GridError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(WORKLOAD_KEYS)}")
+        for trace in _as_tuple(table["trace"], f"workloads[{k}].trace", str, source):
+            out.append({**table, "trace": trace})
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sweep's axes and fixed settings; `cells()` is their product in a fixed order."""
+
+    schedulers: tuple[str, ...]
+    workloads: tuple[dict, ...]
+    rates: tuple[float | None, ...] = (None,)
+    capacities: tuple[int, ...] = (DEFAULT_CAPACITY_TOKENS,)
+    seeds: tuple[int, ...] = (0,)
+    options: dict = field(default_factory=dict)  # scheduler -> {key: value or list of values}
+    cost_model: str = DEFAULT_COST_MODEL
+    block_size: int = 16
+    theory: bool = False
+    fast_forward: bool = True
+    name: str = "sweep"
+    source: str = "grid"
+
+    def __post_init__(self) -> None:
+        from kvsched.registry import COST_MODELS, SCHEDULERS
+
+        where = self.source
+        for name in self.schedulers:
+            if name not in SCHEDULERS:
+                raise GridError(f"{where}: schedulers: unknown scheduler {name!r}; see `kvsched schedulers`")
+        for name in self.options:
+            if name not in self.schedulers:
+                raise GridError(f"{where}: options.{name}: {name!r} is not in schedulers")
+            if not isinstance(self.options[name], dict):
+                raise GridError(f"{where}: options.{name} must be a table of key = value")
+        if not self.theory and self.cost_model not in COST_MODELS:
+            raise GridError(f"{where}: cost_model: unknown cost model {self.cost_model!r}; see `kvsched cost-models`")
+        bad = [r for r in self.rates if r is not None and not (isinstance(r, (int, float)) and r > 0)]
+        if bad:
+            raise GridError(f"{where}: rates must be positive numbers, got {bad[0]!r}")
+        if any(c < 1 for c in self.capacities) or self.block_size < 1:
+            raise GridError(f"{where}: capacities and block_size must be >= 1")
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "grid") -> Grid:
+        known = {"name", "schedulers", "workloads", "workload", "rates", "capacities", "seeds", "options",
+                 "cost_model", "block_size", "theory", "fast_forward"}
+        unknown = set(raw) - known
+        if unknown:
+            raise GridError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        for key in ("schedulers",):
+            if key not in raw:
+                raise GridError(f"{source}: missing key {key!r}")
+        if ("workloads" in raw) == ("workload" in raw):
+            raise GridError(f"{source}: give exactly one of [workload] or [[workloads]]")
+        kw = {
+            "schedulers": _as_tuple(raw["schedulers"], "schedulers", str, source),
+            "workloads": _workloads(raw.get("workloads", raw.get("workload")), source),
+            "rates": tuple(float(r) for r in _as_tuple(raw["rates"], "rates", (int, float), source))
+            if "rates" in raw else (None,),
+            "capacities": _as_tuple(raw.get("capacities", DEFAULT_CAPACITY_TOKENS), "capacities", int, source),
+            "seeds": _as_tuple(raw.get("seeds", 0), "seeds", int, source),
+            "options": {k: dict(v) if isinstance(v, dict) else v for k, v in raw.get("options", {}).items()},
+            "source": source,
+        }
+        for key in ("name", "cost_model", "block_size", "theory", "fast_forward"):
+            if key in raw:
+                kw[key] = raw[key]
+        return cls(**kw)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Grid:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such grid file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise GridError(f"{path}: not valid TOML: {exc}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+    def variants(self, scheduler: str) -> list[dict]:
+        """Every combination of the scheduler's option axes (list values)."""
+        opts = self.options.get(scheduler, {})
+        keys = sorted(opts)
+        axes = [opts[k] if isinstance(opts[k], list) else [opts[k]] for k in keys]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+    def cells(self) -> list[dict]:
+        fixed = {"cost_model": "unit" if self.theory else self.cost_model,
+                 "block_size": 1 if self.theory else self.block_size, "theory": self.theory,
+                 "fast_forward": self.fast_forward}
+        out = []
+        for workload, capacity in itertools.product(self.workloads, self.capacities):
+            for scheduler in self.schedulers:
+                for options, rate, seed in itertools.product(self.variants(scheduler), self.rates, self.seeds):
+                    out.append({"scheduler": scheduler, "options": options, "workload": workload, "rate": rate,
+                                "capacity_tokens": capacity, "seed": seed, **fixed})
+        return out
+
+
+def label(scheduler: str, options: dict) -> str:
+    """The curve's name in tables and plots: the scheduler and the options it was given."""
+    return " ".join([scheduler, *(f"{k}={v}" for k, v in sorted(options.items()))])
+
+
+# --- one cell ------------------------------------------------------------------------------
+def _fluid(reqs, cost, capacity: int, theory: bool) -> dict:
+    """The fluid benchmark of the cell's workload, (d0, d1) fitted to its cost model (wait.md
+    A23: never reuse one pair across workloads). Prefill compute is left out, so it is an
+    optimistic reference curve rather than a proven bound."""
+    from kvsched.bounds.fluid import fluid_benchmark, types_from_requests
+    from kvsched.sim.cost import design_coefficients
+
+    try:
+        kinds = types_from_requests(reqs)
+        fit = design_coefficients(cost, [t.prompt_len for t in kinds], [t.output_len for t in kinds]).model
+        res = fluid_benchmark(kinds, max(fit.d0_s, 0.0), max(fit.d1_s_per_token, 0.0), capacity,
+                              first_token_in_prefill=not theory)
+    except ValueError:  # no arrival rate (a batch), or an empty workload
+        return {"fluid_mean_latency_s": float("nan"), "fluid_verdict": "", "fluid_rho": float("nan")}
+    total_rate = sum(t.rate for t in res.types)
+    mean = sum(t.rate * lat for t, lat in zip(res.types, res.latency_s)) / total_rate
+    return {"fluid_mean_latency_s": mean if math.isfinite(mean) else float("nan"),
+            "fluid_verdict": res.verdict, "fluid_rho": res.rho}
+
+
+def _rates(reqs, run) -> dict:
+    from kvsched.request import RequestStatus
+    from kvsched.workload import mean_rate
+
+    done = sorted((r for r in run.requests if r.status is RequestStatus.FINISHED), key=lambda r: r.arrival_time)
+    lat = np.array([r.finish_time - r.arrival_time for r in done])
+    q = len(lat) // 4
+    makespan = max((r.finish_time for r in done), default=0.0) - min(r.arrival_time for r in reqs)
+    return {
+        "offered_rate_per_s": mean_rate(reqs),
+        "completion_rate_per_s": len(done) / makespan if makespan > 0 else float("nan"),
+        # Mean latency of the last quarter of arrivals over the second quarter's: about 1
+        # when the queue is stable, growing with the run's length when it is not.
+        "stability_ratio": float(lat[-q:].mean() / lat[q:2 * q].mean()) if q else float("nan"),
+    }
+
+
+def run_cell(cell: dict, *, save_runs: bool = True):
+    """Simulate one cell; (summary, {"requests", "steps"} frames) or the summary alone."""
+    from kvsched.bounds.runs import min_round_time, run_bound
+    from kvsched.metrics import requests_frame, steps_frame, summarize
+    from kvsched.registry import COST_MODELS, SCHEDULERS
+    from kvsched.schedulers.wait_common import fill_design_options
+    from kvsched.sim import simulate
+    from kvsched.workload import build_workload
+
+    reqs, _ = build_workload(**cell["workload"], target_rate=cell["rate"], seed=cell["seed"])
+    cost = COST_MODELS.create(cell["cost_model"])
+    lookahead = 1 if cell["theory"] else 0
+    factory = SCHEDULERS.get(cell["scheduler"]).factory
+    scheduler = factory(**fill_design_options(factory, dict(cell["options"]), reqs, cost))
+    run = simulate(reqs, scheduler, cost, capacity_tokens=cell["capacity_tokens"], block_size=cell["block_size"],
+                   fast_forward=cell["fast_forward"], lookahead_tokens=lookahead)
+    frame = requests_frame(run)
+    summary = summarize(run, frame)
+    bound = run_bound(run, min_round_time(cost), lookahead)
+    summary.update(bound)
+    done = summary["num_completed"]
+    summary["bound_mean_latency_s"] = bound["bound_total_latency_s"] / done if done else float("nan")
+    summary.update(_fluid(reqs, cost, cell["capacity_tokens"], cell["theory"]))
+    summary.update(_rates(reqs, run))
+    if not save_runs:
+        return summary
+    return summary, {"requests": frame, "steps": steps_frame(run)}
+
+
+# --- the whole sweep --------------------------------------------------------------------------
+def _row(cell: dict, tid: str, summary: dict | None, error: str | None) -> dict:
+    w = cell["workload"]
+    row = {"cell_id": tid, "status": "ok" if error is None else "failed", "error": error or "",
+           "scheduler": cell["scheduler"], "label": label(cell["scheduler"], cell["options"]),
+           "options": json.dumps(cell["options"], sort_keys=True),
+           "trace": w["trace"], "rate": float("nan") if cell["rate"] is None else float(cell["rate"]),
+           "capacity_tokens": cell["capacity_tokens"], "seed": cell["seed"], "cost_model": cell["cost_model"],
+           "block_size": cell["block_size"], "theory": cell["theory"],
+           "predictions": w.get("predictions", "exact"), "workload": json.dumps(w, sort_keys=True)}
+    row.update(summary or {})
+    return row
+
+
+def results_table(cells: Sequence[dict], ids: Sequence[str], summaries, errors) -> pd.DataFrame:
+    """One row per cell in grid order; failed cells keep their config and error, NaN metrics."""
+    frame = pd.DataFrame([_row(c, t, s, e) for c, t, s, e in zip(cells, ids, summaries, errors)])
+    for col in frame.columns:  # a column that only failed rows left empty is still numeric
+        if col not in CONFIG_COLUMNS and frame[col].dtype == object:
+            try:
+                frame[col] = pd.to_numeric(frame[col])
+            except (ValueError, TypeError):
+                frame[col] = frame[col].fillna("").astype(str)
+    return frame
+
+
+def run_sweep(grid: Grid, out: str | Path, *, executor: LocalExecutor | RayExecutor | None = None,
+              progress: ProgressFn | None = None, save_runs: bool = True,
+              retry_failed: bool = True) -> tuple[pd.DataFrame, object]:
+    """Run the grid's missing cells into `out` and write results.parquet.
+
+    Returns (table, runner.Outcome: which cells ran, were found done, or failed)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = grid.cells()
+    write_json(out / "sweep.json", {"kvsched_version": __version__, "grid": grid.to_dict(),
+                                    "num_cells": len(cells)})
+    outcome = run_tasks(cells, partial(run_cell, save_runs=save_runs), out=out, executor=executor,
+                        progress=progress, retry_failed=retry_failed)
+    table = results_table(cells, outcome.task_ids, outcome.summaries, outcome.errors)
+    table.to_parquet(out / "results.parquet", index=False)
+    return table, outcome
+
+
+def load_results(out: str | Path) -> pd.DataFrame:
+    path = Path(out) / "results.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (is {out} a kvsched sweep directory?)")
+    return pd.read_parquet(path)
+
+
+__all__ = ["Grid", "GridError", "label", "load_results", "results_table", "run_cell", "run_sweep", "task_id"]
