@@ -1053,6 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--no-progress", action="store_true")
     be.set_defaults(func=cmd_bench)
     from kvsched import cli_sweep; cli_sweep.add_parser(sub)  # noqa: I001
+    from kvsched import cli_report; cli_report.add_parser(sub)  # noqa: I001
     return p
 
 
@@ -1067,4 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m kvsched.cli`: run the imported module's main, so the subcommands defined in
+    # cli_* modules raise the same CLIError class that main catches.
+    from kvsched.cli import main as _main
+
+    sys.exit(_main())

@@ -20,6 +20,24 @@ def _label(run_dir: Path) -> str:
     return str(cfg.get("scheduler", {}).get("name", run_dir.name))
 
 
+def cdf_points(values) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted non-NaN values and the fraction of them at or below each (empirical CDF);
+    NaN marks requests that never finished, which a latency CDF leaves out."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    x = x[~np.isnan(x)]
+    return x, np.arange(1, len(x) + 1) / max(len(x), 1)
+
+
+def kv_usage_series(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Step end times (s) and the KV cache used after each step as a fraction of capacity.
+    A step's usage is what it held while it ran, so plot it against the step's end with
+    `where="pre"`."""
+    steps = load_table(run_dir, "steps")
+    cap = load_json(run_dir, "summary")["capacity_tokens"]
+    end = (steps["start_time"] + steps["duration"]).to_numpy(dtype=np.float64)
+    return end, steps["kv_used_tokens"].to_numpy(dtype=np.float64) / cap
+
+
 def plot_runs(run_dirs: list[str | Path], kind: str, out_path: str | Path) -> Path:
     """Draw one figure comparing the runs and save it (PNG/PDF/SVG by suffix)."""
     if kind not in KINDS:
@@ -29,16 +47,13 @@ def plot_runs(run_dirs: list[str | Path], kind: str, out_path: str | Path) -> Pa
         for d in map(Path, run_dirs):
             label = _label(d)
             if kind == "kv-usage":
-                steps = load_table(d, "steps")
-                cap = load_json(d, "summary")["capacity_tokens"]
-                end = steps["start_time"] + steps["duration"]
-                ax.step(end, steps["kv_used_tokens"] / cap, where="pre", label=label, lw=0.8)
+                end, used = kv_usage_series(d)
+                ax.step(end, used, where="pre", label=label, lw=0.8)
             else:
                 col = "e2e_latency" if kind == "latency-cdf" else "ttft"
-                reqs = load_table(d, "requests")
-                values = np.sort(reqs[col].dropna().to_numpy())
+                values, fraction = cdf_points(load_table(d, "requests")[col])
                 if len(values):
-                    ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=label)
+                    ax.plot(values, fraction, label=label)
         if kind == "kv-usage":
             ax.set_xlabel("time (s)")
             ax.set_ylabel("KV cache used / capacity")

@@ -273,7 +273,11 @@ def _row(cell: dict, tid: str, summary: dict | None, error: str | None) -> dict:
            "capacity_tokens": cell["capacity_tokens"], "seed": cell["seed"], "cost_model": cell["cost_model"],
            "block_size": cell["block_size"], "theory": cell["theory"],
            "predictions": w.get("predictions", "exact"), "workload": json.dumps(w, sort_keys=True)}
-    row.update(summary or {})
+    summary = dict(summary or {})
+    # The grid's capacity stays the axis; the run's own (rounded down to whole blocks) is kept beside it.
+    if "capacity_tokens" in summary:
+        row["effective_capacity_tokens"] = summary.pop("capacity_tokens")
+    row.update(summary)
     return row
 
 
