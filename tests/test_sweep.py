@@ -47,7 +47,7 @@ trace = ["{SPEC}", "azure-conv"]
 num_requests = 50
 [options.sarathi]
 chunk_size = [128, 512]
-max_num_seqs = 64
+batch_size_cap = 64
 ''')
     grid = Grid.from_toml(path)
     cells = grid.cells()
@@ -55,7 +55,7 @@ max_num_seqs = 64
     assert len(cells) == 2 * 2 * 3 * 2
     assert cells[0]["workload"] == {"trace": SPEC, "num_requests": 50} and cells[0]["scheduler"] == "vllm"
     sarathi = [c["options"] for c in cells if c["scheduler"] == "sarathi"][:4]
-    assert sarathi == [{"chunk_size": 128, "max_num_seqs": 64}] * 2 + [{"chunk_size": 512, "max_num_seqs": 64}] * 2
+    assert sarathi == [{"batch_size_cap": 64, "chunk_size": 128}] * 2 + [{"batch_size_cap": 64, "chunk_size": 512}] * 2
     assert {c["rate"] for c in cells} == {2.0, 8.5} and {c["seed"] for c in cells} == {3}
     assert len({task_id(c) for c in cells}) == len(cells)
 
@@ -69,6 +69,9 @@ max_num_seqs = 64
     ('schedulers = ["vllm"]\n[options.sarathi]\nchunk_size = 1\n[workload]\ntrace = "azure-conv"',
      "options.sarathi: 'sarathi' is not in schedulers"),
     ('schedulers = ["vllm"]', "give exactly one of [workload] or [[workloads]]"),
+    ('schedulers = ["sarathi"]\n[options.sarathi]\nchunk_sz = 1\n[workload]\ntrace = "azure-conv"',
+     "options.sarathi: unknown option(s) chunk_sz; known: "),
+    ('schedulers = ["vllm"]\nblock_size = "16"\n[workload]\ntrace = "azure-conv"', "block_size: '16' is not a int"),
     ('schedulers = ["vllm"\n', "not valid TOML"),
 ])
 def test_bad_grid_files_name_the_file_and_the_key(tmp_path, body, message):

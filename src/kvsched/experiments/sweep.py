@@ -77,6 +77,18 @@ def _as_tuple(value, key: str, kind: type | tuple, source: str) -> tuple:
     return values
 
 
+def _check_option_names(factory, options: dict, where: str) -> None:
+    """Misspelt options fail here, before any cell runs, rather than in every cell."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise GridError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(params))}")
+
+
 def _workloads(raw, source: str) -> tuple[dict, ...]:
     out = []
     for k, table in enumerate(raw if isinstance(raw, list) else [raw]):
@@ -120,6 +132,7 @@ class Grid:
                 raise GridError(f"{where}: options.{name}: {name!r} is not in schedulers")
             if not isinstance(self.options[name], dict):
                 raise GridError(f"{where}: options.{name} must be a table of key = value")
+            _check_option_names(SCHEDULERS.get(name).factory, self.options[name], f"{where}: options.{name}")
         if not self.theory and self.cost_model not in COST_MODELS:
             raise GridError(f"{where}: cost_model: unknown cost model {self.cost_model!r}; see `kvsched cost-models`")
         bad = [r for r in self.rates if r is not None and not (isinstance(r, (int, float)) and r > 0)]
@@ -150,8 +163,11 @@ class Grid:
             "options": {k: dict(v) if isinstance(v, dict) else v for k, v in raw.get("options", {}).items()},
             "source": source,
         }
-        for key in ("name", "cost_model", "block_size", "theory", "fast_forward"):
+        for key, kind in (("name", str), ("cost_model", str), ("block_size", int), ("theory", bool),
+                          ("fast_forward", bool)):
             if key in raw:
+                if not isinstance(raw[key], kind) or (kind is int and isinstance(raw[key], bool)):
+                    raise GridError(f"{source}: {key}: {raw[key]!r} is not a {kind.__name__}")
                 kw[key] = raw[key]
         return cls(**kw)
 
