@@ -149,9 +149,9 @@ def test_config_json_records_everything_needed_to_reproduce(exe, tmp_path):
     _cli_run(exe, tmp_path, "--seed", "42", "--scheduler", "sarathi", "-o", "chunk_size=256",
              "-o", "batch_size_cap=32", "--cost-model", "wait-paper", "--capacity", "50000", "--block-size", "8")
     cfg = _strict_json((tmp_path / "config.json").read_text())
-    assert cfg["workload"] == {"trace": SPEC, "rate": None, "rate_scale": 1.0, "num_requests": None,
-                               "sample": False, "seed": 42, "length_scale": 1.0, "max_prompt_len": None,
-                               "max_output_len": None, "predictions": "exact"}
+    assert cfg["workload"] == {"trace": SPEC, "rate": None, "target_rate": None, "rate_scale": 1.0,
+                               "num_requests": None, "sample": False, "seed": 42, "length_scale": 1.0,
+                               "max_prompt_len": None, "max_output_len": None, "predictions": "exact"}
     assert cfg["scheduler"] == {"name": "sarathi", "chunk_size": 256, "batch_size_cap": 32,
                                 "watermark_fraction": 0.01}
     assert cfg["cost_model"] == COST_MODELS.create("wait-paper").config()
