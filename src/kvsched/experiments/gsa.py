@@ -23,8 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import kvsched.schedulers  # registers the schedulers
 import kvsched.sim  # noqa: F401  (registers the cost models)
 from kvsched import __version__
 from kvsched.bounds.batch import batch_bounds, exact_optimum, job_size_ratio, regime
+from kvsched.experiments.study import Executor, rows_frame, run_study
 from kvsched.loop import Run
 from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
@@ -44,6 +44,8 @@ ProgressFn = Callable[[int, int], None]
 TRACES = ("azure-conv", "azure-code")
 PUBLISHED = {"gba": {"general": 32 / 3, "large-memory": 6.75}, "gsa": {"general": 61.92, "large-memory": 32.0}}
 BIG = 1 << 40  # "no limit" for vLLM's token budget and sequence cap in theory mode
+# Leading columns of the tables (the rest follow alphabetically, see study.rows_frame).
+ROW_COLUMNS = ("trace", "n", "capacity", "seed", "policy", "scheduler", "options", "clairvoyant")
 
 
 @dataclass(frozen=True)
@@ -156,35 +158,30 @@ def run_metrics(run: Run, capacity: int) -> dict:
     }
 
 
-def _cell(task: dict) -> list[dict]:
+def _cell(task: dict) -> dict:
+    """One (trace, n, M, seed) instance under every policy of the task: {"rows": one per policy}."""
     s, o, dropped = sample_batch(task["trace"], task["n"], task["capacity"], task["seed"])
     eps = job_size_ratio(s, o, task["capacity"])
     bounds = batch_bounds(s, o, task["capacity"])
     base = {"trace": task["trace"], "n": task["n"], "capacity": task["capacity"], "seed": task["seed"],
             "num_dropped": dropped, "job_size_ratio": eps, "regime": regime(eps), **bounds}
     rows = []
-    for policy in task["policies"]:
+    for fields in task["policies"]:
+        policy = Policy(**fields)
         row = {**base, **run_policy(policy, s, o, task["capacity"], cost_model=task.get("cost_model"),
                                     seed=task["seed"])}
         row["ratio_to_lb_count"] = row["total_latency"] / bounds["lb_count"] if bounds["lb_count"] else math.nan
         rows.append(row)
-    return rows
+    return {"rows": rows}
 
 
-def _run_cells(tasks: list[dict], jobs: int, progress: ProgressFn | None) -> pd.DataFrame:
-    rows: list[dict] = []
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            for i, part in enumerate(pool.map(_cell, tasks)):
-                rows += part
-                if progress:
-                    progress(i + 1, len(tasks))
-    else:
-        for i, task in enumerate(tasks):
-            rows += _cell(task)
-            if progress:
-                progress(i + 1, len(tasks))
-    return pd.DataFrame(rows)
+def _run_cells(tasks: list[dict], jobs: int, progress: ProgressFn | None, executor: Executor | None = None,
+               out: Path | None = None) -> pd.DataFrame:
+    """Every cell's rows in task order; with `out`, cells are saved and reused (resume)."""
+    for task in tasks:  # policies travel as plain dicts: a task is JSON (its id, its config.json)
+        task["policies"] = [asdict(p) for p in task["policies"]]
+    results = run_study(tasks, _cell, out=out, executor=executor, jobs=jobs, progress=progress)
+    return rows_frame([row for result in results for row in result["rows"]], ROW_COLUMNS)
 
 
 def price_of_non_clairvoyance(frame: pd.DataFrame, gsa: str = "gsa", gba: str = "gba") -> pd.DataFrame:
@@ -207,12 +204,13 @@ def _summary_table(frame: pd.DataFrame, value: str) -> dict:
 
 def sweep(*, traces: Sequence[str] = TRACES, sizes: Sequence[int] = (100, 1000), capacities: Sequence[int] = (
           4096, 16384, 65536, 131072, 262144, 524288), seeds: Sequence[int] = tuple(range(10)),
-          policies: Sequence[Policy] = ALL_POLICIES, jobs: int = 1, out: Path | None = None,
-          progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """The M sweep of §12.2: every (trace, n, M, seed) cell runs every policy."""
-    tasks = [{"trace": t, "n": n, "capacity": m, "seed": seed, "policies": tuple(policies)}
+          policies: Sequence[Policy] = ALL_POLICIES, jobs: int = 1, executor: Executor | None = None,
+          out: Path | None = None, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
+    """The M sweep of §12.2: every (trace, n, M, seed) cell runs every policy (resumable
+    from `out/cells/`)."""
+    tasks = [{"study": "gsa-sweep", "trace": t, "n": n, "capacity": m, "seed": seed, "policies": tuple(policies)}
              for t in traces for n in sizes for m in capacities for seed in seeds]
-    frame = _run_cells(tasks, jobs, progress)
+    frame = _run_cells(tasks, jobs, progress, executor, out)
     regimes = frame.groupby(["trace", "n", "capacity"]).agg(
         job_size_ratio=("job_size_ratio", "max"), dropped=("num_dropped", "mean"))
     summary = {
@@ -264,13 +262,13 @@ def plot_sweep(frame: pd.DataFrame, path: Path) -> None:
 
 
 def ablation(*, trace: str = "azure-conv", n: int = 1000, capacities: Sequence[int] = (16384, 131072),
-             seeds: Sequence[int] = tuple(range(5)), jobs: int = 1, out: Path | None = None,
-             progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
+             seeds: Sequence[int] = tuple(range(5)), jobs: int = 1, executor: Executor | None = None,
+             out: Path | None = None, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
     """Stagger, credit bucket, base, V vs B, refund and kill vs resume (§12.2 ablations)."""
     policies = ablation_policies()
-    tasks = [{"trace": trace, "n": n, "capacity": m, "seed": seed, "policies": policies}
+    tasks = [{"study": "gsa-ablation", "trace": trace, "n": n, "capacity": m, "seed": seed, "policies": policies}
              for m in capacities for seed in seeds]
-    frame = _run_cells(tasks, jobs, progress)
+    frame = _run_cells(tasks, jobs, progress, executor, out)
     summary = {"study": "gsa-ablation", "mean_ratio_to_lb_count": _summary_table(frame, "ratio_to_lb_count"),
                "mean_kills": _summary_table(frame, "num_kills")}
     config = {"study": "gsa-ablation", "trace": trace, "n": n, "capacities": list(capacities), "seeds": list(seeds),
@@ -279,37 +277,50 @@ def ablation(*, trace: str = "azure-conv", n: int = 1000, capacities: Sequence[i
     return frame, summary
 
 
+GOLDEN_BASE = (1 + math.sqrt(13)) / 2  # GSA's general-regime base beta* (spec §5.2)
+WORST_CASE_POLICIES = (
+    Policy("gba", "gba", {"regime": "general"}), Policy("gba-batched", "gba-batched", {"base": 4.0}),
+    Policy("gsa", "gsa", {"base": GOLDEN_BASE}), Policy("gsa-batched", "gsa-batched", {"base": GOLDEN_BASE}),
+    Policy("mcsf-break", "mcsf", {"predictor": "oracle"}), Policy("sorted-f", "sorted-f"),
+    Policy("b-scaling", "b-scaling"))
+
+
+def _worst_case_instance(task: dict) -> dict:
+    """One tiny instance: the exact optimum and every policy's total latency against it."""
+    s, o, cap = np.array(task["s"], dtype=np.int64), np.array(task["o"], dtype=np.int64), task["capacity"]
+    opt = exact_optimum(s, o, cap, time_limit_s=task["time_limit_s"])
+    bounds = batch_bounds(s, o, cap)
+    rows = []
+    for policy in WORST_CASE_POLICIES:
+        row = run_policy(policy, s, o, cap)
+        rows.append({"instance": task["instance"], "n": len(s), "capacity": cap, "s": s.tolist(), "o": o.tolist(),
+                     "optimum": opt.objective, "optimum_proven": opt.status == "optimal", **bounds,
+                     "policy": policy.label, "total_latency": row["total_latency"],
+                     "ratio_to_optimum": row["total_latency"] / opt.objective, "num_kills": row["num_kills"]})
+    return {"rows": rows}
+
+
 def worst_case(*, instances: int = 200, max_jobs: int = 6, max_capacity: int = 20, seed: int = 0,
-               time_limit_s: float = 30.0, out: Path | None = None,
+               time_limit_s: float = 30.0, jobs: int = 1, executor: Executor | None = None, out: Path | None = None,
                progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
     """Tiny random instances against the exact optimum (§12.2 worst-case check).
 
     The published constants are sanity bounds: a ratio above one means the
     reconstruction differs from the paper's algorithm (or has a bug), never that the
-    paper is wrong."""
+    paper is wrong. The instances are drawn here, in order from one generator; each
+    one's IP is a task (resumable from `out/cells/`)."""
     rng = np.random.default_rng(seed)
-    policies = (Policy("gba", "gba", {"regime": "general"}), Policy("gba-batched", "gba-batched", {"base": 4.0}),
-                Policy("gsa", "gsa", {"base": (1 + math.sqrt(13)) / 2}),
-                Policy("gsa-batched", "gsa-batched", {"base": (1 + math.sqrt(13)) / 2}),
-                Policy("mcsf-break", "mcsf", {"predictor": "oracle"}), Policy("sorted-f", "sorted-f"),
-                Policy("b-scaling", "b-scaling"))
-    rows = []
+    tasks = []
     for k in range(instances):
         cap = int(rng.integers(4, max_capacity + 1))
         n = int(rng.integers(1, max_jobs + 1))
         s = rng.integers(0, cap // 2 + 1, n)
         o = np.minimum(rng.integers(1, cap + 1, n), cap - s)
-        opt = exact_optimum(s, o, cap, time_limit_s=time_limit_s)
-        bounds = batch_bounds(s, o, cap)
-        for policy in policies:
-            row = run_policy(policy, s, o, cap)
-            rows.append({"instance": k, "n": n, "capacity": cap, "s": s.tolist(), "o": o.tolist(),
-                         "optimum": opt.objective, "optimum_proven": opt.status == "optimal", **bounds,
-                         "policy": policy.label, "total_latency": row["total_latency"],
-                         "ratio_to_optimum": row["total_latency"] / opt.objective, "num_kills": row["num_kills"]})
-        if progress:
-            progress(k + 1, instances)
-    frame = pd.DataFrame(rows)
+        tasks.append({"study": "gsa-worst-case", "instance": k, "capacity": cap, "s": s.tolist(), "o": o.tolist(),
+                      "time_limit_s": time_limit_s})
+    results = run_study(tasks, _worst_case_instance, out=out, executor=executor, jobs=jobs, progress=progress)
+    rows = [row for result in results for row in result["rows"]]
+    frame = rows_frame(rows, ("instance", "n", "capacity", "policy"))
     worst = frame.groupby("policy")["ratio_to_optimum"].max()
     summary = {"study": "gsa-worst-case", "instances": instances,
                "all_optima_proven": bool(frame["optimum_proven"].all()),
@@ -327,7 +338,8 @@ def worst_case(*, instances: int = 200, max_jobs: int = 6, max_capacity: int = 2
 
 def serving(*, trace: str = "azure-conv", n: int = 1000, capacities: Sequence[int] = (16384, 65536),
             seeds: Sequence[int] = tuple(range(3)), cost_model: str = "llama2-7b-a100", jobs: int = 1,
-            out: Path | None = None, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
+            executor: Executor | None = None, out: Path | None = None,
+            progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
     """GSA against the non-clairvoyant baselines users run (vLLM-style FCFS with
     restarts and with recompute, A_min with the trivial interval), in seconds."""
     policies = (Policy("gsa", "gsa", regime_base=True),
@@ -335,9 +347,9 @@ def serving(*, trace: str = "azure-conv", n: int = 1000, capacities: Sequence[in
                                                 "preemption": "restart"}),
                 Policy("vllm-recompute", "vllm", {"max_num_batched_tokens": BIG, "max_num_seqs": BIG}),
                 Policy("a-min", "a-min", trivial_interval=True), Policy("gba (clairvoyant)", "gba", regime_base=True))
-    tasks = [{"trace": trace, "n": n, "capacity": m, "seed": seed, "policies": policies, "cost_model": cost_model}
-             for m in capacities for seed in seeds]
-    frame = _run_cells(tasks, jobs, progress)
+    tasks = [{"study": "gsa-serving", "trace": trace, "n": n, "capacity": m, "seed": seed, "policies": policies,
+              "cost_model": cost_model} for m in capacities for seed in seeds]
+    frame = _run_cells(tasks, jobs, progress, executor, out)
     means = frame.groupby(["capacity", "policy"])[["mean_latency", "throughput_tokens", "num_kills"]].mean()
     summary = {"study": "gsa-serving", "cost_model": cost_model, "units": "seconds (cost model), tokens/s",
                "mean": {f"M={m} {p}": {k: round(float(v), 4) for k, v in row.items()}

@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kvsched import __version__
+from kvsched.experiments.study import Executor, rows_frame, run_study
 from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request, RequestStatus
@@ -54,6 +54,9 @@ BASELINES = (
 )
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
+# Leading columns of the tables (the rest follow alphabetically, see study.rows_frame).
+SYNTHETIC_COLUMNS = ("model", "scale", "index", "base_seed", "capacity", "num_requests", "sum_output")
+RUN_COLUMNS = ("rate", "eps", "scheduler", "label", "feasible")
 
 
 def label(name: str, options: dict) -> str:
@@ -149,36 +152,29 @@ def synthetic_instance_row(model: int, index: int, base_seed: int, time_limit_s:
     return row
 
 
-def _row_task(args: tuple) -> dict:
-    return synthetic_instance_row(*args)
+def _synthetic_task(task: dict) -> dict:
+    return synthetic_instance_row(task["model"], task["index"], task["base_seed"], task["time_limit_s"],
+                                  task["solve"], task["scale"])
 
 
 def synthetic_study(model: int, *, instances: int = 200, time_limit_s: float = 10.0, base_seed: int = 0,
-                    jobs: int = 1, out: Path | None = None, progress: ProgressFn | None = None,
-                    solve: bool = True, scale: str = "paper") -> tuple[pd.DataFrame, dict]:
+                    jobs: int = 1, executor: Executor | None = None, out: Path | None = None,
+                    progress: ProgressFn | None = None, solve: bool = True,
+                    scale: str = "paper") -> tuple[pd.DataFrame, dict]:
     """Spec 10.1: per-instance rows and the summary table beside the paper's numbers.
 
     scale="small" draws scaled-down instances (M 10-16, n 6-10 or 6-10 epochs, s 1-3)
     whose IPs close, so MC-SF's ratio to a *proven* optimum can be measured; it is not
-    the paper's distribution and is labelled so in every output."""
+    the paper's distribution and is labelled so in every output. With `out`, each solved
+    instance is saved under `out/cells/` and a re-run resumes from them."""
     if model not in (1, 2):
         raise ValueError(f"arrival model must be 1 or 2, got {model}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    tasks = [(model, i, base_seed, time_limit_s, solve, scale) for i in range(instances)]
-    rows: list[dict] = []
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for row in pool.map(_row_task, tasks):
-                rows.append(row)
-                if progress:
-                    progress(len(rows), instances)
-    else:
-        for task in tasks:
-            rows.append(_row_task(task))
-            if progress:
-                progress(len(rows), instances)
-    frame = pd.DataFrame(rows)
+    tasks = [{"study": "mcsf-synthetic", "model": model, "index": i, "base_seed": base_seed,
+              "time_limit_s": time_limit_s, "solve": solve, "scale": scale} for i in range(instances)]
+    rows = run_study(tasks, _synthetic_task, out=out, executor=executor, jobs=jobs, progress=progress)
+    frame = rows_frame(rows, SYNTHETIC_COLUMNS)
     summary = summarize_synthetic(frame, model)
     summary["scale"] = scale
     config = {"study": "mcsf-synthetic", "model": model, "scale": scale, "instance_sizes": SCALES[scale][model] or
@@ -284,25 +280,39 @@ def smallest_feasible_alpha(reqs: Sequence[Request], capacity: int, cost_model: 
     return round(hi, 6)
 
 
+def _lmsys_requests(task: dict) -> tuple[list[Request], np.random.Generator]:
+    """The workload of the task's rate, drawn the same way by every task of that rate."""
+    rng = np.random.default_rng([task["seed"], int(task["rate"] * 1000)])
+    return lmsys_like_workload(task["num_requests"], task["rate"], task["capacity"], rng), rng
+
+
+def _trace_task(task: dict) -> dict:
+    """One task of the trace study: a scheduler's run, or the alpha bisection of one rate."""
+    base, rng = _lmsys_requests(task)
+    reqs = with_predictions(base, "exact", rng)
+    if task["kind"] == "alpha":
+        return {"rate": task["rate"],
+                "smallest_feasible_alpha": smallest_feasible_alpha(reqs, task["capacity"], task["cost_model"])}
+    return {"rate": task["rate"], **_trace_run(reqs, task["scheduler"], task["options"], task["capacity"],
+                                               task["cost_model"])}
+
+
 def trace_study(*, rates: Sequence[float] = (10.0, 50.0), num_requests: int = 10_000,
                 capacity: int = PAPER_CAPACITY_TOKENS, cost_model: str = TRACE_COST_MODEL, seed: int = 0,
-                find_alpha: bool = True, out: Path | None = None,
+                find_alpha: bool = True, jobs: int = 1, executor: Executor | None = None, out: Path | None = None,
                 progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """Spec 10.2: MC-SF vs MC-Benchmark vs the six alpha/beta baselines at each rate."""
+    """Spec 10.2: MC-SF vs MC-Benchmark vs the six alpha/beta baselines at each rate
+    (resumable from `out/cells/`; the alpha bisection of a rate is one task)."""
     configs = [("mcsf", {}), ("mc-benchmark", {}), *BASELINES]
-    total = len(rates) * len(configs)
-    rows = []
-    alphas = {}
-    for rate in rates:
-        rng = np.random.default_rng([seed, int(rate * 1000)])
-        reqs = with_predictions(lmsys_like_workload(num_requests, rate, capacity, rng), "exact", rng)
-        for name, options in configs:
-            rows.append({"rate": rate, **_trace_run(reqs, name, options, capacity, cost_model)})
-            if progress:
-                progress(len(rows), total)
-        if find_alpha:
-            alphas[rate] = smallest_feasible_alpha(reqs, capacity, cost_model)
-    frame = pd.DataFrame(rows)
+    common = {"study": "mcsf-trace", "num_requests": num_requests, "capacity": capacity, "cost_model": cost_model,
+              "seed": seed}
+    tasks = [{**common, "kind": "run", "rate": float(rate), "scheduler": name, "options": options}
+             for rate in rates for name, options in configs]
+    tasks += [{**common, "kind": "alpha", "rate": float(rate)} for rate in rates] if find_alpha else []
+    results = run_study(tasks, _trace_task, out=out, executor=executor, jobs=jobs, progress=progress)
+    runs = [r for task, r in zip(tasks, results) if task["kind"] == "run"]
+    alphas = {r["rate"]: r["smallest_feasible_alpha"] for task, r in zip(tasks, results) if task["kind"] == "alpha"}
+    frame = rows_frame(runs, RUN_COLUMNS)
     summary = summarize_trace(frame, alphas)
     config = {"study": "mcsf-trace", "rates": list(rates), "num_requests": num_requests, "capacity_tokens": capacity,
               "cost_model": cost_model, "seed": seed, "workload": "lmsys-like lognormal stand-in (spec 10.4)",
@@ -331,31 +341,38 @@ def summarize_trace(frame: pd.DataFrame, alphas: dict | None = None) -> dict:
 
 # --- 10.3 robustness study --------------------------------------------------------------------
 
+def _robustness_task(task: dict) -> dict:
+    """One run of the robustness study: a baseline on exact lengths, or MC-SF / MC-Benchmark
+    with a reserve on predictions off by eps (their own generator, so eps values share lengths)."""
+    base, rng = _lmsys_requests(task)
+    exact = with_predictions(base, "exact", rng)
+    if task["eps"] is None:
+        return {"rate": task["rate"], "eps": None, **_trace_run(exact, task["scheduler"], task["options"],
+                                                                 task["capacity"], task["cost_model"])}
+    noisy = with_predictions(base, f"relative:eps={task['eps']}",
+                             np.random.default_rng([task["seed"], int(task["eps"] * 1000)]))
+    return {"rate": task["rate"], "eps": task["eps"], **_trace_run(noisy, task["scheduler"], task["options"],
+                                                                    task["capacity"], task["cost_model"])}
+
+
 def robustness_study(*, eps_values: Sequence[float] = (0.2, 0.5, 0.8), rates: Sequence[float] = (50.0, 10.0),
                      num_requests: int = 10_000, capacity: int = PAPER_CAPACITY_TOKENS,
-                     cost_model: str = TRACE_COST_MODEL, reserve: float = 0.1, seed: int = 0,
-                     out: Path | None = None, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
+                     cost_model: str = TRACE_COST_MODEL, reserve: float = 0.1, seed: int = 0, jobs: int = 1,
+                     executor: Executor | None = None, out: Path | None = None,
+                     progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
     """Spec 10.3: noisy predictions; MC-SF (and MC-Benchmark) with a reserve and LIFO
     clearing on overflow, against the alpha/beta baselines (which ignore predictions)."""
-    total = len(rates) * (len(eps_values) * 2 + len(BASELINES))
-    rows = []
-    summary: dict = {"paper": "MC-SF beats the FCFS-type benchmarks at every eps (no numeric table)"}
+    common = {"study": "mcsf-robustness", "num_requests": num_requests, "capacity": capacity,
+              "cost_model": cost_model, "seed": seed}
+    tasks = []
     for rate in rates:
-        rng = np.random.default_rng([seed, int(rate * 1000)])
-        base = lmsys_like_workload(num_requests, rate, capacity, rng)
-        exact = with_predictions(base, "exact", rng)
-        for name, options in BASELINES:
-            rows.append({"rate": rate, "eps": None, **_trace_run(exact, name, options, capacity, cost_model)})
-            if progress:
-                progress(len(rows), total)
-        for eps in eps_values:
-            noisy = with_predictions(base, f"relative:eps={eps}", np.random.default_rng([seed, int(eps * 1000)]))
-            for name in ("mcsf", "mc-benchmark"):
-                run = _trace_run(noisy, name, {"reserve": reserve}, capacity, cost_model)
-                rows.append({"rate": rate, "eps": eps, **run})
-                if progress:
-                    progress(len(rows), total)
-    frame = pd.DataFrame(rows)
+        tasks += [{**common, "rate": float(rate), "eps": None, "scheduler": name, "options": options}
+                  for name, options in BASELINES]
+        tasks += [{**common, "rate": float(rate), "eps": float(eps), "scheduler": name,
+                   "options": {"reserve": reserve}} for eps in eps_values for name in ("mcsf", "mc-benchmark")]
+    rows = run_study(tasks, _robustness_task, out=out, executor=executor, jobs=jobs, progress=progress)
+    frame = rows_frame(rows, RUN_COLUMNS)
+    summary: dict = {"paper": "MC-SF beats the FCFS-type benchmarks at every eps (no numeric table)"}
     for rate in rates:
         at = frame[frame["rate"] == rate]
         baselines = at[at["eps"].isna() & at["feasible"]]

@@ -35,7 +35,6 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import pandas as pd
 
 from kvsched import __version__
 from kvsched.bounds.fluid import RequestType
+from kvsched.experiments.study import Executor, rows_frame, run_study
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers import SCHEDULERS as _REGISTERED  # noqa: F401  (registers the schedulers)
@@ -79,6 +79,9 @@ PAPER = {
 }
 
 ProgressFn = Callable[[int, int], None]
+# Leading columns of a run's row (the rest follow alphabetically, see study.rows_frame).
+ROW_COLUMNS = ("experiment", "workload", "rate", "seed", "label", "scheduler", "group", "options", "capacity_tokens",
+               "designable", "design_error")
 
 
 # --- workloads ------------------------------------------------------------------------------
@@ -218,24 +221,16 @@ def run_cell(task: dict) -> dict:
 
 def sweep(experiment: str, workload: str, rates: Sequence[float], policies: Sequence[Policy], *,
           replications: int, num_requests: int, seed: int = 0, capacity_tokens: int = CAPACITY_TOKENS,
-          cost_model: str = COST_MODEL, jobs: int = 1, progress: ProgressFn | None = None) -> pd.DataFrame:
+          cost_model: str = COST_MODEL, jobs: int = 1, executor: Executor | None = None, out: Path | None = None,
+          progress: ProgressFn | None = None) -> pd.DataFrame:
+    """One row per (rate, replication, policy) run. With `out`, every run is saved under
+    `out/cells/` as it finishes and a later call with the same `out` reuses it (resume)."""
     tasks = [{"experiment": experiment, "workload": workload, "rate": float(rate), "seed": seed + rep,
               "label": p.label, "scheduler": p.scheduler, "group": p.group, "options": p.options,
               "num_requests": num_requests, "capacity_tokens": capacity_tokens, "cost_model": cost_model}
              for rate in rates for rep in range(replications) for p in policies]
-    rows: list[dict] = []
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            for row in pool.map(run_cell, tasks, chunksize=4):
-                rows.append(row)
-                if progress:
-                    progress(len(rows), len(tasks))
-    else:
-        for task in tasks:
-            rows.append(run_cell(task))
-            if progress:
-                progress(len(rows), len(tasks))
-    return pd.DataFrame(rows)
+    rows = run_study(tasks, run_cell, out=out, executor=executor, jobs=jobs, progress=progress)
+    return rows_frame(rows, ROW_COLUMNS)
 
 
 # --- summaries ------------------------------------------------------------------------------
@@ -382,15 +377,17 @@ def experiments(quick: bool = False) -> dict[str, Experiment]:
 
 def run_experiment(key: str, *, out: Path | None = None, quick: bool = False, replications: int | None = None,
                    num_requests: int | None = None, rates: Sequence[float] | None = None, seed: int = 0,
-                   jobs: int = 1, progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """E1-E4: the sweep, its summary (lambda*, latencies, gains, the paper's numbers) and files."""
+                   jobs: int = 1, executor: Executor | None = None,
+                   progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
+    """E1-E4: the sweep, its summary (lambda*, latencies, gains, the paper's numbers) and files.
+    With `out`, an interrupted sweep resumes from the runs saved under `out/cells/`."""
     exp = experiments(quick)[key]
     reps = replications if replications is not None else (2 if quick else exp.replications)
     n = num_requests if num_requests is not None else (1000 if quick else exp.num_requests)
     grid = tuple(rates) if rates is not None else exp.rates
     t0 = time.perf_counter()
     frame = sweep(exp.name, exp.workload, grid, exp.policies, replications=reps, num_requests=n, seed=seed,
-                  jobs=jobs, progress=progress)
+                  jobs=jobs, executor=executor, out=out, progress=progress)
     summary = summarize(frame, exp.name, exp.fixed_label)
     if key == "e3":
         summary["eviction_table"] = eviction_table(frame)
@@ -416,7 +413,8 @@ def eviction_table(frame: pd.DataFrame, rate: float = 4.0) -> dict:
 
 
 def repeated_runs(*, out: Path | None = None, repetitions: int = 20, num_requests: int = 5000, seed: int = 0,
-                  jobs: int = 1, progress: ProgressFn | None = None, quick: bool = False) -> tuple[pd.DataFrame, dict]:
+                  jobs: int = 1, executor: Executor | None = None, progress: ProgressFn | None = None,
+                  quick: bool = False) -> tuple[pd.DataFrame, dict]:
     """E5: mean +- sd latency over `repetitions` runs at lambda 22 and 23, single and two types,
     with WAIT-CP at the fixed settings (tl 25 cs 256; tl 30 cs 128)."""
     specs = {"single": ("p512d20", Policy("wait", "wait-cp", {"tl": 25, "chunk_size": 256})),
@@ -424,7 +422,7 @@ def repeated_runs(*, out: Path | None = None, repetitions: int = 20, num_request
     frames = []
     for name, (workload, policy) in specs.items():
         f = sweep("E5", workload, (22.0, 23.0), (*BASELINES, policy), replications=repetitions,
-                  num_requests=num_requests, seed=seed, jobs=jobs, progress=progress)
+                  num_requests=num_requests, seed=seed, jobs=jobs, executor=executor, out=out, progress=progress)
         f["case"] = name
         frames.append(f)
     frame = pd.concat(frames, ignore_index=True)
