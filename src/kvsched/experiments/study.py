@@ -7,9 +7,8 @@ task that raised makes the study raise once the others are done, naming the erro
 finished tasks stay saved and a re-run retries only the failed ones.
 
 `rows_frame` turns the task summaries into a table. Summaries come back from the runner as
-they read back from JSON (NaN as None, keys in sorted order when loaded from disk), so the
-table fixes its own column order and restores numeric dtypes: a resumed study gives the
-same table as a fresh one.
+they read back from JSON (NaN as None), so the table fixes its own column order and
+restores numeric dtypes: a resumed study gives the same table as a fresh one.
 """
 
 from __future__ import annotations
@@ -50,8 +49,8 @@ def run_study(tasks: Sequence[dict], fn: Callable[[dict], dict], *, out: Path | 
 
 def rows_frame(rows: Sequence[dict], first: Sequence[str] = ()) -> pd.DataFrame:
     """A table of `rows`: the `first` columns in that order, then the others alphabetically
-    (a summary loaded from disk has sorted keys, a fresh one does not), object columns that
-    hold only numbers and None made numeric again."""
+    (the same order whatever keys a row happens to carry), object columns that hold only
+    numbers and None made numeric again."""
     frame = pd.DataFrame(list(rows))
     lead = [c for c in first if c in frame.columns]
     frame = frame[lead + sorted(c for c in frame.columns if c not in lead)]
