@@ -228,3 +228,21 @@ def test_rejected_late_arrival_does_not_stretch_makespan():
     assert s["num_rejected"] == 1
     assert s["makespan_s"] == 2.0
     assert s["throughput_tokens_per_s"] == 1.0
+
+
+# --- load statistics: rates and the stability ratio ---------------------------------------------
+#
+# Eight requests (prompt 2, output 1) arrive at t = 0, 1, ..., 7 into a cache of 2 tokens, so they
+# run one at a time and each finishes 1 s after it arrives: offered rate (8 - 1) / 7 = 1 req/s,
+# completion rate 8 / (8 - 0) = 1 req/s, every latency 1 s, stability ratio 1. Squeezed into
+# arrivals 0.25 s apart the queue grows: request k finishes at k + 1, latency 1 + 0.75 k, so the
+# last quarter's mean (1 + 0.75 * 6.5) over the second quarter's (1 + 0.75 * 2.5) is 5.875 / 2.875.
+def test_load_stats_by_hand():
+    from kvsched.metrics import load_stats
+
+    steady = load_stats(_sim(reqs(*[(float(k), 2, 1) for k in range(8)]), 2))
+    assert steady == pytest.approx({"offered_rate_per_s": 1.0, "completion_rate_per_s": 1.0, "stability_ratio": 1.0})
+    growing = load_stats(_sim(reqs(*[(0.25 * k, 2, 1) for k in range(8)]), 2))
+    assert growing["offered_rate_per_s"] == pytest.approx(4.0)
+    assert growing["completion_rate_per_s"] == pytest.approx(1.0)
+    assert growing["stability_ratio"] == pytest.approx(5.875 / 2.875)

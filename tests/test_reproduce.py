@@ -23,8 +23,30 @@ def _cli(*args: str, columns: int = 250) -> subprocess.CompletedProcess:
                           timeout=120, check=False, env=env)
 
 
+def parse_markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table in `text` whose first header cell is `first_header`."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        cells = _cells(line)
+        if cells and cells[0] == first_header:
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(cells, _cells(row))))
+            return rows
+    raise ValueError(f"no markdown table starting with {first_header!r}")
+
+
+def _cells(line: str) -> list[str]:
+    if not line.startswith("|"):
+        return []
+    parts = line.strip().strip("|").replace("\\|", "\0").split("|")
+    return [p.strip().replace("\0", "|") for p in parts]
+
+
 def _row(report: str, quantity: str) -> dict[str, str]:
-    rows = rp.parse_markdown_table(report, "quantity")
+    rows = parse_markdown_table(report, "quantity")
     match = [r for r in rows if r["quantity"] == quantity]
     assert match, f"no row {quantity!r} in the report; rows: {[r['quantity'] for r in rows]}"
     return match[0]
@@ -192,7 +214,7 @@ def test_cli_runs_a_reproduction_and_names_user_errors(tmp_path) -> None:
 
 def test_markdown_table_round_trip() -> None:
     text = rp.markdown_table(["quantity", "kvsched"], [["a | b", "1.5"], ["c", "—"]])
-    assert rp.parse_markdown_table("intro\n\n" + text + "\n\nafter", "quantity") == [
+    assert parse_markdown_table("intro\n\n" + text + "\n\nafter", "quantity") == [
         {"quantity": "a | b", "kvsched": "1.5"}, {"quantity": "c", "kvsched": "—"}]
     assert rp.diff(22.0, 19) == "+3" and rp.diff(1.02, 1.005, kind="ratio") == "×1.01"
     assert rp.fmt(None) == "—" and rp.fmt(23.0) == "23" and rp.fmt(1.23456) == "1.235"

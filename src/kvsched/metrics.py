@@ -19,6 +19,10 @@ from kvsched.loop import Run
 from kvsched.request import RequestStatus
 
 PERCENTILES = (50, 90, 99)
+# The stability rule of the WAIT experiments' lambda* (and `kvsched capacity-search --criterion
+# stable`): the queue does not grow and completions keep up with arrivals.
+STABLE_RATIO = 1.5
+COMPLETION_TOLERANCE = 0.05
 
 
 def requests_frame(run: Run) -> pd.DataFrame:
@@ -111,3 +115,21 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
         "busy_time_s": busy_time,
     }
     return summary
+
+
+def load_stats(run: Run) -> dict:
+    """Offered and completion rates of a run and its stability ratio: the mean latency of the
+    last quarter of arrivals over the second quarter's, about 1 when the queue is stable and
+    growing with the run's length when it is not (NaN with fewer than 4 completions)."""
+    reqs = run.requests
+    arrivals = [r.arrival_time for r in reqs]
+    span = max(arrivals) - min(arrivals) if reqs else 0.0
+    done = sorted((r for r in reqs if r.status is RequestStatus.FINISHED), key=lambda r: r.arrival_time)
+    lat = np.array([r.finish_time - r.arrival_time for r in done])
+    q = len(lat) // 4
+    makespan = max((r.finish_time for r in done), default=0.0) - min(arrivals, default=0.0)
+    return {
+        "offered_rate_per_s": (len(reqs) - 1) / span if span > 0 else float("nan"),
+        "completion_rate_per_s": len(done) / makespan if makespan > 0 else float("nan"),
+        "stability_ratio": float(lat[-q:].mean() / lat[q:2 * q].mean()) if q else float("nan"),
+    }

@@ -213,8 +213,14 @@ def _html(title: str, blocks: list) -> str:
     return "\n".join(out) + "\n"
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def markdown_table(header, rows) -> str:
+    """A GitHub-flavoured markdown table ('|' inside a cell escaped, newlines flattened)."""
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
 
 
 def _markdown(title: str, blocks: list, fig_dir: Path) -> str:
@@ -226,10 +232,7 @@ def _markdown(title: str, blocks: list, fig_dir: Path) -> str:
         elif isinstance(b, Para):
             out += [b.text, ""]
         elif isinstance(b, Table):
-            out.append("| " + " | ".join(map(_md_cell, b.columns)) + " |")
-            out.append("|" + "|".join("---" for _ in b.columns) + "|")
-            out += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows]
-            out.append("")
+            out += [markdown_table(b.columns, b.rows), ""]
         else:
             fig_dir.mkdir(parents=True, exist_ok=True)
             (fig_dir / f"{b.name}.png").write_bytes(b.png)

@@ -28,10 +28,8 @@ import pandas as pd
 
 from kvsched.experiments.runner import LocalExecutor, ProgressFn, RayExecutor, run_tasks
 from kvsched.experiments.sweep import Grid, label, run_cell
+from kvsched.metrics import COMPLETION_TOLERANCE, STABLE_RATIO
 from kvsched.results import write_json
-
-STABLE_RATIO = 1.5
-COMPLETION_FRACTION = 0.95
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class Criterion:
             return False
         if self.kind == "stable":
             return (num("stability_ratio") < STABLE_RATIO
-                    and num("completion_rate_per_s") >= COMPLETION_FRACTION * num("offered_rate_per_s"))
+                    and num("completion_rate_per_s") >= (1 - COMPLETION_TOLERANCE) * num("offered_rate_per_s"))
         return True
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import pandas as pd
 
 from kvsched import __version__
 from kvsched.experiments.study import Executor, StudyProgress
+from kvsched.report import markdown_table
 from kvsched.results import write_json
 
 SCALES = ("default", "quick", "full", "test")
@@ -244,44 +245,12 @@ def _setting(value) -> str:
     return str(value) if not isinstance(value, dict) else json.dumps(value, default=str)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """A GitHub-flavoured markdown table ('|' inside a cell escaped)."""
-    def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(out)
-
-
 def frame_markdown(frame: pd.DataFrame) -> str:
     """A DataFrame as a markdown table, floats with 3 decimals, rates (λ columns) as named."""
     rates = [str(c).startswith("λ") for c in frame.columns]
     rows = [[fmt_rate(v) if is_rate else fmt(v) for v, is_rate in zip(row, rates)]
             for row in frame.itertuples(index=False)]
     return markdown_table([str(c) for c in frame.columns], rows)
-
-
-def parse_markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
-    """The rows of the first markdown table in `text` whose first header cell is `first_header`."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        cells = _cells(line)
-        if cells and cells[0] == first_header:
-            rows = []
-            for row in lines[i + 2:]:
-                if not row.startswith("|"):
-                    break
-                rows.append(dict(zip(cells, _cells(row))))
-            return rows
-    raise ValueError(f"no markdown table starting with {first_header!r}")
-
-
-def _cells(line: str) -> list[str]:
-    if not line.startswith("|"):
-        return []
-    parts = line.strip().strip("|").replace("\\|", "\0").split("|")
-    return [p.strip().replace("\0", "|") for p in parts]
 
 
 # --- numbers ------------------------------------------------------------------------------------
@@ -379,7 +348,6 @@ __all__ = [
     "frame_markdown",
     "get",
     "markdown_table",
-    "parse_markdown_table",
     "pct",
     "registry",
     "reproduce",

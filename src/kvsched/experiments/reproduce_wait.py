@@ -107,7 +107,7 @@ def _sweep(ctx: Context, key: str, *, rates: dict, reps: dict, requests: dict, f
                 "cost model": exp.COST_MODEL, "policies": [p.label for p in spec.policies],
                 "fixed WAIT-CP setting": spec.fixed_label, "tuning metric": metric,
                 "λ* rule": f"median stability ratio < {exp.STABLE_RATIO}, completion rate within "
-                           f"{exp.RATE_TOLERANCE:.0%} of λ, mean latency within {exp.SLO_FACTOR:g}× the best "
+                           f"{exp.COMPLETION_TOLERANCE:.0%} of λ, mean latency within {exp.SLO_FACTOR:g}× the best "
                            "latency at the lowest rate"}
     return frame, exp.with_tuned(frame, metric), summary, settings
 

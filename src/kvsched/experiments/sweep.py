@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kvsched import __version__
@@ -233,27 +232,10 @@ def _fluid(reqs, cost, capacity: int, theory: bool) -> dict:
             "fluid_verdict": res.verdict, "fluid_rho": res.rho}
 
 
-def _rates(reqs, run) -> dict:
-    from kvsched.request import RequestStatus
-    from kvsched.workload import mean_rate
-
-    done = sorted((r for r in run.requests if r.status is RequestStatus.FINISHED), key=lambda r: r.arrival_time)
-    lat = np.array([r.finish_time - r.arrival_time for r in done])
-    q = len(lat) // 4
-    makespan = max((r.finish_time for r in done), default=0.0) - min(r.arrival_time for r in reqs)
-    return {
-        "offered_rate_per_s": mean_rate(reqs),
-        "completion_rate_per_s": len(done) / makespan if makespan > 0 else float("nan"),
-        # Mean latency of the last quarter of arrivals over the second quarter's: about 1
-        # when the queue is stable, growing with the run's length when it is not.
-        "stability_ratio": float(lat[-q:].mean() / lat[q:2 * q].mean()) if q else float("nan"),
-    }
-
-
 def run_cell(cell: dict, *, save_runs: bool = True):
     """Simulate one cell; (summary, {"requests", "steps"} frames) or the summary alone."""
     from kvsched.bounds.runs import min_round_time, run_bound
-    from kvsched.metrics import requests_frame, steps_frame, summarize
+    from kvsched.metrics import load_stats, requests_frame, steps_frame, summarize
     from kvsched.registry import COST_MODELS, SCHEDULERS
     from kvsched.schedulers.wait_common import fill_design_options
     from kvsched.sim import simulate
@@ -273,7 +255,7 @@ def run_cell(cell: dict, *, save_runs: bool = True):
     done = summary["num_completed"]
     summary["bound_mean_latency_s"] = bound["bound_total_latency_s"] / done if done else float("nan")
     summary.update(_fluid(reqs, cost, cell["capacity_tokens"], cell["theory"]))
-    summary.update(_rates(reqs, run))
+    summary.update(load_stats(run))
     if not save_runs:
         return summary
     return summary, {"requests": frame, "steps": steps_frame(run)}

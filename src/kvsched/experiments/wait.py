@@ -44,6 +44,7 @@ import pandas as pd
 from kvsched import __version__
 from kvsched.bounds.fluid import RequestType
 from kvsched.experiments.study import Executor, rows_frame, run_study
+from kvsched.metrics import COMPLETION_TOLERANCE, STABLE_RATIO, load_stats
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers import SCHEDULERS as _REGISTERED  # noqa: F401  (registers the schedulers)
@@ -51,8 +52,6 @@ from kvsched.schedulers.wait_common import WaitFamily, fill_design_options, form
 
 CAPACITY_TOKENS = 137_000
 COST_MODEL = "llama2-7b-a100"
-STABLE_RATIO = 1.5
-RATE_TOLERANCE = 0.05
 SLO_FACTOR = 5.0
 
 PAPER = {
@@ -199,21 +198,19 @@ def run_cell(task: dict) -> dict:
     done = sorted((r for r in run.requests if r.status is RequestStatus.FINISHED), key=lambda r: r.arrival_time)
     lat = np.array([r.finish_time - r.arrival_time for r in done])
     ttft = np.array([r.first_token_time - r.arrival_time for r in done])
-    q = len(lat) // 4
-    second, last = (lat[q:2 * q].mean(), lat[-q:].mean()) if q else (float("nan"), float("nan"))
     makespan = max(r.finish_time for r in done) - min(r.arrival_time for r in reqs)
-    span = max(r.arrival_time for r in reqs) - min(r.arrival_time for r in reqs)
+    load = load_stats(run)
     stats = scheduler.stats() if hasattr(scheduler, "stats") else {}
     return {
         **row, "designable": True, "design_error": "",
         "num_requests": len(reqs), "num_completed": len(done),
         "mean_latency_s": float(lat.mean()), "middle50_latency_s": _middle_mean(lat),
         "p90_latency_s": float(np.percentile(lat, 90)), "ttft_mean_s": float(ttft.mean()),
-        "completion_rate": len(done) / makespan, "offered_rate": (len(reqs) - 1) / span if span > 0 else float("nan"),
+        "completion_rate": load["completion_rate_per_s"], "offered_rate": load["offered_rate_per_s"],
         "throughput_tokens_per_s": sum(r.output_len for r in done) / makespan,
         "num_restarts": int(sum(r.num_evictions for r in run.requests)),
         "restart_rate": float(np.mean([r.num_evictions > 0 for r in run.requests])),
-        "stability_ratio": float(last / second) if q else float("nan"),
+        "stability_ratio": load["stability_ratio"],
         "total_limit": stats.get("total_limit", np.nan),
         "repair_evictions": int(stats.get("num_repair_evictions", 0)),
     }
@@ -267,7 +264,8 @@ def lambda_star(means: pd.DataFrame, slo_s: float | None = None) -> dict[str, fl
     for label_, part in means.groupby("label"):
         best = None
         for _, row in part.sort_values("rate").iterrows():
-            if (row["stability_ratio"] < STABLE_RATIO and row["completion_rate"] >= (1 - RATE_TOLERANCE) * row["rate"]
+            if (row["stability_ratio"] < STABLE_RATIO
+                    and row["completion_rate"] >= (1 - COMPLETION_TOLERANCE) * row["rate"]
                     and row["mean_latency_s"] <= slo):
                 best = float(row["rate"])
             else:
@@ -395,7 +393,7 @@ def run_experiment(key: str, *, out: Path | None = None, quick: bool = False, re
               "rates": list(grid), "replications": reps, "num_requests": n, "seed": seed,
               "capacity_tokens": CAPACITY_TOKENS, "block_size": 16, "cost_model": COST_MODEL,
               "policies": [{"label": p.label, "scheduler": p.scheduler, "options": p.options} for p in exp.policies],
-              "stability_rule": {"ratio_below": STABLE_RATIO, "completion_rate_within": RATE_TOLERANCE,
+              "stability_rule": {"ratio_below": STABLE_RATIO, "completion_rate_within": COMPLETION_TOLERANCE,
                                  "slo_factor": SLO_FACTOR}}
     summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
     if out is not None:
