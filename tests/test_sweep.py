@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvsched.experiments.runner import LocalExecutor, RayExecutor, run_tasks, task_id
+from kvsched.experiments.runner import CellStore, LocalExecutor, RayExecutor, TaskResult, run_tasks, task_id
 from kvsched.experiments.sweep import Grid, load_results, run_cell, run_sweep
 from kvsched.workload import build_workload, mean_rate
 
@@ -180,6 +180,16 @@ def test_ctrl_c_on_the_command_line_keeps_finished_cells(tmp_path, exe):
     assert res.returncode == 0, res.stderr
     assert f"{24 - len(done)} run now, {len(done)} found done, 0 failed" in res.stdout
     assert len(load_results(out)) == 24
+
+
+def test_a_save_that_fails_mid_write_leaves_no_half_written_cell(tmp_path):
+    store = CellStore(tmp_path)
+    task = {"what": "x"}
+    bad = pd.DataFrame({"mixed": [1, "a"]})  # pyarrow cannot store this column
+    result = TaskResult(task_id(task), {"m": 1.0}, tables={"ok": pd.DataFrame({"a": [1]}), "bad": bad})
+    with pytest.raises(Exception, match="mixed|Conversion|convert"):
+        store.save(task, result)
+    assert list((tmp_path / "cells").iterdir()) == [] and not store.is_done(task_id(task))
 
 
 def test_run_tasks_rejects_duplicate_tasks():

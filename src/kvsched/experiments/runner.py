@@ -212,19 +212,23 @@ class CellStore:
                         "traceback": result.traceback})
             return
         tmp = self.cells / f".tmp-{result.task_id}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        write_json(tmp / "config.json", task)
-        for name, frame in result.tables.items():
-            frame.to_parquet(tmp / f"{name}.parquet", index=False, compression="zstd")
-        write_json(tmp / "timing.json", {"wall_time_s": result.wall_time_s})
-        # Last, as its presence means "done"; in the summary's own key order, so a table
-        # built from saved cells has the same columns as one built from fresh results.
-        (tmp / "summary.json").write_text(json.dumps(json_safe(result.summary), indent=2) + "\n")
-        final = self.cells / result.task_id
-        if final.exists():  # the same task finished twice (two drivers): keep the first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
+        try:
+            tmp.mkdir()
+            write_json(tmp / "config.json", task)
+            for name, frame in result.tables.items():
+                frame.to_parquet(tmp / f"{name}.parquet", index=False, compression="zstd")
+            write_json(tmp / "timing.json", {"wall_time_s": result.wall_time_s})
+            # Last, as its presence means "done"; in the summary's own key order, so a table
+            # built from saved cells has the same columns as one built from fresh results.
+            (tmp / "summary.json").write_text(json.dumps(json_safe(result.summary), indent=2) + "\n")
+            final = self.cells / result.task_id
+            if final.exists():  # the same task finished twice (two drivers): keep the first
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        except BaseException:  # Ctrl-C mid-write included: leave no half-written cell behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         (self.failed / f"{result.task_id}.json").unlink(missing_ok=True)
 
 
