@@ -32,7 +32,7 @@ def test_profile_covers_prefill_decode_mixed_and_multi_prompt_steps(tiny):
 
 
 def test_calibrated_model_fits_the_points_it_was_fitted_to(tiny):
-    fit, points = calibrate(tiny, block_size=8, repeats=1, with_run=False)
+    fit, points = calibrate(tiny, block_size=8, repeats=5, with_run=False)  # medians: robust to a busy CPU
     assert isinstance(fit.model, AffinePrefillCost) and fit.num_points == len(points)
     assert fit.model.d0_s > 0  # every step pays for reading the weights
     assert fit.r2 > 0.5
