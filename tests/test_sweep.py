@@ -14,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvsched.experiments.runner import CellStore, LocalExecutor, RayExecutor, TaskResult, run_tasks, task_id
+from kvsched.experiments.runner import (
+    CellStore,
+    LocalExecutor,
+    RayExecutor,
+    TaskResult,
+    run_tasks,
+    task_id,
+)
 from kvsched.experiments.sweep import Grid, load_results, run_cell, run_sweep
 from kvsched.workload import build_workload, mean_rate
 
