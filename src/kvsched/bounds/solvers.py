@@ -4,13 +4,24 @@
 absolute gaps, and reports the dual bound. `scipy.optimize.milp` (also HiGHS) is the
 fallback: no warm start. Neither is imported at module import time, so
 `kvsched.bounds` works (volume bounds, replay, greedy) without any solver.
+
+Neither may write to standard output, where `--json` commands print their answer:
+HiGHS prints a banner from C++ on the first `Highs()` of a process (highspy 1.16),
+before any option can be set, so every solve runs with file descriptor 1 pointed at
+/dev/null (or at stderr when `verbose`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import math
+import os
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,12 +107,44 @@ def solve_model(
     milp does not expose it.
     """
     name = available_solver(solver)
-    if name == "highspy":
-        return _solve_highspy(
-            model, integral, time_limit_s, mip_rel_gap, mip_abs_gap, threads, random_seed, start,
-            heuristic_effort, presolve, verbose,
-        )
-    return _solve_scipy(model, integral, time_limit_s, mip_rel_gap, presolve, verbose)
+    with native_stdout_to_stderr(quiet=not verbose):
+        if name == "highspy":
+            return _solve_highspy(
+                model, integral, time_limit_s, mip_rel_gap, mip_abs_gap, threads, random_seed, start,
+                heuristic_effort, presolve, verbose,
+            )
+        return _solve_scipy(model, integral, time_limit_s, mip_rel_gap, presolve, verbose)
+
+
+# dup2 on descriptor 1 is process-wide: two solves in threads must not interleave it.
+_STDOUT_LOCK = threading.Lock()
+
+
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers, where native code's printf output waits when stdout is a pipe."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to load by name (not POSIX)
+        pass
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr(*, quiet: bool = False) -> Iterator[None]:
+    """Send what native code writes to file descriptor 1 to stderr (or /dev/null when
+    `quiet`) for the duration; Python's own `print` is unaffected once it is restored."""
+    with _STDOUT_LOCK:
+        sys.stdout.flush()
+        _flush_c_stdio()
+        saved = os.dup(1)
+        try:
+            target = os.open(os.devnull, os.O_WRONLY) if quiet else os.dup(2)
+            os.dup2(target, 1)
+            os.close(target)
+            yield
+        finally:
+            _flush_c_stdio()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _solve_highspy(
