@@ -181,7 +181,7 @@ def table_to_requests(
     if table.arrival_times_s is not None:
         if rate is not None:
             raise TraceError(f"{table.source}: has real arrival times, so rate={rate} does not apply; "
-                             "use kvsched.traces.scale_rate to replay it faster")
+                             "to replay it faster use --rate-scale (kvsched.traces.scale_rate in Python)")
         return requests_from_arrays(table.arrival_times_s, table.prompt_lens, table.output_lens)
     times_s = arrival_times(arrival, len(table), rate=rate, cv=cv, rng=rng, what=table.source)
     return requests_from_arrays(times_s, table.prompt_lens, table.output_lens)
