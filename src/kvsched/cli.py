@@ -37,12 +37,6 @@ def _load_plugins() -> None:
 
 
 # --- argument helpers -------------------------------------------------------------------
-def _parse_value(text: str):
-    from kvsched.registry import parse_literal
-
-    return parse_literal(text)
-
-
 def _parse_options(pairs: list[str]) -> dict:
     """`-o KEY=VALUE` pairs; values stay text until `scheduler_options` types them."""
     opts = {}

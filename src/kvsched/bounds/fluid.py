@@ -95,7 +95,8 @@ def fluid_benchmark(types: Sequence[RequestType | tuple[int, int, float]], d0_s:
     the first output token, so a request makes output_len - 1 decode iterations (A19)."""
     kinds = tuple(t if isinstance(t, RequestType) else RequestType(*t) for t in types)
     if not kinds:
-        raise ValueError("the fluid benchmark needs at least one request type (kvsched fluid --type PROMPT,OUTPUT,RATE)")
+        raise ValueError("the fluid benchmark needs at least one request type "
+                         "(kvsched fluid --type PROMPT,OUTPUT,RATE)")
     if d0_s < 0 or d1_s_per_token < 0 or capacity_tokens < 1:
         raise ValueError(f"need d0 >= 0, d1 >= 0 and capacity >= 1, got {d0_s}, {d1_s_per_token}, {capacity_tokens}")
     decodes = [t.output_len - 1 if first_token_in_prefill else t.output_len for t in kinds]
