@@ -77,7 +77,9 @@ batch_size_cap = 64
      "options.sarathi: 'sarathi' is not in schedulers"),
     ('schedulers = ["vllm"]', "give exactly one of [workload] or [[workloads]]"),
     ('schedulers = ["sarathi"]\n[options.sarathi]\nchunk_sz = 1\n[workload]\ntrace = "azure-conv"',
-     "options.sarathi: unknown option(s) chunk_sz; known: "),
+     "options.sarathi: scheduler 'sarathi' has no option 'chunk_sz'; did you mean 'chunk_size'?"),
+    ('schedulers = ["sarathi"]\n[options.sarathi]\nchunk_size = 1.5\n[workload]\ntrace = "azure-conv"',
+     "options.sarathi: scheduler 'sarathi': option chunk_size wants an integer (default 512), got 1.5"),
     ('schedulers = ["vllm"]\nblock_size = "16"\n[workload]\ntrace = "azure-conv"', "block_size: '16' is not a int"),
     ('schedulers = ["vllm"\n', "not valid TOML"),
 ])

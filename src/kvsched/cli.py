@@ -37,39 +37,35 @@ def _load_plugins() -> None:
 
 
 # --- argument helpers -------------------------------------------------------------------
-def _parse_value(text: str):
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    return text
-
-
 def _parse_options(pairs: list[str]) -> dict:
+    """`-o KEY=VALUE` pairs; values stay text until `scheduler_options` types them."""
     opts = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CLIError(f"scheduler option {pair!r} must look like key=value")
         sched, colon, name = key.rpartition(":")  # compare's SCHEDULER:key keeps the scheduler's name
-        opts[sched + colon + name.replace("-", "_")] = _parse_value(value)
+        opts[sched + colon + name.replace("-", "_")] = value
     return opts
 
 
-def make_scheduler(name: str, options: dict):
+def scheduler_options(name: str, options: dict) -> dict:
+    """The options checked against the scheduler's own and typed (the one validator, registry.py)."""
+    from kvsched.registry import OptionError
+
     try:
-        entry = SCHEDULERS.get(name)
+        return SCHEDULERS.check_options(name, options)
     except KeyError as exc:
         raise CLIError(str(exc).strip("'\"")) from None
+    except OptionError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def make_scheduler(name: str, options: dict):
+    options = scheduler_options(name, options)
     try:
-        return entry.factory(**options)
-    except TypeError as exc:  # unknown keyword
-        raise CLIError(f"scheduler {name!r}: {exc}") from None
-    except ValueError as exc:
+        return SCHEDULERS.get(name).factory(**options)
+    except (TypeError, ValueError) as exc:
         raise CLIError(f"scheduler {name!r}: {exc}") from None
 
 
@@ -82,20 +78,24 @@ def _design_options(name: str, options: dict, reqs, cost) -> dict:
     try:
         return fill_design_options(SCHEDULERS.get(name).factory, options, reqs, cost)
     except ValueError as exc:
-        raise CLIError(f"scheduler {name!r}: {exc}") from None
+        hint = "" if "types" in options else "; give the request types with -o types=PROMPTxOUTPUT:RATE|..."
+        raise CLIError(f"scheduler {name!r}: {exc}{hint}") from None
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
+    from kvsched.cli_args import positive  # flags checked here, so no library function's name reaches a user
+
+    pos_float, pos_int = positive(float), positive(int)
     p.add_argument("--trace", required=True, help="registered trace name, CSV path, or synthetic:KEY=VALUE,...")
-    p.add_argument("--rate", type=float, help="arrival rate (req/s) for length-only traces")
-    p.add_argument("--rate-scale", type=float, default=1.0, help="replay at this multiple of the trace's rate")
-    p.add_argument("--num-requests", type=int, help="use only this many requests")
+    p.add_argument("--rate", type=pos_float, help="arrival rate (req/s) for length-only traces")
+    p.add_argument("--rate-scale", type=pos_float, default=1.0, help="replay at this multiple of the trace's rate")
+    p.add_argument("--num-requests", type=pos_int, help="use only this many requests")
     p.add_argument("--sample", action="store_true", help="with --num-requests: a random sample, not the first N")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--length-scale", type=float, default=1.0,
+    p.add_argument("--length-scale", type=pos_float, default=1.0,
                    help="multiply prompt and output lengths (e.g. 0.1 to fit a small model's context)")
-    p.add_argument("--max-prompt-len", type=int, help="clip prompt lengths to this")
-    p.add_argument("--max-output-len", type=int, help="clip output lengths to this")
+    p.add_argument("--max-prompt-len", type=pos_int, help="clip prompt lengths to this")
+    p.add_argument("--max-output-len", type=pos_int, help="clip output lengths to this")
     p.add_argument("--predictions", default="exact",
                    help="output-length predictions schedulers see: exact (default), relative:eps=E, "
                         "overestimate:alpha=A, interval-ratio:alpha=A, interval-common[:lo=L,hi=H]")
@@ -197,6 +197,7 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
     if getattr(args, "backend", "sim") == "engine" and args.theory:
         raise CLIError("--backend engine measures real steps; --theory is a simulator mode")
     cost, block_size, lookahead = _system(args)
+    options = scheduler_options(sched_name, options)
     scheduler = make_scheduler(sched_name, _design_options(sched_name, options, reqs, cost))
     bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
@@ -322,6 +323,26 @@ def _list(registry) -> int:
     for e in registry.entries():
         table.add_row(e.name, e.description)
     Console().print(table)
+    return 0
+
+
+def cmd_schedulers(args) -> int:
+    """`kvsched schedulers [NAME] [--verbose]`: names, or names with every -o option."""
+    if args.name is None and not args.verbose:
+        return _list(SCHEDULERS)
+    try:
+        entries = [SCHEDULERS.get(args.name)] if args.name else SCHEDULERS.entries()
+    except KeyError as exc:
+        raise CLIError(str(exc).strip("'\"")) from None
+    for k, e in enumerate(entries):
+        options = SCHEDULERS.options(e.name)
+        print(("\n" if k else "") + f"{e.name}: {e.description}")
+        if options is None:
+            print("  options: any -o KEY=VALUE (not checked)")
+        else:
+            print("  options (-o KEY=VALUE):" + ("" if options else " none"))
+        for option in options or ():
+            print(f"    {option.describe()}")
     return 0
 
 
@@ -830,7 +851,7 @@ def cmd_fluid(args) -> int:
         try:
             args.type = types_from_requests(reqs, num_bins=args.bins)
         except ValueError as exc:
-            raise CLIError(f"{args.trace}: {exc}") from None
+            raise CLIError(f"{args.trace}: {exc}; give the types with --type PROMPT,OUTPUT,RATE instead") from None
     try:
         result = fluid_benchmark(args.type, args.d0, args.d1, args.capacity,
                                  first_token_in_prefill=args.first_token_in_prefill)
@@ -874,7 +895,9 @@ _floats, _ints = _list_of(float), _list_of(int)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvsched", description="LLM inference scheduling under KV-cache limits")
+    from kvsched.cli_args import Parser
+
+    p = Parser(prog="kvsched", description="LLM inference scheduling under KV-cache limits")
     p.add_argument("--version", action="version", version=f"kvsched {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -892,7 +915,10 @@ def build_parser() -> argparse.ArgumentParser:
     _system_args(c)
     c.set_defaults(func=cmd_compare)
 
-    sub.add_parser("schedulers", help="list registered schedulers").set_defaults(func=lambda a: _list(SCHEDULERS))
+    sc = sub.add_parser("schedulers", help="list registered schedulers (NAME or --verbose: their -o options)")
+    sc.add_argument("name", nargs="?", help="one scheduler: its options with types and defaults")
+    sc.add_argument("-v", "--verbose", action="store_true", help="every scheduler's options")
+    sc.set_defaults(func=cmd_schedulers)
     sub.add_parser("traces", help="list registered traces").set_defaults(func=lambda a: _list(TRACES))
     sub.add_parser("cost-models", help="list cost models").set_defaults(func=lambda a: _list(COST_MODELS))
 

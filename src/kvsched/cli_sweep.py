@@ -45,7 +45,7 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
 
 
 def _opt_axes(pairs: list[str]) -> dict:
-    from kvsched.cli import CLIError, _parse_value
+    from kvsched.cli import CLIError
 
     out: dict = {}
     for pair in pairs:
@@ -53,7 +53,7 @@ def _opt_axes(pairs: list[str]) -> dict:
         sched, colon, name = key.partition(":")
         if not (sep and colon and sched and name and values):
             raise CLIError(f"--opt {pair!r} must look like SCHEDULER:KEY=VALUE[,VALUE...]")
-        parsed = [_parse_value(v) for v in _split(values)]
+        parsed = list(_split(values))  # text: the grid types it (registry.check_options)
         out.setdefault(sched, {})[name.replace("-", "_")] = parsed if len(parsed) > 1 else parsed[0]
     return out
 

@@ -95,7 +95,8 @@ def fluid_benchmark(types: Sequence[RequestType | tuple[int, int, float]], d0_s:
     the first output token, so a request makes output_len - 1 decode iterations (A19)."""
     kinds = tuple(t if isinstance(t, RequestType) else RequestType(*t) for t in types)
     if not kinds:
-        raise ValueError("fluid_benchmark needs at least one request type")
+        raise ValueError("the fluid benchmark needs at least one request type "
+                         "(kvsched fluid --type PROMPT,OUTPUT,RATE)")
     if d0_s < 0 or d1_s_per_token < 0 or capacity_tokens < 1:
         raise ValueError(f"need d0 >= 0, d1 >= 0 and capacity >= 1, got {d0_s}, {d1_s_per_token}, {capacity_tokens}")
     decodes = [t.output_len - 1 if first_token_in_prefill else t.output_len for t in kinds]
@@ -136,15 +137,15 @@ def types_from_requests(requests: Sequence, *, num_bins: int = 50, max_distinct:
     requests, rounded (A22; with mixed prompts WAIT's LIFO repair covers the rest, 4.10)."""
     reqs = list(requests)
     if not reqs:
-        raise ValueError("types_from_requests: the workload is empty")
+        raise ValueError("the workload is empty: no requests to bin into types")
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
     if rate is None:
         times = [r.arrival_time for r in reqs]
         span = max(times) - min(times)
         if len(reqs) < 2 or span <= 0:
-            raise ValueError("types_from_requests: every request arrives at the same time, so the workload has no "
-                             "arrival rate; pass rate=")
+            raise ValueError("every request arrives at the same time, so the workload has no arrival rate to "
+                             "derive request types from")
         rate = (len(reqs) - 1) / span
     outputs = sorted({r.output_len for r in reqs})
     if len(outputs) <= max_distinct:

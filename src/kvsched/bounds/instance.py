@@ -114,7 +114,8 @@ class Instance:
             if not t.is_integer():
                 raise ValueError(
                     f"request index {i} (id {r.request_id}): arrival_time {r.arrival_time} is not an integer epoch; "
-                    "the IP and theory-mode bounds need integral arrivals (use volume_bound_seconds for trace mode)"
+                    "the IP and theory-mode bounds need integral arrivals; for real-valued times use the volume bound "
+                    "(`kvsched bound` without --theory, or `--bound volume`)"
                 )
             arrival.append(int(t))
             prompt.append(int(r.prompt_len))

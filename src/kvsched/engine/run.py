@@ -42,7 +42,7 @@ def run_engine(
         if r.prompt_len + r.output_len > limit:
             raise ValueError(
                 f"request {r.request_id}: prompt_len + output_len = {r.prompt_len + r.output_len} exceeds the "
-                f"model's context of {limit} tokens (scale or clip the trace's lengths)"
+                f"model's context of {limit} tokens (scale or clip the trace's lengths: --length-scale, --max-prompt-len, --max-output-len)"
             )
     kv = KVCache(capacity_tokens, block_size, track_block_ids=True)
     backend = EngineBackend(model, kv, prompt_token_ids=prompt_token_ids, seed=seed, device=device)

@@ -36,6 +36,7 @@ import itertools
 import json
 import math
 import tomllib
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -76,16 +77,24 @@ def _as_tuple(value, key: str, kind: type | tuple, source: str) -> tuple:
     return values
 
 
-def _check_option_names(factory, options: dict, where: str) -> None:
-    """Misspelt options fail here, before any cell runs, rather than in every cell."""
-    import inspect
+def _checked_options(scheduler: str, options: dict, where: str) -> dict:
+    """Misspelt options and values of the wrong type fail here, before any cell runs, through
+    the one validator the command line's -o uses too (registry.check_options). A list is an
+    axis: each of its values is checked (a list-typed option's axis is a list of lists)."""
+    from kvsched.registry import SCHEDULERS, OptionError
 
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise GridError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(params))}")
+    known = {o.name: o for o in SCHEDULERS.options(scheduler) or ()}
+    out = {}
+    try:
+        for key, value in options.items():
+            listy = known.get(key) is not None and typing.get_origin(known[key].type) in (list, tuple)
+            axis = isinstance(value, list) and (not listy or all(isinstance(v, list) for v in value))
+            values = value if axis else [value]
+            checked = [SCHEDULERS.check_options(scheduler, {key: v})[key] for v in values]
+            out[key] = checked if axis else checked[0]
+    except OptionError as exc:
+        raise GridError(f"{where}: {exc}") from None
+    return out
 
 
 def _workloads(raw, source: str) -> tuple[dict, ...]:
@@ -131,7 +140,8 @@ class Grid:
                 raise GridError(f"{where}: options.{name}: {name!r} is not in schedulers")
             if not isinstance(self.options[name], dict):
                 raise GridError(f"{where}: options.{name} must be a table of key = value")
-            _check_option_names(SCHEDULERS.get(name).factory, self.options[name], f"{where}: options.{name}")
+        object.__setattr__(self, "options", {name: _checked_options(name, opts, f"{where}: options.{name}")
+                                             for name, opts in self.options.items()})
         if not self.theory and self.cost_model not in COST_MODELS:
             raise GridError(f"{where}: cost_model: unknown cost model {self.cost_model!r}; see `kvsched cost-models`")
         bad = [r for r in self.rates if r is not None and not (isinstance(r, (int, float)) and r > 0)]

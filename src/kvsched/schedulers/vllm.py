@@ -192,9 +192,12 @@ class SJFScheduler(VLLMScheduler):
 
 
 @SCHEDULERS.register("srpt", "shortest remaining (predicted) processing time first on vLLM v1 mechanics")
-def srpt(**kwargs) -> SJFScheduler:
-    kwargs.setdefault("key", "remaining")
-    return SJFScheduler(**kwargs)
+@dataclass(eq=False)
+class SRPTScheduler(SJFScheduler):
+    """SJF with key='remaining' by default: a class, not a **kwargs function, so its options
+    (and their types) can be listed and checked like every other scheduler's."""
+
+    key: str = "remaining"
 
 
 @SCHEDULERS.register("fcfs-static", "FCFS that admits only when the peak footprint fits (reserve everything)")

@@ -16,7 +16,6 @@ Formats (required columns; other columns are ignored):
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kvsched.request import Request
+from kvsched.traces.reading import read_csv
 from kvsched.traces.synthetic import arrival_times
 from kvsched.traces.validate import (
     TraceError,
@@ -80,13 +80,22 @@ def _accepted_formats() -> str:
 
 
 def read_header(path: str | Path, source: str | None = None) -> list[str]:
-    """Column names of a CSV (plain or .gz)."""
+    """Column names of a CSV (plain or .gz); a name given twice is an error, not a silent pick."""
     source = source or str(path)
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0, skipinitialspace=True).columns]
+        first = read_csv(path, source, header=None, nrows=1, dtype=str, keep_default_na=False,
+                         skipinitialspace=True)
     except pd.errors.EmptyDataError:
         formats = _accepted_formats()
         raise TraceError(f"{source}: empty file, expected a CSV header; accepted formats: {formats}") from None
+    header = [str(c) for c in (first.iloc[0].tolist() if len(first) else [])]
+    seen: dict[str, int] = {}
+    for k, name in enumerate(header, start=1):
+        if name and name in seen:
+            raise TraceError(f"{source}: line 1 (the header) names column {name!r} twice (columns {seen[name]} "
+                             f"and {k}); which one holds the data is ambiguous")
+        seen.setdefault(name, k)
+    return header
 
 
 def detect_format(header: list[str], source: str) -> TraceFormat:
@@ -114,14 +123,10 @@ def _read_frame(path: str | Path, fmt: TraceFormat, source: str) -> pd.DataFrame
     # All columns are read (no usecols) and the first is not an index, so that a row
     # with more fields than the header is an error rather than silently shifted or cut.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=dtypes, index_col=False, skip_blank_lines=False,
-                                skipinitialspace=True)
-    except pd.errors.ParserWarning:  # pandas' notice that the first data row is too long
-        raise TraceError(f"{source}: line 2 (header is line 1) has more fields than the header") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise TraceError(f"{source}: malformed CSV (lines counted with the header as line 1): {err}") from None
+        frame = read_csv(path, source, dtype=dtypes, index_col=False, skip_blank_lines=False,
+                         skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise TraceError(f"{source}: no data rows after the header") from None
     # Trailing blank lines (an editor's habit) are not rows.
     filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
     frame = frame.iloc[: filled[-1] + 1 if filled.size else 0]
@@ -176,7 +181,7 @@ def table_to_requests(
     if table.arrival_times_s is not None:
         if rate is not None:
             raise TraceError(f"{table.source}: has real arrival times, so rate={rate} does not apply; "
-                             "use kvsched.traces.scale_rate to replay it faster")
+                             "to replay it faster use --rate-scale (kvsched.traces.scale_rate in Python)")
         return requests_from_arrays(table.arrival_times_s, table.prompt_lens, table.output_lens)
     times_s = arrival_times(arrival, len(table), rate=rate, cv=cv, rng=rng, what=table.source)
     return requests_from_arrays(times_s, table.prompt_lens, table.output_lens)

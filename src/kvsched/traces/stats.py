@@ -28,7 +28,7 @@ def _length_stats(prefix: str, lengths: np.ndarray) -> dict[str, float]:
 def trace_stats(reqs: Sequence[Request]) -> dict[str, float]:
     """Flat dict: counts, time span, rate, inter-arrival CV, length percentiles, token totals."""
     if not reqs:
-        raise ValueError("trace_stats: no requests")
+        raise ValueError("the workload has no requests to describe")
     times_s = np.sort(np.array([r.arrival_time for r in reqs], dtype=np.float64))
     prompt_lens = np.array([r.prompt_len for r in reqs], dtype=np.int64)
     output_lens = np.array([r.output_len for r in reqs], dtype=np.int64)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_integer_dtype
+from pandas.api.types import is_bool_dtype, is_object_dtype, is_signed_integer_dtype
 
 from kvsched.request import Request
 
 # pandas row i (0-based) sits on file line i + 2: line 1 is the header.
 FIRST_DATA_LINE = 2
+# The largest token length kept exactly: float64 holds every integer up to 2**53, and int64
+# conversion of anything larger would wrap or round (99999999999999999999999 is not a length).
+MAX_LENGTH = 2**53
 
 
 class TraceError(ValueError):
@@ -46,10 +49,20 @@ def raise_first_bad(source: str, column: str, values: pd.Series, checks: list[tu
         raise row_error(source, row, column, problem, None if pd.isna(raw) else raw)
 
 
+def _booleans(values: pd.Series) -> np.ndarray:
+    """Cells pandas read as True/False: never numbers here, though numpy would count them 1 and 0."""
+    if is_bool_dtype(values.dtype):
+        return values.notna().to_numpy()
+    if is_object_dtype(values.dtype):
+        return np.fromiter((isinstance(v, (bool, np.bool_)) for v in values), dtype=bool, count=len(values))
+    return np.zeros(len(values), dtype=bool)
+
+
 def _numeric(source: str, column: str, values: pd.Series) -> np.ndarray:
-    """Column as float64; empty cells and non-numbers raise TraceError."""
+    """Column as float64; empty cells, booleans and non-numbers raise TraceError."""
     missing = values.isna().to_numpy()
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    booleans = _booleans(values)
+    numbers = pd.to_numeric(values.where(~booleans), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     not_number = np.isnan(numbers) & ~missing
     raise_first_bad(source, column, values, [(missing, "missing value (empty cell or NaN)"),
                                              (not_number, "not a number")])
@@ -57,10 +70,12 @@ def _numeric(source: str, column: str, values: pd.Series) -> np.ndarray:
 
 
 def length_column(source: str, column: str, values: pd.Series) -> np.ndarray:
-    """A token-length column as int64, every value an integer >= 1."""
-    if is_integer_dtype(values.dtype):  # fast path: pandas already proved every cell an integer
+    """A token-length column as int64, every value an integer in 1..MAX_LENGTH."""
+    too_large = f"length must be at most 2**53 = {MAX_LENGTH}"
+    if is_signed_integer_dtype(values.dtype):  # fast path: pandas already proved every cell an int64
         lengths = values.to_numpy(dtype=np.int64)
-        raise_first_bad(source, column, values, [(lengths < 1, "length must be >= 1")])
+        raise_first_bad(source, column, values, [(lengths < 1, "length must be >= 1"),
+                                                 (lengths > MAX_LENGTH, too_large)])
         return lengths
     numbers = _numeric(source, column, values)
     raise_first_bad(
@@ -70,6 +85,7 @@ def length_column(source: str, column: str, values: pd.Series) -> np.ndarray:
         [
             (~np.isfinite(numbers) | (numbers != np.floor(numbers)), "length must be an integer"),
             (numbers < 1, "length must be >= 1"),
+            (numbers > MAX_LENGTH, too_large),
         ],
     )
     return numbers.astype(np.int64)
