@@ -1,6 +1,7 @@
 """Every registered scheduler on random small workloads: all requests finish or are
 reported rejected, KV never exceeds capacity, runs are deterministic, and
-fast-forwarding decode runs gives the same schedule as stepping one at a time.
+fast-forwarding decode runs gives the same schedule as stepping one at a time, and
+a request that holds no KV is never admitted with less than its chunking rule allows.
 
 Workloads carry noisy point predictions and interval predictions, so length-aware
 schedulers are exercised with under- and over-estimates, not only exact lengths."""
@@ -19,6 +20,9 @@ from kvsched.predictors import with_predictions
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.clearing import InfeasibleSchedule
+from kvsched.schedulers.vidur import SarathiScheduler
+from kvsched.schedulers.vllm import VLLMScheduler
+from kvsched.schedulers.wait_cp import WaitCPScheduler
 from kvsched.sim import simulate, simulate_theory
 from kvsched.sim.cost import AffinePrefillCost
 
@@ -111,6 +115,81 @@ def test_every_scheduler_is_safe_in_theory_mode(name, specs, capacity):
     a = _check_run(name, specs, capacity, 1, theory=True)
     if a is not None:
         assert all(float(r.finish_time).is_integer() for r in a.requests if r.finish_time is not None)
+
+
+def _prefill_limits(scheduler):
+    """(per-request chunk cap, per-step token budget) of a scheduler's documented chunking
+    rule; None where it has none. The theory papers' model (and every scheduler without a
+    chunking rule) admits a request's whole prompt in one round."""
+    if isinstance(scheduler, VLLMScheduler):  # vllm, sjf, srpt, fcfs-static
+        return (scheduler.long_prefill_token_threshold or None,
+                scheduler.max_num_batched_tokens if scheduler.enable_chunked_prefill else None)
+    if isinstance(scheduler, SarathiScheduler):
+        return None, scheduler.chunk_size
+    if isinstance(scheduler, WaitCPScheduler):
+        return scheduler.chunk_size, (scheduler.design.token_budget if scheduler.token_gate else None)
+    return None, None
+
+
+class _PrefillAudit:
+    """Wraps a scheduler and checks every decision: a request that holds no KV (waiting)
+    and is scheduled gets all its remaining tokens (its prompt, plus the output a
+    recompute preemption kept), unless its chunk equals the scheduler's per-request cap
+    or the step uses up the scheduler's per-step token budget."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.clairvoyant = getattr(inner, "clairvoyant", True)
+        self.admissions = self.partial = 0
+
+    def schedule(self, view):
+        remaining = {rid: r.num_tokens - r.num_computed_tokens for rid, r in view.waiting.items()}
+        d = self.inner.schedule(view)
+        cap, budget = _prefill_limits(self.inner)
+        total = sum(d.run.values())
+        for rid, n in d.run.items():
+            if rid not in remaining:
+                continue
+            self.admissions += 1
+            if n >= remaining[rid]:
+                continue
+            self.partial += 1
+            assert n == cap or total == budget, (
+                f"t={view.now}: request {rid} holds no KV and got {n} of its {remaining[rid]} tokens "
+                f"(decision {dict(d.run)}; chunk cap {cap}, token budget {budget})")
+        return d
+
+
+def _audit_prefills(name, specs, capacity, **opts):
+    workload = _requests(specs)
+    audit = _PrefillAudit(create_scheduler(name, workload, **opts))
+    try:
+        simulate_theory(workload, audit, capacity_tokens=capacity, fast_forward=False, max_steps=50_000)
+    except InfeasibleSchedule:
+        assert getattr(audit.inner, "may_declare_infeasible", False)
+    return audit
+
+
+@pytest.mark.parametrize("name", SCHEDULERS.names())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=theory_workloads, capacity=st.integers(4, 40))
+def test_no_partial_prefill_without_a_chunking_rule(name, specs, capacity):
+    """In theory mode every scheduler, with its defaults, admits a request's whole prompt
+    in one round unless its own chunking rule (token budget, chunk cap) says otherwise."""
+    _audit_prefills(name, specs, capacity)
+
+
+@pytest.mark.parametrize(("name", "opts"), [
+    ("vllm", {"max_num_batched_tokens": 6}),
+    ("vllm", {"long_prefill_token_threshold": 3}),
+    ("sarathi", {"chunk_size": 5}),
+    ("wait-cp", {"chunk_size": 3}),
+])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=theory_workloads, capacity=st.integers(4, 40))
+def test_partial_prefills_follow_the_chunking_rule(name, opts, specs, capacity):
+    """The same audit where small budgets make the chunking schedulers split prompts."""
+    _audit_prefills(name, specs, capacity, **opts)
 
 
 @pytest.mark.parametrize("name", SCHEDULERS.names())

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,6 +190,91 @@ def test_ctrl_c_on_the_command_line_keeps_finished_cells(tmp_path, exe):
     assert res.returncode == 0, res.stderr
     assert f"{24 - len(done)} run now, {len(done)} found done, 0 failed" in res.stdout
     assert len(load_results(out)) == 24
+
+
+SLOW_CELLS = """
+import os, time
+from pathlib import Path
+
+def cell(task):
+    Path(task["dir"], task["name"] + ".pid").write_text(str(os.getpid()))
+    if task["block"]:
+        time.sleep(600)  # busy far past the test's bound
+    return {"pid": os.getpid()}
+"""
+
+LEADER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from slow_cells import cell
+from kvsched.experiments import runner
+from kvsched.experiments.runner import LocalExecutor, run_tasks
+if sys.argv[2] == "watchdog":  # an invalid prctl option: only the portable watchdog is left
+    runner.PR_SET_PDEATHSIG = -1
+tasks = [{"name": name, "block": name == "slow", "dir": sys.argv[1]} for name in ("quick", "slow")]
+run_tasks(tasks, cell, out=Path(sys.argv[1]) / "out", executor=LocalExecutor(2))
+"""
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process from /proc; None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    state, ppid = text.rpartition(")")[2].split()[:2]
+    return state, int(ppid)
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat and stat[1] == pid:
+                out.add(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] not in "ZX"  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process trees from /proc")
+@pytest.mark.parametrize("guard", ["pdeathsig", "watchdog"])
+def test_workers_exit_when_the_leader_alone_is_killed(tmp_path, guard):
+    """Issue 15, item 5: SIGKILL of the sweep's leader process alone (not its group) must
+    not leave its workers behind, neither the one busy with a long cell nor the idle one
+    blocked on the task queue. "watchdog" disables the Linux prctl in the (forked) workers,
+    leaving the portable parent watchdog alone to do it."""
+    (tmp_path / "slow_cells.py").write_text(SLOW_CELLS)
+    leader = subprocess.Popen([sys.executable, "-c", LEADER, str(tmp_path), guard], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: set[int] = set()
+    try:
+        quick_done = tmp_path / "out" / "cells" / task_id({"name": "quick", "block": False,
+                                                            "dir": str(tmp_path)}) / "summary.json"
+        deadline = time.monotonic() + 120
+        # Until the slow cell runs and the quick one is saved: one worker busy, one idle.
+        while not ((tmp_path / "slow.pid").is_file() and quick_done.is_file() and len(_children(leader.pid)) >= 2):
+            assert leader.poll() is None, leader.stderr.read().decode()
+            assert time.monotonic() < deadline, "the sweep's workers did not start"
+            time.sleep(0.05)
+        workers = _children(leader.pid)
+        assert int((tmp_path / "slow.pid").read_text()) in workers
+        os.kill(leader.pid, signal.SIGKILL)  # the leader alone: its workers get no signal from us
+        leader.wait(30)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _alive(pid)], "workers outlived their leader"
+    finally:
+        for pid in [leader.pid] * (leader.poll() is None) + [pid for pid in workers if _alive(pid)]:
+            os.kill(pid, signal.SIGKILL)
+        leader.wait(30)
+        leader.stderr.close()
 
 
 def test_a_save_that_fails_mid_write_leaves_no_half_written_cell(tmp_path):

@@ -205,6 +205,41 @@ def test_mis_specified_rates_trigger_the_lifo_repair_safely() -> None:
     assert max(run.steps["kv_used_tokens"]) <= capacity
 
 
+class _Decisions(Scheduler):
+    def __init__(self, inner: Scheduler) -> None:
+        self.inner = inner
+        self.decisions: list[tuple[float, dict[int, int], tuple[int, ...]]] = []
+
+    def schedule(self, view: View) -> Decision:
+        d = self.inner.schedule(view)
+        self.decisions.append((view.now, dict(d.run), d.restart))
+        return d
+
+
+def test_a_prefill_the_repair_drops_waits_again_whole() -> None:
+    """Issue 15, item 6: the LIFO repair makes room by dropping a new prefill without
+    evicting anyone. The dropped request must wait again for a whole-prompt prefill (WAIT
+    admits a prompt in one round, Ao et al. Alg. 1), not be filed as a stage-0 resident
+    fed one prompt token per step and then restarted. The issue's reproducer:
+    `kvsched simulate --theory --capacity 10 --scheduler wait -o thresholds=1,1
+    --no-fast-forward` on the trace 0,5,4 / 1,5,2."""
+    from kvsched.sim import simulate_theory
+
+    reqs = [Request(0, 0, 5, 4), Request(1, 1, 5, 2)]
+    opts = fill_design_options(WaitScheduler, {"thresholds": "1,1"}, reqs, UnitCost())
+    probe = _Decisions(WaitScheduler(**opts))
+    run = simulate_theory(reqs, probe, capacity_tokens=10, fast_forward=False)
+    by_time = {t: (r, restart) for t, r, restart in probe.decisions}
+    # Request 1 (prompt 5) never fits beside request 0 (5 + 4 tokens of 10) until 0 ends.
+    assert by_time[2.0] == ({0: 1}, ())
+    assert by_time[3.0] == ({0: 1}, ())
+    assert by_time[4.0] == ({1: 5}, ())
+    assert all(not restart for _, _, restart in probe.decisions)
+    assert probe.inner.num_repair_evictions == 0
+    assert [r.num_evictions for r in run.requests] == [0, 0]
+    assert [r.finish_time for r in run.requests] == [4.0, 6.0]
+
+
 def test_online_rates_redesign_when_the_rate_changes() -> None:
     """A trace whose rate jumps from 5 to 40 req/s: the sliding-window estimate drifts, the
     thresholds are re-designed upward, and the run stays eviction-free and completes."""

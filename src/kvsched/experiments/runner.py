@@ -17,14 +17,24 @@ Ctrl-C never leaves half a cell that a resume would take for done. Only the driv
 files: workers return their results, so Ray workers on other machines need no shared disk.
 Wall times are kept apart (`timing.json`) so the same tasks give byte-identical cells
 wherever they ran.
+
+Local worker processes end with the process that started them, even when it is killed
+outright (SIGKILL of the leader alone, not its process group): on Linux the kernel
+signals them (`prctl(PR_SET_PDEATHSIG)`), elsewhere a watchdog thread in each worker
+notices that its parent is gone. Ray manages its own workers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import traceback as tb
 import uuid
@@ -92,6 +102,50 @@ def _lost(task: dict, exc: BaseException) -> TaskResult:
                       traceback="".join(tb.format_exception(exc)))
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0  # the watchdog's period where the kernel cannot signal a parent's death
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def _exit_with_parent(leader_pid: int, start_method: str) -> None:
+    """Worker initializer: end this worker when the pool's leader dies, however it dies.
+
+    The worker's parent is the leader (fork, spawn) or the fork server, which exits when
+    the leader does (forkserver). On Linux the kernel sends SIGKILL when that parent
+    dies; checking the parent right after closes the race with a death before the call.
+    Everywhere, a daemon thread polls for the parent (or the leader) being gone: without
+    either, a worker blocked on its task queue or inside a long task outlives a killed
+    leader forever. (The kernel signals when the *thread* that forked the worker ends;
+    `map_unordered` starts and shuts down its pool in one call, so that thread outlives
+    the workers.)"""
+    parent = leader_pid if start_method != "forkserver" else os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watchdog below still works
+            pass
+    if os.getppid() != parent:  # the parent died before the kernel was told to signal
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent or _process_gone(leader_pid):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="kvsched-parent-watchdog", daemon=True).start()
+
+
 class LocalExecutor:
     """`jobs` worker processes (1 = in this process, the easiest to debug)."""
 
@@ -107,7 +161,10 @@ class LocalExecutor:
             for i, task in enumerate(tasks):
                 yield i, execute(fn, task)
             return
-        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)))
+        context = multiprocessing.get_context()
+        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)), mp_context=context,
+                                   initializer=_exit_with_parent,
+                                   initargs=(os.getpid(), context.get_start_method()))
         try:
             pending = {pool.submit(execute, fn, task): i for i, task in enumerate(tasks)}
             while pending:

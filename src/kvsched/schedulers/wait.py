@@ -141,8 +141,12 @@ class WaitScheduler(WaitFamily):
                 # A restarted request waits for prefill again, at the head of its type's
                 # queue by its original arrival time (A20).
                 heapq.heappush(waiting[self._type[rid]], (*fifo_key(r), r))
+        if len(run) < len(chosen):
+            # The repair dropped new prefills (with or without evicting anyone): they hold
+            # nothing and wait again in their place in their type's queue. Left out of
+            # `chosen` they are never filed as stage-0 residents (issue 15, item 6).
             for r, s in chosen:
-                if s is None and r.request_id not in run:  # a prefill the repair dropped
+                if s is None and r.request_id not in run:
                     heapq.heappush(waiting[self._type[r.request_id]], (*fifo_key(r), r))
             chosen = [(r, s) for r, s in chosen if r.request_id in run]
         self._last_run = chosen
