@@ -30,6 +30,24 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+# What `pip install 'kvsched[engine]'` brings; `serve` needs the web modules too.
+ENGINE_MODULES = ("torch", "gguf", "tokenizers", "safetensors")
+SERVE_MODULES = ("fastapi", "uvicorn")
+
+
+def require_engine(command: str, *more: str) -> None:
+    """A one-line CLIError naming the extra when a module of the `engine` extra is missing
+    (instead of a ModuleNotFoundError traceback from deep inside the engine)."""
+    import importlib
+
+    for module in (*ENGINE_MODULES, *more):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CLIError(f"kvsched {command} needs the engine extra ({exc}): "
+                           "pip install 'kvsched[engine]'") from None
+
+
 def _load_plugins() -> None:
     import kvsched.schedulers
     import kvsched.sim.cost
@@ -196,6 +214,8 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
         raise CLIError("--bound ip needs --theory (the hindsight IP counts unit rounds)")
     if getattr(args, "backend", "sim") == "engine" and args.theory:
         raise CLIError("--backend engine measures real steps; --theory is a simulator mode")
+    if getattr(args, "backend", "sim") == "engine":
+        require_engine(f"{args.command} --backend engine")
     cost, block_size, lookahead = _system(args)
     scheduler = make_scheduler(sched_name, _design_options(sched_name, options, reqs, cost))
     bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
@@ -260,8 +280,9 @@ ROWS = (
 
 
 def print_table(summaries: dict[str, dict], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=title)
     table.add_column("metric")
@@ -270,7 +291,7 @@ def print_table(summaries: dict[str, dict], title: str) -> None:
     for label, fmt in ROWS:
         table.add_row(label, *(fmt(s) for s in summaries.values()))
     # Piped output has no terminal width; do not squeeze the table into 80 columns.
-    Console(width=None if sys.stdout.isatty() else 40 + 24 * len(summaries)).print(table)
+    stdout_console().print(table)
 
 
 def _json_summary(summary: dict, scheduler: str) -> dict:
@@ -313,15 +334,16 @@ def cmd_compare(args) -> int:
 
 
 def _list(registry) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from kvsched.console import stdout_console
+
     table = Table(show_header=True)
-    table.add_column("name")
+    table.add_column("name", overflow="fold")
     table.add_column("description")
     for e in registry.entries():
         table.add_row(e.name, e.description)
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 
@@ -465,10 +487,11 @@ def cmd_bound(args) -> int:
 
 
 def _print_bound(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from kvsched.console import stdout_console
+
+    console = stdout_console()
     unit = "epochs" if result["mode"] == "theory" else "s"
     table = Table(title=f"lower bounds on total latency ({unit}), capacity {result['capacity_tokens']}")
     table.add_column("bound")
@@ -593,6 +616,7 @@ def _load_engine_model(args):
 
 
 def cmd_calibrate(args) -> int:
+    require_engine("calibrate")
     from kvsched.engine.calibrate import calibrate
 
     model, _ = _load_engine_model(args)
@@ -620,6 +644,7 @@ def cmd_calibrate(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
+    require_engine("serve", *SERVE_MODULES)
     import uvicorn
 
     from kvsched.engine.server import create_app
@@ -641,6 +666,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    require_engine("validate")
     from kvsched.engine.calibrate import FIDELITY_KEYS, calibrate, validate
 
     reqs, _ = build_workload(args)
@@ -664,8 +690,9 @@ def cmd_validate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=f"simulator vs engine (mean of {args.repeats} runs), {len(reqs)} requests, "
                         f"capacity {args.capacity} tokens")
@@ -677,7 +704,7 @@ def cmd_validate(args) -> int:
             err, spread = row["errors"].get(k), row["engine_spread"].get(k)
             table.add_row(row["scheduler"], k, f"{e:.4g}", f"{s:.4g}", "" if err is None else f"{err:+.1%}",
                           "" if spread is None else f"{spread:.1%}")
-    Console(width=None if sys.stdout.isatty() else 100).print(table)
+    stdout_console().print(table)
     return 0
 
 
@@ -739,10 +766,11 @@ def cmd_batch(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from kvsched.console import stdout_console
+
+    console = stdout_console()
     console.print(f"{what}: {len(s)} jobs, {dropped} dropped (s + o > M), M = {args.capacity}, "
                   f"ε = {eps:.4f} ({regime(eps)} regime)")
     console.print("lower bounds on total latency (rounds): "
@@ -752,7 +780,9 @@ def cmd_batch(args) -> int:
         console.print(f"exact optimum: {opt['value']:,} ({'proven' if opt['proven'] else 'not proven'})")
     table = Table(title="offline batch, theory model (rounds)")
     for col in ("policy", "total latency", "/ LB_count", "kills", "discarded tokens", "makespan", "peak mem"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+        # A narrow terminal folds a long policy name onto two lines rather than cutting it.
+        table.add_column(col, justify="left" if col == "policy" else "right",
+                         overflow="fold" if col == "policy" else "ellipsis")
     for row in result["policies"]:
         table.add_row(row["policy"], f"{row['total_latency']:,.0f}", f"{row['ratio_to_lb_count']:.3f}",
                       f"{row['num_kills']:,}", f"{row['num_discarded_tokens']:,}", f"{row['makespan']:,.0f}",
@@ -794,15 +824,16 @@ def cmd_tune(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=f"wait-cp grid on {args.trace} ({len(reqs)} requests), sorted by {args.metric}")
     for col in rows[0]:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
-    Console().print(table)
+    stdout_console().print(table)
     best = rows[0]
     print(f"best: -o tl={best['tl']} -o chunk_size={best['chunk_size']}"
           + (f" -o num_segments={best['segments']}" if best["segments"] != "per type" else ""))
@@ -839,15 +870,16 @@ def cmd_fluid(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=f"fluid benchmark: d0={args.d0:g} s, d1={args.d1:g} s/token, C={args.capacity:,} tokens")
     for col in ("type (prompt, output, rate)", "S_j", "n_j*", "fluid latency (s)"):
         table.add_column(col, justify="right")
     for t, s, n, lat in zip(result.types, result.mass, result.per_stage, result.latency_s):
         table.add_row(f"({t.prompt_len}, {t.output_len}, {t.rate:g})", f"{s:,.1f}", f"{n:.4g}", f"{lat:.4g}")
-    console = Console()
+    console = stdout_console()
     console.print(table)
     for label, value in (("S_tot", f"{result.total_mass:,.1f}"), ("rho = d1 S_tot", f"{result.rho:.5f}"),
                          ("iteration time dT*", f"{1e3 * result.iteration_time_s:.3f} ms"),
