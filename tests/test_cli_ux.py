@@ -202,3 +202,97 @@ def test_rejected_list_is_capped_and_shown_once_per_compare(exe, tmp_path):
     proc = run_cli(exe, "compare", "--trace", csv, "--schedulers", "vllm,sarathi", "--capacity", "4096",
                    "--no-progress", "--json")
     assert [len(r["rejected_requests"]) for r in json.loads(proc.stdout)] == [30, 30]
+
+
+# --- calibrate: progress and a warning on a poor fit ---------------------------------------------
+
+
+def _shapes_and_times(noise: bool):
+    """Decode steps of 1..16 sequences at 64..512 KV tokens each: times exactly affine in the
+    KV tokens, or the same plus alternating +-20 ms (a machine busy every other step)."""
+    from kvsched.backend import BatchShape
+
+    shapes, times = [], []
+    for i, (b, kv) in enumerate((b, kv) for b in (1, 2, 4, 8, 16) for kv in (64, 128, 256, 512)):
+        shapes.append(BatchShape(b, 0, b, b * kv, 0))
+        times.append(0.01 + 2e-7 * b * kv + (0.02 if noise and i % 2 else 0.0))
+    return shapes, times
+
+
+def test_poor_fit_warning_names_r2_and_point_count():
+    from kvsched.engine.calibrate import POOR_FIT_R2, poor_fit_warning
+    from kvsched.sim.cost import fit_affine
+
+    good = fit_affine(*_shapes_and_times(noise=False), model="affine")
+    assert good.r2 > 0.99 and poor_fit_warning(good) is None
+    poor = fit_affine(*_shapes_and_times(noise=True), model="affine")
+    assert poor.r2 < POOR_FIT_R2
+    warning = poor_fit_warning(poor)
+    assert warning is not None
+    assert f"r2 = {poor.r2:.3f}" in warning and "over 20 steps" in warning
+    assert "max relative error" in warning and "\n" not in warning
+
+
+def test_calibration_reports_progress_of_each_phase():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    import kvsched.schedulers  # noqa: F401
+    from kvsched.engine.calibrate import calibrate
+    from kvsched.engine.model import Llama, LlamaConfig, init_random_
+
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=16, max_position_embeddings=512)
+    tiny = init_random_(Llama(config), seed=3)
+    calls = []
+    fit, points = calibrate(tiny, block_size=8, repeats=1, progress=lambda *a: calls.append(a))
+    profile = [c for c in calls if c[0] == "profile"]
+    run = [c for c in calls if c[0] == "run"]
+    assert profile[0] == ("profile", 0, 28) and profile[-1] == ("profile", 28, 28)
+    assert [d for _, d, _ in profile] == list(range(29))  # one call per profiled batch shape
+    assert run[0] == ("run", 0, 48) and run[-1] == ("run", 48, 48)
+    assert calls.index(profile[-1]) < calls.index(run[0])  # profiling first, then the run
+    assert fit.num_points == len(points) > 28
+
+
+# --- serve says what it is doing -------------------------------------------------------------------
+
+
+def _read_stderr_until(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    """stderr lines of `proc` up to and including the first one containing `needle`."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True).start()
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=timeout)  # a generous bound for a stuck server, not a sync point
+        except queue.Empty:
+            raise AssertionError(f"no {needle!r} on stderr within {timeout} s; got:\n{''.join(seen)}") from None
+        seen.append(line)
+        if needle in line:
+            return seen
+
+
+def test_serve_says_it_loads_the_model_and_when_it_is_ready(exe):
+    pytest.importorskip("torch")
+    pytest.importorskip("uvicorn")
+    from kvsched.engine.weights import default_gguf_path
+
+    try:
+        default_gguf_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    import httpx
+
+    proc = subprocess.Popen([exe, "serve", "--port", "0", "--capacity", "256", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = _read_stderr_until(proc, "ready on http://", timeout=300)
+        assert "kvsched serve: loading model SmolLM2-135M-Instruct" in seen[0], seen
+        url = seen[-1].strip().rpartition("ready on ")[2]
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")  # the port really bound
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

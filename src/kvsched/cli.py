@@ -674,18 +674,69 @@ def _gsa_experiment(args) -> int:
 def _load_engine_model(args):
     from kvsched.engine.weights import load_model
 
+    # Loading takes seconds to a minute: say what is happening (stderr; stdout keeps the results).
+    print(f"kvsched {args.command}: loading model {args.model or 'SmolLM2-135M-Instruct (default)'} "
+          f"on {args.device} ...", file=sys.stderr, flush=True)
     try:
         return load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError, ImportError) as exc:
         raise CLIError(f"cannot load the model: {exc}") from None
 
 
+CALIBRATION_PHASES = {"profile": "profiling {total} batch shapes", "run": "calibration run of {total} requests"}
+
+
+class _CalibrationProgressBar:
+    """calibrate's progress(phase, done, total) on stderr: a line as each phase starts and, on a
+    terminal, a rich bar."""
+
+    def __init__(self, bar: bool) -> None:
+        self.bar, self.tasks = None, {}
+        if bar:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=Console(stderr=True))
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self.update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            what = CALIBRATION_PHASES.get(phase, phase).format(total=total)
+            if self.bar:
+                self.tasks[phase] = self.bar.add_task(what, total=total)
+            else:
+                self.tasks[phase] = None
+                print(f"kvsched calibrate: {what} ...", file=sys.stderr, flush=True)
+        if self.bar:
+            self.bar.update(self.tasks[phase], completed=done)
+
+
 def cmd_calibrate(args) -> int:
     require_engine("calibrate")
-    from kvsched.engine.calibrate import calibrate
+    from kvsched.engine.calibrate import calibrate, poor_fit_warning
 
     model, _ = _load_engine_model(args)
-    fit, points = calibrate(model, block_size=args.block_size, repeats=args.repeats, device=args.device)
+    with _CalibrationProgressBar(sys.stderr.isatty()) as progress:
+        fit, points = calibrate(model, block_size=args.block_size, repeats=args.repeats, device=args.device,
+                                progress=progress)
+    warning = poor_fit_warning(fit)
+    if warning:
+        print(f"kvsched calibrate: warning: {warning}", file=sys.stderr)
     result = {"cost_model": fit.model.config(), "r2": fit.r2, "rmse_s": fit.rmse_s, "max_rel_err": fit.max_rel_err,
               "num_points": fit.num_points, "model": args.model or "SmolLM2-135M-Instruct", "device": args.device,
               "block_size": args.block_size,
@@ -726,20 +777,46 @@ def cmd_serve(args) -> int:
     app = create_app(engine, model_name=name, api_key=api_key)
     print(f"kvsched serve: {name} with scheduler {args.scheduler}, KV capacity {engine.capacity_tokens} tokens, "
           f"on http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+    class AnnouncingServer(uvicorn.Server):
+        """Says on stderr when the socket is bound and requests are served (with the real
+        port, also for --port 0)."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                port = self.servers[0].sockets[0].getsockname()[1]
+                print(f"kvsched serve: ready on http://{args.host}:{port}", file=sys.stderr, flush=True)
+
+    server = AnnouncingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise CLIError(f"could not serve on http://{args.host}:{args.port} (see the message above)")
     return 0
 
 
 def cmd_validate(args) -> int:
     require_engine("validate")
-    from kvsched.engine.calibrate import FIDELITY_KEYS, calibrate, validate
+    from kvsched.engine.calibrate import (
+        FIDELITY_KEYS,
+        calibrate,
+        poor_fit_warning,
+        validate,
+    )
 
     reqs, _ = build_workload(args)
     model, _ = _load_engine_model(args)
     if args.cost_model:
         cost = _cost_model(args.cost_model)
     else:
-        cost = calibrate(model, block_size=args.block_size, device=args.device)[0].model
+        with _CalibrationProgressBar(sys.stderr.isatty()) as progress:
+            fit = calibrate(model, block_size=args.block_size, device=args.device, progress=progress)[0]
+        if poor_fit_warning(fit):
+            print(f"kvsched validate: warning: {poor_fit_warning(fit)}", file=sys.stderr)
+        cost = fit.model
     rows = []
     for name in args.schedulers.split(","):
         fid = validate(reqs, name.strip(), cost, model=model, capacity_tokens=args.capacity,
