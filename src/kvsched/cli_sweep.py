@@ -176,8 +176,9 @@ def cmd_capacity(args) -> int:
     table, _ = _run(lambda: _with_bar(args, "capacity search", 0, lambda progress: run_search(
         grid, crit, args.output, lo=args.lo, hi=args.hi, max_rate=args.max_rate, rel_tol=args.rel_tol,
         executor=_executor(args), progress=progress)), args.output)
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     view = Table(title=f"largest sustained rate ({crit.kind}"
                        + (f", {crit.metric} <= {crit.slo_s:g} s" if crit.slo_s is not None else "") + ")")
@@ -188,7 +189,7 @@ def cmd_capacity(args) -> int:
             f"< {r.bracket_hi:g}" if r.limit == "below lo" else f"{r.max_rate_per_s:.4g}")
         bracket = f"[{r.bracket_lo:.4g}, {r.bracket_hi:.4g})" if r.limit == "bisection" else str(r.limit)
         view.add_row(r.label, r.trace, f"{r.capacity_tokens:,}", rate, bracket, str(r.num_probes))
-    Console(width=None if sys.stdout.isatty() else 140).print(view)
+    stdout_console().print(view)
     print(f"tables: {args.output / 'capacity.parquet'}, {args.output / 'probes.parquet'}")
     return 1 if (table["status"] != "ok").any() else 0
 

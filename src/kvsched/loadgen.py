@@ -587,10 +587,10 @@ def _fmt(x: float, digits: int = 1) -> str:
 
 def print_summary(result: BenchResult, config: BenchConfig, console=None) -> None:
     """Two rich tables on stdout: counts and throughput, then latency statistics in ms."""
-    import sys
 
-    from rich.console import Console
     from rich.table import Table
+
+    from kvsched.console import stdout_console
 
     s = result.summary
     head = Table(title=f"{s['num_requests']} requests to {config.url} ({result.model}, {config.endpoint})")
@@ -614,7 +614,7 @@ def print_summary(result: BenchResult, config: BenchConfig, console=None) -> Non
     for label, key in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E latency", "e2el_ms")):
         lat.add_row(label, *(_fmt(s[f"{stat}_{key}"], 2) for stat in ("mean", "median", "std", *labels)))
     # Piped output has no terminal width; do not squeeze the tables into 80 columns.
-    console = console or Console(width=None if sys.stdout.isatty() else 120)
+    console = console or stdout_console()
     console.print(head)
     console.print(lat)
 

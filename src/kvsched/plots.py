@@ -16,8 +16,10 @@ KINDS = ("latency-cdf", "ttft-cdf", "kv-usage")
 
 
 def _label(run_dir: Path) -> str:
+    """The run's label (scheduler and the options given, as `kvsched compare` names it), else
+    the scheduler's name, else the directory's name."""
     cfg = load_json(run_dir, "config")
-    return str(cfg.get("scheduler", {}).get("name", run_dir.name))
+    return str(cfg.get("label") or cfg.get("scheduler", {}).get("name", run_dir.name))
 
 
 def cdf_points(values) -> tuple[np.ndarray, np.ndarray]:

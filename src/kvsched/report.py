@@ -535,8 +535,10 @@ def _is_run(d: Path) -> bool:
 
 
 def _run_labels(dirs: list[Path]) -> list[str]:
-    """The scheduler's name; the directory's name when two runs share a scheduler."""
-    names = [str(load_json(d, "config").get("scheduler", {}).get("name", d.name)) for d in dirs]
+    """The run's label (scheduler and options, as `kvsched compare` writes it) or, in older runs,
+    the scheduler's name; the directory's name when two runs share one."""
+    configs = [load_json(d, "config") for d in dirs]
+    names = [str(c.get("label") or c.get("scheduler", {}).get("name", d.name)) for c, d in zip(configs, dirs)]
     return names if len(set(names)) == len(names) else [d.name for d in dirs]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvsched.backend import BatchShape
@@ -28,6 +28,23 @@ DECODE_BATCHES = (1, 2, 4, 8, 16)
 DECODE_KV_LENS = (32, 128, 256)
 MIXED = ((64, 4), (128, 8), (32, 16))  # (prefill tokens, decodes) in one step
 MULTI_PREFILL = ((2, 32), (4, 32), (8, 32), (16, 32), (4, 64), (8, 64))  # (sequences, tokens each)
+# Below this r² the fitted model explains too little of the measured step times to trust its
+# predictions (typically a CPU busy with other work while profiling).
+POOR_FIT_R2 = 0.5
+
+# progress(phase, done, total): called as calibration advances (phase "profile" over the grid's
+# batch shapes, "run" over the calibration run's requests).
+CalibrationProgress = Callable[[str, int, int], None]
+
+
+def poor_fit_warning(fit: FitResult, threshold: float = POOR_FIT_R2) -> str | None:
+    """A one-line warning with the fit's numbers when its r² is below `threshold`, else None."""
+    if fit.r2 >= threshold:
+        return None
+    return (f"poor fit: r2 = {fit.r2:.3f} (below {threshold:g}) over {fit.num_points} steps, "
+            f"rmse {1e3 * fit.rmse_s:.2f} ms, max relative error {fit.max_rel_err:.0%}: the cost model "
+            "explains little of the measured step times (a busy machine?); rerun on an idle one or with "
+            "more --repeats before using it")
 
 
 def _time_step(model, paged, seqs, repeats: int) -> float:
@@ -46,8 +63,10 @@ def profile_steps(model, *, block_size: int = 16, repeats: int = 3, device: str 
                   prefill_lens: Sequence[int] = PREFILL_LENS, decode_batches: Sequence[int] = DECODE_BATCHES,
                   decode_kv_lens: Sequence[int] = DECODE_KV_LENS,
                   mixed: Sequence[tuple[int, int]] = MIXED,
-                  multi_prefill: Sequence[tuple[int, int]] = MULTI_PREFILL) -> list[tuple[BatchShape, float]]:
-    """(shape, median seconds) for every grid point; one warm-up step first."""
+                  multi_prefill: Sequence[tuple[int, int]] = MULTI_PREFILL,
+                  progress: CalibrationProgress | None = None) -> list[tuple[BatchShape, float]]:
+    """(shape, median seconds) for every grid point; one warm-up step first; `progress("profile",
+    done, total)` after each point."""
     from kvsched.engine.model import PagedKVCache, SeqInput
 
     longest = max(max(prefill_lens), max(decode_kv_lens) + 1)
@@ -64,23 +83,33 @@ def profile_steps(model, *, block_size: int = 16, repeats: int = 3, device: str 
     def tokens(n: int) -> list[int]:  # arbitrary ids: the work does not depend on them
         return [(100 + 7 * j) % vocab for j in range(n)]
 
+    total = len(prefill_lens) + len(decode_batches) * len(decode_kv_lens) + len(multi_prefill) + len(mixed)
+
     points: list[tuple[BatchShape, float]] = []
+
+    def add(shape: BatchShape, seconds: float) -> None:
+        points.append((shape, seconds))
+        if progress:
+            progress("profile", len(points), total)
+
+    if progress:
+        progress("profile", 0, total)
     _time_step(model, paged, [SeqInput(tokens(8), 0, table(0))], 1)  # warm-up
     for p in prefill_lens:
         shape = BatchShape(1, p, 0, p, p * p)
-        points.append((shape, _time_step(model, paged, [SeqInput(tokens(p), 0, table(0))], repeats)))
+        add(shape, _time_step(model, paged, [SeqInput(tokens(p), 0, table(0))], repeats))
     for b in decode_batches:
         for kv in decode_kv_lens:
             seqs = [SeqInput(tokens(1), kv, table(i)) for i in range(b)]
-            points.append((BatchShape(b, 0, b, b * (kv + 1), 0), _time_step(model, paged, seqs, repeats)))
+            add(BatchShape(b, 0, b, b * (kv + 1), 0), _time_step(model, paged, seqs, repeats))
     for k, p in multi_prefill:  # several prompts in one step: per-sequence attention work
         seqs = [SeqInput(tokens(p), 0, table(i)) for i in range(k)]
-        points.append((BatchShape(k, k * p, 0, k * p, k * p * p), _time_step(model, paged, seqs, repeats)))
+        add(BatchShape(k, k * p, 0, k * p, k * p * p), _time_step(model, paged, seqs, repeats))
     for p, d in mixed:
         kv = decode_kv_lens[len(decode_kv_lens) // 2]
         seqs = [SeqInput(tokens(p), 0, table(0))] + [SeqInput(tokens(1), kv, table(i + 1)) for i in range(d)]
         shape = BatchShape(d + 1, p, d, p + d * (kv + 1), p * p)
-        points.append((shape, _time_step(model, paged, seqs, repeats)))
+        add(shape, _time_step(model, paged, seqs, repeats))
     return points
 
 
@@ -88,9 +117,11 @@ CALIBRATION_WORKLOAD = "synthetic:n=48,rate=6,prompt=uniform(16,128),output=unif
 
 
 def run_steps(model, *, workload: str = CALIBRATION_WORKLOAD, capacity_tokens: int = 1024, block_size: int = 16,
-              device: str = "cpu", seed: int = 12345) -> list[tuple[BatchShape, float]]:
+              device: str = "cpu", seed: int = 12345,
+              progress: CalibrationProgress | None = None) -> list[tuple[BatchShape, float]]:
     """(shape, seconds) of every step of a vLLM run of `workload` on the engine: the
-    batches a scheduler really forms, timed under the same conditions as a served run."""
+    batches a scheduler really forms, timed under the same conditions as a served run;
+    `progress("run", finished requests, total)` as it goes."""
     import numpy as np
 
     from kvsched.engine.run import run_engine
@@ -98,21 +129,24 @@ def run_steps(model, *, workload: str = CALIBRATION_WORKLOAD, capacity_tokens: i
     from kvsched.traces import parse_synthetic
 
     reqs = parse_synthetic(workload, np.random.default_rng(seed))
+    if progress:
+        progress("run", 0, len(reqs))
     _, backend = run_engine(reqs, SCHEDULERS.create("vllm"), capacity_tokens=capacity_tokens,
-                            block_size=block_size, model=model, device=device, seed=seed)
+                            block_size=block_size, model=model, device=device, seed=seed,
+                            progress=(lambda now, done: progress("run", done, len(reqs))) if progress else None)
     return list(zip(backend.step_shapes, backend.step_times_s, strict=True))
 
 
 def calibrate(model, *, block_size: int = 16, repeats: int = 3, device: str = "cpu",
-              with_run: bool = True) -> tuple[FitResult, list]:
+              with_run: bool = True, progress: CalibrationProgress | None = None) -> tuple[FitResult, list]:
     """The fitted cost model and the points it was fitted to: the profiling grid plus,
     with `with_run`, every step of a calibration run (a different seed and workload from
     anything `validate` is asked to check)."""
     import kvsched.schedulers  # noqa: F401  (registration, for run_steps)
 
-    points = profile_steps(model, block_size=block_size, repeats=repeats, device=device)
+    points = profile_steps(model, block_size=block_size, repeats=repeats, device=device, progress=progress)
     if with_run:
-        points += run_steps(model, block_size=block_size, device=device)
+        points += run_steps(model, block_size=block_size, device=device, progress=progress)
     return fit_affine([s for s, _ in points], [d for _, d in points], model="affine-prefill"), points
 
 
