@@ -3,6 +3,8 @@ checkpoint): the pipeline is exercised end to end with real forward passes."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -11,7 +13,7 @@ import kvsched.schedulers  # noqa: F401  (registration)
 from kvsched.engine.calibrate import FIDELITY_KEYS, calibrate, profile_steps, validate
 from kvsched.engine.model import Llama, LlamaConfig, init_random_
 from kvsched.request import Request
-from kvsched.sim.cost import AffinePrefillCost
+from kvsched.sim.cost import AffinePrefillCost, fit_affine
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +33,27 @@ def test_profile_covers_prefill_decode_mixed_and_multi_prompt_steps(tiny):
     assert any(s.num_seqs > 1 and s.num_prefill_tokens == s.num_kv_tokens for s in shapes)
 
 
-def test_calibrated_model_fits_the_points_it_was_fitted_to(tiny):
-    fit, points = calibrate(tiny, block_size=8, repeats=5, with_run=False)  # medians: robust to a busy CPU
+def test_calibration_fits_every_profiled_step(tiny):
+    # Only what holds on any machine under any load: the measured times themselves are noise
+    # on a busy CPU, so how well they fit is checked on exact times below.
+    fit, points = calibrate(tiny, block_size=8, repeats=1, with_run=False)
     assert isinstance(fit.model, AffinePrefillCost) and fit.num_points == len(points)
-    assert fit.model.d0_s > 0  # every step pays for reading the weights
-    assert fit.r2 > 0.5
+    coefficients = [v for k, v in fit.model.config().items() if k != "name"]
+    assert all(math.isfinite(v) and v >= 0 for v in coefficients)
+    assert math.isfinite(fit.r2) and fit.r2 <= 1.0
+
+
+def test_fit_recovers_a_known_cost_model_on_the_profiled_shapes(tiny):
+    # The batch shapes calibration really profiles, timed by a known model instead of the
+    # clock: the fit must give that model back.
+    shapes = [s for s, _ in profile_steps(tiny, block_size=8, repeats=1)]
+    truth = AffinePrefillCost(d0_s=4e-3, d1_s_per_token=2e-7, d2_s_per_prefill_token=3e-5, d3_s_per_seq=1e-4,
+                              d4_s_per_attn_token=1e-9)
+    fit = fit_affine(shapes, [truth.step_time(s) for s in shapes], model="affine-prefill")
+    assert fit.r2 == pytest.approx(1.0, abs=1e-9) and fit.max_rel_err < 1e-6
+    for name, value in truth.config().items():
+        if name != "name":
+            assert fit.model.config()[name] == pytest.approx(value, rel=1e-4), name
 
 
 def test_validate_runs_the_same_workload_on_both_sides(tiny):
