@@ -535,12 +535,18 @@ def test_sigterm_stops_kvsched_serve_with_a_request_in_flight(exe):
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "kvsched serve did not come up"
             time.sleep(0.2)
-        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4000, "ignore_eos": True, "stream": True}
-        with httpx.Client(timeout=60) as http, http.stream("POST", f"{url}/v1/completions", json=body) as resp:
+        # Two requests with minutes of work left: one streamed, one waiting for its whole answer.
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4000, "ignore_eos": True}
+        waiting = threading.Thread(target=lambda: httpx.post(f"{url}/v1/completions", json=body, timeout=120),
+                                   daemon=True)
+        with httpx.Client(timeout=60) as http, http.stream("POST", f"{url}/v1/completions",
+                                                           json={**body, "stream": True}) as resp:
             assert resp.status_code == 200
             for line in resp.iter_lines():
                 if line.startswith("data: {"):
-                    break  # the request is running: minutes of work are left
+                    break  # the streamed request is running
+            waiting.start()
+            _wait_for(lambda: _metrics(url)["kvsched_requests_received_total"] == 2, timeout_s=60)
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
         assert proc.returncode is not None

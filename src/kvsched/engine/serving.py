@@ -465,6 +465,7 @@ class ServingEngine:
         """Send each request's new text; close the streams of finished ones. A request
         whose sink raises (its handler is gone) is aborted: it frees its KV."""
         backend, stats, loop = self.backend, self.stats, self.loop
+        self._update_gauges()  # before any client hears of its end, so /metrics agrees
         # loop.finished lasts until the next scheduling call: a request is published once,
         # while it still has a sink.
         sinks = self._sinks
@@ -503,6 +504,10 @@ class ServingEngine:
             for i, bound in enumerate(STEP_TIME_BUCKETS_S):
                 if duration <= bound:
                     stats.step_time_buckets[i] += 1
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        stats, loop = self.stats, self.loop
         stats.num_waiting, stats.num_running = len(loop.waiting), len(loop.resident)
         stats.kv_used_tokens = self.kv.num_used_tokens
 
@@ -510,4 +515,5 @@ class ServingEngine:
         self.stats.num_preemptions += r.num_preemptions + r.num_restarts
 
 
-__all__ = ["ENGINE_FAILED", "MIN_SAMPLING_TEMPERATURE", "REQUEST_FAILED", "SEED_MAX", "SEED_MIN", "EngineDead", "EngineOverloaded", "Output", "SamplingParams", "ServingBackend", "ServingEngine"]
+__all__ = ["ENGINE_FAILED", "MIN_SAMPLING_TEMPERATURE", "REQUEST_FAILED", "SEED_MAX", "SEED_MIN", "EngineDead",
+           "EngineOverloaded", "Output", "SamplingParams", "ServingBackend", "ServingEngine"]
