@@ -42,11 +42,13 @@ def smollm():
 def serve(smollm, live_server):
     """serve(scheduler=..., **engine options) -> (base URL, engine)."""
 
-    def start(scheduler: str = "vllm", options: dict | None = None, api_key: str | None = None, **kw):
-        model, tokenizer = smollm
+    def start(scheduler: str = "vllm", options: dict | None = None, api_key: str | None = None,
+              app_options: dict | None = None, tokenizer=None, **kw):
+        model, default_tokenizer = smollm
         kw.setdefault("capacity_tokens", 1024)
-        engine = ServingEngine(model, tokenizer, SCHEDULERS.create(scheduler, **(options or {})), **kw)
-        return live_server(create_app(engine, model_name=MODEL, api_key=api_key)), engine
+        engine = ServingEngine(model, tokenizer or default_tokenizer, SCHEDULERS.create(scheduler, **(options or {})),
+                               **kw)
+        return live_server(create_app(engine, model_name=MODEL, api_key=api_key, **(app_options or {}))), engine
 
     return start
 
@@ -326,3 +328,338 @@ def test_every_scheduler_serves(serve, scheduler):
         t.join(120)
     assert [r.usage.completion_tokens for r in results] == [6, 6, 6]
     _wait_for(lambda: engine.kv.num_used_tokens == 0)
+
+
+# --- no request may kill or wedge the engine -------------------------------------------------
+ERROR_FIELDS = {"message", "type", "param", "code"}
+INTERNALS = re.compile(r"\w+(Error|Exception)\(|Traceback|Overflow when|TextInputSequence|RecursionError|"
+                       r"scheduler bug")
+
+
+def _assert_openai_error(resp: httpx.Response, status: int, param: str | None = None) -> dict:
+    """`resp` is an error in OpenAI's shape with this status, saying nothing of the internals."""
+    assert resp.status_code == status, (resp.status_code, resp.text[:500])
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == ERROR_FIELDS, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    assert not INTERNALS.search(body["error"]["message"]), body
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    return body["error"]
+
+
+def _post(url: str, path: str, body, **kw) -> httpx.Response:
+    """POST `body` as JSON written by Python's json module: a lone surrogate goes out as
+    the escape `\\ud800`, as a client's JSON library would send it."""
+    import json
+
+    headers = {"content-type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(f"{url}{path}", content=json.dumps(body), headers=headers, timeout=120, **kw)
+
+
+def _both_endpoints(extra: dict):
+    """The same fields as a completion and as a chat request, streamed and not."""
+    for stream in (False, True):
+        yield "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": stream, **extra}
+        yield "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                                       "max_tokens": 4, "stream": stream, **extra}
+
+
+def _assert_engine_serves(url: str, engine) -> None:
+    assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+    reply = _client(url).completions.create(model=MODEL, prompt="Hello", max_tokens=3, temperature=0)
+    assert reply.usage.completion_tokens >= 1
+    _wait_for(lambda: engine.kv.num_used_tokens == 0, state=lambda: engine.stats)
+    assert engine.alive
+
+
+def test_out_of_range_sampling_parameters_are_refused_and_the_engine_keeps_serving(serve):
+    """Issue 15: seed 10**20 killed the engine thread (torch.Generator.manual_seed
+    overflow); booleans and strings were coerced into numbers and flags."""
+    url, engine = serve()
+    cases = [
+        ({"temperature": 0.7, "seed": 10**20}, "seed"),
+        ({"temperature": 0.7, "seed": -2**63 - 1}, "seed"),
+        ({"temperature": 0.7, "seed": 2**64}, "seed"),
+        ({"temperature": 0.7, "seed": 1.5}, "seed"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": "1"}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 4.0}, "max_tokens"),
+        ({"stream": "yes"}, "stream"),
+        ({"ignore_eos": 1}, "ignore_eos"),
+        ({"stop": ["ok", 3]}, "stop"),
+    ]
+    for extra, param in cases:
+        for path, body in _both_endpoints(extra):
+            _assert_openai_error(_post(url, path, body), 400, param)
+    # NaN and Infinity are not JSON (Python's json module accepts them); 1e999 overflows to inf.
+    for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
+        raw = httpx.post(f"{url}/v1/completions", timeout=30, headers={"content-type": "application/json"},
+                         content=f'{{"model": "{MODEL}", "prompt": "Hi", "temperature": {literal}}}')
+        _assert_openai_error(raw, 400)
+    assert engine.stats.num_requests_total == 0  # nothing reached the engine
+    _assert_engine_serves(url, engine)
+
+
+def test_extreme_valid_sampling_parameters_are_served(serve):
+    """A temperature of 1e-40 (a softmax of inf/NaN in float32) samples greedily; the
+    seed's whole range and a tiny top_p work, chat or completion, streamed or not."""
+    url, engine = serve()
+    for extra in ({"temperature": 1e-40, "seed": 2**64 - 1}, {"temperature": 5e-324, "seed": -2**63},
+                  {"temperature": 1e-6, "top_p": 1e-40, "seed": 0}, {"temperature": 2, "top_p": 5e-324}):
+        for path, body in _both_endpoints(extra):
+            resp = _post(url, path, body)
+            assert resp.status_code == 200, (extra, path, resp.text[:300])
+            if body["stream"]:
+                assert resp.text.endswith("data: [DONE]\n\n") and '"error"' not in resp.text, resp.text
+    client = _client(url)
+
+    def text(temperature):
+        return client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=temperature,
+                                         seed=5, extra_body={"ignore_eos": True}).choices[0].text
+
+    assert text(1e-40) == text(0)
+    _assert_engine_serves(url, engine)
+
+
+def test_tiny_temperature_samples_the_argmax():
+    from kvsched.engine.serving import SamplingParams, _sample
+
+    logits = torch.tensor([0.0, 30.0, -80.0, 29.999])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1e-40, 5e-324, 1e-8, 1e-3):
+        assert _sample(torch, logits, SamplingParams(max_tokens=1, temperature=temperature, top_p=0.5), generator) == 1
+
+
+def test_a_request_that_fails_inside_the_engine_fails_alone(serve):
+    """Defence in depth behind the HTTP checks: parameters the server refuses, forced
+    into the engine, and a sink that raises (an HTTP handler whose event loop is gone),
+    each end their own request only; the others are served and the KV is freed."""
+    from kvsched.engine.serving import SamplingParams
+
+    url, engine = serve()
+    bad_seed = SamplingParams(max_tokens=4, temperature=0.7)
+    object.__setattr__(bad_seed, "seed", 10**20)  # what manual_seed cannot take
+    bad_top_p = SamplingParams(max_tokens=4, temperature=0.7)
+    object.__setattr__(bad_top_p, "top_p", -1.0)  # top-p filtering then drops every token: no distribution
+    finals: dict[str, object] = {}
+    done = threading.Event()
+
+    def sink(name):
+        def put(out):
+            if out.finished:
+                finals[name] = out
+                if len(finals) == 2:
+                    done.set()
+        return put
+
+    def broken(out):
+        raise RuntimeError("Event loop is closed")
+
+    prompt = engine.tokenizer.encode("Once upon a time")
+    engine.submit(prompt, bad_seed, sink("seed"))
+    engine.submit(prompt, bad_top_p, sink("top_p"))
+    engine.submit(prompt, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True), broken)
+    ok = _client(url).completions.create(model=MODEL, prompt="Hello", max_tokens=3, temperature=0.5, seed=1)
+    assert ok.usage.completion_tokens >= 1
+    assert done.wait(60), finals
+    for name, out in finals.items():
+        assert out.error and not INTERNALS.search(out.error), (name, out)
+    _assert_engine_serves(url, engine)
+
+
+class _FailingScheduler:
+    """A scheduler with a bug: the engine thread dies at its first decision."""
+
+    name = "failing"
+    clairvoyant = False
+
+    def schedule(self, view):
+        raise RuntimeError("scheduler bug: some internal detail")
+
+    def config(self) -> dict:
+        return {}
+
+
+def test_when_the_engine_dies_requests_are_answered_and_health_says_so(smollm, live_server):
+    model, tokenizer = smollm
+    engine = ServingEngine(model, tokenizer, _FailingScheduler(), capacity_tokens=256)
+    url = live_server(create_app(engine, model_name=MODEL))
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4}
+    _assert_openai_error(httpx.post(f"{url}/v1/completions", json=body, timeout=60), 500)  # answered, not hung
+    health = httpx.get(f"{url}/health", timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "error"
+    assert not INTERNALS.search(health.text), health.text
+    _assert_openai_error(httpx.post(f"{url}/v1/completions", json=body, timeout=60), 503)
+
+
+def test_the_server_exits_non_zero_when_the_engine_dies(smollm):
+    """What `kvsched serve` runs: uvicorn stops and run_server returns 1."""
+    from kvsched.engine.server import run_server
+
+    model, tokenizer = smollm
+    engine = ServingEngine(model, tokenizer, _FailingScheduler(), capacity_tokens=256)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    url = "http://{}:{}".format(*sock.getsockname())
+    result = []
+    thread = threading.Thread(target=lambda: result.append(run_server(
+        create_app(engine, model_name=MODEL), engine, sockets=[sock], log_level="critical")), daemon=True)
+    thread.start()
+    _wait_for(lambda: engine.alive or not thread.is_alive(), timeout_s=60)
+    resp = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4}, timeout=60)
+    assert resp.status_code == 500
+    thread.join(60)
+    assert not thread.is_alive() and result == [1]
+
+
+def test_sigterm_stops_kvsched_serve_with_a_request_in_flight(exe):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--capacity", "4096", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "kvsched serve did not come up"
+            time.sleep(0.2)
+        # Two requests with minutes of work left: one streamed, one waiting for its whole answer.
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4000, "ignore_eos": True}
+        waiting = threading.Thread(target=lambda: httpx.post(f"{url}/v1/completions", json=body, timeout=120),
+                                   daemon=True)
+        with httpx.Client(timeout=60) as http, http.stream("POST", f"{url}/v1/completions",
+                                                           json={**body, "stream": True}) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    break  # the streamed request is running
+            waiting.start()
+            _wait_for(lambda: _metrics(url)["kvsched_requests_received_total"] == 2, timeout_s=60)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        assert proc.returncode is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_lone_surrogates_are_refused_with_400(serve):
+    """JSON's "\\ud800" decodes to a str the tokenizer cannot take (it gave 500)."""
+    url, engine = serve()
+    cases = [
+        ("/v1/completions", {"prompt": "a\ud800b"}, "prompt"),
+        ("/v1/completions", {"prompt": ["\udfff"]}, "prompt"),
+        ("/v1/completions", {"prompt": "hi", "stop": ["\ud800"]}, "stop"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+         "messages"),
+        ("/v1/completions", {"prompt": "hi", "user": "\ud800"}, "user"),  # even a field the server ignores
+    ]
+    for stream in (False, True):
+        for path, body, param in cases:
+            _assert_openai_error(_post(url, path, {"model": MODEL, "max_tokens": 2, "stream": stream, **body}), 400,
+                                 param)
+    _assert_openai_error(_post(url, "/v1/completions", {"model": "\ud800", "prompt": "hi"}), 400, "model")
+    _assert_engine_serves(url, engine)
+
+
+class _GatedTokenizer:
+    """The real tokenizer, except that encoding a text containing GATE waits for the test."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def encode(self, text: str) -> list[int]:
+        if "GATE" in text:
+            self.entered.set()
+            self.release.wait(60)
+        return self._tokenizer.encode(text)
+
+
+def test_tokenizing_does_not_block_the_event_loop(serve, smollm):
+    """A 5 MB prompt took 10 s to tokenize on the event loop, and /health waited."""
+    for path, body in (("/v1/completions", {"prompt": "GATE"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "GATE"}]})):
+        tokenizer = _GatedTokenizer(smollm[1])
+        url, engine = serve(tokenizer=tokenizer)
+        results = []
+        thread = threading.Thread(target=lambda url=url, path=path, body=body: results.append(
+            _post(url, path, {"model": MODEL, "max_tokens": 2, **body})))
+        thread.start()
+        try:
+            assert tokenizer.entered.wait(60)
+            # The tokenizer is busy with the request; the event loop still answers.
+            assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
+        finally:
+            tokenizer.release.set()
+            thread.join(120)
+        assert results[0].status_code == 200, results[0].text
+
+
+def _raw_http(url: str, request: bytes, timeout_s: float = 30.0) -> int:
+    """Send `request` bytes; the status code of the answer (the body may never be sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_body_size_is_capped_and_the_key_is_checked_before_the_body_is_read(serve):
+    url, engine = serve(api_key="k", app_options={"max_body_bytes": 4096})
+    auth = {"authorization": "Bearer k"}
+    small = {"model": MODEL, "prompt": "Hi", "max_tokens": 1, "pad": "x" * 3000}
+    assert _post(url, "/v1/completions", small, headers=auth).status_code == 200
+    big = {**small, "pad": "x" * 5000}
+    _assert_openai_error(_post(url, "/v1/completions", big, headers=auth), 413)
+    _assert_openai_error(_post(url, "/v1/chat/completions", big, headers=auth), 413)
+    chunked = httpx.post(f"{url}/v1/completions", headers=auth, timeout=30,  # no Content-Length
+                         content=iter([b'{"model": "x", "pad": "', b"x" * 3000, b"x" * 3000, b'"}']))
+    _assert_openai_error(chunked, 413)
+    # A gigabyte announced and never sent: answered at once, without reading it.
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n"
+    assert _raw_http(url, head + b"\r\n") == 401
+    assert _raw_http(url, head + b"Authorization: Bearer k\r\n\r\n") == 413
+    assert _metrics(url)['kvsched_requests_refused_total{reason="too_large"}'] >= 4
+    _assert_engine_serves_with_key(url, engine)
+
+
+def _assert_engine_serves_with_key(url: str, engine) -> None:
+    reply = _client(url, "k").completions.create(model=MODEL, prompt="Hello", max_tokens=2, temperature=0)
+    assert reply.usage.completion_tokens >= 1 and engine.alive
+
+
+def test_every_4xx_has_openai_error_shape(serve):
+    url, engine = serve()
+    json_type = {"content-type": "application/json"}
+    bodies = [
+        b'{"model": "\xff\xfe", "prompt": "hi"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # nested beyond any parser's recursion
+        b'{"model": "x", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "x", "prompt": "hi", "max_tokens": 1' + b"0" * 5000 + b"}",  # beyond int() of a string
+        b"[]", b'"hi"', b"null", b"",
+    ]
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        for content in bodies:
+            _assert_openai_error(httpx.post(f"{url}{path}", content=content, headers=json_type, timeout=30), 400)
+    assert _assert_openai_error(httpx.get(f"{url}/nope", timeout=30), 404)["code"] == "not_found"
+    _assert_openai_error(httpx.post(f"{url}/v1/nope", json={}, timeout=30), 404)
+    _assert_openai_error(httpx.get(f"{url}/v1/completions", timeout=30), 405)
+    _assert_openai_error(httpx.delete(f"{url}/health", timeout=30), 405)
+    _assert_engine_serves(url, engine)

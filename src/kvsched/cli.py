@@ -782,41 +782,34 @@ def cmd_serve(args) -> int:
     import os
 
     require_engine("serve", *SERVE_MODULES)
-    import uvicorn
-
-    from kvsched.engine.server import create_app
+    from kvsched.engine.server import create_app, run_server
     from kvsched.engine.serving import ServingEngine
 
     if args.capacity < args.block_size:
         raise CLIError(f"--capacity {args.capacity} must hold at least one block of {args.block_size} tokens")
+    if args.max_body_bytes < 1:
+        raise CLIError(f"--max-body-bytes must be >= 1, got {args.max_body_bytes}")
     scheduler = make_scheduler(args.scheduler, _parse_options(args.opt))
     model, tokenizer = _load_engine_model(args)
     name = args.served_model_name or (Path(args.model).stem if args.model else "SmolLM2-135M-Instruct")
     api_key = args.api_key or os.environ.get("KVSCHED_API_KEY") or None
     engine = ServingEngine(model, tokenizer, scheduler, capacity_tokens=args.capacity, block_size=args.block_size,
                            device=args.device, seed=args.seed, max_waiting=args.max_waiting)
-    app = create_app(engine, model_name=name, api_key=api_key)
+    app = create_app(engine, model_name=name, api_key=api_key, max_body_bytes=args.max_body_bytes)
     print(f"kvsched serve: {name} with scheduler {args.scheduler}, KV capacity {engine.capacity_tokens} tokens, "
           f"on http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), flush=True)
 
-    class AnnouncingServer(uvicorn.Server):
-        """Says on stderr when the socket is bound and requests are served (with the real
-        port, also for --port 0)."""
+    started: list[int] = []
 
-        async def startup(self, sockets=None) -> None:
-            await super().startup(sockets)
-            if self.started and self.servers and self.servers[0].sockets:
-                port = self.servers[0].sockets[0].getsockname()[1]
-                print(f"kvsched serve: ready on http://{args.host}:{port}", file=sys.stderr, flush=True)
+    def ready(port: int) -> None:
+        started.append(port)
+        print(f"kvsched serve: ready on http://{args.host}:{port}", file=sys.stderr, flush=True)
 
-    server = AnnouncingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    if not server.started:
+    # 1 when the engine thread died: the process must not linger without an engine.
+    status = run_server(app, engine, host=args.host, port=args.port, log_level=args.log_level, on_ready=ready)
+    if not started:
         raise CLIError(f"could not serve on http://{args.host}:{args.port} (see the message above)")
-    return 0
+    return status
 
 
 def cmd_validate(args) -> int:
@@ -1177,6 +1170,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-waiting", type=int, default=256,
                     help="answer 503 while this many requests wait for KV (default 256)")
     sv.add_argument("--served-model-name", help="the model id clients send (default: the model file's name)")
+    sv.add_argument("--max-body-bytes", type=int, default=8 * 2**20,
+                    help="answer 413 to request bodies larger than this (default 8 MiB)")
     sv.add_argument("--seed", type=int, default=0, help="seed of sampled requests that bring none")
     sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     sv.set_defaults(func=cmd_serve)

@@ -4,13 +4,21 @@ Routes: POST /v1/completions and /v1/chat/completions (JSON, or Server-Sent Even
 with `"stream": true`), GET /v1/models, /health and /metrics (Prometheus text). The
 /v1 routes need `Authorization: Bearer KEY` when the server has an API key.
 
-Errors follow OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
-400 for malformed JSON, a bad or unsupported parameter, or a request that can never
-fit the KV capacity or the model's context; 401 for a missing or wrong key; 404 for an
-unknown model; 503 (with Retry-After) when the waiting queue is at its limit or the
-engine is down. A client that disconnects, mid-stream or while waiting for a
-non-streamed answer, has its request aborted: the engine frees its KV before the
-next step.
+Every error, whatever the route, has OpenAI's shape, `{"error": {"message", "type",
+"param", "code"}}`: 400 for a body that is not UTF-8 JSON (or nests too deep, or holds
+a lone surrogate), a bad or unsupported parameter (types are strict: `true` is not a
+number, `"yes"` not a flag), or a request that can never fit the KV capacity or the
+model's context; 401 for a missing or wrong key (checked before the body is read);
+404 for an unknown model or route; 405 for a wrong method; 413 for a body above
+`max_body_bytes`; 500 when the engine failed on this request; 503 (with Retry-After)
+when the waiting queue is at its limit, or when the engine is down. Messages speak of
+the request; exceptions go to the log. A client that disconnects, mid-stream or while
+waiting for a non-streamed answer, has its request aborted: the engine frees its KV
+before the next step.
+
+Tokenizing runs in a worker thread, so a long prompt does not hold up the event loop.
+`run_server` (what `kvsched serve` runs) exits with status 1 when the engine thread
+dies, and gives in-flight requests `GRACEFUL_SHUTDOWN_S` to finish on SIGTERM/SIGINT.
 
 Only what the engine does is accepted: one choice (n = 1), no logprobs, echo or
 penalties; `ignore_eos` (vLLM's extension) makes a request run to max_tokens, which
@@ -22,17 +30,22 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvsched.engine.serving import (
+    ENGINE_FAILED,
+    SEED_MAX,
+    SEED_MIN,
     STEP_TIME_BUCKETS_S,
     EngineDead,
     EngineOverloaded,
@@ -41,8 +54,21 @@ from kvsched.engine.serving import (
     ServingEngine,
 )
 
+log = logging.getLogger(__name__)
+
 # How often a handler waiting for a non-streamed answer checks that its client is still there.
 DISCONNECT_POLL_S = 0.25
+# The largest request body read (`kvsched serve --max-body-bytes`); larger ones get 413.
+DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+# On SIGTERM/SIGINT, how long in-flight requests may still run before they are cancelled.
+GRACEFUL_SHUTDOWN_S = 3.0
+
+
+class _JSON(JSONResponse):
+    """JSONResponse in ASCII (so no string can fail to encode) and with NaN refused."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class APIError(Exception):
@@ -56,11 +82,17 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return _JSON(body, status_code=self.status, headers=self.headers)
 
 
 # --- request bodies ---------------------------------------------------------------------
+# Strict: JSON true is not the number 1 and "yes" is not a flag; NaN and infinities are
+# refused; unknown fields are ignored, as OpenAI-compatible servers do.
+_STRICT = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
 class StreamOptions(BaseModel):
+    model_config = _STRICT
     include_usage: bool = False
 
 
@@ -68,7 +100,7 @@ class _SamplingFields(BaseModel):
     """Parameters both endpoints share. Unknown fields are ignored, as OpenAI-compatible
     servers do; known ones the engine cannot honour are refused by `_unsupported`."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -78,7 +110,7 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     ignore_eos: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -125,13 +157,13 @@ class CompletionBody(_SamplingFields):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -181,9 +213,11 @@ class _Counters:
 
 
 def create_app(engine: ServingEngine, *, model_name: str, api_key: str | None = None,
-               manage_engine: bool = True) -> FastAPI:
+               manage_engine: bool = True, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app. With `manage_engine` the app starts the engine thread on startup
-    and stops it on shutdown."""
+    and stops it on shutdown. Bodies above `max_body_bytes` get 413."""
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
     from contextlib import asynccontextmanager
 
     counters = _Counters()
@@ -197,12 +231,14 @@ def create_app(engine: ServingEngine, *, model_name: str, api_key: str | None = 
         if manage_engine:
             engine.shutdown()
 
-    app = FastAPI(title="kvsched", lifespan=lifespan)
+    app = FastAPI(title="kvsched", lifespan=lifespan, default_response_class=_JSON)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         if exc.status == 400:
             counters.refused["bad_request" if exc.code != "too_large" else "too_large"] += 1
+        elif exc.status == 413:
+            counters.refused["too_large"] += 1
         elif exc.status == 401:
             counters.refused["unauthorized"] += 1
         elif exc.status == 503 and exc.code == "overloaded":
@@ -212,7 +248,27 @@ def create_app(engine: ServingEngine, *, model_name: str, api_key: str | None = 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         counters.refused["bad_request"] += 1
-        return _validation_error(exc).response()
+        return _validation_error(exc.errors()).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own errors (unknown route, wrong method), in OpenAI's shape.
+        if exc.status_code == 404:
+            error = APIError(404, f"no route {request.method} {request.url.path}", code="not_found")
+        elif exc.status_code == 405:
+            error = APIError(405, f"{request.method} is not allowed on {request.url.path}",
+                             code="method_not_allowed")
+        else:
+            error = APIError(exc.status_code, str(exc.detail), type="invalid_request_error" if exc.status_code < 500
+                             else "server_error")
+        error.headers = dict(exc.headers or {})
+        return error.response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return APIError(500, "internal server error (logged by the server)", type="server_error",
+                        code="internal_error").response()
 
     async def check_key(request: Request) -> None:
         if api_key is None:
@@ -233,9 +289,9 @@ def create_app(engine: ServingEngine, *, model_name: str, api_key: str | None = 
     @app.get("/health")
     async def health() -> JSONResponse:
         if not engine.alive:
-            reason = repr(engine.error) if engine.error else "stopped"
-            return JSONResponse({"status": "error", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ok"})
+            reason = ENGINE_FAILED if engine.error is not None else "the engine is stopped"
+            return _JSON({"status": "error", "reason": reason}, status_code=503)
+        return _JSON({"status": "ok"})
 
     @app.get("/v1/models", dependencies=auth)
     async def models() -> dict:
@@ -249,41 +305,114 @@ def create_app(engine: ServingEngine, *, model_name: str, api_key: str | None = 
         return PlainTextResponse(prometheus_text(engine, counters.refused),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # The bodies are read by the handlers, after `check_key`: an unauthenticated client
+    # cannot make the server read (or parse) anything.
     @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionBody, request: Request):
+    async def completions(request: Request):
+        body = _parse(CompletionBody, await _read_json(request, max_body_bytes))
         check_model(body.model)
         _refuse_unsupported(body)
-        prompt_ids = _completion_prompt(body.prompt, engine.tokenizer)
+        prompt_ids = await asyncio.to_thread(_completion_prompt, body.prompt, engine.tokenizer)
         return await _generate(engine, request, body, prompt_ids, model_name, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatBody, request: Request):
+    async def chat_completions(request: Request):
+        body = _parse(ChatBody, await _read_json(request, max_body_bytes))
         check_model(body.model)
         _refuse_unsupported(body)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
                     for i, m in enumerate(body.messages)]
-        try:
-            prompt = engine.tokenizer.apply_chat_template(messages)
-        except (ValueError, TypeError) as exc:
-            raise APIError(400, str(exc), param="messages") from None
-        return await _generate(engine, request, body, engine.tokenizer.encode(prompt), model_name, chat=True)
+        prompt_ids = await asyncio.to_thread(_chat_prompt, messages, engine.tokenizer)
+        return await _generate(engine, request, body, prompt_ids, model_name, chat=True)
 
     return app
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+async def _read_json(request: Request, max_body_bytes: int) -> dict:
+    """The request's JSON object, read up to `max_body_bytes` (413 beyond). Refused with
+    400: a body that is not UTF-8, not JSON (NaN and Infinity are not), too deeply
+    nested, not an object, or with a lone surrogate anywhere (it could not be encoded)."""
+    too_large = APIError(413, f"the request body is larger than this server's limit of {max_body_bytes} bytes",
+                         code="body_too_large")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"the request body is not valid UTF-8 (at byte {exc.start})",
+                       code="json_invalid") from None
+    try:
+        obj = json.loads(text, parse_constant=_not_json)
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                       code="json_invalid") from None
+    except RecursionError:
+        raise APIError(400, "malformed JSON body: nested too deeply", code="json_invalid") from None
+    except ValueError as exc:  # NaN/Infinity, an integer of more digits than int() takes
+        raise APIError(400, f"malformed JSON body: {exc}", code="json_invalid") from None
+    if not isinstance(obj, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {type(obj).__name__}",
+                       code="json_invalid")
+    _refuse_surrogates(obj)
+    return obj
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _refuse_surrogates(obj: dict) -> None:
+    """400 naming the first field (keys too) whose text has a lone UTF-16 surrogate: JSON's
+    `"\\ud800"` decodes to a str that no UTF-8 encoder (the tokenizer included) accepts."""
+    stack: list[tuple[str, Any]] = [(str(k), v) for k, v in obj.items()][::-1]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{path}.{k}", v) for k, v in value.items()][::-1]
+            keys = [path] + [f"{path}.{k}" for k in value]
+        elif isinstance(value, list):
+            stack += [(f"{path}[{i}]", v) for i, v in enumerate(value)][::-1]
+            keys = [path]
+        else:
+            keys = [path, value] if isinstance(value, str) else [path]
+        for text in keys:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                field = path.split(".")[0].split("[")[0]
+                where = path.encode("ascii", "backslashreplace").decode()
+                raise APIError(400, f"{where}: text with a lone UTF-16 surrogate (not valid Unicode)",
+                               param=field.encode("ascii", "backslashreplace").decode()) from None
+
+
+def _parse(model: type[BaseModel], obj: dict):
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise _validation_error(exc.errors(include_url=False, include_input=False)) from None
+
+
+def _validation_error(errors: list[dict]) -> APIError:
     """A 400 naming the field (FastAPI answers 422 by default)."""
-    first = exc.errors()[0] if exc.errors() else {}
+    first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        ctx = first.get("ctx", {}).get("error", "")
-        return APIError(400, f"malformed JSON body: {ctx}".rstrip(": "), code="json_invalid")
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-    field = ".".join(loc) or "body"
-    messages = "; ".join(
-        f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
-        for e in exc.errors()[:5]
-    )
-    return APIError(400, f"invalid request: {messages}", param=field)
+        return APIError(400, "malformed JSON body", code="json_invalid")
+
+    def where(e: dict) -> str:
+        return ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+
+    param = str(next((x for x in first.get("loc", ()) if x != "body"), "body"))
+    messages = "; ".join(f"{where(e)}: {e.get('msg')}" for e in errors[:5])
+    if param == "body":  # a model-level check
+        param = "max_tokens" if "max_tokens" in messages else None
+    return APIError(400, f"invalid request: {messages}", param=param)
 
 
 def _refuse_unsupported(body: _SamplingFields) -> None:
@@ -291,6 +420,17 @@ def _refuse_unsupported(body: _SamplingFields) -> None:
     if bad:
         param, message = bad[0]
         raise APIError(400, message, param=param)
+
+
+def _chat_prompt(messages: list[dict], tokenizer) -> list[int]:
+    """Token ids of a conversation in the model's chat format."""
+    try:
+        prompt = tokenizer.apply_chat_template(messages)
+    except (ValueError, TypeError):
+        log.warning("the chat template refused a conversation", exc_info=True)
+        raise APIError(400, "these messages cannot be written in the model's chat format",
+                       param="messages") from None
+    return tokenizer.encode(prompt)
 
 
 def _completion_prompt(prompt, tokenizer) -> list[int]:
@@ -354,7 +494,7 @@ async def _collect(engine, request: Request, rid: int, outputs: asyncio.Queue, m
             out = await outputs.get()
             parts.append(out.text)
             if out.error is not None:
-                raise APIError(500, out.error, type="server_error")
+                raise APIError(500, out.error, type="server_error", code="internal_error")
             if out.finished:
                 break
     except asyncio.CancelledError:
@@ -391,7 +531,8 @@ async def _sse(engine, rid: int, outputs: asyncio.Queue, meta: dict, chat: bool,
         while True:
             out = await outputs.get()
             if out.error is not None:
-                yield _event({"error": {"message": out.error, "type": "server_error", "param": None, "code": None}})
+                yield _event({"error": {"message": out.error, "type": "server_error", "param": None,
+                                        "code": "internal_error"}})
                 break
             if out.text or out.finished:
                 yield chunk(out.text, out.finish_reason)
@@ -407,7 +548,7 @@ async def _sse(engine, rid: int, outputs: asyncio.Queue, meta: dict, chat: bool,
 
 
 def _event(obj: dict) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+    return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=True)}\n\n"
 
 
 def _usage(out: Output) -> dict:
@@ -454,4 +595,35 @@ def prometheus_text(engine: ServingEngine, refused: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["APIError", "create_app", "prometheus_text"]
+def run_server(app: FastAPI, engine: ServingEngine, *, host: str = "127.0.0.1", port: int = 8000,
+               sockets=None, log_level: str = "info", graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S,
+               on_ready: Callable[[int], None] | None = None) -> int:
+    """Serve `app` with uvicorn until SIGINT/SIGTERM or the engine thread's death; the
+    exit status: 0, or 1 when the engine died (or the server could not start). On a
+    signal, requests in flight get `graceful_shutdown_s` seconds before they are
+    cancelled, so the process always stops. `on_ready(port)` is called once the socket is
+    bound (with the real port, also for port 0)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if on_ready and self.started and self.servers and self.servers[0].sockets:
+                on_ready(self.servers[0].sockets[0].getsockname()[1])
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                            timeout_graceful_shutdown=graceful_shutdown_s)
+    server = Server(config)
+
+    def on_death() -> None:
+        log.error("the engine thread died; the server exits")
+        server.should_exit = True  # uvicorn's main loop polls it
+
+    engine.on_death = on_death
+    server.run(sockets=sockets)
+    if engine.error is not None or not server.started:
+        return 1
+    return 0
+
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "APIError", "create_app", "prometheus_text", "run_server"]

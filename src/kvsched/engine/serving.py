@@ -12,8 +12,8 @@ thread takes it from the queue, and every step starts no earlier than the wall c
 so scheduling overhead and idle gaps show in the loop's timestamps.
 
 What a server adds to `EngineBackend` (`ServingBackend`):
-- sampling per request (greedy at temperature 0, else temperature and top-p with the
-  request's own seeded generator);
+- sampling per request (greedy at temperature 0, or below MIN_SAMPLING_TEMPERATURE,
+  else temperature and top-p in float64 with the request's own seeded generator);
 - stopping at EOS (unless `ignore_eos`) or at a stop string: the backend lists the
   request in `stopped` and the loop ends it after that token;
 - incremental detokenization, holding back text that could still become a stop string
@@ -21,6 +21,13 @@ What a server adds to `EngineBackend` (`ServingBackend`):
 - replay after a restart: a killed request recomputes its discarded tokens, but the
   tokens already streamed to the client are fed back instead of sampled again, so what
   the client received stays the output.
+
+A request that fails inside the engine (its sampling, its detokenization, its sink)
+fails alone: it ends with an error event, its KV is freed and the engine goes on. If
+the engine thread dies anyway (a step or a scheduler fails), every request in it or
+still queued gets an error event, `submit` refuses new ones, and `on_death` is called
+(the server then exits). Error events say what happened in the client's terms; the
+exception goes to the log.
 """
 
 from __future__ import annotations
@@ -47,6 +54,17 @@ log = logging.getLogger(__name__)
 # Step-time histogram buckets of /metrics, in seconds.
 STEP_TIME_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+# The seeds torch.Generator.manual_seed accepts (int64 and uint64 together).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+# Below this temperature sampling is greedy: logits / temperature would overflow, and the
+# distribution is the argmax's to within float precision anyway.
+MIN_SAMPLING_TEMPERATURE = 1e-5
+
+# What a client is told when its request failed inside the engine (details go to the log).
+REQUEST_FAILED = "the server failed while generating this request (an internal error, logged by the server)"
+ENGINE_FAILED = "the engine stopped after an internal error (logged by the server)"
+SHUTTING_DOWN = "the server is shutting down"
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -60,14 +78,18 @@ class SamplingParams:
     ignore_eos: bool = False  # run to max_tokens whatever the model emits (benchmarks)
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
+        # Comparisons are False for NaN, so NaN fails each range check.
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and 0.0 <= self.temperature <= 2.0):
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not SEED_MIN <= self.seed <= SEED_MAX):
+            raise ValueError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
 
 
 @dataclass
@@ -108,7 +130,10 @@ class _Stream:
 
 
 class ServingBackend(EngineBackend):
-    """EngineBackend with per-request sampling, stop conditions and detokenization."""
+    """EngineBackend with per-request sampling, stop conditions and detokenization.
+
+    A request whose sampling or detokenization raises is listed in `failed` (and in
+    `stopped`, so the loop ends it after this step); the other rows of the step go on."""
 
     def __init__(self, model, kv: KVCache, tokenizer, *, device: str = "cpu", seed: int = 0) -> None:
         super().__init__(model, kv, seed=seed, device=device)
@@ -118,11 +143,12 @@ class ServingBackend(EngineBackend):
         self.streams: dict[int, _Stream] = {}
         self.stopped: set[int] = set()  # read and cleared by OnlineLoop after each step
         self.emitted: list[int] = []  # requests with a new (not replayed) token this step
+        self.failed: set[int] = set()  # requests that raised in this backend (ended as errors)
 
     def open(self, request_id: int, prompt_ids: Sequence[int], params: SamplingParams) -> None:
         torch = self._torch
         generator = None
-        if params.temperature > 0.0:
+        if params.temperature >= MIN_SAMPLING_TEMPERATURE:
             seed = params.seed
             if seed is None:  # reproducible per (server seed, request id), like the synthetic prompts
                 seed = int(np.random.default_rng([self.seed, request_id]).integers(2**63))
@@ -134,6 +160,7 @@ class ServingBackend(EngineBackend):
         return self._prompts[request_id]
 
     def close(self, request_id: int) -> None:
+        self.failed.discard(request_id)
         self.streams.pop(request_id, None)
         self._prompts.pop(request_id, None)
         self._generated.pop(request_id, None)
@@ -149,10 +176,26 @@ class ServingBackend(EngineBackend):
             st = self.streams[r.request_id]
             if not emit or st.generator is None or len(st.output_ids) > r.num_output_tokens:
                 continue
-            greedy[i] = _sample(torch, logits[i], st.params, st.generator)
+            try:
+                greedy[i] = _sample(torch, logits[i], st.params, st.generator)
+            except Exception:
+                self._fail(r.request_id, "sampling")
         return greedy
 
+    def _fail(self, request_id: int, stage: str) -> None:
+        log.exception("request %d failed in %s; it is ended, the engine goes on", request_id, stage)
+        self.failed.add(request_id)
+        self.stopped.add(request_id)
+
     def _emit(self, r: Request, token: int) -> None:
+        if r.request_id in self.failed:
+            return
+        try:
+            self._emit_token(r, token)
+        except Exception:
+            self._fail(r.request_id, "detokenization")
+
+    def _emit_token(self, r: Request, token: int) -> None:
         st = self.streams[r.request_id]
         if len(st.output_ids) > r.num_output_tokens:
             return  # replaying what a restart discarded: the client has it already
@@ -190,7 +233,14 @@ class ServingBackend(EngineBackend):
 
 
 def _sample(torch, logits, params: SamplingParams, generator) -> int:
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    """One token drawn at the request's temperature and top-p. In float64 with the
+    softmax's max subtracted, finite logits over a temperature >= MIN_SAMPLING_TEMPERATURE
+    cannot overflow; below it the draw is the argmax."""
+    if params.temperature < MIN_SAMPLING_TEMPERATURE:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.double() / params.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        raise FloatingPointError(f"non-finite probabilities at temperature {params.temperature!r}")
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
@@ -209,7 +259,7 @@ class EngineStats:
     kv_used_tokens: int = 0
     kv_capacity_tokens: int = 0
     num_requests_total: int = 0
-    num_finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0})
+    num_finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0, "error": 0})
     num_aborted: int = 0
     num_rejected: int = 0  # by the loop (too large); the server counts its own 400s and 503s
     num_preemptions: int = 0  # recompute preemptions and restarts
@@ -221,7 +271,10 @@ class EngineStats:
 
 
 class ServingEngine:
-    """The engine thread and its command queue. `submit`/`abort` are thread-safe."""
+    """The engine thread and its command queue. `submit`/`abort` are thread-safe.
+
+    `on_death`, if set, is called (on the engine thread) when the thread dies of an
+    error; `error` then holds the exception."""
 
     def __init__(self, model, tokenizer, scheduler: Scheduler, *, capacity_tokens: int, block_size: int = 16,
                  device: str = "cpu", seed: int = 0, max_waiting: int = 256) -> None:
@@ -237,7 +290,12 @@ class ServingEngine:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # Held while submitting and while the dying thread closes the queue, so every
+        # request that `submit` accepts is either run or answered with an error.
+        self._submit_lock = threading.Lock()
+        self._closed = False
         self.error: BaseException | None = None  # why the engine thread died, if it did
+        self.on_death: Callable[[], None] | None = None
         self._t0 = time.monotonic()
 
     @property
@@ -246,7 +304,7 @@ class ServingEngine:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and not self._closed
 
     def max_total_len(self) -> int:
         """The most prompt + output tokens one request may have: it must fit in the KV
@@ -280,18 +338,19 @@ class ServingEngine:
         """Queue a request; its events go to `sink`, called on the engine thread (it must
         not block). Raises EngineOverloaded when the waiting queue is full, EngineDead
         when the engine is not running, ValueError when the request can never run."""
-        if not self.alive:
-            raise EngineDead(f"the engine is not running: {self.error!r}" if self.error else "the engine is stopped")
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         reason = self.check_size(len(prompt_ids), params.max_tokens)
         if reason is not None:
             raise ValueError(reason)
-        num_waiting = self.stats.num_waiting + self._commands.qsize()
-        if num_waiting >= self.max_waiting:
-            raise EngineOverloaded(f"{num_waiting} requests are waiting (limit {self.max_waiting}); retry later")
-        rid = next(self._ids)
-        self._commands.put(("add", rid, list(prompt_ids), params, sink))
+        with self._submit_lock:
+            if not self.alive:
+                raise EngineDead(ENGINE_FAILED if self.error is not None else "the engine is stopped")
+            num_waiting = self.stats.num_waiting + self._commands.qsize()
+            if num_waiting >= self.max_waiting:
+                raise EngineOverloaded(f"{num_waiting} requests are waiting (limit {self.max_waiting}); retry later")
+            rid = next(self._ids)
+            self._commands.put(("add", rid, list(prompt_ids), params, sink))
         return rid
 
     def abort(self, request_id: int) -> None:
@@ -319,9 +378,36 @@ class ServingEngine:
         except BaseException as exc:  # a failed step must not leave clients hanging
             log.exception("the engine thread failed")
             self.error = exc
-            for rid, sink in list(self._sinks.items()):
-                sink(Output(rid, "", 0, 0, error=f"engine failure: {exc!r}"))
-            self._sinks.clear()
+        finally:
+            self._close(ENGINE_FAILED if self.error is not None else SHUTTING_DOWN)
+        if self.error is not None and self.on_death is not None:
+            self.on_death()
+
+    def _close(self, message: str) -> None:
+        """Refuse new requests and answer every one still here, running or queued."""
+        with self._submit_lock:
+            self._closed = True
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if command[0] == "add":
+                _, rid, prompt_ids, _params, sink = command
+                self._send(rid, sink, Output(rid, "", len(prompt_ids), 0, error=message))
+        for rid, sink in list(self._sinks.items()):
+            self._send(rid, sink, Output(rid, "", 0, 0, error=message))
+        self._sinks.clear()
+
+    @staticmethod
+    def _send(rid: int, sink: Callable[[Output], None], out: Output) -> bool:
+        """Hand `out` to its sink; False (and logged) if the sink raised."""
+        try:
+            sink(out)
+        except Exception:
+            log.exception("request %d: its output could not be delivered; it is ended", rid)
+            return False
+        return True
 
     def _drain(self, timeout: float | None) -> None:
         """Apply queued commands; wait up to `timeout` seconds (None: forever) for the first."""
@@ -340,57 +426,76 @@ class ServingEngine:
         kind = command[0]
         if kind == "add":
             _, rid, prompt_ids, params, sink = command
+            try:
+                self.backend.open(rid, prompt_ids, params)
+            except Exception:  # e.g. a seed the generator cannot take: this request alone fails
+                log.exception("request %d could not be opened; it is refused, the engine goes on", rid)
+                self.backend.close(rid)
+                self.stats.num_finished["error"] += 1
+                self._send(rid, sink, Output(rid, "", len(prompt_ids), 0, error=REQUEST_FAILED))
+                return
             self.loop.now = max(self.loop.now, self._clock())
             # max_tokens is all a server knows of the length: schedulers that want a
             # prediction get it as the point value and as the interval's upper end.
             r = Request(rid, self.loop.now, len(prompt_ids), params.max_tokens,
                         predicted_output_len=params.max_tokens, predicted_output_interval=(1, params.max_tokens))
-            self.backend.open(rid, prompt_ids, params)
             self.loop.add(r)
             self.stats.num_requests_total += 1
             self.stats.num_prompt_tokens += len(prompt_ids)
             if r.status is RequestStatus.REJECTED:  # submit() checks sizes, so only a race gets here
                 self.stats.num_rejected += 1
                 self.backend.close(rid)
-                sink(Output(rid, "", r.prompt_len, 0, error=r.reject_reason))
+                self._send(rid, sink, Output(rid, "", r.prompt_len, 0, error=r.reject_reason))
                 return
             self._sinks[rid] = sink
         elif kind == "abort":
-            rid = command[1]
-            r = self.loop.abort(rid)
-            sink = self._sinks.pop(rid, None)
-            if r is not None:
-                self.stats.num_aborted += 1
-                self._count_evictions(r)
-                if sink is not None:
-                    sink(Output(rid, "", r.prompt_len, r.num_output_tokens, finish_reason="abort"))
-            self.backend.close(rid)
+            self._abort(command[1], notify=True)
+
+    def _abort(self, rid: int, *, notify: bool) -> None:
+        r = self.loop.abort(rid)
+        sink = self._sinks.pop(rid, None)
+        if r is not None:
+            self.stats.num_aborted += 1
+            self._count_evictions(r)
+            if sink is not None and notify:
+                self._send(rid, sink, Output(rid, "", r.prompt_len, r.num_output_tokens, finish_reason="abort"))
+        self.backend.close(rid)
 
     def _publish(self) -> None:
-        """Send each request's new text; close the streams of finished ones."""
+        """Send each request's new text; close the streams of finished ones. A request
+        whose sink raises (its handler is gone) is aborted: it frees its KV."""
         backend, stats, loop = self.backend, self.stats, self.loop
+        self._update_gauges()  # before any client hears of its end, so /metrics agrees
         # loop.finished lasts until the next scheduling call: a request is published once,
         # while it still has a sink.
         sinks = self._sinks
         finished = {r.request_id: r for r in loop.finished
                     if r.status is RequestStatus.FINISHED and r.request_id in sinks}
+        undeliverable = []
         for rid in backend.emitted:
-            if rid in finished:
+            if rid in finished or rid not in sinks:
                 continue
             text = backend.take_text(rid, final=False)
             if text:
                 num_output = len(backend.streams[rid].output_ids)
-                sinks[rid](Output(rid, text, len(backend.prompt_ids_of(rid)), num_output))
+                if not self._send(rid, sinks[rid], Output(rid, text, len(backend.prompt_ids_of(rid)), num_output)):
+                    undeliverable.append(rid)
         stats.num_generation_tokens += len(backend.emitted)
         backend.emitted.clear()
+        for rid in undeliverable:
+            self._abort(rid, notify=False)
         for rid, r in finished.items():
-            st = backend.streams[rid]
-            reason = st.finish_reason or "length"
-            stats.num_finished[reason] += 1
             self._count_evictions(r)
             sink = sinks.pop(rid)
-            sink(Output(rid, backend.take_text(rid, final=True), r.prompt_len, r.num_output_tokens,
-                        finish_reason=reason))
+            if rid in backend.failed:
+                stats.num_finished["error"] += 1
+                out = Output(rid, "", r.prompt_len, r.num_output_tokens, error=REQUEST_FAILED)
+            else:
+                reason = backend.streams[rid].finish_reason or "length"
+                stats.num_finished[reason] += 1
+                out = Output(rid, backend.take_text(rid, final=True), r.prompt_len, r.num_output_tokens,
+                             finish_reason=reason)
+            self._send(rid, sink, out)
             backend.close(rid)
         steps = loop.pop_steps()
         for duration in steps["duration"]:
@@ -399,6 +504,10 @@ class ServingEngine:
             for i, bound in enumerate(STEP_TIME_BUCKETS_S):
                 if duration <= bound:
                     stats.step_time_buckets[i] += 1
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        stats, loop = self.stats, self.loop
         stats.num_waiting, stats.num_running = len(loop.waiting), len(loop.resident)
         stats.kv_used_tokens = self.kv.num_used_tokens
 
@@ -406,4 +515,5 @@ class ServingEngine:
         self.stats.num_preemptions += r.num_preemptions + r.num_restarts
 
 
-__all__ = ["EngineDead", "EngineOverloaded", "Output", "SamplingParams", "ServingBackend", "ServingEngine"]
+__all__ = ["ENGINE_FAILED", "MIN_SAMPLING_TEMPERATURE", "REQUEST_FAILED", "SEED_MAX", "SEED_MIN", "EngineDead",
+           "EngineOverloaded", "Output", "SamplingParams", "ServingBackend", "ServingEngine"]
