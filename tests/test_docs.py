@@ -98,3 +98,37 @@ def test_reproduction_report_cites_papers_not_specs(tmp_path) -> None:
                         wall_time_s=1.0, tasks_run=1, tasks_reused=0)
         text = render_report(entry, result, "default")
         assert not offending_lines(text), (entry.name, offending_lines(text))
+
+
+# --- README says what the commands print -----------------------------------------------------------
+def kvsched(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "kvsched.cli", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_default_capacity_is_rounded_to_whole_blocks_as_readme_says() -> None:
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    assert "default 137,000" in readme and "137,000 // 16 × 16 = 136,992" in readme
+    out = kvsched("simulate", "--trace", "azure-conv", "--num-requests", "20", "--scheduler", "vllm",
+                  "--no-progress", "--json")
+    assert json.loads(out)["capacity_tokens"] == 137_000 // 16 * 16 == 136_992
+
+
+def test_bound_prints_what_readme_lists_per_mode(tmp_path) -> None:
+    import json
+
+    readme = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `kvsched bound"))
+    trace = kvsched("bound", "--trace", "azure-conv", "--capacity", "137000", "--num-requests", "20", "--json")
+    assert [b["name"] for b in json.loads(trace)["bounds"]] == ["volume"]
+    assert "Without `--theory`" in readme and "it prints one bound, `volume`, in seconds" in readme
+
+    csv = tmp_path / "t.csv"
+    csv.write_text("arrival_time,prompt_len,output_len\n0,2,3\n0,1,4\n1,2,2\n2,1,5\n")
+    theory = json.loads(kvsched("bound", "--trace", str(csv), "--capacity", "12", "--theory", "--json"))
+    names = [b["name"] for b in theory["bounds"]]
+    assert {"sum-output", "volume", "lp"} <= set(names) <= {"sum-output", "volume", "lemma-4.7", "lp", "ip-dual"}
+    assert theory["optimum"] is not None
+    for name in names:
+        assert f"`{name}`" in readme, name
