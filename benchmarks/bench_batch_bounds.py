@@ -1,4 +1,4 @@
-"""Offline-batch lower bounds (gsa_gba.md section 10): time of LB_count at n = 10,000.
+"""Offline-batch lower bounds (docs/gsa.md): time of LB_count at n = 10,000.
 
     python benchmarks/bench_batch_bounds.py              # a few seconds
     python benchmarks/bench_batch_bounds.py --n 1000 10000 100000 --repeats 3

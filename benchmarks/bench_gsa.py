@@ -1,9 +1,9 @@
 """GSA/GBA on long offline batches: the fast path (Decision.repeat) against stepping.
 
     python benchmarks/bench_gsa.py                 # n = 2,000, ~1-2 min on a 2-core machine
-    python benchmarks/bench_gsa.py -n 10000        # the spec's largest size (several minutes)
+    python benchmarks/bench_gsa.py -n 10000        # the largest size of the studies (several minutes)
 
-The spec (gsa_gba.md §6.3) asks that makespans of 1e5-1e6 rounds with n up to 10,000 run
+kvsched aims for makespans of 1e5-1e6 rounds with n up to 10,000 to run
 in reasonable time. The loop fast-forwards a decision while the scheduler promises it
 stays the same (until the next kill, the credit turning positive, or a waiting job that
 starts to fit as time passes). This benchmark times one run with that fast path and one

@@ -4,7 +4,7 @@
     python benchmarks/bench_ip.py --model 1 --instances 3 --time-limit 20
     python benchmarks/bench_ip.py --size medium --instances 12 --time-limit 30   # instances HiGHS closes
 
-Every configuration solves the very same instances (spec 10.1 generators, seeded by
+Every configuration solves the very same instances (the MC-SF paper's synthetic-study generators, seeded by
 `instance_seed(seed, model, index)`) under the same time limit, one thread. Per
 configuration the table gives the share solved to proven optimality, the median solve
 time (a run that hits the limit counts as the limit), the mean final gap
@@ -49,7 +49,7 @@ from kvsched.experiments.mcsf_instances import (
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_ip.json"
 
-# Instance families: the paper's (spec 10.1), one HiGHS closes in seconds, and spec 13.2's tiny one.
+# Instance families: the paper's (the MC-SF paper's studies), one HiGHS closes in seconds, and a tiny one like the hand-computed test vectors.
 SIZES: dict[str, dict[int, dict[str, object]]] = {
     "paper": {1: {}, 2: {}},
     "medium": {
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--instances", type=int, default=5)
     p.add_argument("--time-limit", type=float, default=10.0, help="seconds per solve")
-    p.add_argument("--model", type=int, choices=(1, 2), default=2, help="arrival model of spec 10.1")
+    p.add_argument("--model", type=int, choices=(1, 2), default=2, help="arrival model of the MC-SF paper's studies")
     p.add_argument("--seed", type=int, default=0, help="base seed: instance i uses SeedSequence([seed, model, i])")
     p.add_argument("--size", choices=tuple(SIZES), default="paper")
     p.add_argument("--threads", type=int, default=1)

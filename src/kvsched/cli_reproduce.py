@@ -136,7 +136,7 @@ def print_list(entries: dict) -> None:
     for e in entries.values():
         full = f"≈ {format_duration(e.runtime_s.get('full'))}" if e.has_full else "= default"
         what = escape(e.description) + ("\n[dim](default reduced; --full: the paper's size)[/dim]" if e.has_full else "")
-        table.add_row(e.name, escape(f"arXiv {e.paper}, {e.spec}"), what, format_duration(e.runtime_s.get("default")),
+        table.add_row(e.name, escape(f"arXiv {e.paper}, {e.section}"), what, format_duration(e.runtime_s.get("default")),
                       format_duration(e.runtime_s.get("quick")), full)
 
     # Piped output has no terminal width; do not fold the descriptions into 80 columns.

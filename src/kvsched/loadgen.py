@@ -97,7 +97,7 @@ class SSEParser:
     def close(self) -> list[str]:
         """End of stream: the events still pending.
 
-        The spec drops an event without its closing blank line; a server that ends the body
+        The server-sent events standard (WHATWG HTML) drops an event without its closing blank line; a server that ends the body
         right after `data: [DONE]\\n` would then look truncated, so the last one is kept."""
         self._buffer += self._decoder.decode(b"", final=True)
         events = self._drain(final=True)

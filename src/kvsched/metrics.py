@@ -1,6 +1,6 @@
 """Metrics: pure functions of a finished run's requests and steps.
 
-Conventions (shared/design.md): TTFT from arrival to the end of the step that emits
+Conventions (docs/architecture.md): TTFT from arrival to the end of the step that emits
 the first token; end-to-end latency from arrival to the end of the step that emits
 the last token; TPOT = (e2e - TTFT) / (output_len - 1) over requests with more than
 one output token (vLLM's serving-benchmark definition); throughput counts only

@@ -10,7 +10,7 @@ and schedulers read them through a *predictor*:
 - `interval-high` / `interval-low`: an end of `predicted_output_interval` (A_max plans
   with the upper end, A_min starts from the lower end).
 
-Prediction models (MC-SF spec section 8), each driven by an explicit generator:
+Prediction models (docs/conventions.md#mcsf-noise), each driven by an explicit generator:
 
 | spec                        | prediction                                                    |
 |-----------------------------|---------------------------------------------------------------|
@@ -114,7 +114,7 @@ def make_predictor(name: str) -> Predictor:
 
 @dataclass(frozen=True)
 class PredictionModel:
-    """Attaches predictions to a workload; `kind` and the fields are the spec string."""
+    """Attaches predictions to a workload; `kind` and the fields come from the prediction spec string (`relative:eps=0.5`)."""
 
     kind: str
     eps: float = 0.0

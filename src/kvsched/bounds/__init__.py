@@ -1,10 +1,10 @@
-"""Hindsight optimum and lower bounds on total end-to-end latency (spec section 9).
+"""Hindsight optimum and lower bounds on total end-to-end latency (the MC-SF paper's hindsight IP).
 
 * `Instance`: theory-mode data (integer epochs, prompt/output lengths, capacity `M`).
 * `evaluate_starts`, `greedy_starts`: replay a schedule / build a feasible one.
 * `volume_bound`, `lemma47_bound`, `sum_output_bound`, `volume_bound_seconds`:
-  closed-form lower bounds (spec 9.4).
-* `solve_ip`, `solve_lp`: the time-indexed IP of spec 9.1 and its LP relaxation, solved
+  closed-form lower bounds (the MC-SF paper's hindsight IP).
+* `solve_ip`, `solve_lp`: the time-indexed IP of the MC-SF paper's hindsight IP and its LP relaxation, solved
   with HiGHS (highspy preferred, scipy.optimize.milp as fallback), imported lazily so the
   package works without any solver.
 * `bound_report`: all of the above for one instance.

@@ -1,8 +1,8 @@
-"""Lower bounds and the exact optimum for the offline batch problem of gsa_gba.md (sections 3.2, 10).
+"""Lower bounds and the exact optimum for the offline batch problem of the GBA/GSA paper (docs/gsa.md).
 
 What this module is for: measuring batch schedulers (GBA, GSA, Sorted-F, b-scaling) against
-a bound on the optimal total completion time `sum_i C_i`. The bounds are the spec's
-(section 10), and they are valid only in the **offline batch setting**: every job arrives
+a bound on the optimal total completion time `sum_i C_i`. The bounds are kvsched's
+(docs/gsa.md), and they are valid only in the **offline batch setting**: every job arrives
 at time 0, job `i` has a prompt `s_i >= 0` and an output length `o_i >= 1`, in each
 step it holds `s_i + u` memory units while producing its `u`-th token, and the running set
 never holds more than `M` units (`s_i + o_i <= M` for every job).
@@ -13,7 +13,7 @@ areas.
 
 * `lb_len`   = `sum_i o_i`                                    (section 10, item 1)
 * `lb_area`  = `sum_k ceil(Q_k / M)`                          (item 2)
-* `lb_mix`   = `sum_k max(o_(k), ceil(Q_k / M))`              (item 3; the MC-SF spec's LB_vol
+* `lb_mix`   = `sum_k max(o_(k), ceil(Q_k / M))`              (item 3; the volume bound LB_vol of docs/bounds.md
   with every arrival at 0, computed by `kvsched.bounds.volume`)
 * `lb_count` = `sum_{t>=0} (n - N*(t))`, `N*(t)` the most jobs with `o_i <= t` whose areas fit
   in `M t` (item 4, the headline bound; at least as strong as the three above). Computed
@@ -94,7 +94,7 @@ def _validate(prompt_len: ArrayLike, output_len: ArrayLike, capacity: int) -> tu
         i = int(bad[0])
         raise ValueError(
             f"request index {i}: prompt_len + output_len = {int(s[i] + o[i])} exceeds capacity {m}, "
-            "so it can never complete (drop or clip it, gsa_gba.md Ambiguity 17)"
+            "so it can never complete (drop or clip it, docs/gsa.md)"
         )
     return s, o, m
 
@@ -126,7 +126,7 @@ def lb_area(prompt_len: ArrayLike, output_len: ArrayLike, capacity: int) -> int:
 def lb_mix(prompt_len: ArrayLike, output_len: ArrayLike, capacity: int) -> int:
     """Mixed order-statistic bound `sum_k max(o_(k), ceil(Q_k / M))` (item 3).
 
-    This is the MC-SF spec's LB_vol with every arrival at 0, so it is computed by the same
+    This is LB_vol (docs/bounds.md) with every arrival at 0, so it is computed by the same
     code (`kvsched.bounds.volume`).
     """
     s, o, m = _validate(prompt_len, output_len, capacity)
@@ -134,7 +134,7 @@ def lb_mix(prompt_len: ArrayLike, output_len: ArrayLike, capacity: int) -> int:
 
 
 def lb_count(prompt_len: ArrayLike, output_len: ArrayLike, capacity: int) -> int:
-    """Counting bound `sum_{t>=0} (n - N*(t))` (item 4), by the spec's segment algorithm.
+    """Counting bound `sum_{t>=0} (n - N*(t))` (item 4), by a segment algorithm.
 
     `N*(t)` = the most jobs with `o_i <= t` whose areas sum to at most `M t`: take the
     eligible jobs in ascending area. It only changes at the distinct `o_i` (new jobs become
@@ -327,13 +327,13 @@ def batch_bounds(
 
 
 def job_size_ratio(prompt_len: ArrayLike, output_len: ArrayLike, capacity: int) -> float:
-    """The spec's `eps = max_i (s_i + o_i) / M` (Ambiguity 6); 0.0 for no jobs."""
+    """`eps = max_i (s_i + o_i) / M`, the large-memory parameter (docs/gsa.md); 0.0 for no jobs."""
     s, o, m = _validate(prompt_len, output_len, capacity)
     return float((s + o).max()) / m if s.size else 0.0
 
 
 def regime(eps: float) -> Regime:
-    """`"large-memory"` if `eps <= 0.05`, else `"general"` (Ambiguity 6)."""
+    """`"large-memory"` if `eps <= 0.05`, else `"general"` (docs/gsa.md)."""
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     return "large-memory" if eps <= LARGE_MEMORY_EPS else "general"

@@ -1,4 +1,4 @@
-"""The fluid benchmark of the WAIT paper (Ao et al., arXiv 2504.11320; spec wait.md section 5).
+"""The fluid benchmark of the WAIT paper (Ao et al., arXiv 2504.11320; WAIT paper §3).
 
 For request types j with prompt length l_j, output length l'_j (decode iterations) and
 Poisson rate lambda_j, an iteration that touches M KV tokens lasting d0 + d1 * M, and a KV
@@ -89,10 +89,10 @@ def _finite_or_none(v):
 def fluid_benchmark(types: Sequence[RequestType | tuple[int, int, float]], d0_s: float, d1_s_per_token: float,
                     capacity_tokens: int, *, first_token_in_prefill: bool = False,
                     tol: float = 1e-9) -> FluidResult:
-    """The fluid equilibrium and stability verdict (spec wait.md 5.2 and 5.4).
+    """The fluid equilibrium and stability verdict (WAIT paper §3).
 
     first_token_in_prefill: the engine convention, in which the prefill iteration emits
-    the first output token, so a request makes output_len - 1 decode iterations (A19)."""
+    the first output token, so a request makes output_len - 1 decode iterations (docs/conventions.md#wait-steps)."""
     kinds = tuple(t if isinstance(t, RequestType) else RequestType(*t) for t in types)
     if not kinds:
         raise ValueError("the fluid benchmark needs at least one request type "
@@ -132,7 +132,7 @@ def types_from_requests(requests: Sequence, *, num_bins: int = 50, max_distinct:
     Arrival rate: `rate`, or the trace's empirical rate (n - 1) / (last - first arrival).
     Types: when the workload has at most `max_distinct` output lengths, one type per output
     length; otherwise `num_bins` equal-width bins over (0, max output], each type's output
-    the bin's upper edge (the authors' 50 bins of 10 for lmsys, spec A22). A type's rate is
+    the bin's upper edge (the authors' 50 bins of 10 for lmsys, docs/conventions.md#wait-bins). A type's rate is
     the total rate times its share of requests and its prompt the mean prompt of its
     requests, rounded (A22; with mixed prompts WAIT's LIFO repair covers the rest, 4.10)."""
     reqs = list(requests)

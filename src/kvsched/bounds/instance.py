@@ -1,14 +1,14 @@
-"""Theory-mode problem instances for the bounds: the data of spec section 2, nothing else.
+"""Theory-mode problem instances for the bounds: the data of the MC-SF paper's model, nothing else.
 
 An `Instance` is what the hindsight IP and the volume bounds need: integer arrival
-epochs, prompt lengths `s_i >= 0` (0 is the batch theory model of gsa_gba.md 3.2),
+epochs, prompt lengths `s_i >= 0` (0 is the batch theory model of docs/mcsf.md),
 output lengths `o_i >= 1`, and the KV capacity `M`. It also carries the
 request ids so that per-request results (IP starts) can be mapped back to
 `kvsched.request.Request` objects.
 
 The module also holds two small pure-Python helpers used everywhere in `bounds`:
 
-* `evaluate_starts` replays a start vector with the spec 2.2 convention (a start at
+* `evaluate_starts` replays a start vector with the MC-SF paper's model convention (a start at
   `p` holds `s + t - p` at epochs `p+1..p+o` and completes at `p+o`) and returns its
   TEL and memory profile, raising if the schedule breaks a rule;
 * `greedy_starts` builds a feasible schedule by list scheduling, used as a fallback
@@ -43,7 +43,7 @@ def _as_int_tuple(values: Iterable[object], name: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """A theory-mode instance: unit rounds, integer epochs (spec 2.1-2.3).
+    """A theory-mode instance: unit rounds, integer epochs (the MC-SF paper's model).
 
     `request_ids[i]` names request `i` (defaults to `0..n-1`); every per-request
     tuple in results is indexed like `arrival`.
@@ -77,7 +77,7 @@ class Instance:
         for i in range(n):
             if arrival[i] < 0:
                 raise ValueError(f"request index {i} (id {ids[i]}): arrival must be >= 0, got {arrival[i]}")
-            if prompt[i] < 0:  # s_i = 0 is allowed: the batch theory model (gsa_gba.md 3.2, Ambiguity 25)
+            if prompt[i] < 0:  # s_i = 0 is allowed: the batch theory model (docs/mcsf.md, docs/conventions.md)
                 raise ValueError(f"request index {i} (id {ids[i]}): prompt_len must be >= 0, got {prompt[i]}")
             if output[i] < 1:
                 raise ValueError(f"request index {i} (id {ids[i]}): output_len must be >= 1, got {output[i]}")
@@ -96,7 +96,7 @@ class Instance:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_triples(cls, triples: Iterable[tuple[int, int, int]], capacity: int) -> Instance:
-        """From `(a, s, o)` triples, the notation of the spec's test vectors."""
+        """From `(a, s, o)` triples, the notation of the hand-computed test vectors."""
         rows = list(triples)
         return cls(
             tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows), capacity
@@ -137,7 +137,7 @@ class Instance:
         )
 
     def safe_horizon(self) -> int:
-        """Spec 9.2: some optimal schedule starts every request at or before `max a + sum o`."""
+        """the MC-SF paper's hindsight IP: some optimal schedule starts every request at or before `max a + sum o`."""
         if self.n == 0:
             return 0
         return max(self.arrival) + sum(self.output_len)

@@ -1,4 +1,4 @@
-"""Hindsight-optimal TEL: the time-indexed IP of spec 9.1 and its LP relaxation (9.3).
+"""Hindsight-optimal TEL: the time-indexed IP of the MC-SF paper's hindsight IP and its LP relaxation.
 
 `solve_ip` builds the model (`kvsched.bounds.model`), chooses per-request horizons,
 passes an optional warm start, runs HiGHS and turns the answer into an honest
@@ -7,7 +7,7 @@ and a proven lower bound.
 
 Horizons (last start epoch per request):
 
-* **safe** (default, spec 9.2): `max a + sum o` for every request;
+* **safe** (default, the MC-SF paper's hindsight IP): `max a + sum o` for every request;
 * **valid tightening** (`tighten_horizon`, needs an incumbent of TEL `U`): any schedule
   with TEL <= U has `p_i <= a_i + U - o_i - LB(others_i)`, LB the best closed-form bound
   on the other requests alone (removing a request only frees memory);
@@ -216,7 +216,7 @@ def solve_ip(
         kind == "heuristic" or (kind == "safe" and status == "optimal")
     ):
         # A start on a heuristic horizon suggests the horizon binds; on the safe horizon an
-        # optimal start there would contradict spec 9.2. (A valid tightened horizon may be
+        # optimal start there would contradict the MC-SF paper's hindsight IP (A valid tightened horizon may be
         # touched: it keeps every schedule with TEL <= U.)
         touching = [
             inst.request_ids[i] for i in range(inst.n) if inc_starts[i] >= hz[i] > inst.arrival[i]
@@ -262,7 +262,7 @@ def solve_lp(
     solver: SolverName = "auto",
     threads: int = 1,
 ) -> LPResult:
-    """LP relaxation (spec 9.3) on the safe horizon unless `horizon` is given.
+    """LP relaxation (the MC-SF paper's hindsight IP) on the safe horizon unless `horizon` is given.
 
     Aggregation does not change the LP value (split a class's fractional starts evenly),
     so it is on by default for a smaller model. A shorter `horizon` is a heuristic: the

@@ -1,4 +1,4 @@
-"""The time-indexed hindsight model of spec 9.1, built once as a sparse column-wise matrix.
+"""The time-indexed hindsight model of the MC-SF paper's hindsight IP, built once as a sparse column-wise matrix.
 
 One builder serves the IP, its LP relaxation and every option:
 

@@ -1,4 +1,4 @@
-"""Closed-form lower bounds on the hindsight-optimal TEL (spec 9.4), O(n log n) with numpy.
+"""Closed-form lower bounds on the hindsight-optimal TEL (the MC-SF paper's hindsight IP), O(n log n) with numpy.
 
 * `volume_bound` (LB_vol): the k-th smallest completion time is at least
   `a_min + ceil(P_k / M)` (the k smallest memory-time areas must fit in the epochs
@@ -37,7 +37,7 @@ def _volume_bound_arrays(a: np.ndarray, s: np.ndarray, o: np.ndarray, capacity: 
 
 
 def volume_bound(inst: Instance) -> int:
-    """LB_vol of spec 9.4 (valid for any prompts and arrivals)."""
+    """LB_vol of the MC-SF paper's hindsight IP (valid for any prompts and arrivals)."""
     a, s, o = inst.arrays()
     return _volume_bound_arrays(a, s, o, inst.capacity)
 

@@ -1,6 +1,6 @@
 """EngineBackend: the loop's steps executed by a real model on a paged KV cache.
 
-The same loop and schedulers as the simulator (shared/design.md): the loop validates a
+The same loop and schedulers as the simulator (docs/architecture.md): the loop validates a
 decision, allocates the KV blocks in its `KVCache` (with block ids tracked), then calls
 `execute(batch, shape)`. Here that runs one batched forward pass of `Llama.forward_step`
 over every scheduled request's new tokens, writing their K/V into those blocks, picks the

@@ -1,1 +1,1 @@
-"""Experiment drivers and instance generators that reproduce the papers' studies (spec section 10)."""
+"""Experiment drivers and instance generators that reproduce the papers' studies (the MC-SF paper's studies)."""

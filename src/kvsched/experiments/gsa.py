@@ -1,4 +1,4 @@
-"""Offline-batch experiments for GBA and GSA (reconstructions; shared/specs/gsa_gba.md §12).
+"""Offline-batch experiments for GBA and GSA (reconstructions; docs/gsa.md).
 
 The paper (arXiv 2601.22996) publishes no numerical results, so nothing here reproduces
 a figure of it: runs are compared with lower bounds (LB_count), the exact optimum on tiny
@@ -79,7 +79,7 @@ ALL_POLICIES = CLAIRVOYANT + NON_CLAIRVOYANT
 
 
 def ablation_policies() -> tuple[Policy, ...]:
-    """The spec's ablations (§12.2): each differs from GBA-V / GSA-V in one setting."""
+    """kvsched's ablations (docs/gsa.md): each differs from GBA-V / GSA-V in one setting."""
     out = [Policy("gba", "gba", regime_base=True), Policy("gba stagger=off", "gba", {"stagger": False}),
            Policy("gba-sync", "gba-sync"), Policy("gba-batched", "gba-batched", regime_base=True),
            Policy("gsa", "gsa", regime_base=True), Policy("gsa stagger=off", "gsa", {"stagger": False}, True),
@@ -214,7 +214,7 @@ def sweep(*, traces: Sequence[str] = TRACES, sizes: Sequence[int] = (100, 1000),
     regimes = frame.groupby(["trace", "n", "capacity"]).agg(
         job_size_ratio=("job_size_ratio", "max"), dropped=("num_dropped", "mean"))
     summary = {
-        "study": "gsa-sweep", "bound": "LB_count (counting bound, spec §10 item 4)",
+        "study": "gsa-sweep", "bound": "LB_count (counting bound, docs/gsa.md item 4)",
         "mean_ratio_to_lb_count": _summary_table(frame, "ratio_to_lb_count"),
         "mean_kills": _summary_table(frame[frame["num_kills"] > 0], "num_kills"),
         "price_of_non_clairvoyance": {f"{r.trace} n={r.n} M={r.capacity}": round(r.gsa_over_gba, 4)
@@ -277,7 +277,7 @@ def ablation(*, trace: str = "azure-conv", n: int = 1000, capacities: Sequence[i
     return frame, summary
 
 
-GOLDEN_BASE = (1 + math.sqrt(13)) / 2  # GSA's general-regime base beta* (spec §5.2)
+GOLDEN_BASE = (1 + math.sqrt(13)) / 2  # GSA's general-regime base beta* (docs/gsa.md)
 WORST_CASE_POLICIES = (
     Policy("gba", "gba", {"regime": "general"}), Policy("gba-batched", "gba-batched", {"base": 4.0}),
     Policy("gsa", "gsa", {"base": GOLDEN_BASE}), Policy("gsa-batched", "gsa-batched", {"base": GOLDEN_BASE}),

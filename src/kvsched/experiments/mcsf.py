@@ -1,4 +1,4 @@
-"""The experiments of the MC-SF paper (arXiv 2502.07115; spec shared/specs/mcsf.md section 10).
+"""The experiments of the MC-SF paper (arXiv 2502.07115; the MC-SF paper's studies).
 
 - `synthetic_study`: 200 instances per arrival model in theory mode; MC-SF's total
   latency against the hindsight optimum (the IP of `kvsched.bounds`, HiGHS, warm-started
@@ -39,11 +39,11 @@ PAPER = {
     "trace": {"mcsf_vs_benchmark_reduction": 0.31, "headline": "32.11 vs 46.47 (unit unclear)",
               "smallest_feasible_alpha": {50.0: 0.21, 10.0: 0.24}},
 }
-LMSYS_PROMPT = (math.log(11.0), math.sqrt(2.0 * math.log(40.62 / 11.0)))  # (mu, sigma), spec 10.4
+LMSYS_PROMPT = (math.log(11.0), math.sqrt(2.0 * math.log(40.62 / 11.0)))  # (mu, sigma), the MC-SF paper's studies
 LMSYS_OUTPUT = (math.log(45.0), math.sqrt(2.0 * math.log(85.32 / 45.0)))
 PAPER_CAPACITY_TOKENS = 16_492
 TRACE_COST_MODEL = "llama2-70b-a100-tp2"
-# Spec 6.4 / Ambiguity 26: the six alpha/beta configurations.
+# the MC-SF paper's α-protection benchmarks / docs/conventions.md: the six alpha/beta configurations.
 BASELINES = (
     ("alpha-protection", {"alpha": 0.3}),
     ("alpha-protection", {"alpha": 0.25}),
@@ -161,7 +161,7 @@ def synthetic_study(model: int, *, instances: int = 200, time_limit_s: float = 1
                     jobs: int = 1, executor: Executor | None = None, out: Path | None = None,
                     progress: ProgressFn | None = None, solve: bool = True,
                     scale: str = "paper") -> tuple[pd.DataFrame, dict]:
-    """Spec 10.1: per-instance rows and the summary table beside the paper's numbers.
+    """the MC-SF paper's studies: per-instance rows and the summary table beside the paper's numbers.
 
     scale="small" draws scaled-down instances (M 10-16, n 6-10 or 6-10 epochs, s 1-3)
     whose IPs close, so MC-SF's ratio to a *proven* optimum can be measured; it is not
@@ -178,7 +178,7 @@ def synthetic_study(model: int, *, instances: int = 200, time_limit_s: float = 1
     summary = summarize_synthetic(frame, model)
     summary["scale"] = scale
     config = {"study": "mcsf-synthetic", "model": model, "scale": scale, "instance_sizes": SCALES[scale][model] or
-              "spec 10.1", "instances": instances, "time_limit_s": time_limit_s, "base_seed": base_seed,
+              "the MC-SF paper's studies", "instances": instances, "time_limit_s": time_limit_s, "base_seed": base_seed,
               "solver_threads": 1}
     _write(out, {"instances": frame}, config, summary)
     return frame, summary
@@ -215,7 +215,7 @@ def summarize_synthetic(frame: pd.DataFrame, model: int) -> dict:
 # --- 10.2 trace study ------------------------------------------------------------------------
 
 def lmsys_like_workload(num_requests: int, rate: float, capacity: int, rng: np.random.Generator) -> list[Request]:
-    """The spec's stand-in for the paper's LMSYS-Chat-1M sample (section 10.4): lognormal
+    """kvsched's stand-in for the paper's LMSYS-Chat-1M sample (docs/conventions.md#mcsf-trace): lognormal
     prompts and outputs with the reported medians and means (prompt 11 / 40.62, output 45 /
     85.32 words used as tokens), Poisson arrivals at `rate` req/s, outputs truncated so that
     s + o <= M. The data set itself is not shipped; see docs/mcsf.md."""
@@ -301,7 +301,7 @@ def trace_study(*, rates: Sequence[float] = (10.0, 50.0), num_requests: int = 10
                 capacity: int = PAPER_CAPACITY_TOKENS, cost_model: str = TRACE_COST_MODEL, seed: int = 0,
                 find_alpha: bool = True, jobs: int = 1, executor: Executor | None = None, out: Path | None = None,
                 progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """Spec 10.2: MC-SF vs MC-Benchmark vs the six alpha/beta baselines at each rate
+    """the MC-SF paper's studies: MC-SF vs MC-Benchmark vs the six alpha/beta baselines at each rate
     (resumable from `out/cells/`; the alpha bisection of a rate is one task)."""
     configs = [("mcsf", {}), ("mc-benchmark", {}), *BASELINES]
     common = {"study": "mcsf-trace", "num_requests": num_requests, "capacity": capacity, "cost_model": cost_model,
@@ -315,7 +315,7 @@ def trace_study(*, rates: Sequence[float] = (10.0, 50.0), num_requests: int = 10
     frame = rows_frame(runs, RUN_COLUMNS)
     summary = summarize_trace(frame, alphas)
     config = {"study": "mcsf-trace", "rates": list(rates), "num_requests": num_requests, "capacity_tokens": capacity,
-              "cost_model": cost_model, "seed": seed, "workload": "lmsys-like lognormal stand-in (spec 10.4)",
+              "cost_model": cost_model, "seed": seed, "workload": "lmsys-like lognormal stand-in (the MC-SF paper's studies)",
               "memory_ledger": "papers' (block_size 1, one lookahead slot)"}
     _write(out, {"runs": frame}, config, summary)
     return frame, summary
@@ -360,7 +360,7 @@ def robustness_study(*, eps_values: Sequence[float] = (0.2, 0.5, 0.8), rates: Se
                      cost_model: str = TRACE_COST_MODEL, reserve: float = 0.1, seed: int = 0, jobs: int = 1,
                      executor: Executor | None = None, out: Path | None = None,
                      progress: ProgressFn | None = None) -> tuple[pd.DataFrame, dict]:
-    """Spec 10.3: noisy predictions; MC-SF (and MC-Benchmark) with a reserve and LIFO
+    """the MC-SF paper's studies: noisy predictions; MC-SF (and MC-Benchmark) with a reserve and LIFO
     clearing on overflow, against the alpha/beta baselines (which ignore predictions)."""
     common = {"study": "mcsf-robustness", "num_requests": num_requests, "capacity": capacity,
               "cost_model": cost_model, "seed": seed}
@@ -390,6 +390,6 @@ def robustness_study(*, eps_values: Sequence[float] = (0.2, 0.5, 0.8), rates: Se
             }
     config = {"study": "mcsf-robustness", "eps": list(eps_values), "rates": list(rates), "num_requests": num_requests,
               "capacity_tokens": capacity, "cost_model": cost_model, "reserve": reserve, "seed": seed,
-              "noise_model": "relative uniform: round(o (1 + eps U)), U ~ U[-1, 1] (spec 8)"}
+              "noise_model": "relative uniform: round(o (1 + eps U)), U ~ U[-1, 1] (docs/conventions.md#mcsf-noise)"}
     _write(out, {"runs": frame}, config, summary)
     return frame, summary

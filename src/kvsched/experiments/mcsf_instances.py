@@ -1,4 +1,4 @@
-"""Synthetic instances of the MC-SF study (spec 10.1), theory mode, seeded explicitly.
+"""Synthetic instances of the MC-SF study (the MC-SF paper's studies), theory mode, seeded explicitly.
 
 Every generator takes a `numpy.random.Generator` and touches no global state. Use
 `instance_seed(base_seed, model, index)` to derive the generator of instance `index`
@@ -8,7 +8,7 @@ of arrival model 1 or 2, so that any single instance can be regenerated on its o
   `o ~ U{1..M-s}`, every `a = 0`.
 * Model 2 (Poisson online): `M`, `s`, `o` as above; `T ~ U{40..60}` epochs, a rate
   `lambda ~ U[0.5, 1.5]` drawn once per instance, and `Poisson(lambda)` arrivals in each
-  epoch `0..T-1` (spec 12.12).
+  epoch `0..T-1` (docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def small_instance(
     prompt_max: int = 3,
     max_arrival: int = 0,
 ) -> Instance:
-    """A tiny instance for tests (spec 13.2 sizes): `M` 6-14, `n` 3-7, arrivals in
+    """A tiny instance for tests (the sizes of the hand-computed test vectors): `M` 6-14, `n` 3-7, arrivals in
     `0..max_arrival` (all 0 by default)."""
     capacity = int(rng.integers(capacity_range[0], capacity_range[1], endpoint=True))
     n = int(rng.integers(n_range[0], n_range[1], endpoint=True))

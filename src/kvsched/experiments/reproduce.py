@@ -1,7 +1,7 @@
 """`kvsched reproduce NAME`: each experiment of the three papers, one command, one report.
 
 A `Reproduction` names one experiment of the WAIT paper (arXiv 2504.11320), the MC-SF
-paper (arXiv 2502.07115) or the GBA/GSA paper (arXiv 2601.22996), the spec section that
+paper (arXiv 2502.07115) or the GBA/GSA paper (arXiv 2601.22996), the paper's section that
 describes it and how long it takes. Its `run` function runs the existing study
 (`experiments.wait`, `.mcsf`, `.gsa`) and returns `Findings`: the table its numbers come
 from, kvsched's numbers beside the paper's (`Comparison` rows), figures, the differences
@@ -89,7 +89,7 @@ class Findings:
     comparisons: list[Comparison]
     figures: list[tuple[str, str]]  # (file name in OUT, caption)
     differences: list[str]  # computed from the numbers
-    reasons: list[str]  # why they differ (the spec's ambiguities, the docs)
+    reasons: list[str]  # why they differ (the project's defaults where the paper is open, the docs)
     headline: dict  # the headline numbers for summary.json
     extra_tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     notes: list[str] = field(default_factory=list)  # caveats printed before the table
@@ -101,7 +101,7 @@ class Reproduction:
 
     name: str
     paper: str  # arXiv id
-    spec: str  # spec file and section
+    section: str  # the paper's section (and figure or table) the experiment comes from
     description: str
     run: Callable[[Context], Findings]
     runtime_s: dict[str, float]  # measured wall time per scale (2 cores); "full" is an estimate
@@ -122,6 +122,16 @@ class Result:
     wall_time_s: float
     tasks_run: int
     tasks_reused: int
+
+
+PAPERS = {  # arXiv id -> citation printed at the top of every report (docs/conventions.md)
+    "2504.11320": ("Ao, Luo, Simchi-Levi and Wang, *Optimizing LLM Inference: Fluid-Guided Online Scheduling "
+                   "with Memory Constraints*, arXiv 2504.11320 (v4)"),
+    "2502.07115": ("Jaillet, Jiang, Mellou, Molinaro, Podimata and Zhou, *Online Scheduling for LLM Inference "
+                   "with KV Cache Constraints*, arXiv 2502.07115"),
+    "2601.22996": ("Feng, Yang and Zhang, *Competitive Non-Clairvoyant KV-Cache Scheduling for LLM Inference*, "
+                   "arXiv 2601.22996 (abstract only; kvsched's GBA and GSA are reconstructions, docs/gsa.md)"),
+}
 
 
 # --- the registry -------------------------------------------------------------------------------
@@ -179,12 +189,12 @@ def write_outputs(entry: Reproduction, result: Result, scale: str) -> None:
     if len(f.table) <= CSV_MAX_ROWS:
         f.table.to_csv(out / f"{entry.name}.csv", index=False)
     write_json(out / "summary.json", {
-        "reproduction": entry.name, "paper": f"arXiv {entry.paper}", "spec": entry.spec, "scale": scale,
+        "reproduction": entry.name, "paper": f"arXiv {entry.paper}", "section": entry.section, "scale": scale,
         "comparison": [asdict(c) for c in f.comparisons], "headline": f.headline,
         "wall_time_s": round(result.wall_time_s, 1),
         "tasks": {"run": result.tasks_run, "reused_from_earlier_run": result.tasks_reused}})
     write_json(out / "config.json", {
-        "reproduction": entry.name, "paper": f"arXiv {entry.paper}", "spec": entry.spec, "scale": scale,
+        "reproduction": entry.name, "paper": f"arXiv {entry.paper}", "section": entry.section, "scale": scale,
         "command": command(entry.name, scale), "kvsched_version": __version__, "settings": f.settings})
     (out / "report.md").write_text(render_report(entry, result, scale))
 
@@ -192,7 +202,8 @@ def write_outputs(entry: Reproduction, result: Result, scale: str) -> None:
 def render_report(entry: Reproduction, result: Result, scale: str) -> str:
     f = result.findings
     lines = [f"# `{entry.name}`: {entry.description}", "",
-             f"Paper: arXiv {entry.paper}. Spec: `shared/specs/{entry.spec}`.", "",
+             f"Paper: {PAPERS[entry.paper]}, {entry.section}. kvsched's defaults where the paper is open: "
+             "`docs/conventions.md`.", "",
              "## What was run", "", f"```bash\n{command(entry.name, scale)}\n```", "",
              f"- Scale: **{scale}** ({_scale_text(entry, scale)}).",
              f"- Runtime: {runtime_text(entry, scale)} for this scale; {_invocation_text(result)}.",

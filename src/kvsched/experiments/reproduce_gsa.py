@@ -1,11 +1,12 @@
-"""Reproductions of the GBA/GSA studies (arXiv 2601.22996; spec gsa_gba.md §12).
+"""Reproductions of the GBA/GSA studies (arXiv 2601.22996; kvsched's protocol, docs/gsa.md).
 
 The paper publishes no numerical results (only its abstract was available: "numerical
 experiments on real request traces demonstrate that our algorithms perform robustly"), so
 these reports never put a kvsched number beside a measured paper number. They compare
 kvsched's reconstructions with what is published (the constants 10.67 / 6.75 for GBA and
-61.92 / 32 for GSA, used as sanity bounds), with the spec's calibration numbers from a
-reference prototype (Appendix A, §12.3; not the paper's) and with the trace facts of §12.2.
+61.92 / 32 for GSA, used as sanity bounds), with the calibration numbers of a
+reference prototype of the reconstructions (not the paper's) and with whole-trace facts, all
+in docs/gsa.md.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from kvsched.experiments.reproduce import (
 PAPER_ID = "2601.22996"
 NO_NUMBERS = ("The paper publishes no numerical results: the abstract says only that experiments on real traces "
               "show the algorithms \"perform robustly while preserving these worst-case guarantees\". kvsched's GBA "
-              "and GSA are reconstructions from the abstract's mechanisms (spec §0). The 'paper' column holds the "
-              "published worst-case constants (sanity bounds, not measurements) or the spec's calibration numbers "
-              "from a reference prototype (Appendix A), each labelled.")
+              "and GSA are reconstructions from the abstract's mechanisms (docs/gsa.md). The 'paper' column holds the "
+              "published worst-case constants (sanity bounds, not measurements) or the calibration numbers "
+              "of a reference prototype of the reconstructions (docs/gsa.md), each labelled.")
 COMMON_REASONS = (
     ("There is no measured paper number to differ from. The published constants bound the worst case over all "
     "instances; on real traces any reasonable algorithm sits far below them, so 'far below' is the expected "
     "result, not a discrepancy."),
     ("kvsched's GBA and GSA are reconstructions (volume credit, reservation check, per-job geometric slices, "
-    "base β* of each regime from the closed forms of spec §5.2); the paper's algorithms may differ in details "
-    "the abstract does not fix (spec §13)."),
-    ("The Appendix A calibration numbers come from small synthetic instances (80 mixed jobs, M = 1000), not the "
+    "base β* of each regime from the closed forms in docs/gsa.md); the paper's algorithms may differ in details "
+    "the abstract does not fix."),
+    ("The reference prototype's calibration numbers come from small synthetic instances (80 mixed jobs, M = 1000), not the "
     "Azure traces, so only their range is comparable."),
 )
 GBA_BOUND, GSA_BOUND = exp.PUBLISHED["gba"], exp.PUBLISHED["gsa"]
@@ -43,22 +44,22 @@ GBA_BOUND, GSA_BOUND = exp.PUBLISHED["gba"], exp.PUBLISHED["gsa"]
 
 def entries() -> list[Reproduction]:
     return [
-        Reproduction("gsa-sweep", PAPER_ID, "gsa_gba.md §12.2 (M sweep)",
+        Reproduction("gsa-sweep", PAPER_ID, "abstract (experiments on real traces); kvsched's M sweep",
                      "offline batches from the Azure 2023 traces: ratio to LB_count of GBA, GSA and 9 baselines "
                      "against the KV capacity M", _sweep, {"default": 441, "quick": 8, "full": 43000},
-                     "reduced: n ∈ {100, 1000} (spec also 5,000 and 10,000), 10 seeds, M ∈ {4k, 16k, 64k, 128k, "
+                     "reduced: n ∈ {100, 1000} (--full adds 5,000 and 10,000), 10 seeds, M ∈ {4k, 16k, 64k, 128k, "
                      "256k, 512k}",
                      "n ∈ {100, 1000, 5000, 10000}, 10 seeds, M ∈ {4k, 8k, 16k, 32k, 64k, 128k, 256k, 512k}: about "
                      "12 h on 2 cores (estimate; MC-SF 'scan' dominates at n = 10,000)"),
-        Reproduction("gsa-ablation", PAPER_ID, "gsa_gba.md §12.2 (ablations)",
+        Reproduction("gsa-ablation", PAPER_ID, "kvsched's ablations of the reconstructed mechanisms",
                      "stagger, credit bucket B, base β, V vs B, refund, kill vs resume on azure-conv batches",
                      _ablation, {"default": 119, "quick": 19},
-                     "the spec's ablations on azure-conv, n = 1,000, 5 seeds, M ∈ {16k, 128k}"),
-        Reproduction("gsa-worst-case", PAPER_ID, "gsa_gba.md §12.2 (worst-case check)",
+                     "kvsched's ablations on azure-conv, n = 1,000, 5 seeds, M ∈ {16k, 128k}"),
+        Reproduction("gsa-worst-case", PAPER_ID, "abstract (worst-case constants); kvsched's check against the exact optimum",
                      "tiny random instances against the exact optimum: worst ALG/OPT beside the published constants",
                      _worst_case, {"default": 5, "quick": 3},
-                     "the spec's check: 200 instances with n ≤ 6 and M ≤ 20, exact optimum from the IP (30 s limit)"),
-        Reproduction("gsa-serving", PAPER_ID, "gsa_gba.md §12.2 (metrics in seconds)",
+                     "200 instances with n ≤ 6 and M ≤ 20, exact optimum from the IP (30 s limit)"),
+        Reproduction("gsa-serving", PAPER_ID, "abstract (experiments on real traces); kvsched's serving metrics in seconds",
                      "GSA against vLLM-style FCFS and A_min in seconds and tokens/s on a Llama-2-7B/A100 cost model",
                      _serving, {"default": 9, "quick": 3},
                      "azure-conv, n = 1,000 at time 0, 3 seeds, M ∈ {16k, 64k}, `llama2-7b-a100`"),
@@ -100,9 +101,9 @@ def _sweep_rows(frame: pd.DataFrame, summary: dict) -> list[Comparison]:
     poc = pd.Series(list(summary["price_of_non_clairvoyance"].values()), dtype=float)
     rows = _bound_rows(frame) + [
         Comparison("GBA-V mean ratio to LB_count (range over cells)", _range(gba["ratio_to_lb_count"]),
-                   "1.3–1.6 (calibration, Appendix A; not the paper)", "—"),
+                   "1.3–1.6 (prototype calibration, docs/gsa.md; not the paper)", "—"),
         Comparison("GSA-V mean ratio to LB_count (range over cells)", _range(gsa["ratio_to_lb_count"]),
-                   "1.9–5 (calibration, Appendix A; not the paper)", "—"),
+                   "1.9–5 (prototype calibration, docs/gsa.md; not the paper)", "—"),
         Comparison("price of non-clairvoyance GSA/GBA (range over cells)", _range(poc),
                    "≈ 3 mixed, ≈ 1.5 homogeneous (calibration)", "—")]
     for trace, paper_drop, paper_eps in (("azure-conv", 1612 / 19366, 0.11), ("azure-code", 1257 / 8819, 0.06)):
@@ -111,9 +112,9 @@ def _sweep_rows(frame: pd.DataFrame, summary: dict) -> list[Comparison]:
         frac = float((drop["num_dropped"] / drop["n"]).mean()) if len(drop) else None
         eps = at[at["capacity"] == 131072]["job_size_ratio"]
         rows += [Comparison(f"{trace}: share of jobs dropped (s + o > M) at M = 4,096", fmt(frac),
-                            f"{paper_drop:.3f} (whole trace, spec §12.2)", "—"),
+                            f"{paper_drop:.3f} (whole trace, docs/gsa.md)", "—"),
                  Comparison(f"{trace}: ε at M = 128k (largest over samples)", fmt(float(eps.max()) if len(eps) else None),
-                            f"{paper_eps} (whole trace, spec §12.2)", "—")]
+                            f"{paper_eps} (whole trace, docs/gsa.md)", "—")]
     return rows
 
 
@@ -137,7 +138,7 @@ def _sweep(ctx: Context) -> Findings:
     reasons = [*COMMON_REASONS,
                ("LB_count is a lower bound, not the optimum: every ratio here over-states the distance to OPT by an "
                 "unknown factor (gsa-worst-case measures ratios to the exact optimum on tiny instances)."),
-               ("The trace facts of the spec are over whole traces; a sample of at most 1,000 jobs rarely holds the "
+               ("The trace facts in docs/gsa.md are over whole traces; a sample of at most 1,000 jobs rarely holds the "
                 "trace's largest job, so its ε at a given M is smaller."),
                ("The theory model folds prefill into the first round, so GSA's re-prefills after kills (millions of "
                 "prompt tokens per 1,000 jobs) cost nothing here; gsa-serving charges them.")]
@@ -152,7 +153,7 @@ def _sweep(ctx: Context) -> Findings:
 
 
 # --- ablations ----------------------------------------------------------------------------------------
-ABLATIONS = (  # (quantity, labels compared, what the spec says: Appendix A calibration or §5.2 constants)
+ABLATIONS = (  # (quantity, labels compared, the reference: prototype calibration or closed-form constants, docs/gsa.md)
     ("GBA-V stagger on / off", ("gba", "gba stagger=off"),
      "1.555 / 1.377 (mixed #1), 1.435 / 1.337 (mixed #2), 1.337 / 2.044 (homogeneous); calibration"),
     ("GSA-V stagger on / off", ("gsa", "gsa stagger=off"),
@@ -163,10 +164,10 @@ ABLATIONS = (  # (quantity, labels compared, what the spec says: Appendix A cali
     ("GSA-V refund on / off", ("gsa", "gsa refund=off"),
      "4.49 / 4.733 (β = 2.30, mixed #1), 4.17 / 4.404 (mixed #2); calibration"),
     ("GSA-V β = 2 / 2.3 / 3 / 4", ("gsa base=2", "gsa base=2.3", "gsa base=3", "gsa base=4"),
-     "worst-case constants 64.0 / 61.9 / 67.5 / 85.3 (general, §5.2): β* = 2.3028 minimises the bound"),
+     "worst-case constants 64.0 / 61.9 / 67.5 / 85.3 (general regime, closed forms): β* = 2.3028 minimises the bound"),
     ("GBA-B β = 2 / 2.3 / 3 / 4", ("gba-batched base=2", "gba-batched base=2.3", "gba-batched base=3",
                                    "gba-batched base=4"),
-     "worst-case constants 16.0 / 13.4 / 11.25 / 10.67 (general, §5.2): β* = 4 minimises the bound"),
+     "worst-case constants 16.0 / 13.4 / 11.25 / 10.67 (general regime, closed forms): β* = 4 minimises the bound"),
     ("V vs B: GBA-V / GBA-B", ("gba", "gba-batched"), "—"),
     ("V vs B: GSA-V / GSA-B", ("gsa", "gsa-batched"), "—"),
     ("GBA-V / GBA-sync (admissions only into an empty cache)", ("gba", "gba-sync"), "—"),
@@ -217,7 +218,7 @@ def _ablation(ctx: Context) -> Findings:
 
 
 # --- worst case against the exact optimum --------------------------------------------------------------
-APPENDIX_EXHAUSTIVE = {"mcsf-break": 1.316, "gba": 1.556, "gsa": 2.767}  # n ≤ 4, M ≤ 14 (Appendix A)
+APPENDIX_EXHAUSTIVE = {"mcsf-break": 1.316, "gba": 1.556, "gsa": 2.767}  # n ≤ 4, M ≤ 14 (prototype calibration, docs/gsa.md)
 
 
 def _worst_case(ctx: Context) -> Findings:

@@ -1,4 +1,4 @@
-"""Reproductions of the MC-SF paper's studies (arXiv 2502.07115; spec mcsf.md §10).
+"""Reproductions of the MC-SF paper's studies (arXiv 2502.07115: synthetic, trace-driven and robustness studies).
 
 - `mcsf-synthetic-1` / `-2`: MC-SF against the hindsight optimum on the paper's random
   instances (arrival models 1 and 2), once at the paper's size (where HiGHS proves only an
@@ -25,20 +25,20 @@ from kvsched.experiments.reproduce import (
 )
 
 PAPER_ID = "2502.07115"
-PAPER_TRACE_MS = {"mcsf": 32.11, "mc-benchmark": 46.47}  # "ms" in the paper; the unit is unclear (spec 10.2.4)
-PAPER_SLOPES = {50.0: (1 / 6, 1 / 2), 10.0: (1 / 800, 1 / 100)}  # (MC-SF, benchmarks), spec 10.2.4
+PAPER_TRACE_MS = {"mcsf": 32.11, "mc-benchmark": 46.47}  # "ms" in the paper; the unit is unclear (docs/conventions.md#mcsf-units)
+PAPER_SLOPES = {50.0: (1 / 6, 1 / 2), 10.0: (1 / 800, 1 / 100)}  # (MC-SF, benchmarks), the paper's trace study
 
 TRACE_REASONS = (
     ("Data: the paper samples 10,000 LMSYS-Chat-1M conversations (word counts as tokens); the data set is "
-    "gated and not shipped, so kvsched draws the spec's lognormal stand-in with the same medians and means "
-    "(prompt 11 / 40.62, output 45 / 85.32; spec 10.4, Ambiguity 13)."),
+    "gated and not shipped, so kvsched draws a lognormal stand-in with the same medians and means "
+    "(prompt 11 / 40.62, output 45 / 85.32; docs/conventions.md#mcsf-trace)."),
     ("Timing: the paper times rounds with Vidur (Llama-2-70B on two A100s); kvsched uses its "
     "`llama2-70b-a100-tp2` cost model (Vidur's operator profiles plus a roofline attention term) with the "
     "papers' memory ledger (block size 1, one lookahead slot). On it λ = 10 is light (requests barely queue) "
     "and λ = 50 is heavily overloaded (the queue grows for the whole run), so absolute latencies, slopes and "
-    "the gap to MC-Benchmark differ; the spec's reproduction target is the ordering."),
+    "the gap to MC-Benchmark differ; kvsched's reproduction target is the ordering."),
     ("The paper's headline 32.11 vs 46.47 is labelled ms, which cannot be right for 85-token answers on "
-    "Llama-2-70B (spec 10.2.4); only the ratio is compared."),
+    "Llama-2-70B (docs/conventions.md#mcsf-units); only the ratio is compared."),
 )
 
 
@@ -46,21 +46,21 @@ def entries() -> list[Reproduction]:
     synthetic_note = ("200 paper-size instances with an IP time limit of 2 s (HiGHS proves only an interval there; "
                       "the paper used Gurobi) and 200 scaled-down instances the IP closes (time limit 10 s)")
     return [
-        Reproduction("mcsf-synthetic-1", PAPER_ID, "mcsf.md §10.1 (arrival model 1)",
+        Reproduction("mcsf-synthetic-1", PAPER_ID, "synthetic study, arrival model 1",
                      "MC-SF against the hindsight optimum, all requests at time 0", _synthetic(1),
                      {"default": 458, "quick": 34, "full": 6600}, synthetic_note,
                      "paper-size instances with an IP time limit of 60 s per instance (about 1 h 50 min on 2 "
                      "cores, estimate); HiGHS still proves few of them optimal"),
-        Reproduction("mcsf-synthetic-2", PAPER_ID, "mcsf.md §10.1 (arrival model 2)",
+        Reproduction("mcsf-synthetic-2", PAPER_ID, "synthetic study, arrival model 2",
                      "MC-SF against the hindsight optimum, Poisson arrivals per epoch", _synthetic(2),
                      {"default": 731, "quick": 69, "full": 6600}, synthetic_note,
                      "paper-size instances with an IP time limit of 60 s per instance (about 1 h 50 min on 2 "
                      "cores, estimate); HiGHS still proves few of them optimal"),
-        Reproduction("mcsf-trace", PAPER_ID, "mcsf.md §10.2",
+        Reproduction("mcsf-trace", PAPER_ID, "trace-driven study (LMSYS-Chat-1M, Llama-2-70B on 2×A100)",
                      "LMSYS-like trace at λ = 10 and 50 req/s: MC-SF against MC-Benchmark and six α/β baselines",
                      _trace, {"default": 21, "quick": 6},
                      "the paper's settings: 10,000 requests, λ = 10 and 50, M = 16,492 tokens"),
-        Reproduction("mcsf-robustness", PAPER_ID, "mcsf.md §10.3",
+        Reproduction("mcsf-robustness", PAPER_ID, "robustness to prediction errors",
                      "predictions off by ε ∈ {0.2, 0.5, 0.8}: MC-SF with a 10 % reserve against the baselines",
                      _robustness, {"default": 24, "quick": 7},
                      "the paper's settings: 10,000 requests, λ = 50 and 10, ε ∈ {0.2, 0.5, 0.8}, 10 % reserve"),
@@ -122,7 +122,7 @@ def _synthetic_findings(ctx: Context, model: int) -> Findings:
              f"{big_limit:g} s; the true mean ratio lies in [{fmt(big_summary['all_instances']['mean_ratio_lower'])}, "
              f"{fmt(big_summary['all_instances']['mean_ratio_upper'])}], which contains the paper's "
              f"{exp.PAPER['synthetic'][model]['mean']} but cannot confirm it."),
-             (f"Small instances: MC-SF's mean ratio to the proven optimum is {fmt(mean)} (the spec's acceptance for "
+             (f"Small instances: MC-SF's mean ratio to the proven optimum is {fmt(mean)} (kvsched's acceptance for "
              f"model {model}: ≤ {accept}), {'within' if mean is not None and mean <= accept else 'above'} it; "
              f"the worst is {fmt(proven.get('worst'))} against the paper's {exp.PAPER['synthetic'][model]['worst']}."),
              (f"MC-Benchmark's total latency is {fmt(1 / big_summary['mcsf_over_mc_benchmark_mean'], 2)}× MC-SF's "
@@ -130,11 +130,11 @@ def _synthetic_findings(ctx: Context, model: int) -> Findings:
     reasons = [("Solver: the paper solved its IPs with Gurobi; kvsched uses HiGHS, whose dual bound on paper-size "
                "instances (up to about 120k binaries) stays below the volume bound within seconds, so only the "
                "interval [TEL/incumbent, TEL/LB] is proven (docs/mcsf.md)."),
-               ("Draws: kvsched's instances are its own seeded draws of the paper's generator (spec 10.1); the "
+               ("Draws: kvsched's instances are its own seeded draws of the paper's generator (its synthetic study); the "
                "paper's draws are not published."),
                ("Small instances (M 10-16, s 1-3) are a different distribution with relatively larger, more "
-               "heterogeneous prompts; MC-SF's gap to the optimum is larger there, consistent with the spec's own "
-               "small-instance statistics (13.2: optimal on 34 of 60, worst 1.167).")]
+               "heterogeneous prompts; MC-SF's gap to the optimum is larger there, consistent with an independent "
+               "prototype's small-instance statistics (optimal on 34 of 60, worst 1.167; docs/mcsf.md).")]
     table = pd.concat([big, small], ignore_index=True)
     settings = {"arrival model": model, "paper-size instances": big_n, "paper-size IP time limit (s)": big_limit,
                 "small instances": small_n, "small IP time limit (s)": small_limit,
@@ -273,7 +273,7 @@ def _robustness(ctx: Context) -> Findings:
     diffs.insert(0, f"MC-SF beats every feasible α/β baseline in {beaten} of {cases} (λ, ε) cases (the paper: at every ε).")
     bar_figure(ctx.out / "mcsf-robustness.png", groups, ylabel="mean end-to-end latency (s)", log=True,
                title="mcsf-robustness: predictions off by ε, 10 % reserve")
-    reasons = [*TRACE_REASONS, ("Noise model: õ = round(o(1 + εU)), U ~ U[-1, 1] (the spec's default, section 8); "
+    reasons = [*TRACE_REASONS, ("Noise model: õ = round(o(1 + εU)), U ~ U[-1, 1] (docs/conventions.md#mcsf-noise); "
                "the paper's own noise model is not stated exactly. The 10 % reserve absorbs ε = 0.2 entirely."),
                ("The paper gives no numeric table for this study, only the claim that MC-SF still beats the "
                "FCFS-type benchmarks at every ε, so only that claim is compared.")]

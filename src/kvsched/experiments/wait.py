@@ -1,4 +1,4 @@
-"""The experiments of the WAIT paper (arXiv 2504.11320; spec shared/specs/wait.md section 12).
+"""The experiments of the WAIT paper (arXiv 2504.11320; WAIT paper §6).
 
 Every experiment sweeps Poisson arrival rates over one workload and runs each policy on the
 same requests (one workload per (rate, replication) seed):
@@ -11,22 +11,22 @@ same requests (one workload per (rate, replication) seed):
   lambda 10..150, Nested WAIT-CP with L equal-width segments;
 - E5: 20 repetitions at lambda 22 and 23 for E1 and E2 (mean +- sd).
 
-System (spec 12.1, A2, A13): Llama-2-7B on one A100-80GB (`llama2-7b-a100`, kvsched's
+System (WAIT paper §6, docs/conventions.md#wait-model, docs/conventions.md#wait-caps): Llama-2-7B on one A100-80GB (`llama2-7b-a100`, kvsched's
 profile-derived cost model), KV capacity 137,000 tokens in 16-token blocks. Baselines are
 Vidur's: `vidur-vllm` (batch cap 128, 4096 tokens, 1 % watermark) and `sarathi` (chunk
 512, batch cap 256). WAIT-CP runs on a (tl, chunk) grid and the best setting per rate is
 reported as "wait-cp (tuned)" (the paper's practice, A12a) next to one fixed setting for
-all rates (A12b) and the automatic design ("wait-cp (auto)": only the workload and the
+all rates (docs/conventions.md#wait-tuning) and the automatic design ("wait-cp (auto)": only the workload and the
 capacity, no grid). The theoretical `wait` / `nested-wait` run with their automatic
-designs too (A16).
+designs too (docs/conventions.md#wait-cp).
 
-Each row of the results is one run: untrimmed and middle-50 % mean latency (A11), TTFT,
+Each row of the results is one run: untrimmed and middle-50 % mean latency (docs/conventions.md#wait-window), TTFT,
 completion rate, effective throughput, restarts, and a stability ratio (mean latency of
 the last quarter of arrivals over that of the second quarter). lambda* of a policy is the
 largest rate up to which, at every rate, the median stability ratio stays below 1.5, the
 completion rate stays within 5 % of lambda and the mean latency stays within an SLO of 5x
 the best mean latency any policy reaches at the lowest swept rate: the project's reading
-of "latency stays controlled and the completion rate tracks lambda" (spec 12.1).
+of "latency stays controlled and the completion rate tracks lambda" (WAIT paper §6).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ ROW_COLUMNS = ("experiment", "workload", "rate", "seed", "label", "scheduler", "
 
 
 # --- workloads ------------------------------------------------------------------------------
-# lmsys-like lengths (spec 12.2.5): the data set is not shipped (its licence needs an
+# lmsys-like lengths (WAIT paper §6): the data set is not shipped (its licence needs an
 # agreement), so both lengths follow piecewise-linear CDFs through the reported statistics:
 # decode median 116, 31 % <= 50, 14 % > 300; prefill median 21, mean about 59; both < 500.
 LMSYS_DECODE_CDF = ((1, 0.0), (50, 0.31), (116, 0.50), (300, 0.86), (499, 1.0))
@@ -102,7 +102,7 @@ def _cdf_at(points, x: float) -> float:
 
 
 def lmsys_bin_types(rate: float, num_bins: int = 50, width: int = 10) -> tuple[RequestType, ...]:
-    """The authors' generator (A22): decode lengths cut into 50 bins of 10, each bin a type
+    """The authors' generator (docs/conventions.md#wait-bins): decode lengths cut into 50 bins of 10, each bin a type
     with output = upper edge and prompt = the mean prompt (independent of decode here)."""
     xs, ps = zip(*LMSYS_PREFILL_CDF)
     grid = np.linspace(0, 1, 20001)

@@ -1,6 +1,6 @@
 """Clearing: what the theory papers' schedulers do when memory actually overflows.
 
-In the papers' model (MC-SF spec sections 2.4, 3.6, 6.3) an overflow drops the KV of
+In the papers' model (the MC-SF paper's model) an overflow drops the KV of
 some running requests; they lose every generated token, go back to the waiting queue
 with their original arrival time and start over. In kvsched that is
 `Decision(restart=...)` (or `preempt=...` under the keep-generated option).

@@ -1,4 +1,4 @@
-"""FuturePlan: MC-SF's future-memory check, incremental (MC-SF spec sections 4.2-4.3).
+"""FuturePlan: MC-SF's future-memory check, incremental (the MC-SF paper's algorithm).
 
 Requests in the plan run to their planned end without pause. Seen from the current
 boundary, a request with footprint `f` now and `r` planned rounds left holds `f + c`
@@ -17,7 +17,7 @@ N(c) the number of requests whose end is >= c. A candidate (f_i, r_i) fits iff
 every checkpoint up to r_i and inserts r_i). A step therefore costs
 O(S log S + admitted·C + log C), independent of the waiting queue.
 
-This is also the reservation check of the GBA/GSA spec (§6.2): an attempt with budget b
+This is also the reservation check of kvsched's GBA/GSA (docs/gsa.md): an attempt with budget b
 reserves its worst case, footprint + c for c = 1..b, so GBA, GSA, b-scaling and Sorted-F
 use this class too. `fits_many` tests many candidates at once, and with `delay=d` it
 tests them as of d rounds later, when nothing in the plan has ended yet; schedulers use
@@ -39,7 +39,7 @@ def ledger_pad(view) -> int:
     lookahead - 1 tokens after the round that emits a token, rounded up to whole blocks
     (at most block_size - 1 more), so this pad makes the plan an upper bound, exact with
     block size 1. It is -1 with no lookahead and block size 1: the batch theory mode
-    stores a prompt of s tokens as prompt_len = s + 1 (the GBA/GSA spec, §4.3)."""
+    stores a prompt of s tokens as prompt_len = s + 1 (docs/gsa.md)."""
     return view.lookahead_tokens + view.block_size - 2
 
 

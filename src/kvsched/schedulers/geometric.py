@@ -2,8 +2,7 @@
 
 Source of the mechanisms: Feng, Yang, Zhang, *Competitive Non-Clairvoyant KV-Cache
 Scheduling for LLM Inference*, arXiv 2601.22996. Only that paper's abstract was
-available, so the rules below are kvsched's **reconstruction** (shared/specs/gsa_gba.md
-§0, §6-§9, §11.2). The published ratios (GBA 10.67 / 6.75, GSA 61.92 / 32) are sanity
+available, so the rules below are kvsched's **reconstruction** (docs/gsa.md). The published ratios (GBA 10.67 / 6.75, GSA 61.92 / 32) are sanity
 bounds for these schedulers, not proven properties of them.
 
 One machine runs all of them. Every attempt reserves its worst-case KV profile (footprint
@@ -45,7 +44,7 @@ from kvsched.request import RequestStatus
 from kvsched.schedulers.future_plan import FuturePlan, ledger_pad
 
 STEADY = 1 << 30
-GOLDEN_GSA_BASE = (1 + math.sqrt(13)) / 2  # argmin of 2 b^3 (b + 2) / (b - 1)^2 (spec §5.2)
+GOLDEN_GSA_BASE = (1 + math.sqrt(13)) / 2  # argmin of 2 b^3 (b + 2) / (b - 1)^2 (docs/gsa.md)
 LOOKAHEAD_ROUNDS = 256  # how far one call looks for a candidate that starts to fit
 REGIMES = ("general", "large-memory")
 LARGE_MEMORY_RATIO = 0.05  # ε = max(s + o) / M at or below this is the large-memory regime
@@ -57,7 +56,7 @@ def kv_area(prompt: int, rounds: int) -> int:
 
 
 def geometric_budget(first_budget: int, base: float, level: int, cap: int) -> int:
-    """min(ceil(first_budget · base^level), cap), exact for integer bases (spec Ambiguity 29)."""
+    """min(ceil(first_budget · base^level), cap), exact for integer bases (docs/gsa.md)."""
     if level > 200:  # base^level overflows long before this; the cap always wins
         return cap
     if float(base).is_integer():
@@ -331,7 +330,7 @@ class _SliceScheduler(Scheduler):
                              "reservation check, volume-credit stagger")
 @dataclass(eq=False)
 class GBAScheduler(_SliceScheduler):
-    """Geometric Batching Algorithm, practical variant (reconstruction; spec §8.3).
+    """Geometric Batching Algorithm, practical variant (reconstruction; docs/gsa.md).
 
     Clairvoyant: reads true output lengths. Admits in ascending KV area
     a_i = s o + o(o+1)/2 (ties: s, id) while the volume credit is positive and the
@@ -367,7 +366,7 @@ class GBAScheduler(_SliceScheduler):
 @SCHEDULERS.register("gba-batched", "GBA-B (reconstruction): GBA with geometric volume classes and a barrier")
 @dataclass(eq=False)
 class GBABatchedScheduler(GBAScheduler):
-    """GBA-B (spec §8.4): classes ceil(log_base(a_i / M)), the smallest class first; the
+    """GBA-B (docs/gsa.md): classes ceil(log_base(a_i / M)), the smallest class first; the
     next class starts only once every job of the current one has started ("start")."""
 
     batch_barrier: str = "start"
@@ -376,7 +375,7 @@ class GBABatchedScheduler(GBAScheduler):
 @SCHEDULERS.register("gba-sync", "GBA-sync ablation: admissions only into an empty cache, no stagger")
 @dataclass(eq=False)
 class GBASyncScheduler(GBAScheduler):
-    """GBA-sync (spec §8.5): synchronized batches, the memory sawtooth staggering removes."""
+    """GBA-sync (docs/gsa.md): synchronized batches, the memory sawtooth staggering removes."""
 
     stagger: bool = False
 
@@ -388,7 +387,7 @@ class GBASyncScheduler(GBAScheduler):
                              "with kill-and-restart, reservation check, volume-credit stagger")
 @dataclass(eq=False)
 class GSAScheduler(_SliceScheduler):
-    """Geometric Slicing Algorithm, practical variant (reconstruction; spec §9.3).
+    """Geometric Slicing Algorithm, practical variant (reconstruction; docs/gsa.md).
 
     Non-clairvoyant: it never reads output lengths (the loop hides them). A job's
     attempt number ℓ gets the budget b = min(ceil(L0·base^ℓ), M - s) and reserves the
@@ -451,7 +450,7 @@ class GSAScheduler(_SliceScheduler):
 @SCHEDULERS.register("gsa-batched", "GSA-B (reconstruction): GSA with geometric classes over reserved volume")
 @dataclass(eq=False)
 class GSABatchedScheduler(GSAScheduler):
-    """GSA-B (spec §9.4): classes ceil(log_base(v_i / M)) over the current reserved
+    """GSA-B (docs/gsa.md): classes ceil(log_base(v_i / M)) over the current reserved
     volume, smallest class first, with a start barrier; a killed job moves up a class."""
 
     batch_barrier: str = "start"
@@ -461,7 +460,7 @@ class GSABatchedScheduler(GSAScheduler):
                                   "budgets b^k with a start barrier")
 @dataclass(eq=False)
 class BScalingScheduler(GSAScheduler):
-    """b-scaling kill-and-restart (Jäger et al., arXiv 2211.02044), memory version (spec §11.2).
+    """b-scaling kill-and-restart (Jäger et al., arXiv 2211.02044), memory version (docs/gsa.md).
 
     Round k gives every unfinished job one attempt with budget min(ceil(b^k), M - s); a
     job of round k+1 starts only once every waiting job of round k has started. Within

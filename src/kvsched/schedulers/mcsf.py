@@ -1,6 +1,6 @@
 """MC-SF and its family: shortest-first admission with a future-memory check.
 
-Jaillet et al., arXiv 2502.07115; spec: shared/specs/mcsf.md sections 4-7.
+Jaillet et al., arXiv 2502.07115; docs/mcsf.md.
 
 Every step (a round boundary) the running requests all run (the plan is non-preemptive),
 and waiting requests are taken in the order of a tie key. A candidate is admitted only if
@@ -26,7 +26,7 @@ Registered variants (one class, different defaults):
 - `mcsf`          order (length, arrival, prompt, id), point predictions.
 - `mc-benchmark`  the same check in FCFS order (arrival, id): isolates shortest-first.
 - `zhou-jiang`    Zhou & Jiang's Algorithm 1 = MC-SF with exact lengths, order
-                  (length, prompt, arrival, id). A heuristic: NOT optimal (spec 5.4).
+                  (length, prompt, arrival, id). A heuristic: NOT optimal (docs/mcsf.md).
 - `svf`           smallest memory-time volume s·o + o(o+1)/2 first (arXiv 2606.22327).
 - `a-max`         plans with the upper end u of interval predictions (never overflows).
 - `a-min`         plans with the lower end l, raises bounds as requests outlive them and
@@ -256,7 +256,7 @@ class ZhouJiangScheduler(MCSFScheduler):
 
     The poster claims optimality for equal or monotone prompts. That claim is false: with
     M = 10, s = 2, o = (2, 8, 5, 2, 1) it has total latency 26 against the optimum 24
-    (spec 5.4; tests/test_mcsf.py). Treat it as a strong heuristic, never as the optimum."""
+    (docs/mcsf.md; tests/test_mcsf.py). Treat it as a strong heuristic, never as the optimum."""
 
     predictor: str = "oracle"
     order: str = "length,prompt,arrival,id"

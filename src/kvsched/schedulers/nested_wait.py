@@ -1,5 +1,5 @@
 """Nested WAIT (`nested-wait`): WAIT for unknown output lengths (Ao et al., arXiv 2504.11320,
-Alg. 2 and the appendix's event-driven version; spec wait.md section 8).
+Alg. 2 and the appendix's event-driven version; WAIT paper §5, Algorithm 2).
 
 The types' output lengths o_1 < ... < o_m cut the decode progress into segments; no length is
 predicted: a request reveals its length only by finishing at a boundary or carrying on past
@@ -17,13 +17,13 @@ and a per-stage cap:
   (`wait_design.nested_memory_requirement`) the paper shows repairs happen with probability
   <= delta over the horizon (Theorem 2); `stats()` counts them.
 
-Engine step convention (A19): sigma = output tokens emitted = the next step's index; a
+Engine step convention (docs/conventions.md#wait-steps): sigma = output tokens emitted = the next step's index; a
 request with output o is served at sigma = 0 (prefill, emits the first token) .. o - 1. So
 segment 1 holds sigma 0..o_1 - 1 and segment k >= 2 sigma o_{k-1}..o_k - 1, its entry being
 sigma = o_{k-1}; the paper's l'_k is o_k - 1 and the design runs in the paper's convention.
 A request still running at sigma >= o_m (longer than every type, possible on real traces)
 stays in segment m, whose stages extend past o_m with the same cap n_m.
-After the last arrival the gate is dropped (A17): every segment is active, so the run
+After the last arrival the gate is dropped (docs/conventions.md#wait-drain): every segment is active, so the run
 drains; nothing is discarded. The scheduler never reads `output_len`: it sees stages and
 completions only (the online rate estimator labels requests when they finish).
 """
@@ -166,7 +166,7 @@ class NestedWaitScheduler(WaitFamily):
         for r in head:  # prefills the repair dropped wait again
             if r.request_id not in run:
                 heapq.heappush(self._heap, fifo_key(r))
-        for rid in evicted:  # a restarted request waits for prefill by its original arrival (A20)
+        for rid in evicted:  # a restarted request waits for prefill by its original arrival (docs/conventions.md#wait-restart)
             heapq.heappush(self._heap, fifo_key(view.resident[rid]))
         self.num_repair_evictions += len(evicted)
         if not run and not evicted:
@@ -189,7 +189,7 @@ class NestedWaitScheduler(WaitFamily):
         return active
 
     def _repair(self, view: View, run: dict[int, int], unselected_boundary: list[Request]) -> list[int]:
-        """LIFO repair before launch (spec 8.2 rule 4, A8): the paper's rule restarts unselected
+        """LIFO repair before launch (rule 4 of the WAIT paper's Algorithm 2, §5; docs/conventions.md#wait-memory): the paper's rule restarts unselected
         boundary requests; past them `lifo_repair` restarts other paused residents, then drops
         new prefills, and only then restarts selected residents (restarting running work to
         admit new prefills could keep the oldest requests from ever finishing)."""

@@ -1,12 +1,12 @@
 """Memory-only FCFS baselines of the MC-SF trace study: α-protection greedy and
-α-protection β-clearing (shared/specs/mcsf.md sections 6.1-6.4, Ambiguities 10, 11, 26).
+α-protection β-clearing (the MC-SF paper's α-protection benchmarks, docs/conventions.md).
 
 Both admit in arrival order looking only at *current* memory and keep a fraction α of
 the capacity M for the growth of the running requests. Neither looks ahead, so neither
 has a guarantee: an overflow either ends the run (greedy) or clears running requests
 (β-clearing), which restart from scratch.
 
-Mapping onto kvsched (spec 3.3, 3.4, 3.6), one call per round boundary:
+Mapping onto kvsched (docs/mcsf.md), one call per round boundary:
 1. sync: arrivals join the FCFS heap, finished requests leave the running set;
 2. overflow: if the next round of the running set needs more KV blocks than the cache
    has, apply the clearing rule (`kvsched.schedulers.clearing`); victims are freed
@@ -48,7 +48,7 @@ def _floor_fraction(fraction: float, capacity: int) -> int:
 @SCHEDULERS.register("alpha-protection", "α-protection greedy: FCFS admission under (1-α)M, overflow is infeasible")
 @dataclass(eq=False)
 class AlphaProtectionScheduler(Scheduler):
-    """α-protection greedy (spec 6.1): FCFS admission while usage + s_i + 1 <= floor((1-α) M).
+    """α-protection greedy (the MC-SF paper's α-protection benchmarks): FCFS admission while usage + s_i + 1 <= floor((1-α) M).
 
     Rule: requests are admitted in arrival order (cleared ones keep their original
     position) while the current usage Σ_running (s_j + g_j), plus s_i + 1 for each
@@ -62,7 +62,7 @@ class AlphaProtectionScheduler(Scheduler):
     Overflow (the next round of the running set needs more blocks than the cache has):
     with `clearing="none"` (default) the run is declared infeasible by raising
     `InfeasibleSchedule` naming the step, the paper's "smallest feasible α" notion;
-    `clearing` may be any of CLEARING_RULES (`all` is the spec's option).
+    `clearing` may be any of CLEARING_RULES (`all` is one of the rules in docs/conventions.md#mcsf-clearing).
 
     A memory-only baseline with no latency or feasibility guarantee.
 
@@ -178,7 +178,7 @@ class AlphaProtectionScheduler(Scheduler):
 @SCHEDULERS.register("beta-clearing", "α-protection β-clearing: FCFS under (1-α)M, LIFO clearing to (1-β)M")
 @dataclass(eq=False)
 class BetaClearingScheduler(AlphaProtectionScheduler):
-    """α-protection β-clearing (spec 6.2, 6.3): greedy's admission plus clearing on overflow.
+    """α-protection β-clearing (the MC-SF paper's α-protection benchmarks): greedy's admission plus clearing on overflow.
 
     Rule: admission as in α-protection greedy (FCFS, usage + s_i + 1 <= floor((1-α) M),
     head of line). When the next round of the running set needs more KV blocks than the
@@ -194,7 +194,7 @@ class BetaClearingScheduler(AlphaProtectionScheduler):
 
     A memory-only baseline with no latency guarantee.
 
-    The six benchmark configurations (spec 6.4, Ambiguity 26):
+    The six benchmark configurations (the MC-SF paper's α-protection benchmarks, docs/conventions.md):
         alpha-protection  alpha=0.3
         alpha-protection  alpha=0.25
         beta-clearing     alpha=0.2, beta=0.2

@@ -1,6 +1,6 @@
 """Sorted-F (Wang, Ye, Zhou, arXiv 2508.06133): clairvoyant batch-level baseline.
 
-The greedy construction of the GBA/GSA spec (§11.1): from the remaining jobs sorted by
+The greedy construction kvsched uses for Sorted-F (Wang, Ye, Zhou, arXiv 2508.06133; docs/gsa.md): from the remaining jobs sorted by
 (o, s, id), find the longest prefix whose jobs can start together (the reservation check
 of `FuturePlan` with a common start), take the prefix X of that length or shorter that
 minimises F(X) = Σ_X o / |X|² (ties: the longer), and repeat. The batches then run back
@@ -54,7 +54,7 @@ def sorted_f_batches(prompt: list[int], output: list[int], ids: list[int], capac
                                   "to back")
 @dataclass(eq=False)
 class SortedFScheduler(Scheduler):
-    """Sorted-F, greedy construction (spec §11.1). Clairvoyant; never kills; idle rounds
+    """Sorted-F, greedy construction (docs/gsa.md). Clairvoyant; never kills; idle rounds
     never happen while jobs wait (the next batch starts the round the last one ends)."""
 
     _batches: list[list[int]] = field(init=False, repr=False, default_factory=list)

@@ -1,7 +1,7 @@
 """Vidur's vLLM and Sarathi schedulers, the baselines of the WAIT paper.
 
 Source of the rules: microsoft/vidur `vidur/scheduler/replica_scheduler/` (MIT), as
-summarised in shared/specs/baselines.md. Shared by both:
+summarised in docs/schedulers.md. Shared by both:
 - running requests are kept in arrival order; on a block shortage the latest-arrived
   running request is restarted (KV freed, recomputed later from the head of the queue);
 - a new request is admitted only if blocks for its whole prompt are free above a

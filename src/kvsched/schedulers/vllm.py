@@ -1,6 +1,6 @@
 """vLLM v1's scheduler, and the policies that share its mechanics (SJF/SRPT, static reservation).
 
-Rules (vllm/v1/core/sched/scheduler.py; see shared/specs/baselines.md):
+Rules (vllm/v1/core/sched/scheduler.py; see docs/schedulers.md):
 - One token budget per step (`max_num_batched_tokens`) and `max_num_seqs`.
 - Phase 1, running requests in admission order: each gets
   min(tokens left, long_prefill_token_threshold if set, budget). When its KV blocks do
@@ -13,7 +13,7 @@ Rules (vllm/v1/core/sched/scheduler.py; see shared/specs/baselines.md):
   admission, which never preempts.
 
 `preemption="restart"` turns preemption into kill-and-restart (the victim's generated
-tokens are discarded): the FCFS baseline of the GBA/GSA spec (§11). vLLM itself never
+tokens are discarded): the FCFS baseline of docs/gsa.md. vLLM itself never
 reads output lengths, so `vllm` is non-clairvoyant; the policies that rank by a
 predictor are clairvoyant exactly when that predictor is the oracle.
 """

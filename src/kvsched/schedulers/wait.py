@@ -1,5 +1,5 @@
 """WAIT: fluid-guided thresholds for known output lengths (Ao et al., arXiv 2504.11320, Alg. 1;
-spec wait.md section 7).
+WAIT paper §4, Algorithm 1).
 
 Each type j has an integer threshold n_j, both a trigger and a cap:
 - type j is eligible when at least n_j of its requests wait for prefill;
@@ -14,14 +14,14 @@ dT(n) <= n_j / lambda_j and memory M^pi(n) <= C) no stage of type j ever holds m
 n_j requests, so the KV in use never exceeds M^pi(n) <= C and WAIT never evicts; with
 strict slack its latency is O(1) in the fluid scaling. kvsched checks M^pi in whole KV
 blocks (`block_size`), so the guarantee is exact for the simulator's allocator. The LIFO
-repair loop (A8) is a safety net for mis-specified rates; `stats()` counts its evictions.
+repair loop (docs/conventions.md#wait-memory) is a safety net for mis-specified rates; `stats()` counts its evictions.
 
-Stages follow the engine convention (A19): a request with output o is prefilled in stage
+Stages follow the engine convention (docs/conventions.md#wait-steps): a request with output o is prefilled in stage
 0, which emits its first token, and decodes in stages 1..o-1; stage s is charged prompt + s.
 Types come from the workload description (`types`, "PROMPTxOUTPUT:RATE|..."); a request
 belongs to the first type whose output length is >= its own (types as bin upper edges),
 through the `predictor` (the paper's oracle label by default).
-After the last arrival the gate is dropped (A17) so the queue drains; nothing is discarded.
+After the last arrival the gate is dropped (docs/conventions.md#wait-drain) so the queue drains; nothing is discarded.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class WaitScheduler(WaitFamily):
                 r = view.resident[rid]
                 self._remove(r, stage_of(r))
                 # A restarted request waits for prefill again, at the head of its type's
-                # queue by its original arrival time (A20).
+                # queue by its original arrival time (docs/conventions.md#wait-restart).
                 heapq.heappush(waiting[self._type[rid]], (*fifo_key(r), r))
         if len(run) < len(chosen):
             # The repair dropped new prefills (with or without evicting anyone): they hold

@@ -1,12 +1,12 @@
-"""Pieces shared by the WAIT family (`wait`, `nested-wait`, `wait-cp`; spec wait.md 4, 7-9).
+"""Pieces shared by the WAIT family (`wait`, `nested-wait`, `wait-cp`; WAIT paper §4-§5; docs/wait.md).
 
 - `parse_types`: the workload description "PROMPTxOUTPUT:RATE|..." (output in tokens, the
   engine convention: the prefill emits the first token, so a type with output o makes o
-  steps, stages 0..o-1; spec 4.8, A19).
+  steps, stages 0..o-1; docs/conventions.md#wait-steps).
 - `stage_of`: a request's stage = steps completed = output tokens emitted (0 while waiting
   or mid-prefill). Its KV after being served at stage s is prompt + s, the paper's charge.
 - `fifo_key` / `lifo_repair`: FIFO selection inside a group, LIFO-by-admission eviction
-  (A7, A8) that restarts victims (KV and generated tokens dropped, spec 3.3, 4.6).
+  (docs/conventions.md#wait-order, docs/conventions.md#wait-memory) that restarts victims (KV and generated tokens dropped, WAIT paper §2).
 - `RateEstimator` and `WaitFamily`: where the arrival rates come from. Either the rates of
   the workload description (`rates="given"`), or an online estimate over a sliding window
   (`rates="online"`) that re-designs the thresholds when it drifts (docs/wait.md states
@@ -78,7 +78,7 @@ def stage_of(r: Request) -> int:
 
 
 def fifo_key(r: Request) -> tuple[float, int]:
-    """Selection order inside a group: original arrival time, then id (A7)."""
+    """Selection order inside a group: original arrival time, then id (docs/conventions.md#wait-order)."""
     return (r.arrival_time, r.request_id)
 
 
@@ -278,7 +278,7 @@ class WaitFamily(Scheduler):
 
 
 def group_types(types: Sequence[RequestType], num_segments: int) -> tuple[RequestType, ...]:
-    """L equal-width segments over a fine type grid (spec 12.2.5, [code]): boundaries at
+    """L equal-width segments over a fine type grid (WAIT paper §6, [code]): boundaries at
     multiples of floor(max_output / L), the last at max_output; each group's output is its
     upper edge, its rate the sum of its types' rates and its prompt the rate-weighted mean
     prompt (rounded). Empty groups are dropped."""

@@ -1,7 +1,7 @@
 """WAIT-CP (`wait-cp`): the chunked-prefill WAIT variant the paper's authors simulated.
 
 The v4 figures of the WAIT paper were produced by `GeneralNestedChunked` in the authors'
-Vidur fork, not by the theoretical WAIT / Nested WAIT (spec wait.md 9, A16). This module
+Vidur fork, not by the theoretical WAIT / Nested WAIT (WAIT-CP, the authors' code; docs/conventions.md#wait-cp). This module
 follows that code: prompts are prefilled in chunks of at most `chunk_size` tokens, the
 decode stages are cut into segments at the types' output lengths, each segment holds at
 most its budget B_k and admits at its entry stage at most a rotating per-stage limit,
@@ -10,11 +10,11 @@ requests wait at its entry, a token gate G caps the tokens of a batch and `tl` c
 requests holding KV system-wide.
 
 Pure functions, usable without a simulator:
-- `token_gate(types, tl, chunk_size)` -> (P, G), spec 9.3;
+- `token_gate(types, tl, chunk_size)` -> (P, G), WAIT-CP, the authors' code; docs/wait.md;
 - `fluid_requests_in_service(...)` -> (dT, requests in service), the automatic-tl model;
 - `design_wait_cp(...)` -> `WaitCPDesign`: segments, budgets, rotation and gate.
 
-Conventions: engine step convention (spec 4.8, A19): stage = output tokens emitted, the
+Conventions: engine step convention (docs/wait.md, docs/conventions.md#wait-steps): stage = output tokens emitted, the
 last prefill chunk emits the first token, a request with output o completes on reaching
 stage o. Segment k covers stages o_{k-1} .. o_k - 1. A request longer than the last
 segment's output stays in the last segment, as an interior request (it advances freely).
@@ -49,7 +49,7 @@ def _chunks(prompt_len: int, chunk_size: int) -> int:
 
 
 def token_gate(types, tl: float, chunk_size: int) -> tuple[float, int]:
-    """WAIT-CP's token budget per batch (spec 9.3): returns (P, G) with
+    """WAIT-CP's token budget per batch (WAIT-CP, the authors' code; docs/wait.md): returns (P, G) with
     D = sum_i w_i (K_i + o_i), Kbar = sum_i w_i K_i, P = tl / D and
     G = ceil((tl - P Kbar) + P Kbar cs): one token per decode plus P Kbar chunks of cs."""
     if chunk_size < 1:
@@ -107,12 +107,12 @@ def design_wait_cp(types, capacity_tokens: int, *, total_limit: int | None = Non
                    per_stage_basis: str = "output_stages", d0_s: float = 0.0106, d1_s_per_token: float = 4.0e-7,
                    d2_s_per_prefill_token: float = 0.0, tl_slack: float = 0.25, block_size: int = 1,
                    watermark_fraction: float = 0.0) -> WaitCPDesign:
-    """WAIT-CP's segments, budgets (spec 9.2) and token gate (9.3) for a workload.
+    """WAIT-CP's segments, budgets (WAIT-CP, the authors' code; docs/wait.md) and token gate for a workload.
 
     `types` are the workload's types (with their own prompts, for the memory check and
     the automatic tl); the segments come from them, grouped into `num_segments`
     equal-width groups when given, or cut uniformly every `segment_size` stages (a single
-    type, spec 9.5). `total_limit=None` chooses tl automatically (see WaitCPScheduler).
+    type, WAIT-CP, the authors' code; docs/wait.md). `total_limit=None` chooses tl automatically (see WaitCPScheduler).
     The memory check counts a request's peak in whole `block_size` blocks against the
     capacity left above the admission watermark."""
     if per_stage_basis not in PER_STAGE_BASES:
@@ -121,7 +121,7 @@ def design_wait_cp(types, capacity_tokens: int, *, total_limit: int | None = Non
     notes: list[str] = []
     if segment_size is not None:
         if len(kinds) != 1:
-            raise ValueError(f"segment_size (uniform segments, spec 9.5) needs a single type, got {len(kinds)}")
+            raise ValueError(f"segment_size (uniform segments, WAIT-CP, the authors' code; docs/wait.md) needs a single type, got {len(kinds)}")
         seg_types = kinds
         out = kinds[0].output_len
         edges = tuple(min(out, segment_size * (k + 1)) for k in range(math.ceil(out / segment_size)))
@@ -171,7 +171,7 @@ def design_wait_cp(types, capacity_tokens: int, *, total_limit: int | None = Non
                                 "per-segment wait gate, token gate, system-wide cap tl")
 @dataclass(eq=False)
 class WaitCPScheduler(WaitFamily):
-    """WAIT-CP (spec wait.md 9.4), one call per iteration boundary:
+    """WAIT-CP (WAIT-CP, the authors' code; docs/wait.md), one call per iteration boundary:
 
     1. decodes, segment by segment: a segment is frozen (its residents pause) when the
        wait gate is on, its entry holds fewer than lim_k(t) requests and entry + inside
@@ -186,9 +186,9 @@ class WaitCPScheduler(WaitFamily):
        rest of a partial prompt reserved although the loop allocates per chunk.
 
     t counts scheduling calls (idle ones too, as in the authors' code). Where the project's
-    defaults depart from that code: after the last arrival (A17) the wait gate is off and
+    defaults depart from that code: after the last arrival (docs/conventions.md#wait-drain) the wait gate is off and
     lim_k(t) is at least 1, so every request finishes (the code drops what is left); a
-    LIFO repair restarts residents should a decision not fit the free blocks (A8), counted
+    LIFO repair restarts residents should a decision not fit the free blocks (docs/conventions.md#wait-memory), counted
     in `num_repair_evictions` (none with a sane tl); the watermark is waived when nothing
     is resident (a prompt could otherwise wait forever).
 
@@ -200,7 +200,7 @@ class WaitCPScheduler(WaitFamily):
     tl max_j (l_j + o_j) exceeds the capacity, tl is capped by memory (noted in
     `design_notes`). An overloaded workload (denominator <= 0) raises ValueError.
 
-    `per_stage_basis` (A21): "output_stages" spreads budgets over a segment's output
+    `per_stage_basis` (docs/conventions.md#wait-per-stage): "output_stages" spreads budgets over a segment's output
     stages (the authors' code); "pipeline_depth" adds segment 1's prefill chunks K (the
     rate-weighted mean over its types, rounded) to its stage count, i.e. ~tl / (K + o).
     """
@@ -243,7 +243,7 @@ class WaitCPScheduler(WaitFamily):
             raise ValueError(f"tl_slack must be >= 0, got {self.tl_slack}")
         self._init_workload()
         if self.segment_size is not None and len(self._types) != 1:
-            raise ValueError(f"segment_size (uniform segments, spec 9.5) needs a single type, got {len(self._types)}")
+            raise ValueError(f"segment_size (uniform segments, WAIT-CP, the authors' code; docs/wait.md) needs a single type, got {len(self._types)}")
         self.design: WaitCPDesign | None = None
         self.design_notes: list[str] = []
         self.num_repair_evictions = 0

@@ -1,4 +1,4 @@
-"""Threshold design for the WAIT family, from the fluid solution (spec wait.md 7.3, 9.2).
+"""Threshold design for the WAIT family, from the fluid solution (WAIT paper §4-§5; WAIT-CP budgets from the authors' code).
 
 - `proportional_thresholds`: n_j = c lambda_j with dT* <= c <= C / S_tot (derived recipe);
   picks c automatically when not given and checks the rounded thresholds.
@@ -9,7 +9,7 @@
 - `segment_budgets` and `rotating_limit`: WAIT-CP's per-segment budgets from a total limit
   tl, with margin eta on the continuation probabilities, spread over the stages of a
   segment by a rotating per-call limit.
-- Nested WAIT (spec 8.3-8.4, 10.1-10.2), in the paper's convention (l'_k decode
+- Nested WAIT (WAIT paper §5, Algorithm 2, WAIT paper Appendix A), in the paper's convention (l'_k decode
   iterations; an engine type with output o has l' = o - 1, A19): `solve_theta` (the
   boundary-queue tail exponent), `nested_memory_requirement` (M^pi, the safety buffers and
   M_req), `check_nested_thresholds` (entry drift, boundary drift, memory) and
@@ -71,7 +71,7 @@ class ThresholdCheck:
 def check_wait_thresholds(types, thresholds: Sequence[int], d0_s: float, d1_s_per_token: float,
                           capacity_tokens: int, *, first_token_in_prefill: bool = False,
                           block_size: int = 1, d2_s_per_prefill_token: float = 0.0) -> ThresholdCheck:
-    """first_token_in_prefill: types in the engine convention (A19); block_size: count the
+    """first_token_in_prefill: types in the engine convention (docs/conventions.md#wait-steps); block_size: count the
     memory in whole KV blocks, as the cache allocates it; d2_s_per_prefill_token: the
     prefill-compute term of A3b, so that a full threshold batch (which prefills n_j
     requests of every type) lasts d0 + d1 M^pi + d2 sum_j n_j l_j."""
@@ -162,7 +162,7 @@ class SegmentBudgets:
 
 def segment_budgets(rates: Sequence[float], counts: Sequence[int], total_limit: float,
                     eta: float = 0.0) -> SegmentBudgets:
-    """WAIT-CP's segment budgets (spec 9.2). `rates[k]`: arrival rate of the types whose
+    """WAIT-CP's segment budgets (WAIT-CP, the authors' code; docs/wait.md). `rates[k]`: arrival rate of the types whose
     output ends in segment k (segments sorted by output length); `counts[k]`: its stages."""
     if len(rates) != len(counts) or not rates:
         raise ValueError("rates and counts need one entry per segment")
@@ -183,11 +183,11 @@ def rotating_limit(budget: int, count: int, call: int) -> int:
     return budget // count + (1 if call % count < budget % count else 0)
 
 
-# --- Nested WAIT (unknown lengths; spec 8.3, 8.4, 10.1, 10.2) -------------------------------
+# --- Nested WAIT (unknown lengths; WAIT paper §5, Algorithm 2, and Appendix A) -------------------------------
 # Written in the paper's convention: decode_boundaries are l'_1 < ... < l'_m (decode
 # iterations), segment 1 holds stages 0..l'_1 and segment k >= 2 stages l'_{k-1}+1 .. l'_k;
 # a request served at stage s holds l + s KV tokens afterwards. An engine-convention type
-# with output o has l' = o - 1 (A19); `nested_segments` converts.
+# with output o has l' = o - 1 (docs/conventions.md#wait-steps); `nested_segments` converts.
 
 
 def _log_mgf(theta: float, p: float) -> float:
@@ -199,7 +199,7 @@ def _log_mgf(theta: float, p: float) -> float:
 
 
 def solve_theta(n_prev: float, n_k: float, p_k: float) -> float:
-    """theta_k of the boundary-queue tail bound (spec 8.3): the unique theta > 0 with
+    """theta_k of the boundary-queue tail bound (WAIT paper §5, Algorithm 2): the unique theta > 0 with
     -theta n_k + n_prev ln(1 - p_k + p_k e^theta) = 0. The left side is convex, falls at 0
     and grows without bound exactly when p_k n_prev < n_k < n_prev (0 < p_k < 1), so the
     root exists only then; otherwise ValueError. Bisection, bracketed by doubling from 1."""
@@ -259,7 +259,7 @@ def _nested_layout(prompt_len, decode_boundaries: Sequence[int], block_size: int
     steps = tuple(hi - lo + 1 for lo, hi in zip(lows, bounds))
     mean = tuple((lo + hi) / 2 for lo, hi in zip(lows, bounds))
     if block_size == 1 and lookahead_tokens == 0:
-        mass = tuple((p + s) * d for p, s, d in zip(prompts, mean, steps))  # the closed form of spec 8.3
+        mass = tuple((p + s) * d for p, s, d in zip(prompts, mean, steps))  # the closed form of WAIT paper §5, Algorithm 2
     else:
         mass = tuple(float(sum(_held_tokens(p + s, block_size, lookahead_tokens) for s in range(lo, hi + 1)))
                      for p, lo, hi in zip(prompts, lows, bounds))
@@ -269,7 +269,7 @@ def _nested_layout(prompt_len, decode_boundaries: Sequence[int], block_size: int
 
 @dataclass(frozen=True)
 class NestedMemory:
-    """Nested WAIT's memory for segment thresholds n (spec 8.3):
+    """Nested WAIT's memory for segment thresholds n (WAIT paper §5, Algorithm 2):
     M^pi = sum_k n_k (l_bar_k + s_bar_k) delta_k and
     M_req = M^pi + sum_{k>=2} (l_bar_k + l'_{k-1}) (n_k + ln(m (1 + H/d0) / delta) / theta_k),
     the log term dropped where n_k >= n_{k-1} (theta_k = inf). theta_k = 0 marks a boundary
@@ -326,9 +326,9 @@ def nested_memory_requirement(prompt_len, decode_boundaries: Sequence[int], thre
                               continuation: Sequence[float], delta: float, horizon_over_d0: float,
                               num_types: int | None = None, *, block_size: int = 1,
                               lookahead_tokens: int = 0) -> NestedMemory:
-    """M^pi, the buffer terms and M_req (spec 8.3) in the paper's convention.
+    """M^pi, the buffer terms and M_req (WAIT paper §5, Algorithm 2) in the paper's convention.
 
-    prompt_len: l, or l_bar_k per segment (spec 10.2); decode_boundaries: l'_1 < ... < l'_m;
+    prompt_len: l, or l_bar_k per segment (WAIT paper Appendix A); decode_boundaries: l'_1 < ... < l'_m;
     continuation: p_2..p_m; horizon_over_d0: H / d0, the bound on the number of iterations
     in the log term, which uses num_types (default: the number of segments; with fewer
     segments than types, 10.1, the log keeps m). block_size / lookahead_tokens: count each
@@ -341,7 +341,7 @@ def nested_memory_requirement(prompt_len, decode_boundaries: Sequence[int], thre
 
 @dataclass(frozen=True)
 class NestedThresholdCheck:
-    """Margins of Nested WAIT's conditions (spec 8.3); a margin > 0 means satisfied."""
+    """Margins of Nested WAIT's conditions (WAIT paper §5, Algorithm 2); a margin > 0 means satisfied."""
 
     thresholds: tuple[float, ...]
     continuation: tuple[float, ...]  # p_k, k = 2..m
@@ -410,7 +410,7 @@ def check_nested_thresholds(prompt_len, decode_boundaries: Sequence[int], rates:
                             *, delta: float = 0.05, horizon_s: float = 3600.0, num_types: int | None = None,
                             d2_s_per_prefill_token: float = 0.0, block_size: int = 1,
                             lookahead_tokens: int = 0) -> NestedThresholdCheck:
-    """Nested WAIT's conditions (spec 8.3) for segment thresholds n, paper convention:
+    """Nested WAIT's conditions (WAIT paper §5, Algorithm 2) for segment thresholds n, paper convention:
     entry drift d0 + d1 M^pi < n_1 / sum lambda; boundary drift p_k < n_k / n_{k-1} (and
     < 1, else the boundary is deterministic: allowed, see `notes`); memory M_req <= C.
     rates[k]: arrival rate of the class whose length is boundary k (lambda_k > 0); the
@@ -426,7 +426,7 @@ def check_nested_thresholds(prompt_len, decode_boundaries: Sequence[int], rates:
 
 @dataclass(frozen=True)
 class NestedSegments:
-    """Nested WAIT's segments of a workload, paper convention (spec 8.1, 10.2)."""
+    """Nested WAIT's segments of a workload, paper convention (WAIT paper §5, Algorithm 2, WAIT paper Appendix A)."""
 
     prompt_lens: tuple[int, ...]  # l_bar_k = max prompt over the types that reach segment k
     decode_boundaries: tuple[int, ...]  # l'_k
@@ -470,7 +470,7 @@ def nested_thresholds(types, d0_s: float, d1_s_per_token: float, capacity_tokens
                       delta: float = 0.05, horizon_s: float = 3600.0, first_token_in_prefill: bool = True, *,
                       d2_s_per_prefill_token: float = 0.0, block_size: int = 1,
                       lookahead_tokens: int = 0) -> NestedDesign:
-    """Integer segment thresholds (spec 8.4): q_k = min(p_k + eta, 0.99), n_k from n_{k-1}
+    """Integer segment thresholds (WAIT paper §5, Algorithm 2): q_k = min(p_k + eta, 0.99), n_k from n_{k-1}
     by `_threshold_chain` (so n_k >= n_1 Q_k and p_k < n_k / n_{k-1} <= 1), and the
     smallest n_1 >= 1 whose vector passes `check_nested_thresholds`. The search starts at
     the entry-drift bound n_1 > d0 Lambda / (1 - Lambda (d1 W + d2 l_bar_1)), W = sum_k

@@ -285,7 +285,7 @@ def design_coefficients(cost_model: CostModel, prompt_lens: Sequence[int], outpu
     """d0 + d1 * KV + d2 * prefill tokens fitted to `cost_model` on the batches a WAIT-family
     scheduler forms for this workload: decodes of 1..512 requests holding the types' KV, with
     0..2048 prefill tokens beside them. The threshold design needs these three numbers
-    (spec wait.md A3, A3b); fitting them to the simulator's own model keeps the design honest
+    (docs/conventions.md#wait-cost, #wait-prefill); fitting them to the simulator's own model keeps the design honest
     about prefill compute, which the paper's (d0, d1) leave out."""
     kv_per_seq = sorted({int(p + o / 2) for p, o in zip(prompt_lens, output_lens)})
     shapes = []
@@ -300,7 +300,7 @@ def design_coefficients(cost_model: CostModel, prompt_lens: Sequence[int], outpu
 
 # ---------------------------------------------------------------- presets
 
-WAIT_PAPER_D0_S = 10.6e-3  # spec wait.md §3.2 / A3: per-iteration values implied by Table 2
+WAIT_PAPER_D0_S = 10.6e-3  # WAIT paper (arXiv 2504.11320) Table 2, per iteration (docs/conventions.md#wait-cost)
 WAIT_PAPER_D1_S_PER_TOKEN = 4.0e-7  # 4.0e-4 ms per KV token
 
 
@@ -322,7 +322,7 @@ def unit(step_time_s: float = 1.0) -> UnitCost:
 @COST_MODELS.register(
     "wait-paper",
     "AffineCost d0=10.6 ms, d1=4.0e-7 s/KV token: per-iteration values implied by the WAIT paper "
-    "(spec wait.md §3.2, A3; Llama-2-7B on A100 via Vidur)",
+    "(arXiv 2504.11320, Table 2; Llama-2-7B on A100 via Vidur)",
 )
 def wait_paper() -> AffineCost:
     return AffineCost(WAIT_PAPER_D0_S, WAIT_PAPER_D1_S_PER_TOKEN)
@@ -331,7 +331,7 @@ def wait_paper() -> AffineCost:
 @COST_MODELS.register(
     "wait-paper-prefill",
     "AffinePrefillCost: wait-paper d0, d1 plus d2 per prefill token so that p512d20 saturates at "
-    "24 req/s in the fluid model (spec A3b); d2 = 7.28e-5 s/token",
+    "24 req/s in the fluid model (docs/cost_models.md); d2 = 7.28e-5 s/token",
 )
 def wait_paper_prefill(saturation_rate_per_s: float = 24.0) -> AffinePrefillCost:
     return AffinePrefillCost(WAIT_PAPER_D0_S, WAIT_PAPER_D1_S_PER_TOKEN, wait_paper_d2(saturation_rate_per_s))

@@ -4,10 +4,10 @@
 memory counted in single tokens, and a request holding prompt + j tokens after its j-th
 output token, so that total latency equals the papers' objective to the token.
 
-`simulate_batch` is the same model for the offline batch setting of the GBA/GSA spec
-(§4): every job (s_i, o_i) arrives at 0, and s_i may be 0. The engine cannot prefill an
+`simulate_batch` is the same model for the offline batch setting of the GBA/GSA paper
+(docs/gsa.md): every job (s_i, o_i) arrives at 0, and s_i may be 0. The engine cannot prefill an
 empty prompt, so a job is stored as prompt_len = s_i + 1 without a lookahead slot, which
-gives the identical ledger (s_i + u in the round that emits token u; spec §4.3).
+gives the identical ledger (s_i + u in the round that emits token u; docs/gsa.md).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def simulate_theory(
 
     With integer arrivals, a request's latency `finish_time - arrival_time` is the
     papers' `c_i - a_i` and the steps' `kv_used_tokens` is the papers' memory at each
-    epoch (MC-SF spec sections 2.2-2.3, 3.1-3.4)."""
+    epoch (the MC-SF paper's model, arXiv 2502.07115; docs/mcsf.md)."""
     return simulate(requests, scheduler, UnitCost(), capacity_tokens=capacity_tokens, block_size=1,
                     fast_forward=fast_forward, progress=progress, max_steps=max_steps, lookahead_tokens=1)
 

@@ -79,8 +79,8 @@ extrapolated along the top-octave secant (1024 to 2048 tokens, 128 to 256 sequen
 their last points sit 16 tokens apart on a GEMM tile plateau (RTX 4090: 5.9 us per token
 from 2016 to 2048 tokens against 88 from 1024 to 2048).
 
-`write_tables(profiles_dir)` regenerates the shipped copies in `data/` from the shared
-profile folder; the package never reads `shared/` at run time. Derivations and example
+`write_tables(profiles_dir)` regenerates the shipped copies in `data/` from a folder
+holding copies of the upstream profiles; the package reads only `data/` at run time. Derivations and example
 step times: docs/cost_models.md.
 """
 
@@ -142,7 +142,7 @@ class LLMServingSimProfile:
         return DATA_DIR / f"llmservingsim_{self.hardware}_{LLMSERVINGSIM_MODEL}_tp1_{kind}.csv"
 
     def source(self, llmservingsim_dir: Path | str, kind: str) -> Path:
-        """The file in the shared folder (`shared/data/profiles/llmservingsim`)."""
+        """The file in the shared folder (`llmservingsim/` in the profiles folder)."""
         return Path(llmservingsim_dir) / f"{self.hardware}_{LLMSERVINGSIM_MODEL}_tp1_{kind}.csv"
 
 
@@ -160,7 +160,7 @@ LLAMA3_8B_TP1 = profiles.LinearOpsTable("llama3-8b-tp1", LLAMA3_8B, "Meta-Llama-
 
 def write_tables(profiles_dir: Path | str, out_dir: Path | str | None = None) -> list[Path]:
     """Regenerate the shipped tables (into `out_dir`, default `DATA_DIR`) from `profiles_dir`
-    (holding `llmservingsim/` and `vidur/`, e.g. /work/shared/data/profiles): dense and
+    (holding `llmservingsim/` and `vidur/`, copies of the upstream files): dense and
     per-sequence tables copied byte for byte, attention tables restricted to the rows on the
     doubling grid (lines kept verbatim), the Vidur Llama-3-8B operators summed per layer by
     `profiles.write_linear_table`. Returns the paths written."""

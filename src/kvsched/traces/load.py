@@ -29,7 +29,7 @@ def load_trace(name_or_path: str, *, rng: np.random.Generator | None = None,
     """
     if name_or_path.startswith(SYNTHETIC_PREFIX):
         if rate is not None:
-            raise TraceError(f"{name_or_path!r}: put the rate inside the spec (rate=...), not as rate={rate}")
+            raise TraceError(f"{name_or_path!r}: put the rate inside the synthetic spec (rate=...), not as rate={rate}")
         return parse_synthetic(name_or_path, rng)
     if name_or_path in TRACES:
         return TRACES.create(name_or_path, rng=rng, rate=rate)
