@@ -754,7 +754,7 @@ def cmd_calibrate(args) -> int:
     model, _ = _load_engine_model(args)
     with _CalibrationProgressBar(sys.stderr.isatty()) as progress:
         fit, points = calibrate(model, block_size=args.block_size, repeats=args.repeats, device=args.device,
-                                progress=progress)
+                                with_run=not args.no_run, progress=progress)
     warning = poor_fit_warning(fit)
     if warning:
         print(f"kvsched calibrate: warning: {warning}", file=sys.stderr)
@@ -1140,6 +1140,9 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(ca)
     ca.add_argument("--block-size", type=int, default=16)
     ca.add_argument("--repeats", type=int, default=3, help="timed repeats per shape (the median is kept)")
+    ca.add_argument("--no-run", action="store_true",
+                    help="fit the profiling grid alone, without the steps of a calibration run (much faster, "
+                         "fewer points)")
     ca.add_argument("--output", type=Path, help="JSON file with the fitted model (use it as --cost-model FILE)")
     ca.add_argument("--json", action="store_true")
     ca.set_defaults(func=cmd_calibrate)
