@@ -1256,6 +1256,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kvsched import cli_sweep; cli_sweep.add_parser(sub)  # noqa: I001
     from kvsched import cli_report; cli_report.add_parser(sub)  # noqa: I001
     from kvsched import cli_reproduce; cli_reproduce.add_parser(sub)  # noqa: I001
+    from kvsched import cli_model; cli_model.add_parser(sub)  # noqa: I001
     return p
 
 

@@ -45,10 +45,15 @@ class Tokenizer:
         eos_token_id: int | None,
         bos_token_id: int | None = None,
         chat_template: str | None = None,
+        pad_token_id: int | None = None,
+        unk_token_id: int | None = None,
     ) -> None:
         self._tok = hf_tokenizer
         self.eos_token_id = eos_token_id
         self.bos_token_id = bos_token_id
+        # pad/unk are not used by the engine; kept so that an export (engine/export.py) can name them.
+        self.pad_token_id = pad_token_id
+        self.unk_token_id = unk_token_id
         # Kept for reference (what the checkpoint ships); apply_chat_template writes ChatML itself.
         self.chat_template = chat_template
 
@@ -106,6 +111,8 @@ class Tokenizer:
             eos_token_id=eos_token_id,
             bos_token_id=bos_token_id,
             chat_template=meta.get("tokenizer.chat_template"),
+            pad_token_id=_optional_int(meta.get("tokenizer.ggml.padding_token_id")),
+            unk_token_id=_optional_int(meta.get("tokenizer.ggml.unknown_token_id")),
         )
 
     @classmethod
@@ -138,6 +145,8 @@ class Tokenizer:
             eos_token_id=special_id("eos"),
             bos_token_id=special_id("bos"),
             chat_template=tok_config.get("chat_template") if isinstance(tok_config.get("chat_template"), str) else None,
+            pad_token_id=special_id("pad"),
+            unk_token_id=special_id("unk"),
         )
 
     # --- use ---------------------------------------------------------------------------
@@ -147,6 +156,14 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(int(token_id))
+
+    @property
+    def backend(self) -> _HFTokenizer:
+        """The wrapped `tokenizers.Tokenizer` (its added tokens, for exporting)."""
+        return self._tok
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens written in the text (e.g. <|im_start|>) map to their single ids."""
