@@ -387,6 +387,8 @@ def cmd_compare(args) -> int:
             raise CLIError("compare options look like SCHEDULER:key=value (or LABEL:key=value) with a listed "
                            f"scheduler, got {key!r}")
         per_run[label][opt] = value
+    # Typed once here, so the table, the JSON and the saved config show 32, not "32".
+    per_run = {label: scheduler_options(entries[label], opts) for label, opts in per_run.items()}
     summaries = {run_label(label, name, per_run[label]): run_one(reqs, workload, name, per_run[label], args,
                                                                  label=label)[0]
                  for label, name in entries.items()}
