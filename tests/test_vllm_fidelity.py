@@ -44,12 +44,12 @@ def cases(draw):
         knobs["max_model_len"] = budget
         capacity = min(capacity, budget)
     max_prompt = min(capacity - 1, 90 if chunked else budget)
-    n = draw(st.integers(1, 10))
+    n = draw(st.integers(3, 12))
     stream = []
     for _ in range(n):
         prompt = draw(st.integers(1, max_prompt))
-        out = draw(st.integers(1, min(40, capacity - prompt + 1)))
-        stream.append(Arrival(draw(st.integers(0, 12)), prompt, out))
+        out = draw(st.integers(1, min(60, capacity - prompt)))  # within max_model_len
+        stream.append(Arrival(draw(st.integers(0, 6)), prompt, out))
     return knobs, stream
 
 
@@ -64,8 +64,8 @@ def plugin_records(model_dir, knobs, stream, name="vllm", options=None):
 
 def sim_scheduler(knobs, **overrides):
     options = dict(max_num_batched_tokens=knobs["max_num_batched_tokens"], max_num_seqs=knobs["max_num_seqs"],
-                   enable_chunked_prefill=knobs["enable_chunked_prefill"],
-                   long_prefill_token_threshold=knobs["long_prefill_token_threshold"],
+                   enable_chunked_prefill=knobs.get("enable_chunked_prefill", True),
+                   long_prefill_token_threshold=knobs.get("long_prefill_token_threshold", 0),
                    reserve_full_sequence=True, threshold_needs_two=True)
     options.update(overrides)
     return VLLMScheduler(**options)
