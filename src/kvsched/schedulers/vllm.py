@@ -12,6 +12,10 @@ Rules (vllm/v1/core/sched/scheduler.py; see docs/schedulers.md):
   without it a prompt over the budget stops admission; a failed allocation stops
   admission, which never preempts.
 
+Automatic prefix caching (`enable_prefix_caching`, on as in vLLM; off for the policies
+built on these mechanics unless asked): a waiting request's first chunk starts after its
+cached prefix (`View.cached_tokens`), and a victim frees only the blocks it alone holds.
+
 `preemption="restart"` turns preemption into kill-and-restart (the victim's generated
 tokens are discarded): the FCFS baseline of docs/gsa.md. vLLM itself never
 reads output lengths, so `vllm` is non-clairvoyant; the policies that rank by a
@@ -41,6 +45,9 @@ class VLLMScheduler(Scheduler):
     long_prefill_token_threshold: int = 0  # 0 = off
     policy: str = "fcfs"  # "fcfs": preempt the tail; "priority": preempt the latest arrival
     preemption: str = "recompute"  # recompute (vLLM: keep generated tokens) | restart (discard them)
+    # Automatic prefix caching, on by default as in vLLM (`simulate` builds the KV model it
+    # asks for): admission reuses cached full blocks and sizes the first chunk after them.
+    enable_prefix_caching: bool = True
     _running: list[Request] = field(init=False, repr=False)
 
     clairvoyant = False  # a class attribute, not an option
@@ -114,7 +121,7 @@ class VLLMScheduler(Scheduler):
                 victim = self._pick_victim(running)
                 vid = victim.request_id
                 preempted.append(vid)
-                free += view.block_counts.get(vid, 0)
+                free += view.blocks_freed_by(vid)
                 if vid in run:  # PRIORITY policy may pick a request scheduled earlier
                     budget += run.pop(vid)
                     free += needs.pop(vid)
@@ -137,7 +144,8 @@ class VLLMScheduler(Scheduler):
         if not preempted:
             while len(self._waiting) and budget > 0 and len(running) < self.max_num_seqs:
                 r = self._waiting.peek()
-                n = r.num_tokens - r.num_computed_tokens
+                # vLLM looks the prefix cache up before sizing the chunk.
+                n = r.num_tokens - r.num_computed_tokens - view.cached_tokens(r)
                 if self.long_prefill_token_threshold:
                     n = min(n, self.long_prefill_token_threshold)
                 if not self.enable_chunked_prefill and n > budget:
@@ -173,6 +181,7 @@ class VLLMScheduler(Scheduler):
 class SJFScheduler(VLLMScheduler):
     predictor: str = "oracle"  # "oracle" or "predicted" (Request.predicted_output_len)
     key: str = "output"  # "output": total predicted output; "remaining": predicted minus generated
+    enable_prefix_caching: bool = False  # the policy's own semantics unless asked
 
     @property
     def clairvoyant(self) -> bool:
@@ -209,6 +218,7 @@ class StaticReservationScheduler(VLLMScheduler):
     prediction that falls short, vLLM's tail preemption keeps memory safe."""
 
     predictor: str = "oracle"
+    enable_prefix_caching: bool = False  # the policy's own semantics unless asked
     _reserved_blocks: int = field(init=False, default=0)
 
     @property

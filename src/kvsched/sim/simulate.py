@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kvsched.decision import Scheduler
-from kvsched.kvcache import KVCache
+from kvsched.kvcache import make_kv_cache
 from kvsched.loop import ProgressFn, Run, run
 from kvsched.request import Request
 from kvsched.sim.backend import SimBackend
@@ -36,10 +36,15 @@ def simulate(
     max_steps: int | None = None,
     lookahead_tokens: int = 0,
     check_oracle: bool = False,
+    prefix_caching: bool | None = None,
 ) -> Run:
     """Simulate `requests` under `scheduler`; the inputs are not mutated. `check_oracle`:
-    a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`)."""
-    kv = KVCache(capacity_tokens, block_size)
+    a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`).
+    `prefix_caching`: automatic prefix caching in the KV model; None (default) follows the
+    scheduler's `enable_prefix_caching` (on for `vllm`, off for the others)."""
+    if prefix_caching is None:
+        prefix_caching = bool(getattr(scheduler, "enable_prefix_caching", False))
+    kv = make_kv_cache(capacity_tokens, block_size, prefix_caching=prefix_caching)
     return run(requests, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv, progress=progress,
                max_steps=max_steps, lookahead_tokens=lookahead_tokens, check_oracle=check_oracle)
 
