@@ -37,9 +37,11 @@ class Request:
     predicted_output_len: int | None = None
     predicted_output_interval: tuple[int, int] | None = None
     # Prefix identities for automatic prefix caching, token-id free: one non-negative id per
-    # `prefix_block_size` tokens of the prompt (and maybe of the output), already chained:
-    # two requests with the same id at index k hold the same tokens up to the end of
-    # block k. None: the request shares nothing (only its own re-admission can hit).
+    # `prefix_block_size` tokens, describing the first len(ids) x prefix_block_size tokens
+    # of prompt + output (a multi-turn workload's ids may cover the output the next turn
+    # repeats), already chained: two requests with the same id at index k hold the same
+    # tokens up to the end of block k. None: the request shares nothing (only its own
+    # re-admission after a preemption can hit).
     prefix_block_ids: tuple[int, ...] | None = None
     prefix_block_size: int = 0
 
