@@ -89,8 +89,10 @@ class View:
         if pc is not None and request.request_id not in self.block_counts:
             # Admission: the cached prefix is reused; only its free (evictable) blocks take
             # free blocks, those held by others are shared.
+            # A scheduler that sized `num_new_tokens` without looking at the cache asked for
+            # too many: the loop cuts it to what is left after the hit, and so does this.
             hit, evictable = pc.hit(request)
-            total = hit + num_new_tokens + self.lookahead_tokens
+            total = min(hit + num_new_tokens, request.num_tokens) + self.lookahead_tokens
             return blocks_for(total, self.block_size) - hit // self.block_size + evictable
         total = request.num_computed_tokens + num_new_tokens + self.lookahead_tokens
         return max(0, blocks_for(total, self.block_size) - self.block_counts.get(request.request_id, 0))

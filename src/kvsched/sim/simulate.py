@@ -44,6 +44,11 @@ def simulate(
     scheduler's `enable_prefix_caching` (on for `vllm`, off for the others)."""
     if prefix_caching is None:
         prefix_caching = bool(getattr(scheduler, "enable_prefix_caching", False))
+    elif prefix_caching and not hasattr(scheduler, "enable_prefix_caching"):
+        # A scheduler that counts the memory a preemption frees from block_counts would
+        # over-count blocks shared with other requests: only the vLLM family is ready.
+        raise ValueError(f"{type(scheduler).__name__} does not support prefix caching (schedulers with an "
+                         "enable_prefix_caching option do: vllm, sjf, srpt, fcfs-static)")
     kv = make_kv_cache(capacity_tokens, block_size, prefix_caching=prefix_caching)
     return run(requests, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv, progress=progress,
                max_steps=max_steps, lookahead_tokens=lookahead_tokens, check_oracle=check_oracle)
