@@ -313,33 +313,37 @@ class PrefixCachingKVCache(KVCache):
             raise KVCapacityError(
                 f"step needs {num_new_blocks} more blocks, only {self._num_free} of {self.num_blocks} free"
             )
+        # Runs per scheduled request per step: locals and inlined list operations.
         head = self.num_blocks
         bs, la, ref, keys, cached = self.block_size, self.lookahead_tokens, self._ref, self._key, self._cached
-        held, tokens, blocks = self._held, self._tokens, self._blocks
+        held, tokens, blocks, keyed = self._held, self._tokens, self._blocks, self._num_keyed
+        nxt, prv = self._next, self._prev
+        added = 0
         for rid, total in totals:
-            mine = held.get(rid)
-            if mine is None:
-                raise KeyError(f"request {rid} was not admitted to the prefix cache")
+            mine = held[rid]  # KeyError: never admitted
             need = -(-total // bs) - len(mine)
-            if need > self._num_free:
-                raise KVCapacityError(f"request {rid} needs {need} more blocks, only {self._num_free} free")
-            for _ in range(need):
-                b = self._next[head]
-                self._unlink(b)
-                k = keys[b]
-                if k is not None:  # evict the least recently freed cached block
-                    keys[b] = None
-                    if cached.get(k) == b:
-                        del cached[k]
-                    self.num_evicted_blocks += 1
-                ref[b] = 1
-                mine.append(b)
-            self._num_used_tokens += total - tokens[rid]
+            if need > 0:
+                if need > self._num_free:
+                    raise KVCapacityError(f"request {rid} needs {need} more blocks, only {self._num_free} free")
+                self._num_free -= need
+                for _ in range(need):
+                    b = nxt[head]  # the head of the free queue
+                    q = nxt[b]
+                    nxt[head], prv[q] = q, head
+                    k = keys[b]
+                    if k is not None:  # evict the least recently freed cached block
+                        keys[b] = None
+                        if cached.get(k) == b:
+                            del cached[k]
+                        self.num_evicted_blocks += 1
+                    ref[b] = 1
+                    mine.append(b)
+                blocks[rid] = len(mine)
+            added += total - tokens[rid]
             tokens[rid] = total
-            blocks[rid] = len(mine)
             # Register the blocks this step fills (vLLM caches them when it allocates them).
             full = (total - la) // bs
-            j = self._num_keyed[rid]
+            j = keyed[rid]
             if full > j:
                 r = self._reqs[rid]
                 for j in range(j, full):
@@ -348,7 +352,8 @@ class PrefixCachingKVCache(KVCache):
                     if keys[b] is None and k not in cached:
                         cached[k] = b
                         keys[b] = k
-                self._num_keyed[rid] = full
+                keyed[rid] = full
+        self._num_used_tokens += added
         self._num_used_blocks = self.num_blocks - self._num_free
 
     def free(self, request_id: int) -> None:
@@ -359,12 +364,21 @@ class PrefixCachingKVCache(KVCache):
         still_shared = 0
         # Tail first: a request's last blocks are evicted first. Keyless blocks (never
         # findable) go to the head, to be reused first (vLLM: LIFO, for locality).
+        nxt, prv, head, tail = self._next, self._prev, self.num_blocks, self.num_blocks + 1
+        freed = 0
         for b in reversed(mine):
-            ref[b] -= 1
-            if ref[b]:
+            c = ref[b] - 1
+            ref[b] = c
+            if c:
                 still_shared += 1
-            else:
-                self._push(b, keys[b] is None)
+                continue
+            freed += 1
+            if keys[b] is None:  # after the head sentinel
+                p, q = head, nxt[head]
+            else:  # before the tail sentinel
+                p, q = prv[tail], tail
+            nxt[p], prv[b], nxt[b], prv[q] = b, p, q, b
+        self._num_free += freed
         self._num_used_tokens -= self._tokens.pop(request_id) - still_shared * bs
         del self._blocks[request_id], self._reqs[request_id], self._num_keyed[request_id]
         self._num_used_blocks = self.num_blocks - self._num_free
