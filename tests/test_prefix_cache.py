@@ -182,7 +182,7 @@ def test_vllm_sizes_the_first_chunk_after_the_hit():
                    block_size=BS, check_oracle=True)
     r1 = res.requests[1]
     assert r1.num_cached_tokens == 144  # 9 full blocks; (150 - 1) // 16 = 9
-    first = [n for t, n in zip(res.steps["start_time"], res.steps["num_prefill_tokens"]) if t >= 5.0][0]
+    first = next(n for t, n in zip(res.steps["start_time"], res.steps["num_prefill_tokens"]) if t >= 5.0)
     assert first == 6  # the rest, in one chunk: the token budget was not spent on cached tokens
     assert r1.first_token_time - r1.arrival_time == 1.0
     s = summarize(res)
@@ -193,7 +193,7 @@ def test_vllm_sizes_the_first_chunk_after_the_hit():
 def test_off_by_option_and_for_other_schedulers():
     ids = tuple(range(10))
     reqs = [req(0, 150, ids=ids), req(1, 150, ids=ids, t=5.0)]
-    kw = dict(capacity_tokens=40 * BS, block_size=BS)
+    kw = {"capacity_tokens": 40 * BS, "block_size": BS}
     off = simulate(reqs, VLLMScheduler(enable_prefix_caching=False), UnitCost(), **kw)
     assert summarize(off)["prefix_hit_rate"] == 0.0
     sjf = simulate(reqs, SJFScheduler(), UnitCost(), **kw)

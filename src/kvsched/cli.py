@@ -101,7 +101,9 @@ def _design_options(name: str, options: dict, reqs, cost) -> dict:
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
-    from kvsched.cli_args import positive  # flags checked here, so no library function's name reaches a user
+    from kvsched.cli_args import (
+        positive,  # flags checked here, so no library function's name reaches a user
+    )
 
     pos_float, pos_int = positive(float), positive(int)
     p.add_argument("--trace", required=True, help="registered trace name, CSV path, or synthetic:KEY=VALUE,...")

@@ -119,7 +119,7 @@ class PrefixHits:
     """One step's prefix-cache lookups for waiting requests, memoised: what the View
     reports and what the loop applies on admission are the same hit."""
 
-    __slots__ = ("kv", "_waiting", "_memo")
+    __slots__ = ("_memo", "_waiting", "kv")
 
     def __init__(self, kv, waiting: Mapping[int, Request]) -> None:
         self.kv, self._waiting, self._memo = kv, waiting, {}

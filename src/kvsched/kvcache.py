@@ -219,7 +219,7 @@ class PrefixCachingKVCache(KVCache):
         n = self.num_blocks
         # head (n) -> 0 -> 1 -> ... -> n-1 -> tail (n+1)
         self._next = [*range(1, n), n + 1, 0, -1]
-        self._prev = [n, *range(0, n - 1), -1, n - 1]
+        self._prev = [n, *range(n - 1), -1, n - 1]
         self._num_free = n
         self._free_ids = []
 
@@ -343,10 +343,10 @@ class PrefixCachingKVCache(KVCache):
             tokens[rid] = total
             # Register the blocks this step fills (vLLM caches them when it allocates them).
             full = (total - la) // bs
-            j = keyed[rid]
-            if full > j:
+            done = keyed[rid]
+            if full > done:
                 r = self._reqs[rid]
-                for j in range(j, full):
+                for j in range(done, full):
                     k = block_key(r, j, bs)
                     b = mine[j]
                     if keys[b] is None and k not in cached:
