@@ -7,11 +7,12 @@ cannot be admitted. For each policy asked for, vLLM's own Scheduler and the plug
 the same stream side by side: warm-up steps until both are in that state (at most
 --warmup steps; the state each reached is printed either way), then --steps timed
 `schedule()` calls each, interleaved (alternating which goes first), with
-`update_from_output()` untimed. The plugin runs as in production (not strict; --strict
+`update_from_output()` untimed. Times are this thread's CPU time (time.thread_time),
+so other work on a shared machine is not counted; --wall uses time.perf_counter. The plugin runs as in production (not strict; --strict
 adds its per-step cross-checks). Printed per policy: median and mean µs per step of
 each, plugin / vLLM ratio (of medians), and the plugin's split: the policy's decide
 (kvsched scheduler.schedule), vLLM's schedule() inside the plugin, and the rest
-(translation: view, clipping, queue restriction, verification).
+(translation: view, clipping, queue restriction, verification), medians per step.
 
     PYTHONPATH=src python benchmarks/bench_vllm.py [--policy vllm,mcsf] [--steps 100]
 """
@@ -33,6 +34,7 @@ from kvsched.vllm.harness import Driver, build_scheduler, tiny_model_dir  # noqa
 from kvsched.vllm.plugin import KvschedMixin  # noqa: E402
 
 RUNNING, WAITING = 256, 1000
+CLOCK = time.thread_time  # CPU time of this thread: what other work on a shared machine takes is not counted
 
 
 class _TimedScheduler(Scheduler):
@@ -41,11 +43,11 @@ class _TimedScheduler(Scheduler):
     inner_s = 0.0
 
     def schedule(self, *args, **kwargs):
-        t = time.perf_counter()
+        t = CLOCK()
         try:
             return super().schedule(*args, **kwargs)
         finally:
-            self.inner_s += time.perf_counter() - t
+            self.inner_s += CLOCK() - t
 
 
 class _TimedPlugin(KvschedMixin, _TimedScheduler):
@@ -82,11 +84,11 @@ def measure(policy: str, steps: int, warmup: int, strict: bool = False) -> dict:
     decide = plug.policy_scheduler.schedule
 
     def timed_decide(view):
-        t = time.perf_counter()
+        t = CLOCK()
         try:
             return decide(view)
         finally:
-            decide_s[0] += time.perf_counter() - t
+            decide_s[0] += CLOCK() - t
 
     plug.policy_scheduler.schedule = timed_decide
     for _ in range(warmup):
@@ -97,22 +99,28 @@ def measure(policy: str, steps: int, warmup: int, strict: bool = False) -> dict:
             d.records.clear()
     reached = {"vllm": _state(base), "plugin": _state(plug), "steady": _steady(base) and _steady(plug)}
     plug.inner_s, decide_s[0] = 0.0, 0.0
-    times = {"vllm": [], "plugin": []}
+    times = {"vllm": [], "plugin": [], "decide": [], "vllm_inside": []}
     for i in range(steps):
         for name, s in (("vllm", base), ("plugin", plug)) if i % 2 == 0 else (("plugin", plug), ("vllm", base)):
-            t = time.perf_counter()
+            plug.inner_s, decide_s[0] = 0.0, 0.0
+            t = CLOCK()
             output = s.schedule()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(CLOCK() - t)
+            if s is plug:
+                times["decide"].append(decide_s[0])
+                times["vllm_inside"].append(plug.inner_s)
             _feed(s, output)
     us = {k: [x * 1e6 for x in v] for k, v in times.items()}
-    mean_plugin = statistics.fmean(us["plugin"])
-    inner, dec = plug.inner_s / steps * 1e6, decide_s[0] / steps * 1e6
+    us["translation"] = [t - d - v for t, d, v in zip(us["plugin"], us["decide"], us["vllm_inside"])]
+    med = {k: statistics.median(v) for k, v in us.items()}
+    paired = sorted(p / b for p, b in zip(us["plugin"], us["vllm"]))  # step i of each: the same state
+    quart = statistics.quantiles(paired, n=4)
     return {
         "policy": policy, "reached": reached, "end": {"vllm": _state(base), "plugin": _state(plug)},
-        "median": {k: statistics.median(v) for k, v in us.items()},
+        "median": med,
         "mean": {k: statistics.fmean(v) for k, v in us.items()},
-        "split": {"decide": dec, "vllm_inside": inner, "translation": mean_plugin - inner - dec},
-        "mismatches": plug.num_mismatches,
+        "split": {k: med[k] for k in ("decide", "vllm_inside", "translation")},
+        "mismatches": plug.num_mismatches, "paired": (quart[0], statistics.median(paired), quart[2]),
     }
 
 
@@ -124,8 +132,9 @@ def report(r: dict) -> str:
         + ("" if r["reached"]["steady"] else f" -- NOT the {RUNNING}/{WAITING} decode state")
         + f"; after timing {r['end']['plugin']} (plugin), {r['end']['vllm']} (vLLM)",
         f"  vLLM alone {med['vllm']:.0f} us/step (mean {mean['vllm']:.0f}); plugin {med['plugin']:.0f} us/step "
-        f"(mean {mean['plugin']:.0f}); plugin/vLLM {ratio:.3f} (overhead {100 * (ratio - 1):+.1f} %)",
-        f"  plugin split (means): policy decide {split['decide']:.0f} us, vLLM schedule() inside "
+        f"(mean {mean['plugin']:.0f}); plugin/vLLM {ratio:.3f} (overhead {100 * (ratio - 1):+.1f} %); "
+        f"per-step paired ratio median {r['paired'][1]:.3f} (quartiles {r['paired'][0]:.3f}-{r['paired'][2]:.3f})",
+        f"  plugin split (medians): policy decide {split['decide']:.0f} us, vLLM schedule() inside "
         f"{split['vllm_inside']:.0f} us, translation {split['translation']:.0f} us; "
         f"mismatches {r['mismatches']}",
     ]
@@ -138,10 +147,14 @@ def main(argv=None) -> int:
                    help="kvsched policy, or a comma-separated list; repeatable (default: vllm,mcsf)")
     p.add_argument("--steps", type=int, default=100, help="timed steps per policy (default 100)")
     p.add_argument("--warmup", type=int, default=50, help="most warm-up steps (default 50)")
+    p.add_argument("--wall", action="store_true", help="wall-clock time instead of thread CPU time")
     p.add_argument("--strict", action="store_true",
                    help="run the plugin strict (KVSCHED_STRICT=1: raise on a mismatch, cross-check its mirrors of "
                         "vLLM's state every step); default off, as in production, mismatches are counted")
     a = p.parse_args(argv)
+    if a.wall:
+        global CLOCK
+        CLOCK = time.perf_counter
     policies = [x.strip() for item in (a.policy or ["vllm,mcsf"]) for x in item.split(",") if x.strip()]
     failed = 0
     for policy in policies:

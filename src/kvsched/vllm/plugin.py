@@ -240,12 +240,14 @@ class KvschedMixin:
     def _ks_view(self) -> View:
         # Progress of the resident requests (they all moved in a decode step), read from
         # vLLM; blocks held from arithmetic (allocate_slots covers computed + lookahead).
+        # len(v._output_token_ids) is vLLM 0.32's Request.num_output_tokens without the
+        # property call (strict mode checks it); this loop runs over every running request.
         resident, blocks = self._ks_resident, self._ks_blocks
         bs, la = self.block_size, self.num_lookahead_tokens
         for (kid, r), v in zip(resident.items(), self._ks_resident_v.values()):
             c = v.num_computed_tokens
             r.num_computed_tokens = c
-            r.num_output_tokens = v.num_output_tokens + v.num_output_placeholders
+            r.num_output_tokens = len(v._output_token_ids) + v.num_output_placeholders
             blocks[kid] = -(-(c + la) // bs)
         if self.kvsched_config.strict:
             self._ks_check_mirrors()
@@ -259,14 +261,20 @@ class KvschedMixin:
                     arrivals_pending=False, block_counts=blocks, lookahead_tokens=0)
 
     def _ks_check_mirrors(self) -> None:
-        """Strict mode: the event-kept mirrors equal vLLM's state (running order, blocks)."""
+        """Strict mode: the event-kept mirrors equal vLLM's state (running order, blocks,
+        progress)."""
         ids, req_to_blocks = self._ks_ids, self._ks_manager.req_to_blocks
         running = [ids[v.request_id] for v in self.running]
         held = {ids[v.request_id]: len(req_to_blocks.get(v.request_id, ())) for v in self.running}
-        if running != list(self._ks_resident) or running != list(self._ks_resident_v) or held != self._ks_blocks:
+        progress = {ids[v.request_id]: (v.num_computed_tokens, v.num_output_tokens + v.num_output_placeholders)
+                    for v in self.running}
+        mirrored = {k: (r.num_computed_tokens, r.num_output_tokens) for k, r in self._ks_resident.items()}
+        if (running != list(self._ks_resident) or running != list(self._ks_resident_v) or held != self._ks_blocks
+                or progress != mirrored):
             raise DecisionMismatch(
                 f"kvsched plugin step {self._ks_step}: resident mirror {list(self._ks_resident)} / blocks "
-                f"{self._ks_blocks} differ from vLLM's running {running} / blocks {held}")
+                f"{self._ks_blocks} / progress {mirrored} differ from vLLM's running {running} / blocks {held} / "
+                f"progress {progress}")
 
     def schedule(self, throttle_prefills: bool = False):
         view = self._ks_view()
@@ -287,7 +295,10 @@ class KvschedMixin:
         run = decision.run
         ends: dict[str, int] = {}
         admit = []
-        new = run.keys() - self._ks_resident.keys()  # to admit (a victim re-admitted included)
+        resident = self._ks_resident
+        # To admit (a victim re-admitted included); none in a decode step (a subset test
+        # builds no set).
+        new = () if run.keys() <= resident.keys() else run.keys() - resident.keys()
         if len(new) <= seats and (not run or (min(run.values()) >= 1 and sum(run.values()) <= budget)):
             # Nothing to clip (the common case): the resident requests' counts are read from
             # run by the hook; only the admissions get ends.
@@ -344,7 +355,7 @@ class KvschedMixin:
                 admit_ids = {id(v) for v in admit}
                 waiting.extendleft(reversed([x for x in queue if id(x) not in admit_ids]))
             self._ks_remove_admitted(waiting, admit)
-        resident, resident_v, ids, reqs = self._ks_resident, self._ks_resident_v, self._ks_ids, self._ks_reqs
+        resident_v, ids, reqs = self._ks_resident_v, self._ks_ids, self._ks_reqs
         for v in admit:  # in vLLM's order of admission (it appends them to running)
             if v.status == VllmStatus.RUNNING:
                 kid = ids[v.request_id]
