@@ -1,7 +1,9 @@
 """Per-step overhead of the kvsched plugin inside vLLM vs vLLM's default scheduler.
 
 Fake KV harness (no model): 1,256 requests of 32 prompt tokens (max_tokens 2,500,
-extra_args predicted_output_len 100, which only kvsched's predicting policies read);
+extra_args predicted_output_len 100 and predicted_output_interval [50, 150], which only
+kvsched's predicting policies read: with max_tokens as the plan, MC-SF-like policies
+admit ~24);
 max_num_seqs=256, so the steady state is 256 running (decoding) and 1,000 waiting that
 cannot be admitted. For each policy asked for, vLLM's own Scheduler and the plugin run
 the same stream side by side: warm-up steps until both are in that state (at most
@@ -59,7 +61,7 @@ def _build(cls, **kw):
                         max_num_seqs=RUNNING, max_num_batched_tokens=8192, max_model_len=4096, **kw)
     d = Driver(s, check_blocks=False)
     for _ in range(RUNNING + WAITING):
-        d.add(32, 2500, {"predicted_output_len": 100})
+        d.add(32, 2500, {"predicted_output_len": 100, "predicted_output_interval": [50, 150]})
     return s, d
 
 

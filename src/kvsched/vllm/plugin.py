@@ -5,17 +5,20 @@
 
 Each `schedule()` call:
 1. translates vLLM's state into a kvsched `View` (one kvsched `Request` per vLLM
-   request, kept and updated: computed tokens, output tokens, residency; blocks held
-   per request from the KV manager, free blocks from the block pool, block size);
+   request; the resident ones, their vLLM requests and block counts are dicts kept on
+   events (admission, `_preempt_request`, `_free_request`) in vLLM's running order, and
+   each step copies computed and output tokens from vLLM and sets blocks held to
+   ceil((computed + lookahead) / block size), cross-checked against the KV manager in
+   strict mode; free blocks from the block pool, block size);
 2. asks the kvsched scheduler for its `Decision`;
 3. applies it through vLLM itself: the decision's victims are preempted with vLLM's
-   own preemption routine (vLLM frees their blocks), the waiting queue is restricted to
-   the decided admissions in decided order, and every request's chunk is capped at the
+   own preemption routine (vLLM frees their blocks), vLLM's waiting queue is swapped for
+   one holding only the decided admissions in decided order, and every request's chunk is capped at the
    decided number of tokens through `_reserve_prefill_lookahead` (a per-request hook
    that vLLM's `schedule()` calls for every candidate, running or waiting; a cap of 0
    skips a running request and ends admission); then `super().schedule()` runs, so
    every allocation goes through vLLM's `KVCacheManager.allocate_slots` and vLLM fills
-   the `SchedulerOutput`. The held-out waiting requests are put back afterwards;
+   the `SchedulerOutput`. The real queue is swapped back and loses the admitted ones;
 4. verifies that vLLM scheduled exactly the decision (same requests, same token counts,
    no preemption of its own). A mismatch raises `DecisionMismatch` when strict
    (`KVSCHED_STRICT=1`, the harness), else is logged and counted
