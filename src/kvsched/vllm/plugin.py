@@ -5,17 +5,20 @@
 
 Each `schedule()` call:
 1. translates vLLM's state into a kvsched `View` (one kvsched `Request` per vLLM
-   request, kept and updated: computed tokens, output tokens, residency; blocks held
-   per request from the KV manager, free blocks from the block pool, block size);
+   request; the resident ones, their vLLM requests and block counts are dicts kept on
+   events (admission, `_preempt_request`, `_free_request`) in vLLM's running order, and
+   each step copies computed and output tokens from vLLM and sets blocks held to
+   ceil((computed + lookahead) / block size), cross-checked against the KV manager in
+   strict mode; free blocks from the block pool, block size);
 2. asks the kvsched scheduler for its `Decision`;
 3. applies it through vLLM itself: the decision's victims are preempted with vLLM's
-   own preemption routine (vLLM frees their blocks), the waiting queue is restricted to
-   the decided admissions in decided order, and every request's chunk is capped at the
+   own preemption routine (vLLM frees their blocks), vLLM's waiting queue is swapped for
+   one holding only the decided admissions in decided order, and every request's chunk is capped at the
    decided number of tokens through `_reserve_prefill_lookahead` (a per-request hook
    that vLLM's `schedule()` calls for every candidate, running or waiting; a cap of 0
    skips a running request and ends admission); then `super().schedule()` runs, so
    every allocation goes through vLLM's `KVCacheManager.allocate_slots` and vLLM fills
-   the `SchedulerOutput`. The held-out waiting requests are put back afterwards;
+   the `SchedulerOutput`. The real queue is swapped back and loses the admitted ones;
 4. verifies that vLLM scheduled exactly the decision (same requests, same token counts,
    no preemption of its own). A mismatch raises `DecisionMismatch` when strict
    (`KVSCHED_STRICT=1`, the harness), else is logged and counted
@@ -40,7 +43,7 @@ import time
 
 import vllm
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
-from vllm.v1.core.sched.request_queue import SchedulingPolicy
+from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus as VllmStatus
 
@@ -110,13 +113,24 @@ class KvschedMixin:
         self._ks_reqs: dict[int, KRequest] = {}
         self._ks_vreqs: dict[int, object] = {}
         self._ks_waiting: dict[int, KRequest] = {}
+        # Mirrors of vLLM's running list, kept on events (admission, preemption, free) and
+        # in its order: kid -> kvsched request, kid -> vLLM request, kid -> blocks held.
+        self._ks_resident: dict[int, KRequest] = {}
+        self._ks_resident_v: dict[int, object] = {}
+        self._ks_blocks: dict[int, int] = {}
         self._ks_arrived: list[KRequest] = []
         self._ks_finished: list[KRequest] = []
         self._ks_next_id = 0
         self._ks_step = 0
         self._ks_base: float | None = None
-        self._ks_ends: dict[str, int] | None = None  # during super().schedule(): request id -> decided end
+        # During super().schedule(): request id -> decided end (the admissions; every request
+        # when the decision was clipped), and the decision's run (kid -> tokens), which the
+        # hook reads for the resident requests when nothing was clipped (else None).
+        self._ks_ends: dict[str, int] | None = None
+        self._ks_run = None
         self._ks_granted: dict[str, int] = {}
+        # vLLM's _reserve_prefill_lookahead is the identity (clamped at 0) without a window.
+        self._ks_lookahead_window = getattr(self, "num_prefill_lookahead", 2) > 1
         self._ks_manager = self.kv_cache_manager.coordinator.single_type_managers[0]
         self.num_mismatches = 0
         self.last_decision = None
@@ -174,6 +188,9 @@ class KvschedMixin:
             r = self._ks_reqs.pop(kid)
             self._ks_vreqs.pop(kid, None)
             self._ks_waiting.pop(kid, None)
+            self._ks_resident.pop(kid, None)
+            self._ks_resident_v.pop(kid, None)
+            self._ks_blocks.pop(kid, None)
             aborted = request.status == VllmStatus.FINISHED_ABORTED
             r.status = RequestStatus.ABORTED if aborted else RequestStatus.FINISHED
             if r in self._ks_arrived:
@@ -182,36 +199,61 @@ class KvschedMixin:
                 self._ks_finished.append(r)
         return super()._free_request(request, *args, **kwargs)
 
+    def _preempt_request(self, request, *args, **kwargs):
+        # Every preemption (the decision's victims, vLLM's own after a mismatch, a prefix
+        # cache reset) passes here: the request leaves the resident mirrors and waits.
+        super()._preempt_request(request, *args, **kwargs)
+        kid = self._ks_ids.get(request.request_id)
+        if kid is not None:
+            r = self._ks_reqs[kid]
+            r.num_computed_tokens, r.status = 0, RequestStatus.WAITING
+            self._ks_resident.pop(kid, None)
+            self._ks_resident_v.pop(kid, None)
+            self._ks_blocks.pop(kid, None)
+            self._ks_waiting[kid] = r
+
     # --- the per-request hook inside vLLM's schedule() ------------------------------------
     def _reserve_prefill_lookahead(self, request, num_computed_tokens: int, num_new_tokens: int) -> int:
-        n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
+        if self._ks_lookahead_window:
+            n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
+        else:  # what vLLM's returns without a prefill lookahead window (no super() call per request)
+            n = num_new_tokens if num_new_tokens > 0 else 0
         ends = self._ks_ends
         if ends is None:
             return n
-        end = ends.get(request.request_id)
+        rid = request.request_id
+        end = ends.get(rid)
         if end is None:
-            return 0  # not in the decision: a running request is skipped, admission stops
-        allowed = end - num_computed_tokens
-        if allowed < 1:  # a prefix-cache hit covered the decided chunk: vLLM computes >= 1 token
-            allowed = 1
-        self._ks_granted[request.request_id] = allowed  # what the decision asks of vLLM here
+            run = self._ks_run
+            if run is None:
+                return 0  # not in the decision: a running request is skipped, admission stops
+            # A resident request of an unclipped decision: its computed tokens have not
+            # moved since the decision, so the decided end minus them is the decided count.
+            allowed = run.get(self._ks_ids.get(rid))
+            if allowed is None:
+                return 0
+        else:
+            allowed = end - num_computed_tokens
+            if allowed < 1:  # a prefix-cache hit covered the decided chunk: vLLM computes >= 1 token
+                allowed = 1
+        self._ks_granted[rid] = allowed  # what the decision asks of vLLM here
         return n if n < allowed else allowed
 
     # --- the step ---------------------------------------------------------------------------
     def _ks_view(self) -> View:
-        resident: dict[int, KRequest] = {}
-        block_counts: dict[int, int] = {}
-        req_to_blocks = self._ks_manager.req_to_blocks
-        ids, reqs = self._ks_ids, self._ks_reqs
-        running_status = RequestStatus.RUNNING
-        for v in self.running:
-            kid = ids[v.request_id]
-            r = reqs[kid]
-            r.num_computed_tokens = v.num_computed_tokens
-            r.num_output_tokens = v.num_output_tokens + v.num_output_placeholders
-            r.status = running_status
-            resident[kid] = r
-            block_counts[kid] = len(req_to_blocks.get(v.request_id, ()))
+        # Progress of the resident requests (they all moved in a decode step), read from
+        # vLLM; blocks held from arithmetic (allocate_slots covers computed + lookahead).
+        # len(v._output_token_ids) is vLLM 0.32's Request.num_output_tokens without the
+        # property call (strict mode checks it); this loop runs over every running request.
+        resident, blocks = self._ks_resident, self._ks_blocks
+        bs, la = self.block_size, self.num_lookahead_tokens
+        for (kid, r), v in zip(resident.items(), self._ks_resident_v.values()):
+            c = v.num_computed_tokens
+            r.num_computed_tokens = c
+            r.num_output_tokens = len(v._output_token_ids) + v.num_output_placeholders
+            blocks[kid] = -(-(c + la) // bs)
+        if self.kvsched_config.strict:
+            self._ks_check_mirrors()
         arrived, finished = self._ks_arrived, self._ks_finished
         self._ks_arrived, self._ks_finished = [], []
         now = max(0.0, time.time() - self._ks_base) if self._ks_base is not None else 0.0
@@ -219,7 +261,23 @@ class KvschedMixin:
                     arrived=arrived, finished=finished,
                     num_free_blocks=self.kv_cache_manager.block_pool.get_num_free_blocks(),
                     num_blocks=self.kv_cache_config.num_blocks - 1, block_size=self.block_size,
-                    arrivals_pending=False, block_counts=block_counts, lookahead_tokens=0)
+                    arrivals_pending=False, block_counts=blocks, lookahead_tokens=0)
+
+    def _ks_check_mirrors(self) -> None:
+        """Strict mode: the event-kept mirrors equal vLLM's state (running order, blocks,
+        progress)."""
+        ids, req_to_blocks = self._ks_ids, self._ks_manager.req_to_blocks
+        running = [ids[v.request_id] for v in self.running]
+        held = {ids[v.request_id]: len(req_to_blocks.get(v.request_id, ())) for v in self.running}
+        progress = {ids[v.request_id]: (v.num_computed_tokens, v.num_output_tokens + v.num_output_placeholders)
+                    for v in self.running}
+        mirrored = {k: (r.num_computed_tokens, r.num_output_tokens) for k, r in self._ks_resident.items()}
+        if (running != list(self._ks_resident) or running != list(self._ks_resident_v) or held != self._ks_blocks
+                or progress != mirrored):
+            raise DecisionMismatch(
+                f"kvsched plugin step {self._ks_step}: resident mirror {list(self._ks_resident)} / blocks "
+                f"{self._ks_blocks} / progress {mirrored} differ from vLLM's running {running} / blocks {held} / "
+                f"progress {progress}")
 
     def schedule(self, throttle_prefills: bool = False):
         view = self._ks_view()
@@ -230,38 +288,55 @@ class KvschedMixin:
         for kid in (*decision.preempt, *decision.restart):  # restart: recompute (tokens are streamed)
             v = vreqs[kid]
             self.running.remove(v)
-            self._preempt_request(v, time.monotonic())
-            r = self._ks_reqs[kid]
-            r.num_computed_tokens = 0
-            r.status = RequestStatus.WAITING
-            self._ks_waiting[kid] = r
+            self._preempt_request(v, time.monotonic())  # also updates the mirrors
             victims.append(v.request_id)
 
         # Clip to vLLM's limits in decision order; build the decided ends and admissions.
         budget = self.max_num_scheduled_tokens
         seats = self.max_num_running_reqs - len(self.running)
         chunked = self.scheduler_config.enable_chunked_prefill
+        run = decision.run
         ends: dict[str, int] = {}
         admit = []
-        for kid, n in decision.run.items():
-            v = vreqs[kid]
-            clipped = n > budget
-            if clipped:
-                n = budget
-            if n < 1:
-                continue
-            if v.status != VllmStatus.RUNNING:
-                if seats < 1 or (clipped and not chunked):  # vLLM would not chunk it: it waits
+        resident = self._ks_resident
+        # To admit (a victim re-admitted included); none in a decode step (a subset test
+        # builds no set).
+        new = () if run.keys() <= resident.keys() else run.keys() - resident.keys()
+        if len(new) <= seats and (not run or (min(run.values()) >= 1 and sum(run.values()) <= budget)):
+            # Nothing to clip (the common case): the resident requests' counts are read from
+            # run by the hook; only the admissions get ends.
+            if new:
+                for kid in run:
+                    if kid in new:
+                        v = vreqs[kid]
+                        admit.append(v)
+                        ends[v.request_id] = v.num_computed_tokens + run[kid]
+            self._ks_run = run
+            decided = run
+        else:
+            for kid, n in run.items():
+                v = vreqs[kid]
+                clipped = n > budget
+                if clipped:
+                    n = budget
+                if n < 1:
                     continue
-                seats -= 1
-                admit.append(v)
-            ends[v.request_id] = v.num_computed_tokens + n
-            budget -= n
+                if v.status != VllmStatus.RUNNING:
+                    if seats < 1 or (clipped and not chunked):  # vLLM would not chunk it: it waits
+                        continue
+                    seats -= 1
+                    admit.append(v)
+                ends[v.request_id] = v.num_computed_tokens + n
+                budget -= n
+            self._ks_run = None
+            decided = None
 
+        # vLLM sees a waiting queue of the decided admissions only (a fresh queue swapped
+        # in); the real queue is untouched meanwhile and gets the admitted ones removed.
         waiting = self.waiting
-        held = list(waiting)
-        waiting.clear()
-        waiting.extend(admit)
+        queue = create_request_queue(self.policy)
+        queue.extend(admit)
+        self.waiting = queue
         sc = self.scheduler_config
         threshold, full_isl = sc.long_prefill_token_threshold, self.scheduler_reserve_full_isl
         self._ks_ends, self._ks_granted = ends, {}
@@ -275,25 +350,30 @@ class KvschedMixin:
         finally:
             sc.long_prefill_token_threshold, self.scheduler_reserve_full_isl = threshold, full_isl
             sc.enable_chunked_prefill = chunked
-            self._ks_ends = None
-            left = list(waiting)  # unadmitted decisions, and any request vLLM preempted itself
-            seen = {id(x) for x in held}
-            waiting.clear()
-            waiting.extend(x for x in left if id(x) not in seen)
-            waiting.extend(x for x in held if x.status != VllmStatus.RUNNING)
-        for v in admit:
+            self._ks_ends, self._ks_run = None, None
+            self.waiting = waiting
+            # Left in `queue`: unadmitted admissions (still in `waiting`) and any request
+            # vLLM preempted itself (it goes first, in the order vLLM left it).
+            if queue:
+                admit_ids = {id(v) for v in admit}
+                waiting.extendleft(reversed([x for x in queue if id(x) not in admit_ids]))
+            self._ks_remove_admitted(waiting, admit)
+        resident_v, ids, reqs = self._ks_resident_v, self._ks_ids, self._ks_reqs
+        for v in admit:  # in vLLM's order of admission (it appends them to running)
             if v.status == VllmStatus.RUNNING:
-                self._ks_waiting.pop(self._ks_ids[v.request_id], None)
+                kid = ids[v.request_id]
+                r = reqs[kid]
+                r.status = RequestStatus.RUNNING
+                self._ks_waiting.pop(kid, None)
+                resident[kid] = r
+                resident_v[kid] = v
         scheduled = output.num_scheduled_tokens
         preempted = set(output.preempted_req_ids or ())
-        extra_victims = preempted.difference(victims)
-        for rid in extra_victims:  # only after a mismatch: vLLM preempted on its own
-            kid = self._ks_ids.get(rid)
-            if kid is not None:
-                r = self._ks_reqs[kid]
-                r.num_computed_tokens, r.status = 0, RequestStatus.WAITING
-                self._ks_waiting[kid] = r
-        if scheduled != self._ks_granted or len(scheduled) != len(ends) or extra_victims:
+        extra_victims = preempted.difference(victims)  # only after a mismatch: vLLM preempted on its own
+        if (scheduled != self._ks_granted or len(scheduled) != (len(ends) if decided is None else len(decided))
+                or extra_victims):
+            if decided is not None:  # the decided request ids, for the message
+                ends = {vreqs[kid].request_id: 0 for kid in decided if kid in vreqs}
             self._ks_mismatch(decision, ends, scheduled, extra_victims)
         if self._ks_log is not None:
             self._ks_log.write(json.dumps({
@@ -302,6 +382,20 @@ class KvschedMixin:
                 self.kv_cache_manager.block_pool.get_num_free_blocks()}) + "\n")
         self._ks_step += 1
         return output
+
+    @staticmethod
+    def _ks_remove_admitted(waiting, admit) -> None:
+        """Drop the requests vLLM admitted from `waiting` (the real queue)."""
+        admitted = [v for v in admit if v.status == VllmStatus.RUNNING]
+        if not admitted:
+            return
+        if all(a is b for a, b in zip(waiting, admitted)):  # the head of the queue (FCFS-like policies)
+            for _ in admitted:
+                waiting.popleft()
+            return
+        keep = [x for x in waiting if x.status != VllmStatus.RUNNING]
+        waiting.clear()
+        waiting.extend(keep)
 
     def _ks_mismatch(self, decision, ends, scheduled, extra_victims) -> None:
         self.num_mismatches += 1
