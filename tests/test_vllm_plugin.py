@@ -102,3 +102,19 @@ def test_predictions_reach_the_kvsched_request(model_dir):
     assert (r0.predicted_output_len, r0.predicted_output_interval) == (12, (1, 50))
     assert (r1.predicted_output_len, r1.predicted_output_interval) == (50, (5, 20))
     assert (r2.predicted_output_len, r2.predicted_output_interval, r2.output_len) == (50, (1, 50), 50)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_policy_clipped_to_vllm_limits_still_finishes_everything(model_dir, name):
+    # A token budget of 16 and 3 seats: policies that do not take vLLM's knobs decide more
+    # than vLLM can run, so the plugin clips their admissions. Whatever the policy then
+    # believes (e.g. that a clipped admission holds KV and can be preempted), vLLM's state
+    # stays consistent and every request finishes.
+    options = {"alpha": 0.2, "clearing": "lifo"} if name == "alpha-protection" else {}
+    knobs = {**KNOBS, "max_num_seqs": 3, "max_num_batched_tokens": 16}
+    for seed in range(12):
+        items = stream(100 + seed, n=18)
+        scheduler = build_scheduler(model_dir, KvschedScheduler, kvsched_config=PolicyConfig(name, options), **knobs)
+        driver = Driver(scheduler)
+        driver.run(items)
+        assert driver.finished == set(range(len(items))), (name, seed)

@@ -286,6 +286,11 @@ class KvschedMixin:
         vreqs = self._ks_vreqs
         victims = []
         for kid in (*decision.preempt, *decision.restart):  # restart: recompute (tokens are streamed)
+            if kid not in self._ks_resident:
+                # The policy's own books say it holds KV, but vLLM never admitted it (its
+                # admission was clipped to vLLM's limits): there is nothing to free.
+                self._ks_not_resident_victim(kid)
+                continue
             v = vreqs[kid]
             self.running.remove(v)
             self._preempt_request(v, time.monotonic())  # also updates the mirrors
@@ -396,6 +401,15 @@ class KvschedMixin:
         keep = [x for x in waiting if x.status != VllmStatus.RUNNING]
         waiting.clear()
         waiting.extend(keep)
+
+    def _ks_not_resident_victim(self, kid: int) -> None:
+        self.num_mismatches += 1
+        text = (f"kvsched plugin step {self._ks_step}: the {self.kvsched_name!r} decision preempts request "
+                f"{self._ks_vreqs[kid].request_id}, which holds no KV in vLLM (an admission clipped to vLLM's "
+                "limits); ignored")
+        if self.kvsched_config.strict:
+            raise DecisionMismatch(text)
+        logger.warning(text)
 
     def _ks_mismatch(self, decision, ends, scheduled, extra_victims) -> None:
         self.num_mismatches += 1
