@@ -1,0 +1,94 @@
+"""A batch of requests through real vLLM (offline `vllm.LLM`) under a kvsched policy.
+
+Used by the end-to-end test (tests/test_vllm_e2e.py) and benchmarks/bench_vllm_e2e.py.
+`run_batch` starts a fresh Python process per run (vLLM spawns its engine core; the
+plugin reads its policy from environment variables that must be set before vLLM starts),
+so the caller needs no main guard and two runs in one test do not share state.
+
+The requests all arrive at once (one `LLM.generate` call, in list order), each with a
+fixed prompt, `max_tokens` and `ignore_eos`, so the number of output tokens is exactly
+`max_tokens` and the step log is deterministic for a given policy. The policy's step log
+(`KVSCHED_STEP_LOG`) is the record: `step_metrics` turns it into per-request step counts.
+
+    python -m kvsched.vllm.offline SPEC.json   # what run_batch runs in the child
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PLUGIN_CLS = "kvsched.vllm.plugin.KvschedScheduler"
+
+
+@dataclass(frozen=True)
+class OfflineRequest:
+    prompt_ids: list[int]
+    max_tokens: int
+    predicted_output_len: int | None = None  # None: no prediction sent
+
+
+def run_batch(model_dir: str | Path, requests: list[OfflineRequest], *, scheduler: str | None,
+              options: dict | None = None, step_log: str | Path, num_blocks: int = 32, block_size: int = 32,
+              max_num_seqs: int = 16, max_model_len: int = 512, timeout_s: float = 600,
+              extra_env: dict | None = None) -> dict:
+    """Run `requests` through vLLM with the kvsched plugin under `scheduler` (None: vLLM's own
+    Scheduler, no plugin) and return the child's summary (output token counts per request).
+    The KV cache is `num_blocks` blocks of `block_size` tokens (small, so memory binds; vLLM's
+    CPU attention wants multiples of 32)."""
+    step_log = Path(step_log)
+    if step_log.exists():
+        step_log.unlink()
+    spec = {
+        "model_dir": str(model_dir), "scheduler_cls": PLUGIN_CLS if scheduler else None,
+        "requests": [r.__dict__ for r in requests], "num_blocks": num_blocks, "block_size": block_size,
+        "max_num_seqs": max_num_seqs, "max_model_len": max_model_len,
+    }
+    env = dict(os.environ)
+    if scheduler:
+        from kvsched.vllm.config import plugin_env
+
+        env.update(plugin_env(scheduler, options or {}, step_log=str(step_log)))
+    env.update(extra_env or {})
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM CPU wants 92% of RAM free
+    spec_path = step_log.with_suffix(".spec.json")
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "kvsched.vllm.offline", str(spec_path)], env=env,
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line][-5:]
+        raise RuntimeError(f"vLLM run ({scheduler}) failed with exit code {proc.returncode}:\n" + "\n".join(errors))
+    return json.loads(Path(str(spec_path) + ".out").read_text())
+
+
+def _child(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=spec["model_dir"], dtype="float32", enforce_eager=True, seed=0,
+              scheduler_cls=spec["scheduler_cls"], max_num_seqs=spec["max_num_seqs"],
+              max_model_len=spec["max_model_len"], block_size=spec["block_size"],
+              num_gpu_blocks_override=spec["num_blocks"], enable_prefix_caching=False,
+              async_scheduling=False)
+    prompts, params = [], []
+    for r in spec["requests"]:
+        extra = None
+        if r["predicted_output_len"] is not None:
+            extra = {"kvsched": {"predicted_output_len": int(r["predicted_output_len"])}}
+        prompts.append({"prompt_token_ids": r["prompt_ids"]})
+        params.append(SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], ignore_eos=True,
+                                     extra_args=extra))
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    summary = {"output_tokens": {o.request_id: len(o.outputs[0].token_ids) for o in outputs},
+               "request_ids": [o.request_id for o in outputs]}
+    Path(spec_path + ".out").write_text(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))
