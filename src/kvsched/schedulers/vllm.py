@@ -41,6 +41,14 @@ class VLLMScheduler(Scheduler):
     long_prefill_token_threshold: int = 0  # 0 = off
     policy: str = "fcfs"  # "fcfs": preempt the tail; "priority": preempt the latest arrival
     preemption: str = "recompute"  # recompute (vLLM: keep generated tokens) | restart (discard them)
+    # vLLM 0.32 rules, off by default (existing results unchanged); the vLLM plugin turns
+    # them on from vLLM's config. reserve_full_sequence: admit a waiting request only if
+    # its whole current sequence (prompt + output so far) fits in the free blocks, not just
+    # its first chunk (vLLM's scheduler_reserve_full_isl, default True in 0.32).
+    # threshold_needs_two: long_prefill_token_threshold applies only when more than one
+    # request is waiting or running at the start of the step (vLLM 0.32).
+    reserve_full_sequence: bool = False
+    threshold_needs_two: bool = False
     _running: list[Request] = field(init=False, repr=False)
 
     clairvoyant = False  # a class attribute, not an option
@@ -97,6 +105,8 @@ class VLLMScheduler(Scheduler):
         i = 0
         bs, held, la = view.block_size, view.block_counts, view.lookahead_tokens
         threshold = self.long_prefill_token_threshold
+        if self.threshold_needs_two and len(running) + len(self._waiting) <= 1:
+            threshold = 0
         while i < len(running) and budget > 0:
             r = running[i]
             n = r.prompt_len + r.num_output_tokens - r.num_computed_tokens
@@ -138,12 +148,14 @@ class VLLMScheduler(Scheduler):
             while len(self._waiting) and budget > 0 and len(running) < self.max_num_seqs:
                 r = self._waiting.peek()
                 n = r.num_tokens - r.num_computed_tokens
-                if self.long_prefill_token_threshold:
-                    n = min(n, self.long_prefill_token_threshold)
+                if threshold:
+                    n = min(n, threshold)
                 if not self.enable_chunked_prefill and n > budget:
                     break
                 n = min(n, budget)
                 need = view.blocks_needed(r, n)
+                if self.reserve_full_sequence and view.blocks_needed(r, r.num_tokens - r.num_computed_tokens) > free:
+                    break
                 if need > free or not self._can_admit(r, view):
                     break
                 self._waiting.pop()

@@ -1,0 +1,324 @@
+"""kvsched schedulers as vLLM v1's `scheduler_cls` (issue 16; docs/vllm.md).
+
+    vllm serve MODEL --scheduler-cls kvsched.vllm.plugin.KvschedScheduler
+    # policy from the environment: KVSCHED_SCHEDULER, KVSCHED_OPTIONS (kvsched.vllm.config)
+
+Each `schedule()` call:
+1. translates vLLM's state into a kvsched `View` (one kvsched `Request` per vLLM
+   request, kept and updated: computed tokens, output tokens, residency; blocks held
+   per request from the KV manager, free blocks from the block pool, block size);
+2. asks the kvsched scheduler for its `Decision`;
+3. applies it through vLLM itself: the decision's victims are preempted with vLLM's
+   own preemption routine (vLLM frees their blocks), the waiting queue is restricted to
+   the decided admissions in decided order, and every request's chunk is capped at the
+   decided number of tokens through `_reserve_prefill_lookahead` (a per-request hook
+   that vLLM's `schedule()` calls for every candidate, running or waiting; a cap of 0
+   skips a running request and ends admission); then `super().schedule()` runs, so
+   every allocation goes through vLLM's `KVCacheManager.allocate_slots` and vLLM fills
+   the `SchedulerOutput`. The held-out waiting requests are put back afterwards;
+4. verifies that vLLM scheduled exactly the decision (same requests, same token counts,
+   no preemption of its own). A mismatch raises `DecisionMismatch` when strict
+   (`KVSCHED_STRICT=1`, the harness), else is logged and counted
+   (`num_mismatches`): vLLM's output is still consistent with its own KV accounting.
+
+The decision is clipped to vLLM's limits first (in decision order: tokens to the step
+budget `max_num_scheduled_tokens`, admissions to `max_num_seqs`, and without chunked
+prefill a prompt over the budget waits), because the model runner is sized for them;
+policies built on kvsched's vLLM mechanics get those limits as options and never need
+clipping.
+
+Checked against vllm 0.32.0 (`SUPPORTED_VLLM`); other versions log a warning, since
+this relies on private methods (`_preempt_request`, `_reserve_prefill_lookahead`,
+`_free_request`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import vllm
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import SchedulingPolicy
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import RequestStatus as VllmStatus
+
+from kvsched.decision import View
+from kvsched.request import Request as KRequest
+from kvsched.request import RequestStatus
+from kvsched.vllm.config import PluginConfigError, PolicyConfig
+
+logger = logging.getLogger("kvsched.vllm")
+
+SUPPORTED_VLLM = ("0.32.0",)
+EXTRA_ARGS_KEY = "kvsched"
+
+
+class DecisionMismatch(RuntimeError):
+    """vLLM scheduled something other than the kvsched decision."""
+
+
+def predictions_from(sampling_params) -> tuple[int, int | None, tuple[int, int] | None]:
+    """(output-length bound, point prediction, interval prediction) of a vLLM request.
+
+    `extra_args["kvsched"]` may hold `predicted_output_len` (int) and/or
+    `predicted_output_interval` ([lo, hi]); what is missing comes from `max_tokens`
+    (point = max_tokens, interval = (1, max_tokens)), as kvsched's own server does.
+    Invalid values raise ValueError naming the field."""
+    max_tokens = max(1, int(sampling_params.max_tokens or 1))
+    hint = (sampling_params.extra_args or {}).get(EXTRA_ARGS_KEY) or {}
+    if not isinstance(hint, dict):
+        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be an object, got {hint!r}")
+    point = hint.get("predicted_output_len", max_tokens)
+    if isinstance(point, bool) or not isinstance(point, int) or point < 1:
+        raise ValueError(f"extra_args['kvsched']['predicted_output_len'] must be an integer >= 1, got {point!r}")
+    interval = hint.get("predicted_output_interval", (1, max_tokens))
+    if (not isinstance(interval, (list, tuple)) or len(interval) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in interval)
+            or not 1 <= interval[0] <= interval[1]):
+        raise ValueError("extra_args['kvsched']['predicted_output_interval'] must be [lo, hi] with "
+                         f"1 <= lo <= hi, got {interval!r}")
+    return max_tokens, point, (int(interval[0]), int(interval[1]))
+
+
+class KvschedMixin:
+    """The policy adapter; combined with vLLM's Scheduler or AsyncScheduler below."""
+
+    def __init__(self, *args, kvsched_config: PolicyConfig | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if vllm.__version__ not in SUPPORTED_VLLM:
+            logger.warning("kvsched plugin: checked against vllm %s, running %s", SUPPORTED_VLLM, vllm.__version__)
+        self.kvsched_config = kvsched_config if kvsched_config is not None else PolicyConfig.from_env()
+        self._ks_refuse_unsupported()
+        sc = self.scheduler_config
+        knobs = {
+            "max_num_batched_tokens": self.max_num_scheduled_tokens,
+            "max_num_seqs": self.max_num_running_reqs,
+            "enable_chunked_prefill": bool(sc.enable_chunked_prefill),
+            "long_prefill_token_threshold": int(sc.long_prefill_token_threshold or 0),
+            "policy": "fcfs",
+            "reserve_full_sequence": bool(self.scheduler_reserve_full_isl),
+            "threshold_needs_two": True,
+        }
+        self.policy_scheduler = self.kvsched_config.build(knobs)
+        self.kvsched_name = self.kvsched_config.scheduler
+        # The policy's own admission rule replaces vLLM's full-sequence check unless the
+        # policy models it (kvsched's vLLM family mirrors it as reserve_full_sequence).
+        self._ks_full_isl = bool(getattr(self.policy_scheduler, "reserve_full_sequence", False))
+        self._ks_ids: dict[str, int] = {}
+        self._ks_reqs: dict[int, KRequest] = {}
+        self._ks_vreqs: dict[int, object] = {}
+        self._ks_waiting: dict[int, KRequest] = {}
+        self._ks_arrived: list[KRequest] = []
+        self._ks_finished: list[KRequest] = []
+        self._ks_next_id = 0
+        self._ks_step = 0
+        self._ks_base: float | None = None
+        self._ks_ends: dict[str, int] | None = None  # during super().schedule(): request id -> decided end
+        self._ks_granted: dict[str, int] = {}
+        self._ks_manager = self.kv_cache_manager.coordinator.single_type_managers[0]
+        self.num_mismatches = 0
+        self.last_decision = None
+        self._ks_log = open(self.kvsched_config.step_log, "a", buffering=1) if self.kvsched_config.step_log else None
+
+    def _ks_refuse_unsupported(self) -> None:
+        sc = self.scheduler_config
+        reasons = []
+        if self.policy != SchedulingPolicy.FCFS:
+            reasons.append("--scheduling-policy must be fcfs (the kvsched policy does the ordering)")
+        if getattr(sc, "watermark", 0.0):
+            reasons.append("a KV watermark is not modelled by kvsched policies (use watermark=0)")
+        if self.vllm_config.speculative_config is not None:
+            reasons.append("speculative decoding is not supported")
+        if len(self.kv_cache_config.kv_cache_groups) != 1:
+            reasons.append("only models with one KV cache group (plain full attention) are supported")
+        if getattr(sc, "long_prefill_token_threshold_adaptive", False):
+            reasons.append("long_prefill_token_threshold_adaptive is not modelled")
+        if self.connector is not None:
+            reasons.append("KV connectors (disaggregated prefill, offloading) are not supported")
+        if reasons:
+            raise PluginConfigError("kvsched plugin cannot run with this vLLM configuration: " + "; ".join(reasons))
+
+    # --- request bookkeeping ------------------------------------------------------------
+    def add_request(self, request) -> None:
+        known = request.request_id in self.requests
+        super().add_request(request)
+        if known or request.request_id not in self.requests:
+            return
+        try:
+            bound, point, interval = predictions_from(request.sampling_params)
+        except ValueError as exc:
+            logger.warning("kvsched plugin: request %s: %s; using max_tokens", request.request_id, exc)
+            bound = max(1, int(request.sampling_params.max_tokens or 1))
+            point, interval = bound, (1, bound)
+        if self._ks_base is None:
+            self._ks_base = request.arrival_time
+        kid = self._ks_next_id
+        self._ks_next_id += 1
+        r = KRequest(kid, max(0.0, request.arrival_time - self._ks_base), request.num_prompt_tokens, bound,
+                     predicted_output_len=point, predicted_output_interval=interval)
+        self._ks_ids[request.request_id] = kid
+        self._ks_reqs[kid] = r
+        self._ks_vreqs[kid] = request
+        self._ks_waiting[kid] = r
+        self._ks_arrived.append(r)
+
+    def kvsched_request(self, request_id: str) -> KRequest:
+        """The kvsched Request that mirrors vLLM request `request_id`."""
+        return self._ks_reqs[self._ks_ids[request_id]]
+
+    def _free_request(self, request, *args, **kwargs):
+        kid = self._ks_ids.pop(request.request_id, None)
+        if kid is not None:
+            r = self._ks_reqs.pop(kid)
+            self._ks_vreqs.pop(kid, None)
+            self._ks_waiting.pop(kid, None)
+            aborted = request.status == VllmStatus.FINISHED_ABORTED
+            r.status = RequestStatus.ABORTED if aborted else RequestStatus.FINISHED
+            if r in self._ks_arrived:
+                self._ks_arrived.remove(r)  # the policy never saw it
+            else:
+                self._ks_finished.append(r)
+        return super()._free_request(request, *args, **kwargs)
+
+    # --- the per-request hook inside vLLM's schedule() ------------------------------------
+    def _reserve_prefill_lookahead(self, request, num_computed_tokens: int, num_new_tokens: int) -> int:
+        n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
+        ends = self._ks_ends
+        if ends is None:
+            return n
+        end = ends.get(request.request_id)
+        if end is None:
+            return 0  # not in the decision: a running request is skipped, admission stops
+        allowed = end - num_computed_tokens
+        if allowed < 1:  # a prefix-cache hit covered the decided chunk: vLLM computes >= 1 token
+            allowed = 1
+        self._ks_granted[request.request_id] = allowed  # what the decision asks of vLLM here
+        return n if n < allowed else allowed
+
+    # --- the step ---------------------------------------------------------------------------
+    def _ks_view(self) -> View:
+        resident: dict[int, KRequest] = {}
+        block_counts: dict[int, int] = {}
+        req_to_blocks = self._ks_manager.req_to_blocks
+        ids, reqs = self._ks_ids, self._ks_reqs
+        running_status = RequestStatus.RUNNING
+        for v in self.running:
+            kid = ids[v.request_id]
+            r = reqs[kid]
+            r.num_computed_tokens = v.num_computed_tokens
+            r.num_output_tokens = v.num_output_tokens + v.num_output_placeholders
+            r.status = running_status
+            resident[kid] = r
+            block_counts[kid] = len(req_to_blocks.get(v.request_id, ()))
+        arrived, finished = self._ks_arrived, self._ks_finished
+        self._ks_arrived, self._ks_finished = [], []
+        now = max(0.0, time.time() - self._ks_base) if self._ks_base is not None else 0.0
+        return View(now=now, step=self._ks_step, waiting=self._ks_waiting, resident=resident,
+                    arrived=arrived, finished=finished,
+                    num_free_blocks=self.kv_cache_manager.block_pool.get_num_free_blocks(),
+                    num_blocks=self.kv_cache_config.num_blocks - 1, block_size=self.block_size,
+                    arrivals_pending=False, block_counts=block_counts, lookahead_tokens=0)
+
+    def schedule(self, throttle_prefills: bool = False):
+        view = self._ks_view()
+        decision = self.policy_scheduler.schedule(view)
+        self.last_decision = decision
+        vreqs = self._ks_vreqs
+        victims = []
+        for kid in (*decision.preempt, *decision.restart):  # restart: recompute (tokens are streamed)
+            v = vreqs[kid]
+            self.running.remove(v)
+            self._preempt_request(v, time.monotonic())
+            r = self._ks_reqs[kid]
+            r.num_computed_tokens = 0
+            r.status = RequestStatus.WAITING
+            self._ks_waiting[kid] = r
+            victims.append(v.request_id)
+
+        # Clip to vLLM's limits in decision order; build the decided ends and admissions.
+        budget = self.max_num_scheduled_tokens
+        seats = self.max_num_running_reqs - len(self.running)
+        chunked = self.scheduler_config.enable_chunked_prefill
+        ends: dict[str, int] = {}
+        admit = []
+        for kid, n in decision.run.items():
+            v = vreqs[kid]
+            if n > budget:
+                n = budget
+            if n < 1:
+                continue
+            if v.status != VllmStatus.RUNNING:
+                if seats < 1 or (not chunked and n < v.num_tokens - v.num_computed_tokens):
+                    continue
+                seats -= 1
+                admit.append(v)
+            ends[v.request_id] = v.num_computed_tokens + n
+            budget -= n
+
+        waiting = self.waiting
+        held = list(waiting)
+        waiting.clear()
+        waiting.extend(admit)
+        sc = self.scheduler_config
+        threshold, full_isl = sc.long_prefill_token_threshold, self.scheduler_reserve_full_isl
+        self._ks_ends, self._ks_granted = ends, {}
+        try:
+            sc.long_prefill_token_threshold = 0  # chunk sizes are the policy's (capped per request above)
+            self.scheduler_reserve_full_isl = self._ks_full_isl
+            output = super().schedule(throttle_prefills)
+        finally:
+            sc.long_prefill_token_threshold, self.scheduler_reserve_full_isl = threshold, full_isl
+            self._ks_ends = None
+            left = list(waiting)  # unadmitted decisions, and any request vLLM preempted itself
+            seen = {id(x) for x in held}
+            waiting.clear()
+            waiting.extend(x for x in left if id(x) not in seen)
+            waiting.extend(x for x in held if x.status != VllmStatus.RUNNING)
+        for v in admit:
+            if v.status == VllmStatus.RUNNING:
+                self._ks_waiting.pop(self._ks_ids[v.request_id], None)
+        scheduled = output.num_scheduled_tokens
+        preempted = set(output.preempted_req_ids or ())
+        extra_victims = preempted.difference(victims)
+        for rid in extra_victims:  # only after a mismatch: vLLM preempted on its own
+            kid = self._ks_ids.get(rid)
+            if kid is not None:
+                r = self._ks_reqs[kid]
+                r.num_computed_tokens, r.status = 0, RequestStatus.WAITING
+                self._ks_waiting[kid] = r
+        if scheduled != self._ks_granted or len(scheduled) != len(ends) or extra_victims:
+            self._ks_mismatch(decision, ends, scheduled, extra_victims)
+        if self._ks_log is not None:
+            self._ks_log.write(json.dumps({
+                "step": self._ks_step, "scheduled": scheduled, "preempted": sorted(preempted),
+                "finished": sorted(output.finished_req_ids), "free_blocks":
+                self.kv_cache_manager.block_pool.get_num_free_blocks()}) + "\n")
+        self._ks_step += 1
+        return output
+
+    def _ks_mismatch(self, decision, ends, scheduled, extra_victims) -> None:
+        self.num_mismatches += 1
+        missing = sorted(set(ends).difference(scheduled))
+        differ = {k: (self._ks_granted.get(k), n) for k, n in scheduled.items() if self._ks_granted.get(k) != n}
+        text = (f"kvsched plugin step {self._ks_step}: vLLM did not schedule the {self.kvsched_name!r} decision: "
+                f"not scheduled {missing}, (decided, scheduled) {differ}, preempted by vLLM {sorted(extra_victims)}; "
+                f"free blocks {self.kv_cache_manager.block_pool.get_num_free_blocks()}")
+        if self.kvsched_config.strict:
+            raise DecisionMismatch(text)
+        logger.warning(text)
+
+    def shutdown(self) -> None:
+        if self._ks_log is not None:
+            self._ks_log.close()
+            self._ks_log = None
+        super().shutdown()
+
+
+class KvschedScheduler(KvschedMixin, Scheduler):
+    """A kvsched policy (KVSCHED_SCHEDULER / KVSCHED_OPTIONS) inside vLLM's Scheduler."""
+
+
+class KvschedAsyncScheduler(KvschedMixin, AsyncScheduler):
+    """The same over vLLM's AsyncScheduler (async scheduling keeps working)."""
