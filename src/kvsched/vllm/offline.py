@@ -34,7 +34,7 @@ class OfflineRequest:
 
 def run_batch(model_dir: str | Path, requests: list[OfflineRequest], *, scheduler: str | None,
               options: dict | None = None, step_log: str | Path, num_blocks: int = 32, block_size: int = 32,
-              max_num_seqs: int = 16, max_model_len: int = 512, timeout_s: float = 600,
+              max_num_seqs: int = 16, max_num_batched_tokens: int = 2048, max_model_len: int = 512, timeout_s: float = 600,
               extra_env: dict | None = None) -> dict:
     """Run `requests` through vLLM with the kvsched plugin under `scheduler` (None: vLLM's own
     Scheduler, no plugin) and return the child's summary (output token counts per request).
@@ -46,7 +46,8 @@ def run_batch(model_dir: str | Path, requests: list[OfflineRequest], *, schedule
     spec = {
         "model_dir": str(model_dir), "scheduler_cls": PLUGIN_CLS if scheduler else None,
         "requests": [r.__dict__ for r in requests], "num_blocks": num_blocks, "block_size": block_size,
-        "max_num_seqs": max_num_seqs, "max_model_len": max_model_len,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens, "max_model_len": max_model_len,
     }
     env = dict(os.environ)
     if scheduler:
@@ -56,6 +57,9 @@ def run_batch(model_dir: str | Path, requests: list[OfflineRequest], *, schedule
     env.update(extra_env or {})
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM CPU wants 92% of RAM free
+    # The engine core in this process: LLM.generate adds every request before the first
+    # step (with a separate core process, step 0 may see only the first few).
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     spec_path = step_log.with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-m", "kvsched.vllm.offline", str(spec_path)], env=env,
@@ -66,12 +70,60 @@ def run_batch(model_dir: str | Path, requests: list[OfflineRequest], *, schedule
     return json.loads(Path(str(spec_path) + ".out").read_text())
 
 
+@dataclass
+class StepMetrics:
+    """What a step log says about one run (all requests arrive before step 0)."""
+
+    num_steps: int
+    num_preemptions: int
+    admission_order: list[str]  # request ids by the step they were first scheduled
+    steps_scheduled: dict[str, int]  # request id -> number of steps it got tokens in
+    tokens_scheduled: dict[str, int]  # request id -> tokens computed for it (recomputation included)
+    latency_steps: dict[str, int]  # request id -> index of its last scheduled step + 1
+    preempted: dict[str, int]  # request id -> times preempted
+
+    @property
+    def mean_latency(self) -> float:
+        return sum(self.latency_steps.values()) / len(self.latency_steps)
+
+    def quantile(self, q: float) -> int:
+        values = sorted(self.latency_steps.values())
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def step_metrics(step_log: str | Path) -> StepMetrics:
+    """Per-request step counts from the plugin's step log. vLLM's offline ids are
+    "<index>-<suffix>"; the index (submission order) is kept."""
+    order: list[str] = []
+    steps: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    last: dict[str, int] = {}
+    preempted: dict[str, int] = {}
+    num_steps = 0
+    for line in Path(step_log).read_text().splitlines():
+        rec = json.loads(line)
+        num_steps += 1
+        for rid, n in rec["scheduled"].items():  # vLLM's order: running first, then admissions in order
+            key = rid.split("-")[0]
+            if key not in steps:
+                order.append(key)
+            steps[key] = steps.get(key, 0) + 1
+            tokens[key] = tokens.get(key, 0) + n
+            last[key] = rec["step"]
+        for rid in rec["preempted"]:
+            key = rid.split("-")[0]
+            preempted[key] = preempted.get(key, 0) + 1
+    return StepMetrics(num_steps, sum(preempted.values()), order, steps, tokens, {k: v + 1 for k, v in last.items()},
+                       preempted)
+
+
 def _child(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=spec["model_dir"], dtype="float32", enforce_eager=True, seed=0,
               scheduler_cls=spec["scheduler_cls"], max_num_seqs=spec["max_num_seqs"],
+              max_num_batched_tokens=spec["max_num_batched_tokens"],
               max_model_len=spec["max_model_len"], block_size=spec["block_size"],
               num_gpu_blocks_override=spec["num_blocks"], enable_prefix_caching=False,
               async_scheduling=False)
