@@ -245,12 +245,13 @@ class KvschedMixin:
         admit = []
         for kid, n in decision.run.items():
             v = vreqs[kid]
-            if n > budget:
+            clipped = n > budget
+            if clipped:
                 n = budget
             if n < 1:
                 continue
             if v.status != VllmStatus.RUNNING:
-                if seats < 1 or (not chunked and n < v.num_tokens - v.num_computed_tokens):
+                if seats < 1 or (clipped and not chunked):  # vLLM would not chunk it: it waits
                     continue
                 seats -= 1
                 admit.append(v)
@@ -265,11 +266,15 @@ class KvschedMixin:
         threshold, full_isl = sc.long_prefill_token_threshold, self.scheduler_reserve_full_isl
         self._ks_ends, self._ks_granted = ends, {}
         try:
-            sc.long_prefill_token_threshold = 0  # chunk sizes are the policy's (capped per request above)
+            # Chunk sizes are the policy's (capped per request by the hook; clipped to vLLM's
+            # limits above): vLLM's threshold and no-chunking check must not cut them again.
+            sc.long_prefill_token_threshold = 0
+            sc.enable_chunked_prefill = True
             self.scheduler_reserve_full_isl = self._ks_full_isl
             output = super().schedule(throttle_prefills)
         finally:
             sc.long_prefill_token_threshold, self.scheduler_reserve_full_isl = threshold, full_isl
+            sc.enable_chunked_prefill = chunked
             self._ks_ends = None
             left = list(waiting)  # unadmitted decisions, and any request vLLM preempted itself
             seen = {id(x) for x in held}
