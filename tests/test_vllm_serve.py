@@ -95,6 +95,12 @@ def test_serve_vllm_openai_client_bench_and_sigterm(model_dir, tmp_path) -> None
         out = client.completions.create(model="smol", prompt="The capital of France is", max_tokens=8,
                                         temperature=0)
         assert out.usage.completion_tokens == 8 and out.choices[0].text
+        # Predictions over HTTP: vLLM 0.32 takes only str/int/float/list values in vllm_xargs,
+        # so the kvsched object travels as a JSON string (a nested object gets a 400).
+        hinted = client.completions.create(
+            model="smol", prompt="The capital of France is", max_tokens=8, temperature=0,
+            extra_body={"vllm_xargs": {"kvsched": json.dumps({"predicted_output_len": 8})}})
+        assert hinted.choices[0].text == out.choices[0].text
         chat = client.chat.completions.create(
             model="smol", messages=[{"role": "user", "content": "What is the capital of France?"}],
             max_tokens=8, temperature=0)
@@ -110,7 +116,8 @@ def test_serve_vllm_openai_client_bench_and_sigterm(model_dir, tmp_path) -> None
 
         steps = [json.loads(line) for line in step_log.read_text().splitlines()]
         assert steps and {"step", "scheduled", "preempted", "finished", "free_blocks"} <= set(steps[0])
-        assert len({rid for s in steps for rid in s["scheduled"]}) == 6  # 2 client calls + 4 bench requests
+        assert len({rid for s in steps for rid in s["scheduled"]}) == 7  # 3 client calls + 4 bench requests
+        assert not [line for line in stderr if "kvsched plugin: request" in line]  # no hint was refused
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
