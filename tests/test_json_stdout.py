@@ -20,7 +20,8 @@ from kvsched.cli import build_parser
 TINY = "synthetic:n=6,rate=4,prompt=24,output=6"
 
 # Arguments that make each subcommand do its real work quickly. `{url}` is a live server,
-# `{epochs_csv}` a trace with integral arrival epochs (theory mode).
+# `{epochs_csv}` a trace with integral arrival epochs (theory mode), `{tiny_model}` a tiny
+# random Llama written as a Hugging Face folder (the engine commands' full work, in seconds).
 CASES: dict[str, list[str]] = {
     "simulate": ["--trace", TINY, "--scheduler", "vllm"],
     "compare": ["--trace", TINY, "--schedulers", "vllm,mcsf"],
@@ -30,9 +31,9 @@ CASES: dict[str, list[str]] = {
     "fluid": ["--type", "20,10,1.0"],
     "tune": ["--trace", TINY, "--tl", "4", "--segments", "1", "--chunk", "64", "--capacity", "4096"],
     "batch": ["--job", "2,3", "--job", "1,5", "--job", "3,2", "--capacity", "12", "--ip", "--lp"],
-    "calibrate": ["--repeats", "1", "--no-run"],
-    "validate": ["--trace", TINY, "--schedulers", "vllm", "--capacity", "256", "--repeats", "1",
-                 "--cost-model", "llama2-7b-a100"],
+    "calibrate": ["--model", "{tiny_model}", "--repeats", "1", "--no-run"],
+    "validate": ["--model", "{tiny_model}", "--trace", TINY, "--schedulers", "vllm", "--capacity", "256",
+                 "--repeats", "1"],
     "bench": ["--trace", TINY, "--url", "{url}", "--model", "SmolLM2-135M-Instruct"],
 }
 NEEDS_ENGINE = {"calibrate", "validate", "bench"}
@@ -87,6 +88,14 @@ def smollm_url():
     thread.join(60)
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from kvsched.engine.export import export_random_model
+
+    return export_random_model(tmp_path_factory.mktemp("tiny"), seed=1, hidden_size=16, intermediate_size=32,
+                               num_layers=2, num_heads=2, num_kv_heads=1, max_position_embeddings=512)
+
+
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_json_output_is_one_json_document(command, exe, request, tmp_path):
     args = CASES[command]
@@ -96,6 +105,8 @@ def test_json_output_is_one_json_document(command, exe, request, tmp_path):
         if "{url}" in args:
             url = request.getfixturevalue("smollm_url")
             args = [a.replace("{url}", url) for a in args]
+        if "{tiny_model}" in args:
+            args = [a.replace("{tiny_model}", str(request.getfixturevalue("tiny_model"))) for a in args]
     epochs_csv = tmp_path / "epochs.csv"
     epochs_csv.write_text("arrival_time,prompt_len,output_len\n0,3,4\n0,2,6\n1,4,2\n2,1,5\n")
     args = [a.replace("{epochs_csv}", str(epochs_csv)) for a in args]

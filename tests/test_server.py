@@ -598,9 +598,9 @@ def test_tokenizing_does_not_block_the_event_loop(serve, smollm):
     for path, body in (("/v1/completions", {"prompt": "GATE"}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "GATE"}]})):
         tokenizer = _GatedTokenizer(smollm[1])
-        url, engine = serve(tokenizer=tokenizer)
+        url, _ = serve(tokenizer=tokenizer)
         results = []
-        thread = threading.Thread(target=lambda url=url, path=path, body=body: results.append(
+        thread = threading.Thread(target=lambda url=url, path=path, body=body, results=results: results.append(
             _post(url, path, {"model": MODEL, "max_tokens": 2, **body})))
         thread.start()
         try:

@@ -101,7 +101,9 @@ def _design_options(name: str, options: dict, reqs, cost) -> dict:
 
 
 def _workload_args(p: argparse.ArgumentParser) -> None:
-    from kvsched.cli_args import positive  # flags checked here, so no library function's name reaches a user
+    from kvsched.cli_args import (
+        positive,  # flags checked here, so no library function's name reaches a user
+    )
 
     pos_float, pos_int = positive(float), positive(int)
     p.add_argument("--trace", required=True, help="registered trace name, CSV path, or synthetic:KEY=VALUE,...")
@@ -122,6 +124,12 @@ def _workload_args(p: argparse.ArgumentParser) -> None:
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="engine: a .gguf file or a Hugging Face Llama folder (default SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cpu", help="engine: torch device (cpu, cuda)")
+
+
+def _prefix_caching_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="automatic prefix caching in the simulated KV cache (default: the scheduler's "
+                        "enable_prefix_caching option, off by default; vLLM itself has it on)")
 
 
 def _system_args(p: argparse.ArgumentParser) -> None:
@@ -230,6 +238,9 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args, label: s
     options = scheduler_options(sched_name, options)
     scheduler = make_scheduler(sched_name, _design_options(sched_name, options, reqs, cost))
     label = label or sched_name
+    prefix_caching = getattr(args, "prefix_caching", None)
+    if prefix_caching is None:
+        prefix_caching = bool(getattr(scheduler, "enable_prefix_caching", False))
     bar, cb = _progress(len(reqs), label, not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     if bar:
@@ -243,7 +254,8 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args, label: s
                                          model_source=args.model, device=args.device, seed=args.seed, progress=cb)
         else:
             result = simulate(reqs, scheduler, cost, capacity_tokens=args.capacity, block_size=block_size,
-                              fast_forward=not args.no_fast_forward, progress=cb, lookahead_tokens=lookahead)
+                              fast_forward=not args.no_fast_forward, progress=cb, lookahead_tokens=lookahead,
+                              prefix_caching=prefix_caching)
     except (ValueError, FileNotFoundError, InfeasibleSchedule) as exc:
         raise CLIError(f"{sched_name}: {exc}") from None
     finally:
@@ -257,6 +269,7 @@ def run_one(reqs, workload: dict, sched_name: str, options: dict, args, label: s
                         "device": args.device} if engine else cost.config()),
         "backend": "engine" if engine else "sim", "capacity_tokens": args.capacity, "block_size": block_size,
         "lookahead_tokens": lookahead, "theory": bool(args.theory),
+        "prefix_caching": prefix_caching and not engine,
         "fast_forward": not args.no_fast_forward and not engine,
     }
     # Every measured step lasted at least the shortest one: a valid round time for the bound.
@@ -387,6 +400,8 @@ def cmd_compare(args) -> int:
             raise CLIError("compare options look like SCHEDULER:key=value (or LABEL:key=value) with a listed "
                            f"scheduler, got {key!r}")
         per_run[label][opt] = value
+    # Typed once here, so the table, the JSON and the saved config show 32, not "32".
+    per_run = {label: scheduler_options(entries[label], opts) for label, opts in per_run.items()}
     summaries = {run_label(label, name, per_run[label]): run_one(reqs, workload, name, per_run[label], args,
                                                                  label=label)[0]
                  for label, name in entries.items()}
@@ -1077,6 +1092,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default="vllm")
     s.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE", help="scheduler option (repeatable)")
     _system_args(s)
+    _prefix_caching_arg(s)
     s.set_defaults(func=cmd_simulate)
 
     c = sub.add_parser("compare", help="several schedulers on one workload, one table")
@@ -1087,6 +1103,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--opt", action="append", metavar="SCHED:KEY=VALUE",
                    help="option of one listed scheduler or label (repeatable)")
     _system_args(c)
+    _prefix_caching_arg(c)
     c.set_defaults(func=cmd_compare)
 
     sc = sub.add_parser("schedulers", help="list registered schedulers (NAME or --verbose: their -o options)")

@@ -71,6 +71,9 @@ class View:
     # KV slots allocated beyond the computed tokens of every scheduled request (vLLM's
     # lookahead slots). 1 in theory mode: the papers charge the token a round emits at once.
     lookahead_tokens: int = 0
+    # With automatic prefix caching (None without): answers `cached_tokens` for waiting
+    # requests, from the cache as it is before this step.
+    prefix_cache: PrefixHits | None = None
 
     @property
     def capacity_tokens(self) -> int:
@@ -82,8 +85,60 @@ class View:
 
     def blocks_needed(self, request: Request, num_new_tokens: int) -> int:
         """Extra blocks `request` needs to compute `num_new_tokens` more tokens."""
+        pc = self.prefix_cache
+        if pc is not None and request.request_id not in self.block_counts:
+            # Admission: the cached prefix is reused; only its free (evictable) blocks take
+            # free blocks, those held by others are shared.
+            # A scheduler that sized `num_new_tokens` without looking at the cache asked for
+            # too many: the loop cuts it to what is left after the hit, and so does this.
+            hit, evictable = pc.hit(request)
+            total = min(hit + num_new_tokens, request.num_tokens) + self.lookahead_tokens
+            return blocks_for(total, self.block_size) - hit // self.block_size + evictable
         total = request.num_computed_tokens + num_new_tokens + self.lookahead_tokens
         return max(0, blocks_for(total, self.block_size) - self.block_counts.get(request.request_id, 0))
+
+    def cached_tokens(self, request: Request) -> int:
+        """Tokens a waiting request would find in the prefix cache if admitted this step
+        (full blocks, at most num_tokens - 1); 0 without prefix caching or when resident.
+        Schedulers size its first chunk from the rest: num_tokens - cached_tokens."""
+        pc = self.prefix_cache
+        if pc is None or request.request_id in self.block_counts:
+            return 0
+        return pc.hit(request)[0]
+
+    def blocks_freed_by(self, request_id: int) -> int:
+        """Blocks that preempting a resident request returns to the free pool: all it holds,
+        less (with prefix caching) the blocks other requests share."""
+        pc = self.prefix_cache
+        if pc is None:
+            return self.block_counts.get(request_id, 0)
+        return pc.kv.num_freed_by(request_id)
+
+
+class PrefixHits:
+    """One step's prefix-cache lookups for waiting requests, memoised: what the View
+    reports and what the loop applies on admission are the same hit."""
+
+    __slots__ = ("_memo", "_waiting", "kv")
+
+    def __init__(self, kv, waiting: Mapping[int, Request]) -> None:
+        self.kv, self._waiting, self._memo = kv, waiting, {}
+
+    def blocks(self, request_id: int) -> list[int]:
+        got = self._memo.get(request_id)
+        if got is None:
+            blocks = self.kv.lookup(self._waiting[request_id])
+            got = self._memo[request_id] = (blocks, self.kv.num_evictable(blocks))
+        return got[0]
+
+    def hit(self, request) -> tuple[int, int]:
+        """(cached tokens, how many of those blocks are free) for a waiting request."""
+        rid = request.request_id
+        got = self._memo.get(rid)
+        if got is None:
+            self.blocks(rid)
+            got = self._memo[rid]
+        return len(got[0]) * self.kv.block_size, got[1]
 
 
 class Scheduler:

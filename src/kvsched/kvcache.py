@@ -23,6 +23,9 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 
 @dataclass(slots=True)
 class KVCache:
+    """Paged KV accounting without prefix caching (`prefix_caching` is False)."""
+
+    prefix_caching = False  # a class attribute: PrefixCachingKVCache sets it
     capacity_tokens: int
     block_size: int = 16
     track_block_ids: bool = False
@@ -154,3 +157,256 @@ class KVCache:
             held = [b for ids in self._block_ids.values() for b in ids]
             assert len(held) == len(set(held)) == self._num_used_blocks
             assert len(self._free_ids) == self.num_free_blocks
+
+
+# --- automatic prefix caching (vLLM v1's block pool) ---------------------------------------
+
+
+def block_key(request, j: int, block_size: int):
+    """The identity of full block `j` (tokens [j*bs, (j+1)*bs)) of `request`, chained.
+
+    With `prefix_block_ids` (one id per `prefix_block_size` tokens, already chained: equal
+    ids mean equal tokens up to the end of that id block), a block ending at token `end`
+    that the ids cover is `(id of the id block holding token end-1, end)`: the tokens up to
+    `end` are fixed by that id. Beyond the ids (or without them) the block is the
+    request's own, `(-1 - request_id, end)`: only the same request's re-admission after a
+    preemption can hit it (generation is treated as deterministic, as a recompute is)."""
+    end = (j + 1) * block_size
+    ids = request.prefix_block_ids
+    if ids is not None:
+        pbs = request.prefix_block_size
+        if end <= len(ids) * pbs:
+            return (ids[(end - 1) // pbs], end)
+    return (-1 - request.request_id, end)
+
+
+@dataclass(slots=True)
+class PrefixCachingKVCache(KVCache):
+    """KVCache with vLLM v1's automatic prefix caching, token-id free.
+
+    A pool of `num_blocks` blocks with reference counts. A block becomes cached (findable
+    by its `block_key`) once the tokens allocated for it fill it; a freed block keeps its
+    key and goes to the tail of the free queue (a request's blocks are freed tail first,
+    so its last blocks are evicted first), a freed block without a key to its head. A
+    fresh block is always the head of the free queue, whose key (if any) is evicted:
+    LRU among cached free blocks. Shared blocks count once against capacity; cached
+    blocks with no holder count as free (evictable). `lookup` finds the longest run of
+    cached full blocks of a request, at most `num_tokens - 1` tokens (the last token is
+    always computed); `admit` makes a request hold them before its first allocation.
+    Two requests computing the same block at once both keep their copy, but only the
+    first registered is findable (vLLM keeps both findable).
+    """
+
+    prefix_caching = True
+    lookahead_tokens: int = 0  # slots beyond the computed tokens (not cached: not computed yet)
+    _ref: list[int] = field(init=False, default_factory=list)  # block -> holders
+    _key: list = field(init=False, default_factory=list)  # block -> its key, or None
+    _cached: dict = field(init=False, default_factory=dict)  # key -> block
+    # The free queue, head evicted first: a doubly linked list over block ids with two
+    # sentinels (num_blocks = head, num_blocks + 1 = tail), O(1) at both ends and in the middle.
+    _next: list[int] = field(init=False, default_factory=list)
+    _prev: list[int] = field(init=False, default_factory=list)
+    _num_free: int = field(init=False, default=0)
+    _held: dict[int, list[int]] = field(init=False, default_factory=dict)  # request -> its blocks in order
+    _reqs: dict = field(init=False, default_factory=dict)  # request id -> Request (for block keys)
+    _num_keyed: dict[int, int] = field(init=False, default_factory=dict)  # request -> blocks registered
+    num_evicted_blocks: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        KVCache.__post_init__(self)
+        self._ref = [0] * self.num_blocks
+        self._key = [None] * self.num_blocks
+        n = self.num_blocks
+        # head (n) -> 0 -> 1 -> ... -> n-1 -> tail (n+1)
+        self._next = [*range(1, n), n + 1, 0, -1]
+        self._prev = [n, *range(n - 1), -1, n - 1]
+        self._num_free = n
+        self._free_ids = []
+
+    def _unlink(self, b: int) -> None:
+        nxt, prv = self._next, self._prev
+        p, q = prv[b], nxt[b]
+        nxt[p], prv[q] = q, p
+        self._num_free -= 1
+
+    def _push(self, b: int, front: bool) -> None:
+        nxt, prv = self._next, self._prev
+        if front:
+            p = self.num_blocks
+            q = nxt[p]
+        else:
+            q = self.num_blocks + 1
+            p = prv[q]
+        nxt[p], prv[b], nxt[b], prv[q] = b, p, q, b
+        self._num_free += 1
+
+    def free_queue(self) -> list[int]:
+        """Free block ids, head (next evicted) first."""
+        out, nxt, b, end = [], self._next, self._next[self.num_blocks], self.num_blocks + 1
+        while b != end:
+            out.append(b)
+            b = nxt[b]
+        return out
+
+    # --- queries -------------------------------------------------------------------
+    def block_ids(self, request_id: int) -> list[int]:
+        return self._held.get(request_id, [])
+
+    @property
+    def num_cached_blocks(self) -> int:
+        """Blocks findable by key (held or free)."""
+        return len(self._cached)
+
+    def lookup(self, request) -> list[int]:
+        """The cached blocks a request with no KV would reuse: the longest run of its full
+        blocks found by key, covering at most `num_tokens - 1` tokens."""
+        cached, bs = self._cached, self.block_size
+        out: list[int] = []
+        for j in range((request.num_tokens - 1) // bs):
+            blk = cached.get(block_key(request, j, bs))
+            if blk is None:
+                break
+            out.append(blk)
+        return out
+
+    def num_evictable(self, blocks: list[int]) -> int:
+        """How many of `blocks` are free (cached, no holder): reusing them takes free blocks."""
+        ref = self._ref
+        return sum(1 for b in blocks if ref[b] == 0)
+
+    def num_freed_by(self, request_id: int) -> int:
+        """Blocks that freeing `request_id` would return to the free queue (those it alone holds)."""
+        ref = self._ref
+        return sum(1 for b in self._held.get(request_id, ()) if ref[b] == 1)
+
+    # --- mutations -----------------------------------------------------------------
+    def admit(self, request, blocks: list[int]) -> None:
+        """`request` (holding no KV) starts holding the cached `blocks` (its prefix hit, maybe
+        none); its later allocations are keyed from its own blocks."""
+        rid = request.request_id
+        if rid in self._held:
+            raise ValueError(f"request {rid} already holds KV blocks")
+        ref, bs = self._ref, self.block_size
+        shared = 0
+        for b in blocks:
+            if ref[b] == 0:
+                self._unlink(b)
+            else:
+                shared += 1
+            ref[b] += 1
+        self._held[rid] = list(blocks)
+        self._reqs[rid] = request
+        self._num_keyed[rid] = len(blocks)
+        self._blocks[rid] = len(blocks)
+        self._tokens[rid] = len(blocks) * bs
+        self._num_used_blocks = self.num_blocks - self._num_free
+        self._num_used_tokens += (len(blocks) - shared) * bs
+
+    def allocate(self, request_id: int, num_tokens: int) -> None:
+        old = self._tokens.get(request_id, 0)
+        if num_tokens < old:
+            raise ValueError(f"request {request_id}: cannot shrink KV from {old} to {num_tokens} tokens")
+        self.allocate_many([(request_id, num_tokens)], self.num_new_blocks(request_id, num_tokens))
+
+    def allocate_many(self, totals: list[tuple[int, int]], num_new_blocks: int) -> None:
+        if num_new_blocks > self._num_free:
+            raise KVCapacityError(
+                f"step needs {num_new_blocks} more blocks, only {self._num_free} of {self.num_blocks} free"
+            )
+        # Runs per scheduled request per step: locals and inlined list operations.
+        head = self.num_blocks
+        bs, la, ref, keys, cached = self.block_size, self.lookahead_tokens, self._ref, self._key, self._cached
+        held, tokens, blocks, keyed = self._held, self._tokens, self._blocks, self._num_keyed
+        nxt, prv = self._next, self._prev
+        added = 0
+        for rid, total in totals:
+            mine = held[rid]  # KeyError: never admitted
+            need = -(-total // bs) - len(mine)
+            if need > 0:
+                if need > self._num_free:
+                    raise KVCapacityError(f"request {rid} needs {need} more blocks, only {self._num_free} free")
+                self._num_free -= need
+                for _ in range(need):
+                    b = nxt[head]  # the head of the free queue
+                    q = nxt[b]
+                    nxt[head], prv[q] = q, head
+                    k = keys[b]
+                    if k is not None:  # evict the least recently freed cached block
+                        keys[b] = None
+                        if cached.get(k) == b:
+                            del cached[k]
+                        self.num_evicted_blocks += 1
+                    ref[b] = 1
+                    mine.append(b)
+                blocks[rid] = len(mine)
+            added += total - tokens[rid]
+            tokens[rid] = total
+            # Register the blocks this step fills (vLLM caches them when it allocates them).
+            full = (total - la) // bs
+            done = keyed[rid]
+            if full > done:
+                r = self._reqs[rid]
+                for j in range(done, full):
+                    k = block_key(r, j, bs)
+                    b = mine[j]
+                    if keys[b] is None and k not in cached:
+                        cached[k] = b
+                        keys[b] = k
+                keyed[rid] = full
+        self._num_used_tokens += added
+        self._num_used_blocks = self.num_blocks - self._num_free
+
+    def free(self, request_id: int) -> None:
+        mine = self._held.pop(request_id, None)
+        if mine is None:
+            raise KeyError(f"request {request_id} holds no KV blocks")
+        ref, keys, bs = self._ref, self._key, self.block_size
+        still_shared = 0
+        # Tail first: a request's last blocks are evicted first. Keyless blocks (never
+        # findable) go to the head, to be reused first (vLLM: LIFO, for locality).
+        nxt, prv, head, tail = self._next, self._prev, self.num_blocks, self.num_blocks + 1
+        freed = 0
+        for b in reversed(mine):
+            c = ref[b] - 1
+            ref[b] = c
+            if c:
+                still_shared += 1
+                continue
+            freed += 1
+            if keys[b] is None:  # after the head sentinel
+                p, q = head, nxt[head]
+            else:  # before the tail sentinel
+                p, q = prv[tail], tail
+            nxt[p], prv[b], nxt[b], prv[q] = b, p, q, b
+        self._num_free += freed
+        self._num_used_tokens -= self._tokens.pop(request_id) - still_shared * bs
+        del self._blocks[request_id], self._reqs[request_id], self._num_keyed[request_id]
+        self._num_used_blocks = self.num_blocks - self._num_free
+
+    def check(self) -> None:
+        bs = self.block_size
+        refs = [0] * self.num_blocks
+        for mine in self._held.values():
+            assert len(mine) == len(set(mine))
+            for b in mine:
+                refs[b] += 1
+        assert refs == self._ref, "reference counts"
+        queue = self.free_queue()
+        assert len(queue) == self._num_free
+        assert set(queue) == {b for b in range(self.num_blocks) if refs[b] == 0}, "free queue"
+        assert self._num_used_blocks == self.num_blocks - self._num_free <= self.num_blocks
+        for rid, mine in self._held.items():
+            assert self._blocks[rid] == len(mine) == blocks_for(self._tokens[rid], bs) or self._tokens[rid] == 0, rid
+        shared = sum((r - 1) * bs for r in refs if r > 1)
+        assert self._num_used_tokens == sum(self._tokens.values()) - shared, "used tokens"
+        assert self._num_used_tokens <= self._num_used_blocks * bs
+        for k, b in self._cached.items():
+            assert self._key[b] == k, (k, b)
+
+
+def make_kv_cache(capacity_tokens: int, block_size: int = 16, *, prefix_caching: bool = False,
+                  lookahead_tokens: int = 0) -> KVCache:
+    """A KV cache, with automatic prefix caching or without."""
+    if prefix_caching:
+        return PrefixCachingKVCache(capacity_tokens, block_size, lookahead_tokens=lookahead_tokens)
+    return KVCache(capacity_tokens, block_size)

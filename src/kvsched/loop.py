@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from kvsched.backend import Backend, BatchShape
-from kvsched.decision import Decision, Scheduler, View
+from kvsched.decision import Decision, PrefixHits, Scheduler, View
 from kvsched.kvcache import KVCache, blocks_for
 from kvsched.request import BlindRequest, Request, RequestStatus
 
@@ -148,6 +148,12 @@ class _Loop:
         self.progress_every = progress_every
         self.max_steps = max_steps
         self.lookahead = lookahead_tokens
+        # Automatic prefix caching lives in the KV model (PrefixCachingKVCache); off, the
+        # loop pays nothing for it.
+        self.apc = kv.prefix_caching
+        self.hits: PrefixHits | None = None
+        if self.apc:
+            kv.lookahead_tokens = lookahead_tokens
         self.blind = check_oracle and not getattr(scheduler, "clairvoyant", True)
         self.waiting: dict[int, Request] = {}
         self.resident: dict[int, Request] = {}
@@ -211,10 +217,12 @@ class _Loop:
             arrived, finished = [wrap(r) for r in arrived], [wrap(r) for r in finished]
             for r in self.finished:  # told once; then the proxy cache forgets it
                 self._proxies.pop(r.request_id, None)
+        if self.apc:
+            self.hits = PrefixHits(kv, self.waiting)
         view = View(
             self.now, self.step_index, self.waiting_view, self.resident_view, arrived, finished,
             kv.num_free_blocks, kv.num_blocks, kv.block_size, self.accepting or self.next_arrival < len(self.reqs),
-            self.blocks_view, self.lookahead,
+            self.blocks_view, self.lookahead, self.hits,
         )
         self.arrived, self.finished = [], []
         self._apply(self.scheduler.schedule(view))
@@ -250,14 +258,19 @@ class _Loop:
                 raise SchedulingError(
                     f"step {self.step_index}: requests {sorted(both)} are both preempted and restarted; pick one kind"
                 )
+        runs = decision.run
+        if self.apc and runs:
+            admitted = [rid for rid in runs if rid in self.waiting]  # waiting when the view was built
         for rid in decision.preempt:
             self._preempt(rid)
         for rid in decision.restart:
             self._preempt(rid, restart=True)
-        if not decision.run:
+        if not runs:
             self._idle(decision)
             return
-        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(decision)
+        if self.apc:
+            runs = self._admit_with_hits(runs, admitted)
+        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs)
         kv = self.kv
         if new_blocks > kv.num_free_blocks:
             raise SchedulingError(
@@ -312,8 +325,37 @@ class _Loop:
             cum = cum[: min(j + 1, k)]
         return cum
 
-    def _validate(self, decision: Decision):
-        """Check every entry of `run` before anything changes; return the batch, its shape,
+    def _admit_with_hits(self, runs, admitted: list[int]):
+        """Prefix caching: every request the decision admits holds its cached prefix (as the
+        view reported it) before the step, and computes only the rest. A request preempted
+        by this same decision is re-admitted without a hit. Returns `runs`, with a request's
+        token count cut to what is left after its hit (a scheduler that sized it without
+        looking at the cache asked for too many)."""
+        kv, hits, waiting = self.kv, self.hits, self.waiting
+        clipped = None
+        for rid in runs:
+            r = waiting.get(rid)
+            if r is None or r.request_id in kv._held:
+                continue
+            if r.num_computed_tokens:
+                raise SchedulingError(f"step {self.step_index}: waiting request {rid} holds computed tokens")
+            blocks = hits.blocks(rid) if rid in admitted else []
+            kv.admit(r, blocks)
+            if blocks:
+                hit = len(blocks) * kv.block_size
+                r.num_computed_tokens = hit
+                r.num_reused_tokens += hit
+                if r.first_scheduled_time is None:
+                    r.num_cached_tokens = hit
+                left = r.prompt_len + r.num_output_tokens - hit
+                if runs[rid] > left:
+                    if clipped is None:
+                        clipped = dict(runs)
+                    clipped[rid] = left
+        return runs if clipped is None else clipped
+
+    def _validate(self, runs):
+        """Check every entry of `runs` before anything changes; return the batch, its shape,
         the new blocks it needs, the smallest free-slot slack and decode steps left."""
         bs, la = self.kv.block_size, self.lookahead
         blocks, resident, waiting = self.kv._blocks, self.resident, self.waiting
@@ -321,7 +363,7 @@ class _Loop:
         totals: list[tuple[int, int]] = []
         num_prefill = num_decode = num_kv = attn = new_blocks = 0
         min_slack = min_left = 1 << 62
-        for rid, n in decision.run.items():
+        for rid, n in runs.items():
             r = resident.get(rid) or waiting.get(rid)
             if r is None:
                 raise SchedulingError(

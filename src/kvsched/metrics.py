@@ -7,7 +7,10 @@ one output token (vLLM's serving-benchmark definition); throughput counts only
 output tokens of completed requests, divided by the makespan (first arrival to the
 end of the last step). KV statistics are weighted by step duration (busy time).
 Preemptions (recompute, tokens kept) and restarts (kill-and-restart, tokens discarded)
-are counted separately; restart waste is reported in tokens and in KV token x steps.
+are counted separately; restart waste is reported in tokens and in KV token x steps. Prefix caching: the hit
+rate is cached prompt tokens at first admission over prompt tokens (completed requests),
+hits on re-admission after preemption are in num_reused_tokens, and the prefill tokens
+the steps actually computed in num_prefill_tokens_computed.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ def requests_frame(run: Run) -> pd.DataFrame:
             "num_wasted_tokens": np.array([r.num_wasted_tokens for r in rows], dtype=np.int64),
             "num_discarded_tokens": np.array([r.num_discarded_tokens for r in rows], dtype=np.int64),
             "wasted_kv_area": np.array([r.wasted_kv_area for r in rows], dtype=np.int64),
+            # Prefix caching: prompt tokens found cached at the first admission, and tokens
+            # found over every admission (re-admissions after preemption included).
+            "num_cached_tokens": np.array([r.num_cached_tokens for r in rows], dtype=np.int64),
+            "num_reused_tokens": np.array([r.num_reused_tokens for r in rows], dtype=np.int64),
             # Start of the attempt that finished (first_scheduled_time is the first attempt's).
             "final_attempt_time": np.array(
                 [t(r.admit_time) if r.finish_time is not None else nan for r in rows], dtype=np.float64),
@@ -73,6 +80,15 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
     for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
         out[f"{prefix}_p{p}"] = float(v)
     return out
+
+
+def _total(df: pd.DataFrame, column: str) -> int:
+    return int(df[column].sum()) if column in df else 0  # tables saved before the column existed
+
+
+def _ratio(df: pd.DataFrame, num: str, den: str) -> float:
+    total = int(df[den].sum())
+    return _total(df, num) / total if total else 0.0
 
 
 def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
@@ -105,6 +121,13 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
         "num_discarded_tokens": int(df["num_discarded_tokens"].sum()),
         "num_recomputed_prompt_tokens": int((df["num_restarts"] * df["prompt_len"]).sum()),
         "wasted_kv_area": int(df["wasted_kv_area"].sum()),
+        # Prefix caching (0 when off): the share of completed requests' prompt tokens found
+        # in the cache at their first admission (vLLM's num_cached_tokens / prompt tokens),
+        # the tokens reused over all admissions, and the prefill tokens actually computed.
+        "prefix_hit_rate": _ratio(done, "num_cached_tokens", "prompt_len"),
+        "num_cached_tokens": _total(df, "num_cached_tokens"),
+        "num_reused_tokens": _total(df, "num_reused_tokens"),
+        "num_prefill_tokens_computed": int(sum(steps["num_prefill_tokens"])),
         "peak_kv_tokens": int(kv_tokens.max()) if len(kv_tokens) else 0,
         "peak_kv_blocks": int(max(steps["kv_used_blocks"], default=0)),
         "mean_kv_tokens": float(sum(steps["kv_token_seconds"]) / busy_time) if busy_time > 0 else 0.0,

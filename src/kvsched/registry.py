@@ -20,7 +20,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -84,7 +84,7 @@ def parse_literal(text: str) -> Any:
     return text
 
 
-@lru_cache(maxsize=None)
+@cache
 def _options(factory: Callable[..., Any]) -> tuple[Option, ...] | None:
     try:
         params = inspect.signature(factory).parameters
@@ -94,7 +94,7 @@ def _options(factory: Callable[..., Any]) -> tuple[Option, ...] | None:
         return None  # takes anything: nothing to check against
     try:
         hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
-    except Exception:  # an annotation that does not resolve: fall back to the defaults' types
+    except Exception:  # noqa: BLE001 -- an annotation that does not resolve: fall back to the defaults' types
         hints = {}
     out = []
     for p in params.values():
@@ -205,7 +205,7 @@ def coerce(tp: Any, value: Any) -> Any:
     if isinstance(tp, type) and isinstance(value, str):
         try:
             return tp(value)
-        except Exception:  # noqa: BLE001 - any failure means: not this type
+        except Exception:  # noqa: BLE001, S110 -- any failure means: not this type
             pass
     raise _Mismatch(_expected(tp))
 

@@ -36,6 +36,14 @@ class Request:
     # Optional prediction of output_len: a point value, or an interval (low, high).
     predicted_output_len: int | None = None
     predicted_output_interval: tuple[int, int] | None = None
+    # Prefix identities for automatic prefix caching, token-id free: one non-negative id per
+    # `prefix_block_size` tokens, describing the first len(ids) x prefix_block_size tokens
+    # of prompt + output (a multi-turn workload's ids may cover the output the next turn
+    # repeats), already chained: two requests with the same id at index k hold the same
+    # tokens up to the end of block k. None: the request shares nothing (only its own
+    # re-admission after a preemption can hit).
+    prefix_block_ids: tuple[int, ...] | None = None
+    prefix_block_size: int = 0
 
     # Progress (mutated by the loop only).
     num_computed_tokens: int = 0
@@ -63,6 +71,10 @@ class Request:
     # Ended attempts: (start step, output tokens generated, how it ended).
     attempts: list[tuple[int, int, str]] = field(default_factory=list)
     reject_reason: str | None = None
+    # Prefix caching: prompt tokens found in the cache at the first admission (vLLM's
+    # num_cached_tokens), and tokens found over every admission, re-admissions included.
+    num_cached_tokens: int = 0
+    num_reused_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.prompt_len < 1:
@@ -71,6 +83,8 @@ class Request:
             raise ValueError(f"request {self.request_id}: output_len must be >= 1, got {self.output_len}")
         if not self.arrival_time >= 0.0:  # also rejects NaN
             raise ValueError(f"request {self.request_id}: arrival_time must be >= 0, got {self.arrival_time}")
+        if self.prefix_block_ids is not None and self.prefix_block_size < 1:
+            raise ValueError(f"request {self.request_id}: prefix_block_ids need prefix_block_size >= 1")
 
     @property
     def num_tokens(self) -> int:
@@ -116,6 +130,8 @@ class Request:
             self.output_len,
             self.predicted_output_len,
             self.predicted_output_interval,
+            self.prefix_block_ids,
+            self.prefix_block_size,
         )
 
 
@@ -166,6 +182,6 @@ class BlindRequest:
 # costs a Python call per read).
 for _name in ("request_id", "arrival_time", "prompt_len", "num_computed_tokens", "num_output_tokens", "status",
               "attempt_start_output", "predicted_output_len", "predicted_output_interval", "num_tokens",
-              "num_attempt_tokens", "is_finished"):
+              "num_attempt_tokens", "is_finished", "prefix_block_ids", "prefix_block_size"):
     setattr(BlindRequest, _name, property(operator.attrgetter(f"_request.{_name}")))
 del _name

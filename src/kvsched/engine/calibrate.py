@@ -194,8 +194,9 @@ def validate(requests: Sequence[Request], scheduler_name: str, cost_model, *, mo
                                    device=device, seed=seed)
         e = summarize(engine_run)
         runs.append({k: float(e[k]) for k in keys})
+    # The engine's KV cache has no prefix caching: compare like with like.
     sim_run = simulate(requests, SCHEDULERS.create(scheduler_name, **(options or {})), cost_model,
-                       capacity_tokens=capacity_tokens, block_size=block_size)
+                       capacity_tokens=capacity_tokens, block_size=block_size, prefix_caching=False)
     s = summarize(sim_run)
     mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
     return Fidelity(scheduler_name, mean, {k: float(s[k]) for k in keys}, tuple(runs))

@@ -202,8 +202,8 @@ def write_outputs(entry: Reproduction, result: Result, scale: str) -> None:
 def render_report(entry: Reproduction, result: Result, scale: str) -> str:
     f = result.findings
     lines = [f"# `{entry.name}`: {entry.description}", "",
-             f"Paper: {PAPERS[entry.paper]}, {entry.section}. kvsched's defaults where the paper is open: "
-             "`docs/conventions.md`.", "",
+             (f"Paper: {PAPERS[entry.paper]}, {entry.section}. kvsched's defaults where the paper is open: "
+              "`docs/conventions.md`."), "",
              "## What was run", "", f"```bash\n{command(entry.name, scale)}\n```", "",
              f"- Scale: **{scale}** ({_scale_text(entry, scale)}).",
              f"- Runtime: {runtime_text(entry, scale)} for this scale; {_invocation_text(result)}.",

@@ -12,6 +12,10 @@ Rules (vllm/v1/core/sched/scheduler.py; see docs/schedulers.md):
   without it a prompt over the budget stops admission; a failed allocation stops
   admission, which never preempts.
 
+Automatic prefix caching (`enable_prefix_caching`, off by default here and for the
+policies built on these mechanics, on in vLLM itself; see docs/architecture.md): a waiting request's first chunk starts after its
+cached prefix (`View.cached_tokens`), and a victim frees only the blocks it alone holds.
+
 `preemption="restart"` turns preemption into kill-and-restart (the victim's generated
 tokens are discarded): the FCFS baseline of docs/gsa.md. vLLM itself never
 reads output lengths, so `vllm` is non-clairvoyant; the policies that rank by a
@@ -49,6 +53,11 @@ class VLLMScheduler(Scheduler):
     # request is waiting or running at the start of the step (vLLM 0.32).
     reserve_full_sequence: bool = False
     threshold_needs_two: bool = False
+    # Automatic prefix caching as in vLLM (`simulate` builds the KV model it asks for):
+    # admission reuses cached full blocks and sizes the first chunk after them. Off by
+    # default until the fidelity check against real vLLM runs shows its effect (vLLM
+    # itself has it on); published results were made without it.
+    enable_prefix_caching: bool = False
     _running: list[Request] = field(init=False, repr=False)
 
     clairvoyant = False  # a class attribute, not an option
@@ -124,7 +133,7 @@ class VLLMScheduler(Scheduler):
                 victim = self._pick_victim(running)
                 vid = victim.request_id
                 preempted.append(vid)
-                free += view.block_counts.get(vid, 0)
+                free += view.blocks_freed_by(vid)
                 if vid in run:  # PRIORITY policy may pick a request scheduled earlier
                     budget += run.pop(vid)
                     free += needs.pop(vid)
@@ -147,7 +156,8 @@ class VLLMScheduler(Scheduler):
         if not preempted:
             while len(self._waiting) and budget > 0 and len(running) < self.max_num_seqs:
                 r = self._waiting.peek()
-                n = r.num_tokens - r.num_computed_tokens
+                # vLLM looks the prefix cache up before sizing the chunk.
+                n = r.num_tokens - r.num_computed_tokens - view.cached_tokens(r)
                 if threshold:
                     n = min(n, threshold)
                 if not self.enable_chunked_prefill and n > budget:
@@ -185,6 +195,7 @@ class VLLMScheduler(Scheduler):
 class SJFScheduler(VLLMScheduler):
     predictor: str = "oracle"  # "oracle" or "predicted" (Request.predicted_output_len)
     key: str = "output"  # "output": total predicted output; "remaining": predicted minus generated
+    enable_prefix_caching: bool = False  # the policy's own semantics unless asked
 
     @property
     def clairvoyant(self) -> bool:
@@ -221,6 +232,7 @@ class StaticReservationScheduler(VLLMScheduler):
     prediction that falls short, vLLM's tail preemption keeps memory safe."""
 
     predictor: str = "oracle"
+    enable_prefix_caching: bool = False  # the policy's own semantics unless asked
     _reserved_blocks: int = field(init=False, default=0)
 
     @property

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kvsched.decision import Scheduler
-from kvsched.kvcache import KVCache
+from kvsched.kvcache import make_kv_cache
 from kvsched.loop import ProgressFn, Run, run
 from kvsched.request import Request
 from kvsched.sim.backend import SimBackend
@@ -36,10 +36,20 @@ def simulate(
     max_steps: int | None = None,
     lookahead_tokens: int = 0,
     check_oracle: bool = False,
+    prefix_caching: bool | None = None,
 ) -> Run:
     """Simulate `requests` under `scheduler`; the inputs are not mutated. `check_oracle`:
-    a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`)."""
-    kv = KVCache(capacity_tokens, block_size)
+    a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`).
+    `prefix_caching`: automatic prefix caching in the KV model; None (default) follows the
+    scheduler's `enable_prefix_caching` (off unless asked)."""
+    if prefix_caching is None:
+        prefix_caching = bool(getattr(scheduler, "enable_prefix_caching", False))
+    elif prefix_caching and not hasattr(scheduler, "enable_prefix_caching"):
+        # A scheduler that counts the memory a preemption frees from block_counts would
+        # over-count blocks shared with other requests: only the vLLM family is ready.
+        raise ValueError(f"{type(scheduler).__name__} does not support prefix caching (schedulers with an "
+                         "enable_prefix_caching option do: vllm, sjf, srpt, fcfs-static)")
+    kv = make_kv_cache(capacity_tokens, block_size, prefix_caching=prefix_caching)
     return run(requests, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv, progress=progress,
                max_steps=max_steps, lookahead_tokens=lookahead_tokens, check_oracle=check_oracle)
 

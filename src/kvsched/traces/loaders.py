@@ -9,7 +9,8 @@ arrival process (Poisson by default) is drawn from an explicit rng.
 Formats (required columns; other columns are ignored):
   azure     TIMESTAMP (wall clock, 100 ns), ContextTokens, GeneratedTokens
   vidur     arrived_at (s), num_prefill_tokens, num_decode_tokens
-  mooncake  timestamp_ms (ms), input_length, output_length   (hash_ids is not read)
+  mooncake  timestamp_ms (ms), input_length, output_length   (+ hash_ids: prefix identities,
+            space-separated chained ids of 512-token blocks, kept for prefix caching)
   generic   arrival_time (s), prompt_len, output_len
   lengths   num_prefill_tokens, num_decode_tokens            (no time column)
 """
@@ -38,6 +39,8 @@ from kvsched.traces.validate import (
 AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # %f takes up to 9 digits in pandas: 100 ns survives
 NS_PER_S = 1_000_000_000
 MS_PER_S = 1_000.0
+MOONCAKE_HASH_COLUMN = "hash_ids"
+MOONCAKE_HASH_BLOCK = 512  # tokens per Mooncake hash id
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class TraceTable:
     arrival_times_s: np.ndarray | None  # relative to the first row; None for lengths-only files
     prompt_lens: np.ndarray
     output_lens: np.ndarray
+    # Prefix identities per row (chained ids of `prefix_block_size`-token blocks), or None.
+    prefix_block_ids: list[tuple[int, ...]] | None = None
+    prefix_block_size: int = 0
 
     def __len__(self) -> int:
         return len(self.prompt_lens)
@@ -162,7 +168,29 @@ def read_table(path: str | Path, fmt: TraceFormat, source: str | None = None) ->
     elif fmt.time_unit:
         raw = time_column(source, fmt.time_column, frame[fmt.time_column])
         times_s = (raw - raw[0]) / (MS_PER_S if fmt.time_unit == "ms" else 1.0)
-    return TraceTable(source, times_s, prompt_lens, output_lens)
+    ids = None
+    if fmt is MOONCAKE and MOONCAKE_HASH_COLUMN in frame:
+        # A partial last hash block says nothing about the output tokens that fill the rest
+        # of it: keep the ids of full 512-token prompt blocks only.
+        ids = [h[: p // MOONCAKE_HASH_BLOCK] for h, p in
+               zip(_hash_ids(source, frame[MOONCAKE_HASH_COLUMN]), prompt_lens.tolist())]
+    return TraceTable(source, times_s, prompt_lens, output_lens, ids, MOONCAKE_HASH_BLOCK if ids else 0)
+
+
+def _hash_ids(source: str, values: pd.Series) -> list[tuple[int, ...]]:
+    """Mooncake's hash_ids cells ("0 1 2", or a JSON-style "[0, 1, 2]") as int tuples."""
+    out = []
+    for i, cell in enumerate(values.tolist()):
+        text = "" if cell is None or (isinstance(cell, float) and np.isnan(cell)) else str(cell)
+        try:
+            ids = tuple(int(t) for t in text.strip("[] ").replace(",", " ").split())
+        except ValueError:
+            raise TraceError(f"{source}: line {i + 2}, column {MOONCAKE_HASH_COLUMN}: {text!r} is not "
+                             "a list of integer ids") from None
+        if any(t < 0 for t in ids):
+            raise TraceError(f"{source}: line {i + 2}, column {MOONCAKE_HASH_COLUMN}: ids must be >= 0")
+        out.append(ids)
+    return out
 
 
 def table_to_requests(
@@ -182,7 +210,8 @@ def table_to_requests(
         if rate is not None:
             raise TraceError(f"{table.source}: has real arrival times, so rate={rate} does not apply; "
                              "to replay it faster use --rate-scale (kvsched.traces.scale_rate in Python)")
-        return requests_from_arrays(table.arrival_times_s, table.prompt_lens, table.output_lens)
+        return requests_from_arrays(table.arrival_times_s, table.prompt_lens, table.output_lens,
+                                    table.prefix_block_ids, table.prefix_block_size)
     times_s = arrival_times(arrival, len(table), rate=rate, cv=cv, rng=rng, what=table.source)
     return requests_from_arrays(times_s, table.prompt_lens, table.output_lens)
 
@@ -205,7 +234,8 @@ def load_vidur_csv(path: str | Path) -> list[Request]:
 
 
 def load_mooncake_csv(path: str | Path) -> list[Request]:
-    """Mooncake trace as CSV (timestamp_ms, input_length, output_length; hash_ids unused)."""
+    """Mooncake trace as CSV (timestamp_ms, input_length, output_length; hash_ids, if present,
+    become prefix identities of 512-token blocks)."""
     return table_to_requests(read_table(path, MOONCAKE))
 
 

@@ -3,7 +3,8 @@
 Grammar (docs/traces.md has examples):
 
     spec    := "synthetic:" item ("," item)*        the prefix is optional here
-    item    := key "=" value                        keys: n, arrival, rate, cv, prompt, output, types
+    item    := key "=" value                        keys: n, arrival, rate, cv, prompt, output, types,
+                                                    shared_prefix (a length), num_prefixes, turns
     length  := INT | fixed(INT) | uniform(LO,HI) | geometric(MEAN) | lognormal(MU,SIGMA) | empirical(TRACE)
     types   := PROMPTxOUTPUT[:WEIGHT] ("|" PROMPTxOUTPUT[:WEIGHT])*
 
@@ -33,7 +34,7 @@ from kvsched.traces.synthetic import (
 from kvsched.traces.validate import TraceError
 
 SYNTHETIC_PREFIX = "synthetic:"
-KEYS = ("n", "arrival", "rate", "cv", "prompt", "output", "types")
+KEYS = ("n", "arrival", "rate", "cv", "prompt", "output", "types", "shared_prefix", "num_prefixes", "turns")
 _CALL = re.compile(r"^(\w+)\((.*)\)$")
 _TYPE = re.compile(r"^(\d+)x(\d+)(?::([0-9.eE+-]+))?$")
 
@@ -144,4 +145,7 @@ def _build(fields: dict[str, str], rng: np.random.Generator) -> list[Request]:
         prompt=parse_length(fields["prompt"], "prompt") if "prompt" in fields else None,
         output=parse_length(fields["output"], "output") if "output" in fields else None,
         types=parse_types(fields["types"]) if "types" in fields else None,
+        shared_prefix=parse_length(fields["shared_prefix"], "shared_prefix") if "shared_prefix" in fields else None,
+        num_prefixes=_number(fields["num_prefixes"], "num_prefixes", int) if "num_prefixes" in fields else 1,
+        turns=_number(fields["turns"], "turns", int) if "turns" in fields else 1,
     )

@@ -4,6 +4,11 @@ rate_per_s = num_requests / span_time_s (the data README's definition) and
 interarrival_cv = std / mean of the gaps between consecutive arrivals (population
 std). Both are NaN when undefined (fewer than 2 requests, or all at one instant).
 Percentiles use numpy's default linear interpolation.
+
+prefix_hit_ratio is the infinite-cache hit ratio: requests in arrival order, each finding
+the longest run of its full blocks (at most prompt_len - 1 tokens) that an earlier request
+holds by prefix identity (`Request.prefix_block_ids`), over all prompt tokens. An infinite
+cache never evicts, so it bounds what automatic prefix caching can save on the workload.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kvsched.kvcache import block_key
 from kvsched.request import Request
+
+PREFIX_BLOCK_SIZE = 16  # vLLM's default page size: the granularity of trace_stats' hit ratio
 
 
 def _length_stats(prefix: str, lengths: np.ndarray) -> dict[str, float]:
@@ -45,4 +53,23 @@ def trace_stats(reqs: Sequence[Request]) -> dict[str, float]:
         "total_prompt_tokens": int(prompt_lens.sum()),
         "total_output_tokens": int(output_lens.sum()),
         "total_tokens": int(prompt_lens.sum() + output_lens.sum()),
+        "prefix_hit_ratio": prefix_hit_ratio(reqs),
     }
+
+
+def prefix_hit_ratio(reqs: Sequence[Request], block_size: int = PREFIX_BLOCK_SIZE) -> float:
+    """Cached prompt tokens / prompt tokens under an infinite prefix cache (module docstring)."""
+    seen: set = set()
+    hit_tokens = prompt_tokens = 0
+    for r in sorted(reqs, key=lambda r: (r.arrival_time, r.request_id)):
+        prompt_tokens += r.prompt_len
+        ids = r.prefix_block_ids
+        if not ids:
+            continue  # its own blocks: no other request can hit them
+        j, limit = 0, (r.prompt_len - 1) // block_size
+        while j < limit and block_key(r, j, block_size) in seen:
+            j += 1
+        hit_tokens += j * block_size
+        covered = min(len(ids) * r.prefix_block_size, r.prompt_len + r.output_len) // block_size
+        seen.update(block_key(r, k, block_size) for k in range(j, covered))
+    return hit_tokens / prompt_tokens if prompt_tokens else 0.0

@@ -224,11 +224,24 @@ def synthetic_workload(
     prompt: int | LengthDist | None = None,
     output: int | LengthDist | None = None,
     types: Sequence[RequestType] | None = None,
+    shared_prefix: int | LengthDist | None = None,
+    num_prefixes: int = 1,
+    turns: int = 1,
 ) -> list[Request]:
     """`n` requests: times from the arrival process, lengths from `prompt`/`output` or `types`.
 
     Give either both `prompt` and `output` (independent draws) or `types` (a mixture
-    of fixed shapes). Draw order: arrivals, then prompt, then output (or types).
+    of fixed shapes). Draw order: arrivals, then prompt, then output (or types), then
+    the shared-prefix lengths and picks (only when asked, so other workloads are unchanged).
+
+    Shared prefixes (prefix caching workloads, with token-id-free identities): with
+    `shared_prefix` (a length), `num_prefixes` system prompts get a length each, every
+    conversation picks one uniformly, and it precedes the drawn prompt. With `turns` > 1
+    the requests form ceil(n / turns) conversations served round-robin in arrival order
+    (request i is turn i // C of conversation i % C); turn t's prompt is turn t-1's prompt
+    and output plus t's drawn prompt (its new user tokens). Prefix identities come in
+    blocks of SYNTHETIC_PREFIX_BLOCK tokens: a system prompt's full blocks are shared by
+    everyone who picked it, a conversation's other blocks by its own turns.
     """
     if not isinstance(rng, np.random.Generator):
         raise TraceError(f"synthetic workload needs an explicit numpy.random.Generator (rng), got {rng!r}")
@@ -242,4 +255,51 @@ def synthetic_workload(
     else:
         prompt_lens = as_length_dist(prompt, "prompt").sample(n, rng)
         output_lens = as_length_dist(output, "output").sample(n, rng)
-    return requests_from_arrays(times_s, prompt_lens, output_lens)
+    if shared_prefix is None and turns == 1:
+        if num_prefixes != 1:
+            raise TraceError("synthetic workload: num_prefixes needs shared_prefix")
+        return requests_from_arrays(times_s, prompt_lens, output_lens)
+    prompt_lens, ids = _shared_prefixes(n, rng, prompt_lens, output_lens, shared_prefix, num_prefixes, turns)
+    return requests_from_arrays(times_s, prompt_lens, output_lens, ids, SYNTHETIC_PREFIX_BLOCK)
+
+
+SYNTHETIC_PREFIX_BLOCK = 16  # tokens per prefix identity in synthetic workloads
+
+
+def _shared_prefixes(n, rng, user_lens, output_lens, shared_prefix, num_prefixes, turns):
+    """(prompt lengths, prefix ids) of the shared-prefix / multi-turn workload (see above)."""
+    if not isinstance(num_prefixes, (int, np.integer)) or num_prefixes < 1:
+        raise TraceError(f"synthetic workload: num_prefixes must be an integer >= 1, got {num_prefixes!r}")
+    if not isinstance(turns, (int, np.integer)) or turns < 1:
+        raise TraceError(f"synthetic workload: turns must be an integer >= 1, got {turns!r}")
+    if shared_prefix is None and num_prefixes != 1:
+        raise TraceError("synthetic workload: num_prefixes needs shared_prefix")
+    bs = SYNTHETIC_PREFIX_BLOCK
+    if shared_prefix is None:
+        sys_lens = np.zeros(1, dtype=np.int64)
+    else:
+        sys_lens = as_length_dist(shared_prefix, "shared_prefix").sample(num_prefixes, rng)
+    num_conv = -(-n // turns)
+    picks = rng.integers(0, num_prefixes, size=num_conv) if num_prefixes > 1 else np.zeros(num_conv, dtype=np.int64)
+    next_id = 0
+    sys_ids = []
+    for length in sys_lens.tolist():
+        sys_ids.append(list(range(next_id, next_id + length // bs)))
+        next_id += length // bs
+    users, outs = user_lens.tolist(), output_lens.tolist()
+    prompts = [0] * n
+    ids: list[tuple[int, ...]] = [()] * n
+    for c in range(num_conv):
+        k = int(picks[c])
+        stream = list(sys_ids[k])  # ids of the conversation's tokens so far, by 16-token block
+        context = int(sys_lens[k])  # tokens before this turn's user tokens
+        for i in range(c, n, num_conv):
+            prompts[i] = context + users[i]
+            end = prompts[i] + outs[i]
+            need = -(-end // bs)
+            if need > len(stream):
+                stream.extend(range(next_id, next_id + need - len(stream)))
+                next_id = stream[-1] + 1
+            ids[i] = tuple(stream[:need])
+            context = end
+    return np.asarray(prompts, dtype=np.int64), ids

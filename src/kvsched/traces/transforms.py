@@ -2,7 +2,9 @@
 
 Each returns new Request objects (inputs are never mutated; progress counters start
 fresh) sorted by arrival time, with ids renumbered 0..n-1 in that order. Predictions
-(`predicted_output_len`, `predicted_output_interval`) are carried over unchanged.
+(`predicted_output_len`, `predicted_output_interval`) and prefix identities
+(`prefix_block_ids`) are carried over unchanged; ids only cover the prompt they describe, so
+a rescaled or clipped prompt shares at most what its ids still cover.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _renumbered(reqs: Sequence[Request], arrival_times_s: Sequence[float] | None
     order = sorted(range(len(reqs)), key=times.__getitem__)  # sorted() is stable
     return [
         Request(new_id, times[i], prompts[i], outputs[i], reqs[i].predicted_output_len,
-                reqs[i].predicted_output_interval)
+                reqs[i].predicted_output_interval, reqs[i].prefix_block_ids, reqs[i].prefix_block_size)
         for new_id, i in enumerate(order)
     ]
 

@@ -117,7 +117,8 @@ def require_columns(source: str, header: list[str], columns: tuple[str, ...], fm
 
 
 def requests_from_arrays(
-    arrival_times_s: np.ndarray, prompt_lens: np.ndarray, output_lens: np.ndarray
+    arrival_times_s: np.ndarray, prompt_lens: np.ndarray, output_lens: np.ndarray,
+    prefix_block_ids: list | None = None, prefix_block_size: int = 0,
 ) -> list[Request]:
     """Requests sorted by arrival (stable), ids 0..n-1 in that order, first arrival at 0.0 s.
 
@@ -131,4 +132,8 @@ def requests_from_arrays(
     times = times[order] - times[order[0]]
     prompts = np.asarray(prompt_lens, dtype=np.int64)[order].tolist()
     outputs = np.asarray(output_lens, dtype=np.int64)[order].tolist()
-    return [Request(i, t, p, o) for i, (t, p, o) in enumerate(zip(times.tolist(), prompts, outputs))]
+    if prefix_block_ids is None:
+        return [Request(i, t, p, o) for i, (t, p, o) in enumerate(zip(times.tolist(), prompts, outputs))]
+    ids = [prefix_block_ids[k] for k in order.tolist()]
+    return [Request(i, t, p, o, prefix_block_ids=h, prefix_block_size=prefix_block_size)
+            for i, (t, p, o, h) in enumerate(zip(times.tolist(), prompts, outputs, ids))]
