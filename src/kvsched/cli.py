@@ -796,6 +796,10 @@ def cmd_calibrate(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
+    if args.engine == "vllm":  # vLLM's own server with the kvsched plugin (kvsched.vllm.serve)
+        from kvsched.vllm.serve import serve
+
+        return serve(args, _parse_options(args.opt))
     require_engine("serve", *SERVE_MODULES)
     from kvsched.engine.server import create_app, run_server
     from kvsched.engine.serving import ServingEngine
@@ -1194,6 +1198,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="answer 413 to request bodies larger than this (default 8 MiB)")
     sv.add_argument("--seed", type=int, default=0, help="seed of sampled requests that bring none")
     sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    sv.add_argument("--engine", choices=("kvsched", "vllm"), default="kvsched",
+                    help="kvsched: this package's engine (default); vllm: vLLM's OpenAI server with the scheduler "
+                         "as a plugin (--model DIR, an HF folder; see docs/vllm.md)")
+    sv.add_argument("--vllm-args", default="", help="--engine vllm: more arguments for vLLM's server, one string")
+    sv.add_argument("--step-log", help="--engine vllm: the plugin appends one JSON line per engine step here")
     sv.set_defaults(func=cmd_serve)
 
     bt = sub.add_parser("batch", help="offline batch (all jobs at time 0): GBA/GSA and baselines against the batch "

@@ -65,12 +65,18 @@ class DecisionMismatch(RuntimeError):
 def predictions_from(sampling_params) -> tuple[int, int | None, tuple[int, int] | None]:
     """(output-length bound, point prediction, interval prediction) of a vLLM request.
 
-    `extra_args["kvsched"]` may hold `predicted_output_len` (int) and/or
+    `extra_args["kvsched"]` (an object, or the same as a JSON string: what `vllm_xargs`
+    can carry over HTTP) may hold `predicted_output_len` (int) and/or
     `predicted_output_interval` ([lo, hi]); what is missing comes from `max_tokens`
     (point = max_tokens, interval = (1, max_tokens)), as kvsched's own server does.
     Invalid values raise ValueError naming the field."""
     max_tokens = max(1, int(sampling_params.max_tokens or 1))
     hint = (sampling_params.extra_args or {}).get(EXTRA_ARGS_KEY) or {}
+    if isinstance(hint, str):  # over HTTP: vLLM's `vllm_xargs` values are str/int/float/list, not objects
+        try:
+            hint = json.loads(hint)
+        except json.JSONDecodeError:
+            raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] is not a JSON object: {hint!r}") from None
     if not isinstance(hint, dict):
         raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be an object, got {hint!r}")
     point = hint.get("predicted_output_len", max_tokens)
