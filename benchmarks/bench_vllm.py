@@ -28,12 +28,12 @@ import traceback
 
 logging.disable(logging.WARNING)
 
-from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
-from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.outputs import ModelRunnerOutput
 
-from kvsched.vllm.config import PolicyConfig  # noqa: E402
-from kvsched.vllm.harness import Driver, build_scheduler, tiny_model_dir  # noqa: E402
-from kvsched.vllm.plugin import KvschedMixin  # noqa: E402
+from kvsched.vllm.config import PolicyConfig
+from kvsched.vllm.harness import Driver, build_scheduler, tiny_model_dir
+from kvsched.vllm.plugin import KvschedMixin
 
 RUNNING, WAITING = 256, 1000
 CLOCK = time.thread_time  # CPU time of this thread: what other work on a shared machine takes is not counted
@@ -133,12 +133,12 @@ def report(r: dict) -> str:
         f"{r['policy']}: reached {r['reached']['plugin']} (plugin), {r['reached']['vllm']} (vLLM)"
         + ("" if r["reached"]["steady"] else f" -- NOT the {RUNNING}/{WAITING} decode state")
         + f"; after timing {r['end']['plugin']} (plugin), {r['end']['vllm']} (vLLM)",
-        f"  vLLM alone {med['vllm']:.0f} us/step (mean {mean['vllm']:.0f}); plugin {med['plugin']:.0f} us/step "
+        (f"  vLLM alone {med['vllm']:.0f} us/step (mean {mean['vllm']:.0f}); plugin {med['plugin']:.0f} us/step "
         f"(mean {mean['plugin']:.0f}); plugin/vLLM {ratio:.3f} (overhead {100 * (ratio - 1):+.1f} %); "
-        f"per-step paired ratio median {r['paired'][1]:.3f} (quartiles {r['paired'][0]:.3f}-{r['paired'][2]:.3f})",
-        f"  plugin split (medians): policy decide {split['decide']:.0f} us, vLLM schedule() inside "
+        f"per-step paired ratio median {r['paired'][1]:.3f} (quartiles {r['paired'][0]:.3f}-{r['paired'][2]:.3f})"),
+        (f"  plugin split (medians): policy decide {split['decide']:.0f} us, vLLM schedule() inside "
         f"{split['vllm_inside']:.0f} us, translation {split['translation']:.0f} us; "
-        f"mismatches {r['mismatches']}",
+        f"mismatches {r['mismatches']}"),
     ]
     return "\n".join(lines)
 

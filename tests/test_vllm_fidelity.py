@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from vllm.v1.core.sched.scheduler import Scheduler
 
-from kvsched.schedulers.vllm import VLLMScheduler  # noqa: E402
-from kvsched.vllm.config import PolicyConfig  # noqa: E402
-from kvsched.vllm.harness import Arrival, Driver, build_scheduler, decisions, simulate, tiny_model_dir  # noqa: E402
-from kvsched.vllm.plugin import KvschedScheduler  # noqa: E402
+from kvsched.schedulers.vllm import VLLMScheduler
+from kvsched.vllm.config import PolicyConfig
+from kvsched.vllm.harness import Arrival, Driver, build_scheduler, decisions, simulate, tiny_model_dir
+from kvsched.vllm.plugin import KvschedScheduler
 
 BS = 16
 
@@ -36,9 +36,9 @@ def cases(draw):
     # Without chunked prefill vLLM requires max_model_len <= max_num_batched_tokens.
     budget = draw(st.sampled_from([8, 16, 24, 32, 64, 128] if chunked else [48, 64, 128]))
     threshold = draw(st.sampled_from([0, 0, 4, 12]))
-    knobs = dict(num_blocks=num_blocks, block_size=BS, max_num_seqs=draw(st.integers(1, 6)),
-                 max_num_batched_tokens=budget, enable_chunked_prefill=chunked,
-                 long_prefill_token_threshold=threshold)
+    knobs = {"num_blocks": num_blocks, "block_size": BS, "max_num_seqs": draw(st.integers(1, 6)),
+                 "max_num_batched_tokens": budget, "enable_chunked_prefill": chunked,
+                 "long_prefill_token_threshold": threshold}
     capacity = (num_blocks - 1) * BS
     if not chunked:
         knobs["max_model_len"] = budget
@@ -63,10 +63,10 @@ def plugin_records(model_dir, knobs, stream, name="vllm", options=None):
 
 
 def sim_scheduler(knobs, **overrides):
-    options = dict(max_num_batched_tokens=knobs["max_num_batched_tokens"], max_num_seqs=knobs["max_num_seqs"],
-                   enable_chunked_prefill=knobs.get("enable_chunked_prefill", True),
-                   long_prefill_token_threshold=knobs.get("long_prefill_token_threshold", 0),
-                   reserve_full_sequence=True, threshold_needs_two=True)
+    options = {"max_num_batched_tokens": knobs["max_num_batched_tokens"], "max_num_seqs": knobs["max_num_seqs"],
+                   "enable_chunked_prefill": knobs.get("enable_chunked_prefill", True),
+                   "long_prefill_token_threshold": knobs.get("long_prefill_token_threshold", 0),
+                   "reserve_full_sequence": True, "threshold_needs_two": True}
     options.update(overrides)
     return VLLMScheduler(**options)
 
@@ -114,7 +114,7 @@ def test_streams_preempt():
 _DIR: list = []
 
 # --- each difference of the simulator's default vllm scheduler, pinned ---------------------
-KNOBS = dict(num_blocks=7, block_size=BS, max_num_seqs=8, max_num_batched_tokens=64)  # 6 usable blocks
+KNOBS = {"num_blocks": 7, "block_size": BS, "max_num_seqs": 8, "max_num_batched_tokens": 64}  # 6 usable blocks
 
 
 def test_difference_full_sequence_admission(model_dir):

@@ -8,13 +8,13 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from kvsched.vllm.config import PluginConfigError, PolicyConfig, plugin_env  # noqa: E402
-from kvsched.vllm.harness import Arrival, Driver, build_scheduler, tiny_model_dir  # noqa: E402
-from kvsched.vllm.plugin import KvschedAsyncScheduler, KvschedScheduler  # noqa: E402
+from kvsched.vllm.config import PluginConfigError, PolicyConfig, plugin_env
+from kvsched.vllm.harness import Arrival, Driver, build_scheduler, tiny_model_dir
+from kvsched.vllm.plugin import KvschedAsyncScheduler, KvschedScheduler
 
 POLICIES = ["vllm", "sjf", "srpt", "fcfs-static", "mcsf", "mc-benchmark", "a-max", "a-min",
             "alpha-protection", "beta-clearing"]
-KNOBS = dict(num_blocks=13, block_size=16, max_num_seqs=6, max_num_batched_tokens=64)
+KNOBS = {"num_blocks": 13, "block_size": 16, "max_num_seqs": 6, "max_num_batched_tokens": 64}
 
 
 @pytest.fixture(scope="module")

@@ -180,7 +180,7 @@ def simulate(stream: Sequence[Arrival], scheduler, *, num_blocks: int, block_siz
             return [1.0] * k
 
     def record(view, decision):
-        records.append(StepRecord(int(round(view.now)), dict(decision.run), frozenset(decision.preempt),
+        records.append(StepRecord(round(view.now), dict(decision.run), frozenset(decision.preempt),
                                   frozenset(), 0))
 
     original = inner.schedule
@@ -192,7 +192,7 @@ def simulate(stream: Sequence[Arrival], scheduler, *, num_blocks: int, block_siz
 
     inner.schedule = schedule
     result = run(reqs, inner, UnitBackend(), KVCache((num_blocks - 1) * block_size, block_size))
-    finished_at: dict[int, int] = {r.request_id: int(round(r.finish_time)) - 1 for r in result.requests}
+    finished_at: dict[int, int] = {r.request_id: round(r.finish_time) - 1 for r in result.requests}
     out = []
     for rec in records:
         done = frozenset(k for k, t in finished_at.items() if t == rec.step and k in rec.scheduled)

@@ -63,7 +63,7 @@ def run_batch(model_dir: str | Path, requests: list[OfflineRequest], *, schedule
     spec_path = step_log.with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-m", "kvsched.vllm.offline", str(spec_path)], env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if "Error" in line][-5:]
         raise RuntimeError(f"vLLM run ({scheduler}) failed with exit code {proc.returncode}:\n" + "\n".join(errors))

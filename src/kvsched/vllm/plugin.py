@@ -78,7 +78,7 @@ def predictions_from(sampling_params) -> tuple[int, int | None, tuple[int, int] 
         except json.JSONDecodeError:
             raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] is not a JSON object: {hint!r}") from None
     if not isinstance(hint, dict):
-        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be an object, got {hint!r}")
+        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be an object, got {hint!r}")  # noqa: TRY004 -- bad input
     point = hint.get("predicted_output_len", max_tokens)
     if isinstance(point, bool) or not isinstance(point, int) or point < 1:
         raise ValueError(f"extra_args['kvsched']['predicted_output_len'] must be an integer >= 1, got {point!r}")
@@ -140,7 +140,9 @@ class KvschedMixin:
         self._ks_manager = self.kv_cache_manager.coordinator.single_type_managers[0]
         self.num_mismatches = 0
         self.last_decision = None
-        self._ks_log = open(self.kvsched_config.step_log, "a", buffering=1) if self.kvsched_config.step_log else None
+        # Open for the scheduler's life (closed in shutdown); line-buffered so a reader sees whole steps.
+        self._ks_log = (open(self.kvsched_config.step_log, "a", buffering=1)  # noqa: SIM115
+                        if self.kvsched_config.step_log else None)
 
     def _ks_refuse_unsupported(self) -> None:
         sc = self.scheduler_config
@@ -223,7 +225,7 @@ class KvschedMixin:
         if self._ks_lookahead_window:
             n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
         else:  # what vLLM's returns without a prefill lookahead window (no super() call per request)
-            n = num_new_tokens if num_new_tokens > 0 else 0
+            n = max(0, num_new_tokens)
         ends = self._ks_ends
         if ends is None:
             return n
@@ -240,10 +242,9 @@ class KvschedMixin:
                 return 0
         else:
             allowed = end - num_computed_tokens
-            if allowed < 1:  # a prefix-cache hit covered the decided chunk: vLLM computes >= 1 token
-                allowed = 1
+            allowed = max(allowed, 1)  # a prefix-cache hit covered the decided chunk: vLLM computes >= 1 token
         self._ks_granted[rid] = allowed  # what the decision asks of vLLM here
-        return n if n < allowed else allowed
+        return min(allowed, n)
 
     # --- the step ---------------------------------------------------------------------------
     def _ks_view(self) -> View:
