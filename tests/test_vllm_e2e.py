@@ -131,3 +131,20 @@ def test_real_engine_matches_the_model_free_harness(runs) -> None:
         real = [{k.split("-")[0]: v for k, v in json.loads(line)["scheduled"].items()}
                 for line in log.read_text().splitlines()]
         assert real == harness, name
+
+
+def test_vllm_greedy_output_on_the_exported_model_equals_kvsched_engine(model_dir) -> None:
+    """The folder `kvsched model export` writes is the same model to vLLM: its greedy
+    tokens on three chat prompts equal kvsched's own engine's, token for token (float32)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "vllm_greedy_check.py"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    proc = subprocess.run([sys.executable, str(script), str(model_dir), "--max-tokens", "16"], capture_output=True,
+                          text=True, env=env, check=False, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("SAME", "DIFF"))]
+    assert proc.returncode == 0 and len(lines) == 3 and all(ln.startswith("SAME") for ln in lines), (
+        proc.stdout + proc.stderr[-3000:])
