@@ -282,7 +282,7 @@ def test_simulate_small_workload(name):
 def test_shipped_tables_regenerate_identically(tmp_path):
     """`tables.write_tables(shared profiles)` rewrites every shipped file byte for byte."""
     written = tables.write_tables(PROFILES_DIR, tmp_path)
-    assert len(written) == 7
+    assert len(written) == 23
     for path in written:
         assert path.read_bytes() == (tables.DATA_DIR / path.name).read_bytes(), path.name
     # Dense, per-sequence and the RTX 4090 attention grid are unmodified copies.

@@ -100,7 +100,7 @@ import numpy as np
 
 from kvsched.backend import BatchShape
 from kvsched.registry import COST_MODELS
-from kvsched.sim import cost, profiles
+from kvsched.sim import capacity, cost, profiles
 from kvsched.sim.cost import _ONE_DECODE, CostModel, _decode_kv
 
 DATA_DIR = profiles.DATA_DIR
@@ -129,26 +129,79 @@ N_DECODES = (0, *(1 << i for i in range(9)))
 MAX_PREFILL_CHUNK = PREFILL_CHUNKS[-1]
 
 
+LLAMA_DENSE_PER_LAYER = tuple(DENSE_PER_LAYER.items())
+# Qwen3 (LLMServingSim's qwen3.yaml): layernorm twice, qkv_proj, qk_norm (q and k norms, one
+# row), rotary_emb, o_proj once; the dense MLP [gate_up_proj, act_fn, down_proj] or, for
+# Qwen3-MoE, the whole sparse MoE block (`moe`, from moe.csv).
+QWEN3_ATTN_PER_LAYER = (("layernorm", 2), ("qkv_proj", 1), ("qk_norm", 1), ("rotary_emb", 1), ("o_proj", 1))
+QWEN3_DENSE_PER_LAYER = (*QWEN3_ATTN_PER_LAYER, ("gate_up_proj", 1), ("act_fn", 1), ("down_proj", 1))
+# Measured NCCL all-reduce (bf16, 2 ranks, RTX PRO 6000 over PCIe 5): bytes -> us.
+ALLREDUCE_FILE = "llmservingsim_RTXPRO6000_allreduce_2gpu.csv"
+
+
 @dataclass(frozen=True)
 class LLMServingSimProfile:
-    """One shipped LLMServingSim profile: GPU label (folder name upstream) and full name."""
+    """One shipped LLMServingSim profile: GPU label (folder name upstream), full GPU name,
+    model, tensor parallelism and how the dense table's rows make up a decoder layer."""
 
     hardware: str
     gpu: str
     num_layers: int = LLAMA31_8B_LAYERS
+    model: str = LLMSERVINGSIM_MODEL
+    tp: int = 1
+    dense_per_layer: tuple[tuple[str, int], ...] = LLAMA_DENSE_PER_LAYER
+    hidden_size: int = 4096
+    # MoE: experts, top-k, and the TP of the shipped moe.csv (upstream profiles TP 1 only).
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_tp: int = 1
 
     def path(self, kind: str) -> Path:
-        """The shipped copy of `kind` ("dense" | "attention" | "per_sequence")."""
-        return DATA_DIR / f"llmservingsim_{self.hardware}_{LLMSERVINGSIM_MODEL}_tp1_{kind}.csv"
+        """The shipped copy of `kind` ("dense" | "attention" | "per_sequence" | "moe")."""
+        tp = self.moe_tp if kind == "moe" else self.tp
+        return DATA_DIR / f"llmservingsim_{self.hardware}_{self.model}_tp{tp}_{kind}.csv"
 
     def source(self, llmservingsim_dir: Path | str, kind: str) -> Path:
         """The file in the shared folder (`llmservingsim/` in the profiles folder)."""
-        return Path(llmservingsim_dir) / f"{self.hardware}_{LLMSERVINGSIM_MODEL}_tp1_{kind}.csv"
+        tp = self.moe_tp if kind == "moe" else self.tp
+        return Path(llmservingsim_dir) / f"{self.hardware}_{self.model}_tp{tp}_{kind}.csv"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return ("dense", "attention", "per_sequence", *(("moe",) if self.num_experts else ()))
 
 
 RTX4090 = LLMServingSimProfile("RTX4090", "NVIDIA GeForce RTX 4090")
 RTXPRO6000 = LLMServingSimProfile("RTXPRO6000", "NVIDIA RTX PRO 6000 Blackwell Server Edition")
+RTXPRO6000_LLAMA_TP2 = LLMServingSimProfile(RTXPRO6000.hardware, RTXPRO6000.gpu, tp=2)
+RTXPRO6000_QWEN3_32B = {
+    tp: LLMServingSimProfile(RTXPRO6000.hardware, RTXPRO6000.gpu, num_layers=64, model="Qwen3-32B", tp=tp,
+                             dense_per_layer=QWEN3_DENSE_PER_LAYER, hidden_size=5120)
+    for tp in (1, 2)}
+RTXPRO6000_QWEN3_30B_A3B = {
+    tp: LLMServingSimProfile(RTXPRO6000.hardware, RTXPRO6000.gpu, num_layers=48, model="Qwen3-30B-A3B", tp=tp,
+                             dense_per_layer=QWEN3_ATTN_PER_LAYER, hidden_size=2048, num_experts=128,
+                             experts_per_token=8)
+    for tp in (1, 2)}
 LLMSERVINGSIM_PROFILES = {p.hardware: p for p in (RTX4090, RTXPRO6000)}
+# Every shipped LLMServingSim profile, by preset name.
+LLMSERVINGSIM_PRESETS = {
+    "llama3.1-8b-rtx4090": RTX4090,
+    "llama3.1-8b-rtxpro6000": RTXPRO6000,
+    "llama3.1-8b-rtxpro6000-tp2": RTXPRO6000_LLAMA_TP2,
+    "qwen3-32b-rtxpro6000": RTXPRO6000_QWEN3_32B[1],
+    "qwen3-32b-rtxpro6000-tp2": RTXPRO6000_QWEN3_32B[2],
+    "qwen3-30b-a3b-rtxpro6000": RTXPRO6000_QWEN3_30B_A3B[1],
+    "qwen3-30b-a3b-rtxpro6000-tp2": RTXPRO6000_QWEN3_30B_A3B[2],
+}
+
+
+def expected_activated_experts(tokens: float, num_experts: int, top_k: int) -> float:
+    """Distinct experts a batch of `tokens` tokens activates under uniform top-k routing:
+    E (1 - (1 - k/E)^T), at least k (one token) and at most E."""
+    t = max(1.0, float(tokens))
+    return min(float(num_experts), max(float(top_k), num_experts * (1.0 - (1.0 - top_k / num_experts) ** t)))
+
 
 # ---------------------------------------------------------------- Vidur Llama-3-8B table
 
@@ -168,11 +221,12 @@ def write_tables(profiles_dir: Path | str, out_dir: Path | str | None = None) ->
     out = DATA_DIR if out_dir is None else Path(out_dir)
     src_dir = profiles_dir / "llmservingsim"
     written = []
-    for prof in LLMSERVINGSIM_PROFILES.values():
-        for kind in ("dense", "per_sequence"):
+    for prof in LLMSERVINGSIM_PRESETS.values():
+        for kind in ("dense", "per_sequence", *(("moe",) if prof.num_experts else ())):
             dest = out / prof.path(kind).name
             shutil.copyfile(prof.source(src_dir, kind), dest)
-            written.append(dest)
+            if dest not in written:
+                written.append(dest)
         dest = out / prof.path("attention").name
         with prof.source(src_dir, "attention").open("rb") as src, dest.open("wb") as sink:
             header = src.readline()
@@ -296,8 +350,12 @@ class _LLMServingSimTables(_TableSet):
     def __init__(self, profile: LLMServingSimProfile) -> None:
         self.profile = profile
         self.num_layers = profile.num_layers
-        self.description = f"LLMServingSim {profile.hardware} {LLMSERVINGSIM_MODEL}"
+        self.description = f"LLMServingSim {profile.hardware} {profile.model} TP {profile.tp}"
         self.dense_tokens, self.dense_us = self._load_dense(profile.path("dense"))
+        self.moe_tokens, self.moe_us = (self._load_moe(profile.path("moe")) if profile.num_experts
+                                        else (None, None))
+        self.allreduce_bytes, self.allreduce_us = (self._load_allreduce(DATA_DIR / ALLREDUCE_FILE)
+                                                   if profile.tp > 1 else (None, None))
         self.seq_axis, self.seq_us = self._load_per_sequence(profile.path("per_sequence"))
         self.grid = self._load_attention(profile.path("attention"))
         self.grid_list = self.grid.tolist()
@@ -309,18 +367,41 @@ class _LLMServingSimTables(_TableSet):
         table: dict[str, dict[int, float]] = {}
         for r in _read_rows(path):
             table.setdefault(r["layer"], {})[int(r["tokens"])] = float(r["time_us"])
-        expected = set(DENSE_PER_LAYER) | set(DENSE_ONCE)
+        per_layer = dict(self.profile.dense_per_layer)
+        expected = set(per_layer) | set(DENSE_ONCE)
         if set(table) != expected:
             raise ValueError(f"{path.name}: layers {sorted(table)}, expected {sorted(expected)}")
         tokens = sorted(table["embedding"])
         if any(sorted(rows) != tokens for rows in table.values()):
             raise ValueError(f"{path.name}: operators are profiled at different token counts")
         step_us = [
-            self.num_layers * sum(calls * table[op][n] for op, calls in DENSE_PER_LAYER.items())
+            self.num_layers * sum(calls * table[op][n] for op, calls in per_layer.items())
             + sum(table[op][n] for op in DENSE_ONCE)
             for n in tokens
         ]
         return _Axis.of(tokens), step_us
+
+    def _load_moe(self, path: Path) -> tuple[_Axis, list[float]]:
+        """Per-layer MoE block time (us) against tokens: moe.csv interpolated linearly in
+        activated experts at the expected count for that many tokens (uniform top-k routing),
+        divided by TP / moe_tp when the shipped table is of a smaller TP (each rank holds
+        1/TP of every expert's intermediate dimension, so it reads 1/TP of the weights)."""
+        table: dict[int, dict[int, float]] = {}
+        for r in _read_rows(path):
+            table.setdefault(int(r["tokens"]), {})[int(r["activated_experts"])] = float(r["time_us"])
+        prof = self.profile
+        scale = prof.moe_tp / prof.tp
+        tokens = sorted(table)
+        values = []
+        for n in tokens:
+            xs = sorted(table[n])
+            a = expected_activated_experts(n, prof.num_experts, prof.experts_per_token)
+            values.append(scale * _lerp1([table[n][x] for x in xs], _Axis.of(xs).bracket(a)))
+        return _Axis.of(tokens), values
+
+    def _load_allreduce(self, path: Path) -> tuple[_Axis, list[float]]:
+        rows = _read_rows(path)
+        return _Axis.of([int(r["bytes"]) for r in rows]), [float(r["time_us"]) for r in rows]
 
     def _load_per_sequence(self, path: Path) -> tuple[_Axis, list[float]]:
         table: dict[str, dict[int, float]] = {}
@@ -365,7 +446,17 @@ class _LLMServingSimTables(_TableSet):
     # -- evaluation (microseconds)
 
     def dense(self, tokens: int) -> float:
-        return _lerp1(self.dense_us, self.dense_tokens.bracket(max(1, tokens)))
+        """Token-wise part of a step (us): dense operators, MoE blocks and TP all-reduces."""
+        n = max(1, tokens)
+        us = _lerp1(self.dense_us, self.dense_tokens.bracket(n))
+        if self.moe_us is not None:
+            us += self.num_layers * _lerp1(self.moe_us, self.moe_tokens.bracket(n))
+        if self.allreduce_us is not None:
+            # Two all-reduces of the hidden state per decoder layer (after o_proj and after
+            # the MLP / MoE block), bf16.
+            nbytes = n * self.profile.hidden_size * 2
+            us += 2 * self.num_layers * _lerp1(self.allreduce_us, self.allreduce_bytes.bracket(nbytes))
+        return us
 
     def per_sequence(self, num_seqs: int) -> float:
         return _lerp1(self.seq_us, self.seq_axis.bracket(max(1, num_seqs)))
@@ -484,12 +575,57 @@ TABLE_SETS: dict[str, tuple[Callable[[], _TableSet], str]] = {
         ("TableCost for Llama-3.1-8B bf16 on one RTX PRO 6000 Blackwell (vLLM 0.19, TP 1): LLMServingSim's "
          "profiled dense ops (x32 layers), 4-D attention grid and lm_head/sampler tables, interpolated linearly"),
     ),
+    "llama3.1-8b-rtxpro6000-tp2": (
+        lambda: _LLMServingSimTables(RTXPRO6000_LLAMA_TP2),
+        ("TableCost for Llama-3.1-8B bf16 on two RTX PRO 6000 Blackwell (vLLM 0.19, TP 2): LLMServingSim's "
+         "per-rank profiles (x32 layers) + measured 2-GPU NCCL all-reduce (2 per layer)"),
+    ),
+    "qwen3-32b-rtxpro6000": (
+        lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_32B[1]),
+        ("TableCost for Qwen3-32B bf16 (dense) on one RTX PRO 6000 Blackwell (vLLM 0.19, TP 1): "
+         "LLMServingSim's profiled dense ops (x64 layers), 4-D attention grid, lm_head/sampler"),
+    ),
+    "qwen3-32b-rtxpro6000-tp2": (
+        lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_32B[2]),
+        ("TableCost for Qwen3-32B bf16 (dense) on two RTX PRO 6000 Blackwell (vLLM 0.19, TP 2): "
+         "LLMServingSim's per-rank profiles (x64 layers) + measured NCCL all-reduce (2 per layer)"),
+    ),
+    "qwen3-30b-a3b-rtxpro6000": (
+        lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_30B_A3B[1]),
+        ("TableCost for Qwen3-30B-A3B bf16 (MoE, 128 experts, top 8) on one RTX PRO 6000 Blackwell (vLLM 0.19, "
+         "TP 1): LLMServingSim's attention-side ops and fused-MoE table (x48 layers), attention grid, lm_head"),
+    ),
+    "qwen3-30b-a3b-rtxpro6000-tp2": (
+        lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_30B_A3B[2]),
+        ("TableCost for Qwen3-30B-A3B bf16 (MoE) on two RTX PRO 6000 Blackwell (vLLM 0.19, TP 2): per-rank "
+         "profiles (x48 layers), the TP 1 fused-MoE table halved, measured NCCL all-reduce (2 per layer)"),
+    ),
     "llama3-8b-a100": (
         lambda: _VidurRooflineTables(LLAMA3_8B_TP1, "a100"),
         ("TableCost for Meta-Llama-3-8B fp16 on one A100-80GB (TP 1): Vidur-profiled linear ops "
          "(interpolated) + roofline attention and lm_head (70% of 2.0 TB/s, 50% of 312 TFLOP/s)"),
     ),
 }
+
+
+# Presets that describe a vLLM deployment (GPU, model, TP): their default KV capacity is
+# derived as vLLM derives it (`kvsched.sim.capacity`). The older presets keep the CLI default.
+DEPLOYMENTS: dict[str, tuple[capacity.ModelConfig, capacity.GPU, int]] = {
+    "llama3.1-8b-rtxpro6000-tp2": (capacity.LLAMA31_8B, capacity.RTXPRO6000_GPU, 2),
+    "qwen3-32b-rtxpro6000": (capacity.QWEN3_32B, capacity.RTXPRO6000_GPU, 1),
+    "qwen3-32b-rtxpro6000-tp2": (capacity.QWEN3_32B, capacity.RTXPRO6000_GPU, 2),
+    "qwen3-30b-a3b-rtxpro6000": (capacity.QWEN3_30B_A3B, capacity.RTXPRO6000_GPU, 1),
+    "qwen3-30b-a3b-rtxpro6000-tp2": (capacity.QWEN3_30B_A3B, capacity.RTXPRO6000_GPU, 2),
+}
+
+
+def default_capacity(name: str, block_size: int = 16) -> int | None:
+    """KV capacity (tokens) vLLM would allocate for preset `name` at its defaults
+    (gpu_memory_utilization 0.9), or None for a preset that describes no deployment."""
+    if name not in DEPLOYMENTS:
+        return None
+    model, gpu, tp = DEPLOYMENTS[name]
+    return capacity.derive_kv_capacity(model, gpu, tp, block_size=block_size).tokens
 
 
 @functools.cache
@@ -559,5 +695,5 @@ def example_step_times(name: str) -> dict[str, float]:
     return {label: round(model.step_time(s) * 1e3, 3) for label, s in shapes.items()}
 
 
-__all__ = ["LLAMA3_8B", "LLAMA3_8B_TP1", "TABLE_SETS", "TableCost", "example_step_times", "load_table_set",
-           "write_tables"]
+__all__ = ["DEPLOYMENTS", "LLAMA3_8B", "LLAMA3_8B_TP1", "TABLE_SETS", "TableCost", "default_capacity",
+           "example_step_times", "load_table_set", "write_tables"]
