@@ -133,7 +133,9 @@ def _prefix_caching_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _system_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY_TOKENS, help="KV capacity in tokens")
+    p.add_argument("--capacity", type=int, default=None,
+                   help=f"KV capacity in tokens (default: what vLLM would allocate for a cost model that names a "
+                        f"GPU, model and TP, e.g. qwen3-32b-rtxpro6000-tp2; else {DEFAULT_CAPACITY_TOKENS})")
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (1 = token-exact)")
     p.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="registered cost model (see docs)")
     p.add_argument("--no-fast-forward", action="store_true", help="simulate decode runs step by step")
@@ -1286,10 +1288,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolve_capacity(args: argparse.Namespace) -> None:
+    """Fill `--capacity` left unset: the derived vLLM capacity of a deployment cost model
+    (`kvsched.sim.tables.DEPLOYMENTS`), else DEFAULT_CAPACITY_TOKENS. An explicit value wins."""
+    if not hasattr(args, "capacity") or args.capacity is not None:
+        return
+    derived = None
+    name = getattr(args, "cost_model", None)
+    if isinstance(name, str):
+        from kvsched.sim.tables import default_capacity
+
+        derived = default_capacity(name, block_size=max(1, getattr(args, "block_size", 16) or 16))
+    args.capacity = DEFAULT_CAPACITY_TOKENS if derived is None else derived
+
+
 def main(argv: list[str] | None = None) -> int:
     _load_plugins()
     args = build_parser().parse_args(argv)
     try:
+        _resolve_capacity(args)
         return args.func(args)
     except CLIError as exc:
         print(f"kvsched: error: {exc}", file=sys.stderr)
