@@ -150,5 +150,13 @@ def derive_kv_capacity(model: ModelConfig, gpu: GPU, tp: int = 1, *,
     return KVCapacity(int(blocks * block_size), kv_bytes, requested, weights, act, non_torch_bytes, per_token)
 
 
-__all__ = ["GPU", "KVCapacity", "LLAMA31_8B", "ModelConfig", "QWEN3_30B_A3B", "QWEN3_32B", "RTXPRO6000_GPU",
-           "derive_kv_capacity"]
+__all__ = [
+    "GPU",
+    "LLAMA31_8B",
+    "QWEN3_30B_A3B",
+    "QWEN3_32B",
+    "RTXPRO6000_GPU",
+    "KVCapacity",
+    "ModelConfig",
+    "derive_kv_capacity",
+]
