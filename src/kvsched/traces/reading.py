@@ -24,7 +24,6 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from kvsched.traces.validate import TraceError
