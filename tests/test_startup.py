@@ -15,8 +15,8 @@ HEAVY = ("pandas", "pyarrow", "matplotlib", "scipy", "highspy", "rich")
 
 
 def _imported_after(argv: list[str]) -> list[str]:
-    code = ("import kvsched.cli, sys; kvsched.cli.main(%r); "
-            "print(sorted(m for m in %r if m in sys.modules))" % (argv, HEAVY))
+    code = (f"import kvsched.cli, sys; kvsched.cli.main({argv!r}); "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(Path(kvsched.__file__).parents[1])}  # this checkout's kvsched
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1].replace("'", '"'))
