@@ -428,3 +428,114 @@ def test_trace_stats_small_hand_computed():
     assert (stats["prompt_len_mean"], stats["prompt_len_p50"], stats["prompt_len_max"]) == (20.0, 20.0, 30)
     assert stats["total_tokens"] == 66
     assert np.isnan(trace_stats(requests_from_arrays(np.zeros(3), [1, 1, 1], [1, 1, 1]))["rate_per_s"])
+
+
+# --- the pandas-free reader of simple files (loaders._simple_table) agrees with pandas ----
+def _both_readers(path, fmt):
+    from kvsched.traces.loaders import _read_table_pandas, _simple_table
+    from kvsched.traces.reading import read_simple_csv
+
+    simple = read_simple_csv(path)
+    fast = _simple_table(simple, fmt, "f") if simple is not None else None
+    return fast, _read_table_pandas(path, fmt, "f")
+
+
+def _assert_same_table(fast, slow):
+    assert fast is not None, "the simple reader gave up on a file it should read"
+    for a, b in ((fast.arrival_times_s, slow.arrival_times_s), (fast.prompt_lens, slow.prompt_lens),
+                 (fast.output_lens, slow.output_lens)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert fast.prefix_block_ids == slow.prefix_block_ids
+    assert fast.prefix_block_size == slow.prefix_block_size
+
+
+@pytest.mark.parametrize("trace", SHIPPED_TRACES, ids=lambda t: t.name)
+def test_shipped_traces_read_without_pandas_equal_the_pandas_reader(trace):
+    path = files("kvsched.traces").joinpath("data", trace.file_name)
+    _assert_same_table(*_both_readers(path, trace.fmt))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_simple_reader_equals_pandas_on_generated_files(tmp_path, suffix, newline):
+    from kvsched.traces.loaders import AZURE, GENERIC, MOONCAKE, VIDUR
+
+    rng = np.random.default_rng(0)
+    n = 500
+    times = np.sort(rng.uniform(0, 1e5, n))
+    # 1 to 17 significant digits, the simple reader's limit
+    time_cells = [f"{t:.{int(d)}g}" if "e" not in f"{t:.{int(d)}g}" else f"{t:.1f}"
+                  for t, d in zip(times, rng.integers(1, 18, n))]
+    raw = np.array(time_cells, dtype=np.float64)
+    time_cells = [time_cells[k] for k in np.argsort(raw, kind="stable")]
+    lens = rng.integers(1, 10**6, (n, 2)).astype(str)
+    stamps = np.datetime64("2023-11-16T18:15:46") + np.sort(rng.integers(0, 10**13, n)).astype("timedelta64[ns]")
+    stamp_cells = [str(s).replace("T", " ")[:27 - int(d)] for s, d in zip(stamps, rng.integers(0, 7, n))]
+    hashes = [" ".join(map(str, rng.integers(0, 10**6, rng.integers(1, 6)))) for _ in range(n)]
+    files_ = {
+        GENERIC: ("arrival_time,prompt_len,output_len,note", [f"{t},{p},{o},x y" for t, (p, o) in zip(time_cells, lens)]),
+        VIDUR: ("arrived_at,num_prefill_tokens,num_decode_tokens", [f"{t},{p},{o}" for t, (p, o) in zip(time_cells, lens)]),
+        MOONCAKE: ("timestamp_ms,input_length,output_length,hash_ids",
+                   [f"{t},{p},{o},{h}" for t, (p, o), h in zip(time_cells, lens, hashes)]),
+        AZURE: ("TIMESTAMP,ContextTokens,GeneratedTokens", [f"{s},{p},{o}" for s, (p, o) in zip(stamp_cells, lens)]),
+    }
+    for fmt, (header, rows) in files_.items():
+        text = newline.join([header, *rows]) + newline
+        path = tmp_path / f"{fmt.name}{suffix}"
+        path.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
+        _assert_same_table(*_both_readers(path, fmt))
+        assert len(load_csv(path)) == n
+
+
+@pytest.mark.parametrize("text", [
+    'arrival_time,prompt_len,output_len\n"0",1,1\n',  # quotes
+    "arrival_time,prompt_len,output_len\n0, 1,1\n",  # a space pandas skips
+    "arrival_time,prompt_len,output_len\n0,1,1\n\n\n",  # trailing blank lines
+    "arrival_time,prompt_len,output_len\n0,1.0,1\n",  # a float length
+    "\ufeffarrival_time,prompt_len,output_len\n0,1,1\n",  # a BOM
+    "arrival_time,prompt_len,output_len\r0,1,1\r",  # old Mac line ends
+    "arrival_time,prompt_len,output_len\n1e1,1,1\n",  # an exponent
+])
+def test_files_the_simple_reader_declines_still_load_through_pandas(tmp_path, text):
+    from kvsched.traces.loaders import GENERIC, _simple_table
+    from kvsched.traces.reading import read_simple_csv
+
+    path = tmp_path / "t.csv"
+    path.write_text(text, encoding="utf-8")
+    simple = read_simple_csv(path)
+    assert simple is None or _simple_table(simple, GENERIC, "f") is None
+    assert [(r.prompt_len, r.output_len) for r in load_csv(path)] == [(1, 1)]
+
+
+@pytest.mark.parametrize("text", [
+    "arrival_time,prompt_len,output_len\n0,0,1\n",  # length 0
+    "arrival_time,prompt_len,output_len\n1,1,1\n0,1,1\n",  # time backwards
+    "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-02-30 00:00:00.0,1,1\n",  # no such day
+    "timestamp_ms,input_length,output_length,hash_ids\n0,1,1,\n1,1,1,5\n",  # pandas reads floats
+])
+def test_the_simple_reader_leaves_bad_values_to_the_pandas_path(tmp_path, text):
+    from kvsched.traces.loaders import _simple_table, detect_format
+    from kvsched.traces.reading import read_simple_csv
+
+    path = tmp_path / "t.csv"
+    path.write_text(text, encoding="utf-8")
+    simple = read_simple_csv(path)
+    assert simple is not None and _simple_table(simple, detect_format(simple[0], "f"), "f") is None
+
+
+def test_seventeen_digit_decimals_parse_like_pandas():
+    import io
+
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    digits = rng.integers(1, 18, 20000)
+    cells = []
+    for d, point in zip(digits, rng.integers(0, 18, 20000)):
+        s = "".join(rng.choice(list("0123456789"), int(d))).lstrip("0") or "0"
+        k = min(int(point), len(s))
+        cells.append(s if k == 0 else (s[:-k] or "0") + "." + s[-k:])
+    slow = pd.read_csv(io.StringIO("x\n" + "\n".join(cells) + "\n"))["x"].to_numpy(np.float64)
+    assert np.array_equal(np.array(cells).astype(np.float64), slow)

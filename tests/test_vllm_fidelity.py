@@ -18,7 +18,14 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from kvsched.schedulers.vllm import VLLMScheduler
 from kvsched.vllm.config import PolicyConfig
-from kvsched.vllm.harness import Arrival, Driver, build_scheduler, decisions, simulate, tiny_model_dir
+from kvsched.vllm.harness import (
+    Arrival,
+    Driver,
+    build_scheduler,
+    decisions,
+    simulate,
+    tiny_model_dir,
+)
 from kvsched.vllm.plugin import KvschedScheduler
 
 BS = 16

@@ -15,11 +15,15 @@ the steps actually computed in num_prefill_tokens_computed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from kvsched.loop import Run
 from kvsched.request import RequestStatus
+
+if TYPE_CHECKING:  # summarize needs no pandas (start-up of `kvsched simulate --json`)
+    import pandas as pd
 
 PERCENTILES = (50, 90, 99)
 # The stability rule of the WAIT experiments' lambda* (and `kvsched capacity-search --criterion
@@ -30,13 +34,20 @@ COMPLETION_TOLERANCE = 0.05
 
 def requests_frame(run: Run) -> pd.DataFrame:
     """One row per request, in request-id order."""
+    import pandas as pd
+
+    return pd.DataFrame(_request_columns(run))
+
+
+def _request_columns(run: Run) -> dict:
+    """The columns of `requests_frame`, as numpy arrays (text columns as lists)."""
     rows = sorted(run.requests, key=lambda r: r.request_id)
     nan = float("nan")
 
     def t(x):
         return nan if x is None else x
 
-    df = pd.DataFrame(
+    df = (
         {
             "request_id": np.array([r.request_id for r in rows], dtype=np.int64),
             "arrival_time": np.array([r.arrival_time for r in rows], dtype=np.float64),
@@ -62,13 +73,15 @@ def requests_frame(run: Run) -> pd.DataFrame:
     )
     df["ttft"] = df["first_token_time"] - df["arrival_time"]
     df["e2e_latency"] = df["finish_time"] - df["arrival_time"]
-    decode_steps = (df["output_len"] - 1).where(df["output_len"] > 1)
+    decode_steps = np.where(df["output_len"] > 1, df["output_len"] - 1, np.nan)  # float64, NaN for 1 token
     df["tpot"] = (df["finish_time"] - df["first_token_time"]) / decode_steps
     df["reject_reason"] = [r.reject_reason or "" for r in rows]
     return df
 
 
 def steps_frame(run: Run) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(run.steps)
 
 
@@ -82,45 +95,56 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _total(df: pd.DataFrame, column: str) -> int:
-    return int(df[column].sum()) if column in df else 0  # tables saved before the column existed
+def _sum(values: np.ndarray):
+    """A column's sum skipping NaN, as pandas' Series.sum."""
+    return np.nansum(values) if values.dtype.kind == "f" else values.sum()
 
 
-def _ratio(df: pd.DataFrame, num: str, den: str) -> float:
-    total = int(df[den].sum())
+def _total(df: dict, column: str) -> int:
+    return int(_sum(df[column])) if column in df else 0  # tables saved before the column existed
+
+
+def _ratio(df: dict, num: str, den: str) -> float:
+    total = int(_sum(df[den]))
     return _total(df, num) / total if total else 0.0
 
 
 def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
-    """The headline numbers of a run (all JSON-serialisable)."""
-    df = requests_frame(run) if requests is None else requests
-    done = df[df["status"] == RequestStatus.FINISHED.value]
+    """The headline numbers of a run (all JSON-serialisable); numpy only, so that the JSON
+    summary of `kvsched simulate` never imports pandas (a given frame is read as arrays)."""
+    if requests is None:
+        df = {k: np.asarray(v, dtype=object) if isinstance(v, list) else v for k, v in _request_columns(run).items()}
+    else:
+        df = {str(k): requests[k].to_numpy() for k in requests.columns}
+    num_requests = len(df["arrival_time"])
+    finished = np.asarray(df["status"] == RequestStatus.FINISHED.value, dtype=bool)
+    done = {k: v[finished] for k, v in df.items()}
     steps = run.steps
     durations = np.asarray(steps["duration"], dtype=np.float64)
     kv_tokens = np.asarray(steps["kv_used_tokens"], dtype=np.float64)
     busy_time = float(durations.sum())
     ends = np.asarray(steps["start_time"], dtype=np.float64) + durations
-    makespan = float(ends.max() - df["arrival_time"].min()) if len(ends) else 0.0
-    completed_tokens = int(done["output_len"].sum())
+    makespan = float(ends.max() - np.nanmin(df["arrival_time"])) if len(ends) else 0.0
+    completed_tokens = int(_sum(done["output_len"]))
     summary = {
-        "num_requests": len(df),
-        "num_completed": len(done),
-        "num_rejected": int((df["status"] == RequestStatus.REJECTED.value).sum()),
-        **_stats("ttft", done["ttft"].to_numpy()),
-        **_stats("tpot", done["tpot"].to_numpy()),
-        **_stats("e2e", done["e2e_latency"].to_numpy()),
+        "num_requests": num_requests,
+        "num_completed": int(finished.sum()),
+        "num_rejected": int(np.asarray(df["status"] == RequestStatus.REJECTED.value, dtype=bool).sum()),
+        **_stats("ttft", done["ttft"]),
+        **_stats("tpot", done["tpot"]),
+        **_stats("e2e", done["e2e_latency"]),
         "throughput_tokens_per_s": completed_tokens / makespan if makespan > 0 else float("nan"),
-        "throughput_requests_per_s": len(done) / makespan if makespan > 0 else float("nan"),
+        "throughput_requests_per_s": int(finished.sum()) / makespan if makespan > 0 else float("nan"),
         "num_completed_output_tokens": completed_tokens,
-        "num_preemptions": int(df["num_preemptions"].sum()),
-        "num_restarts": int(df["num_restarts"].sum()),
+        "num_preemptions": int(_sum(df["num_preemptions"])),
+        "num_restarts": int(_sum(df["num_restarts"])),
         "num_preempted_requests": int(((df["num_preemptions"] + df["num_restarts"]) > 0).sum()),
-        "num_wasted_tokens": int(df["num_wasted_tokens"].sum()),
+        "num_wasted_tokens": int(_sum(df["num_wasted_tokens"])),
         # Kill-and-restart waste: output tokens generated again, prompts prefilled again
         # and the KV token x steps held by killed attempts.
-        "num_discarded_tokens": int(df["num_discarded_tokens"].sum()),
-        "num_recomputed_prompt_tokens": int((df["num_restarts"] * df["prompt_len"]).sum()),
-        "wasted_kv_area": int(df["wasted_kv_area"].sum()),
+        "num_discarded_tokens": int(_sum(df["num_discarded_tokens"])),
+        "num_recomputed_prompt_tokens": int(_sum(df["num_restarts"] * df["prompt_len"])),
+        "wasted_kv_area": int(_sum(df["wasted_kv_area"])),
         # Prefix caching (0 when off): the share of completed requests' prompt tokens found
         # in the cache at their first admission (vLLM's num_cached_tokens / prompt tokens),
         # the tokens reused over all admissions, and the prefill tokens actually computed.

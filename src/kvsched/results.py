@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from kvsched.loop import Run
 from kvsched.metrics import requests_frame, steps_frame, summarize
+
+if TYPE_CHECKING:  # pandas (and pyarrow) only once a table is written or read
+    import pandas as pd
 
 TABLES = ("requests", "steps")
 
@@ -65,6 +67,8 @@ def load_table(run_dir: str | Path, name: str) -> pd.DataFrame:
     """Read `requests` or `steps` from a run directory, whichever format it has."""
     if name not in TABLES:
         raise ValueError(f"table must be one of {TABLES}, got {name!r}")
+    import pandas as pd
+
     d = Path(run_dir)
     for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
         path = d / f"{name}{suffix}"

@@ -17,16 +17,18 @@ Formats (required columns; other columns are ignored):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from kvsched.request import Request
-from kvsched.traces.reading import read_csv
+from kvsched.traces.reading import read_csv, read_simple_csv
 from kvsched.traces.synthetic import arrival_times
 from kvsched.traces.validate import (
+    MAX_LENGTH,
     TraceError,
     check_non_decreasing,
     length_column,
@@ -35,6 +37,9 @@ from kvsched.traces.validate import (
     require_columns,
     time_column,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 AZURE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # %f takes up to 9 digits in pandas: 100 ns survives
 NS_PER_S = 1_000_000_000
@@ -87,6 +92,8 @@ def _accepted_formats() -> str:
 
 def read_header(path: str | Path, source: str | None = None) -> list[str]:
     """Column names of a CSV (plain or .gz); a name given twice is an error, not a silent pick."""
+    import pandas as pd
+
     source = source or str(path)
     try:
         first = read_csv(path, source, header=None, nrows=1, dtype=str, keep_default_na=False,
@@ -122,6 +129,8 @@ def detect_format(header: list[str], source: str) -> TraceFormat:
 
 def _read_frame(path: str | Path, fmt: TraceFormat, source: str) -> pd.DataFrame:
     """The file as a DataFrame whose row i is file line i + 2 (after checking its header)."""
+    import pandas as pd
+
     require_columns(source, read_header(path, source), fmt.columns, fmt.name)
     # Timestamps stay text so we parse them ourselves; blank lines stay rows so that
     # pandas' row numbers keep matching file lines (a blank line inside is an error).
@@ -143,6 +152,8 @@ def _read_frame(path: str | Path, fmt: TraceFormat, source: str) -> pd.DataFrame
 
 def _wallclock_times_s(source: str, column: str, values: pd.Series) -> np.ndarray:
     """Seconds since the first row of Azure's wall-clock stamps, exact to 100 ns."""
+    import pandas as pd
+
     missing = values.isna().to_numpy()
     stamps = pd.to_datetime(values, format=AZURE_TIME_FORMAT, errors="coerce")
     unparsed = stamps.isna().to_numpy() & ~missing
@@ -159,6 +170,105 @@ def _wallclock_times_s(source: str, column: str, values: pd.Series) -> np.ndarra
 def read_table(path: str | Path, fmt: TraceFormat, source: str | None = None) -> TraceTable:
     """Read and validate one file in a known format."""
     source = source or str(path)
+    simple = read_simple_csv(path)
+    table = _simple_table(simple, fmt, source) if simple is not None else None
+    return table if table is not None else _read_table_pandas(path, fmt, source)
+
+
+def read_any(path: str | Path, source: str | None = None) -> TraceTable:
+    """Read and validate one file in the format its header names."""
+    source = source or str(path)
+    simple = read_simple_csv(path)
+    if simple is not None:
+        table = _simple_table(simple, detect_format(simple[0], source), source)
+        if table is not None:
+            return table
+    return _read_table_pandas(path, detect_format(read_header(path, source), source), source)
+
+
+# --- the pandas-free reader of simple files -----------------------------------------------
+# It accepts only cells whose value pandas' reader provably gives the same, and only files
+# that pass every check of the pandas path; on anything else it returns None and the pandas
+# path reads the file again and reports the problem (tests/test_traces.py compares both
+# readers on every shipped trace).
+_LENGTHS_RE = re.compile(r"[0-9]{1,16}(?:\n[0-9]{1,16})*")  # 16 digits: up to 2**53 checked below
+# Plain decimals (no sign, no exponent) of at most 17 significant digits (a double's
+# round-trip precision): pandas' C parser and numpy both round these correctly, so they agree
+# (tests/test_traces.py checks random ones).
+_TIMES_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:\n[0-9]+(?:\.[0-9]+)?)*")
+_STAMP_RE = re.compile(r"(?:(?:1[6-9]|2[0-2])[0-9]{2}-[01][0-9]-[0-3][0-9] (?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                       r"\.[0-9]{1,9}(?:\n|$))+")
+_HASH_RE = re.compile(r"(?:[0-9]{1,18}(?: [0-9]{1,18})*)?")
+
+
+def _simple_lengths(cells: list[str]) -> np.ndarray | None:
+    if not _LENGTHS_RE.fullmatch("\n".join(cells)):
+        return None
+    lengths = np.array(cells).astype(np.int64)
+    return lengths if lengths.min() >= 1 and lengths.max() <= MAX_LENGTH else None
+
+
+def _simple_times(cells: list[str], unit: str) -> np.ndarray | None:
+    if not _TIMES_RE.fullmatch("\n".join(cells)) or max(len(c.replace(".", "").lstrip("0")) for c in cells) > 17:
+        return None
+    raw = np.array(cells).astype(np.float64)
+    if (np.diff(raw) < 0).any():
+        return None
+    return (raw - raw[0]) / (MS_PER_S if unit == "ms" else 1.0)
+
+
+def _simple_stamps(cells: list[str]) -> np.ndarray | None:
+    if not _STAMP_RE.fullmatch("\n".join(cells)) or min(cells)[:4] < "1678" or max(cells)[:4] > "2261":
+        return None
+    try:
+        ns = np.array(cells, dtype="datetime64[ns]").view(np.int64)
+    except ValueError:  # a day or month that does not exist
+        return None
+    if (np.diff(ns) < 0).any():
+        return None
+    return (ns - ns[0]) / NS_PER_S
+
+
+def _simple_hash_ids(cells: list[str], prompt_lens: np.ndarray) -> list[tuple[int, ...]] | None:
+    if not all(_HASH_RE.fullmatch(c) for c in cells):
+        return None
+    if "" in cells and not any(" " in c for c in cells):
+        return None  # pandas reads such a column as floats, and the pandas path says what then
+    return [tuple(int(t) for t in c.split())[: p // MOONCAKE_HASH_BLOCK]
+            for c, p in zip(cells, prompt_lens.tolist())]
+
+
+def _simple_table(simple: tuple[list[str], list[list[str]]], fmt: TraceFormat, source: str) -> TraceTable | None:
+    """The table of a simple file (`reading.read_simple_csv`), or None where the pandas path decides."""
+    header, rows = simple
+    if not set(fmt.columns) <= set(header):
+        return None
+
+    def cells(name: str) -> list[str]:
+        k = header.index(name)
+        return [row[k] for row in rows]
+
+    prompt_lens = _simple_lengths(cells(fmt.prompt_column))
+    output_lens = _simple_lengths(cells(fmt.output_column))
+    if prompt_lens is None or output_lens is None:
+        return None
+    times_s = None
+    if fmt.time_unit == "wallclock":
+        times_s = _simple_stamps(cells(fmt.time_column))
+    elif fmt.time_unit:
+        times_s = _simple_times(cells(fmt.time_column), fmt.time_unit)
+    if fmt.time_unit and times_s is None:
+        return None
+    ids = None
+    if fmt is MOONCAKE and MOONCAKE_HASH_COLUMN in header:
+        ids = _simple_hash_ids(cells(MOONCAKE_HASH_COLUMN), prompt_lens)
+        if ids is None:
+            return None
+    return TraceTable(source, times_s, prompt_lens, output_lens, ids, MOONCAKE_HASH_BLOCK if ids else 0)
+
+
+# --- the pandas path: any file pandas reads, and every error message -----------------------
+def _read_table_pandas(path: str | Path, fmt: TraceFormat, source: str) -> TraceTable:
     frame = _read_frame(path, fmt, source)
     prompt_lens = length_column(source, fmt.prompt_column, frame[fmt.prompt_column])
     output_lens = length_column(source, fmt.output_column, frame[fmt.output_column])
@@ -219,8 +329,7 @@ def table_to_requests(
 def load_csv(path: str | Path, *, rng: np.random.Generator | None = None, rate: float | None = None,
              arrival: str = "poisson", cv: float | None = None) -> list[Request]:
     """Load a CSV of any accepted format, detected from its header."""
-    fmt = detect_format(read_header(path), str(path))
-    return table_to_requests(read_table(path, fmt), rng=rng, rate=rate, arrival=arrival, cv=cv)
+    return table_to_requests(read_any(path), rng=rng, rate=rate, arrival=arrival, cv=cv)
 
 
 def load_azure_csv(path: str | Path) -> list[Request]:

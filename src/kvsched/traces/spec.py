@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kvsched.request import Request
-from kvsched.traces.loaders import detect_format, read_header, read_table
+from kvsched.traces.loaders import read_any
 from kvsched.traces.shipped import read_shipped
 from kvsched.traces.synthetic import (
     Empirical,
@@ -66,7 +66,7 @@ def trace_lengths(name_or_path: str) -> tuple[np.ndarray, np.ndarray]:
     except KeyError:
         if not Path(name_or_path).is_file():
             raise TraceError(f"{name_or_path!r} is neither a shipped trace nor a file") from None
-        table = read_table(name_or_path, detect_format(read_header(name_or_path), name_or_path))
+        table = read_any(name_or_path)
     return table.prompt_lens, table.output_lens
 
 

@@ -8,11 +8,14 @@ with numpy and reports the first bad row, so valid traces cost one pass.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-from pandas.api.types import is_bool_dtype, is_object_dtype, is_signed_integer_dtype
 
 from kvsched.request import Request
+
+if TYPE_CHECKING:  # the column checks get pandas Series from the pandas path of loaders.py
+    import pandas as pd
 
 # pandas row i (0-based) sits on file line i + 2: line 1 is the header.
 FIRST_DATA_LINE = 2
@@ -44,6 +47,8 @@ def raise_first_bad(source: str, column: str, values: pd.Series, checks: list[tu
     """Raise for the earliest row that fails any check (so the report follows file order)."""
     found = [(row, problem) for mask, problem in checks if (row := _first(mask)) is not None]
     if found:
+        import pandas as pd
+
         row, problem = min(found)
         raw = values.iloc[row]
         raise row_error(source, row, column, problem, None if pd.isna(raw) else raw)
@@ -51,6 +56,8 @@ def raise_first_bad(source: str, column: str, values: pd.Series, checks: list[tu
 
 def _booleans(values: pd.Series) -> np.ndarray:
     """Cells pandas read as True/False: never numbers here, though numpy would count them 1 and 0."""
+    from pandas.api.types import is_bool_dtype, is_object_dtype
+
     if is_bool_dtype(values.dtype):
         return values.notna().to_numpy()
     if is_object_dtype(values.dtype):
@@ -60,6 +67,8 @@ def _booleans(values: pd.Series) -> np.ndarray:
 
 def _numeric(source: str, column: str, values: pd.Series) -> np.ndarray:
     """Column as float64; empty cells, booleans and non-numbers raise TraceError."""
+    import pandas as pd
+
     missing = values.isna().to_numpy()
     booleans = _booleans(values)
     numbers = pd.to_numeric(values.where(~booleans), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -71,6 +80,8 @@ def _numeric(source: str, column: str, values: pd.Series) -> np.ndarray:
 
 def length_column(source: str, column: str, values: pd.Series) -> np.ndarray:
     """A token-length column as int64, every value an integer in 1..MAX_LENGTH."""
+    from pandas.api.types import is_signed_integer_dtype
+
     too_large = f"length must be at most 2**53 = {MAX_LENGTH}"
     if is_signed_integer_dtype(values.dtype):  # fast path: pandas already proved every cell an int64
         lengths = values.to_numpy(dtype=np.int64)

@@ -7,6 +7,12 @@ Scheduler on a fake KV configuration, driven step by step on the CPU) import vLL
 See docs/vllm.md.
 """
 
-from kvsched.vllm.config import ENV_OPTIONS, ENV_SCHEDULER, ENV_STEP_LOG, PolicyConfig, plugin_env
+from kvsched.vllm.config import (
+    ENV_OPTIONS,
+    ENV_SCHEDULER,
+    ENV_STEP_LOG,
+    PolicyConfig,
+    plugin_env,
+)
 
 __all__ = ["ENV_OPTIONS", "ENV_SCHEDULER", "ENV_STEP_LOG", "PolicyConfig", "plugin_env"]
