@@ -147,3 +147,48 @@ def test_serve_vllm_openai_client_bench_and_sigterm(model_dir, tmp_path) -> None
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_the_server_child_dies_with_a_killed_parent(tmp_path) -> None:
+    # The parent starts a child the way `kvsched serve --engine vllm` starts vLLM, writes
+    # its pid and waits; SIGKILL of the parent alone (it cannot forward that) must end it.
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys\n"
+        "from kvsched.vllm.serve import die_with_parent\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True,"
+        " preexec_fn=die_with_parent)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "child.wait()\n")], start_new_session=True)
+    child_pid = None
+    try:
+        for _ in range(600):  # up to 60 s for the parent to start its child
+            if pid_file.exists() and pid_file.read_text():
+                child_pid = int(pid_file.read_text())
+                break
+            parent.wait(timeout=0.1) if parent.poll() is not None else threading.Event().wait(0.1)
+        assert child_pid is not None, "the parent did not start its child"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=60)
+        for _ in range(600):  # the kernel signals at once; allow 60 s on a loaded machine
+            if not _alive(child_pid):
+                break
+            threading.Event().wait(0.1)
+        assert not _alive(child_pid), "the child outlived its killed parent"
+    finally:
+        if child_pid is not None and _alive(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A dead child of a dead parent is reaped by init; a zombie still counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -116,7 +116,7 @@ def serve(args, options: dict) -> int:
           f"{importlib.metadata.version(distribution)}, on {url}" + (" (API key required)" if "--api-key" in cmd else ""),
           flush=True)
     print(f"kvsched serve: loading model {model_dir} in vLLM ...", file=sys.stderr, flush=True)
-    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    child = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def forward(signum, _frame) -> None:
         if child.poll() is None:
@@ -140,6 +140,19 @@ def serve(args, options: dict) -> int:
             child.terminate()
             child.wait()
     return status if status >= 0 else 128 - status
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Run in the child between fork and exec: on Linux the kernel sends it SIGTERM when
+    `kvsched serve` dies, even by SIGKILL (which cannot be forwarded), so vLLM never
+    outlives the command that started it. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _wait_healthy(child: subprocess.Popen, health_url: str, interval_s: float = 0.5) -> bool:
