@@ -116,7 +116,8 @@ def serve(args, options: dict) -> int:
           f"{importlib.metadata.version(distribution)}, on {url}" + (" (API key required)" if "--api-key" in cmd else ""),
           flush=True)
     print(f"kvsched serve: loading model {model_dir} in vLLM ...", file=sys.stderr, flush=True)
-    child = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    # No thread runs yet in this process, so preexec_fn is safe here.
+    child = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
 
     def forward(signum, _frame) -> None:
         if child.poll() is None:
