@@ -37,7 +37,13 @@ def add_parser(sub) -> None:
 def cmd_validate_vllm(args) -> int:
     from kvsched.cli import CLIError
     from kvsched.results import json_safe
-    from kvsched.validation import ValidationError, compare, load_run, settings, write_outputs
+    from kvsched.validation import (
+        ValidationError,
+        compare,
+        load_run,
+        settings,
+        write_outputs,
+    )
 
     try:
         run = load_run(args.run, args.meta)

@@ -82,9 +82,9 @@ def _read_table(path: Path):
         return pd.read_csv(path)
     except FileNotFoundError:
         raise ValidationError(f"run file {path} does not exist") from None
-    except Exception as exc:  # pandas/pyarrow parse errors of many kinds
-        raise ValidationError(f"run file {path} could not be read: {str(exc).splitlines()[0] if str(exc) else exc}") \
-            from None
+    except (ValueError, OSError) as exc:  # pandas' and pyarrow's parse errors are ValueErrors
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValidationError(f"run file {path} could not be read: {first}") from None
 
 
 REAL_COLUMNS = ("input_toks", "output_toks", "queued_ts", "first_token_ts", "last_token_ts")
