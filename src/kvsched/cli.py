@@ -1285,6 +1285,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kvsched import cli_report; cli_report.add_parser(sub)  # noqa: I001
     from kvsched import cli_reproduce; cli_reproduce.add_parser(sub)  # noqa: I001
     from kvsched import cli_model; cli_model.add_parser(sub)  # noqa: I001
+    from kvsched import cli_validate; cli_validate.add_parser(sub)  # noqa: I001
     return p
 
 
