@@ -35,6 +35,7 @@ CASES: dict[str, list[str]] = {
     "validate": ["--model", "{tiny_model}", "--trace", TINY, "--schedulers", "vllm", "--capacity", "256",
                  "--repeats", "1"],
     "bench": ["--trace", TINY, "--url", "{url}", "--model", "SmolLM2-135M-Instruct"],
+    "validate-vllm": ["rtxpro6000-llama-3.1-8b"],  # a shipped real vLLM run, replayed
 }
 NEEDS_ENGINE = {"calibrate", "validate", "bench"}
 
