@@ -249,25 +249,31 @@ def test_client_disconnect_aborts_the_request_and_frees_its_kv(serve):
 
 
 # --- the command ---------------------------------------------------------------------------
-def test_kvsched_serve_command_answers_the_openai_client(exe):
+def _start_serve(exe: str, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`kvsched serve ARGS` on a free loopback port, once its /health answers 200."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--scheduler", "sarathi", "--capacity", "512",
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "KVSCHED_API_KEY": "k"})
+    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--log-level", "warning", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"kvsched serve did not come up: {proc.communicate()[0]}")
+        time.sleep(0.2)
+
+
+def test_kvsched_serve_command_answers_the_openai_client(exe):
+    proc, url = _start_serve(exe, "--scheduler", "sarathi", "--capacity", "512",
+                             env={**os.environ, "KVSCHED_API_KEY": "k"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "kvsched serve did not come up"
-            time.sleep(0.2)
         reply = _client(url, "k").chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
                                                          max_tokens=20)
         assert "Paris" in reply.choices[0].message.content
@@ -518,23 +524,8 @@ def test_the_server_exits_non_zero_when_the_engine_dies(smollm):
 
 
 def test_sigterm_stops_kvsched_serve_with_a_request_in_flight(exe):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--capacity", "4096", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start_serve(exe, "--capacity", "4096")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "kvsched serve did not come up"
-            time.sleep(0.2)
         # Two requests with minutes of work left: one streamed, one waiting for its whole answer.
         body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4000, "ignore_eos": True}
         waiting = threading.Thread(target=lambda: httpx.post(f"{url}/v1/completions", json=body, timeout=120),
