@@ -36,6 +36,7 @@ from types import MappingProxyType
 from kvsched.backend import Backend, BatchShape
 from kvsched.decision import Decision, PrefixHits, Scheduler, View
 from kvsched.kvcache import KVCache, blocks_for
+from kvsched.pool import DecodePool
 from kvsched.request import BlindRequest, Request, RequestStatus
 
 STEP_COLUMNS = (
@@ -119,6 +120,7 @@ def run(
     max_steps: int | None = None,
     lookahead_tokens: int = 0,
     check_oracle: bool = False,
+    decode_pool: bool = True,
 ) -> Run:
     """Serve `requests` (copied, never mutated) until each finishes or is rejected.
 
@@ -126,7 +128,10 @@ def run(
     that livelock, e.g. preempting and readmitting forever).
     lookahead_tokens: KV slots allocated beyond each scheduled request's computed tokens.
     1 gives the theory papers' ledger (a request holds prompt + j after its j-th token).
-    check_oracle: hide true output lengths from a non-clairvoyant scheduler (reads raise)."""
+    check_oracle: hide true output lengths from a non-clairvoyant scheduler (reads raise).
+    decode_pool: advance decoding requests as a group (`kvsched.pool`) when the scheduler
+    opts in (`uses_pool`) and the backend allows it (`supports_pool`); False keeps the
+    per-request path (the same results; tests and benchmarks compare the two)."""
     if lookahead_tokens < 0:
         raise ValueError(f"lookahead_tokens must be >= 0, got {lookahead_tokens}")
     reqs = sorted((r.copy_fresh() for r in requests), key=lambda r: (r.arrival_time, r.request_id))
@@ -134,12 +139,12 @@ def run(
     if len(set(ids)) != len(ids):
         raise ValueError("request ids must be unique")
     return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens,
-                 check_oracle).run()
+                 check_oracle, decode_pool).run()
 
 
 class _Loop:
     def __init__(self, reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens=0,
-                 check_oracle=False):
+                 check_oracle=False, decode_pool=False):
         self.reqs: list[Request] = reqs
         self.scheduler = scheduler
         self.backend = backend
@@ -165,6 +170,11 @@ class _Loop:
         self.arrived: list[Request] = []
         self.finished: list[Request] = []
         self.accepting = False  # an online loop takes requests while it runs
+        self.pool: DecodePool | None = None
+        if (decode_pool and getattr(scheduler, "uses_pool", False) and getattr(backend, "supports_pool", False)
+                and not kv.track_block_ids):
+            self.pool = DecodePool(kv, lookahead_tokens)
+        self.num_admissions = 0
         self._make_views()
 
     # --- main loop -------------------------------------------------------------------
@@ -187,6 +197,8 @@ class _Loop:
         self.waiting_view = _BlindMapping(self.waiting, wrap)
         self.resident_view = _BlindMapping(self.resident, wrap)
         self.wrap = wrap
+        if self.pool is not None:
+            self.pool.outside_view = _BlindMapping(self.pool.outside, wrap)
 
     def run(self) -> Run:
         n_total = len(self.reqs)
@@ -222,7 +234,7 @@ class _Loop:
         view = View(
             self.now, self.step_index, self.waiting_view, self.resident_view, arrived, finished,
             kv.num_free_blocks, kv.num_blocks, kv.block_size, self.accepting or self.next_arrival < len(self.reqs),
-            self.blocks_view, self.lookahead, self.hits,
+            self.blocks_view, self.lookahead, self.hits, self.pool,
         )
         self.arrived, self.finished = [], []
         self._apply(self.scheduler.schedule(view))
@@ -259,18 +271,39 @@ class _Loop:
                     f"step {self.step_index}: requests {sorted(both)} are both preempted and restarted; pick one kind"
                 )
         runs = decision.run
+        pool = self.pool
+        members = 0  # pool members decoding in this step
+        if pool is not None and pool.members:
+            # Members named one by one leave the pool first (their state becomes exact).
+            inside = pool.members
+            for ids in (decision.preempt, decision.restart, runs):
+                for rid in ids:
+                    if rid in inside:
+                        pool.leave(rid)
+            if decision.pool:
+                members = len(inside)
         if self.apc and runs:
             admitted = [rid for rid in runs if rid in self.waiting]  # waiting when the view was built
         for rid in decision.preempt:
             self._preempt(rid)
         for rid in decision.restart:
             self._preempt(rid, restart=True)
-        if not runs:
+        if not runs and not members:
             self._idle(decision)
             return
-        if self.apc:
+        if self.apc and runs:
             runs = self._admit_with_hits(runs, admitted)
         batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs)
+        pool_blocks = 0
+        if members:
+            # The pool decodes first (batch order); its aggregates join the batch's.
+            pool_blocks = pool.num_new_blocks
+            shape = BatchShape(shape.num_seqs + members, shape.num_prefill_tokens, shape.num_decode_seqs + members,
+                               shape.num_kv_tokens + pool.num_kv_tokens, shape.prefill_attn_tokens)
+            new_blocks += pool_blocks
+            if shape.num_prefill_tokens == 0 and decision.repeat > 1:
+                min_slack = min(min_slack, pool.min_slack())
+                min_left = min(min_left, pool.min_left())
         kv = self.kv
         if new_blocks > kv.num_free_blocks:
             raise SchedulingError(
@@ -293,10 +326,14 @@ class _Loop:
             bs, held = kv.block_size, kv._blocks
             totals = [(rid, total + num_steps - 1) for rid, total in totals]
             new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
+            if members:
+                pool.allocate(num_steps, pool.new_blocks_over(num_steps))
             kv.allocate_many(totals, new_blocks)
         else:
             # Allocate first: an engine writes the step's K/V into the blocks it is given.
-            kv.allocate_many(totals, new_blocks)
+            if members:
+                pool.allocate(1, pool_blocks)
+            kv.allocate_many(totals, new_blocks - pool_blocks)
             duration = self.backend.execute(batch, shape)
         used = kv.num_used_tokens
         # Time-weighted KV of the row. In a fast-forwarded run step i holds
@@ -305,7 +342,7 @@ class _Loop:
         if num_steps > 1:
             kv_seconds -= shape.num_seqs * float(durations[:-1].sum())
         self._finish_step(batch, shape, num_steps, duration, len(decision.preempt) + len(decision.restart),
-                          kv_seconds)
+                          kv_seconds, members)
 
     def _fast_forward_durations(self, decision, shape, min_slack, min_left):
         """Cumulative durations of the longest identical decode run that is safe, or None
@@ -403,6 +440,8 @@ class _Loop:
             what = "restart" if restart else "preempt"
             raise SchedulingError(f"step {self.step_index}: {what} names request {rid}, which is not resident")
         self.kv.free(rid)
+        if self.pool is not None:
+            self.pool.gone(rid)
         r.num_wasted_tokens += r.num_computed_tokens
         r.num_computed_tokens = 0
         r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "restart" if restart else "preempt"))
@@ -438,11 +477,22 @@ class _Loop:
         )
 
     def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int,
-                     kv_seconds: float) -> None:
-        kv, now, la = self.kv, self.now, self.lookahead
+                     kv_seconds: float, members: int = 0) -> None:
+        kv, now, la, pool = self.kv, self.now, self.lookahead, self.pool
         start, end = now, now + duration
         used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
         num_finished = 0
+        if members:  # the pool came first in the batch: its finishes are freed first
+            for r in pool.advance(num_steps):
+                rid = r.request_id
+                r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "finish"))
+                r.finish_time = end
+                r.status = RequestStatus.FINISHED
+                kv.free(rid)
+                pool.gone(rid)
+                del self.resident[rid]
+                self.finished.append(r)
+                num_finished += 1
         for r, n in batch:
             rid = r.request_id
             if r.status is RequestStatus.WAITING:
@@ -454,6 +504,9 @@ class _Loop:
                 r.attempt_start_output = r.num_output_tokens
                 if r.first_scheduled_time is None:
                     r.first_scheduled_time = start
+                if pool is not None:
+                    self.num_admissions += 1
+                    pool.admitted(r, self.num_admissions)
             caught_up = r.num_computed_tokens + n == r.prompt_len + r.num_output_tokens
             r.num_computed_tokens += n * num_steps  # num_steps > 1 only for one-token decodes
             if num_steps == 1:
@@ -472,6 +525,10 @@ class _Loop:
                     del self.resident[rid]
                     self.finished.append(r)
                     num_finished += 1
+                    if pool is not None:
+                        pool.gone(rid)
+                elif pool is not None:
+                    pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
         s = self.steps
         for col, val in zip(STEP_COLUMNS, (

@@ -22,6 +22,10 @@ class SimBackend:
         self.cost_model = cost_model
         self.max_repeat = 1 << 30 if fast_forward else 1
 
+    # The decode pool may run members without listing them in `execute`'s batch: the cost
+    # model reads only the shape.
+    supports_pool = True
+
     def execute(self, batch: Sequence[tuple[Request, int]], shape: BatchShape) -> float:
         return self.cost_model.step_time(shape)
 
