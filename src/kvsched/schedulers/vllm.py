@@ -129,7 +129,7 @@ class VLLMScheduler(Scheduler):
         num_members = len(running) - len(outside)
         budget = self.max_num_batched_tokens - num_members
         free = view.num_free_blocks - pool.num_new_blocks
-        if budget < 0 or free < 0:
+        if budget < 0:
             return None
         tail: list[Request] = []
         if outside:
