@@ -1,0 +1,140 @@
+"""The decode pool (kvsched.pool) against the per-request path: same requests, same steps.
+
+Every scheduler that opts in (`uses_pool`) is run twice on the same workload, once with
+`decode_pool=False` (every request visited every step) and once with the pool, and the
+two runs must agree exactly: every request field (times, counters, attempt log, KV
+area), every column of the steps table and the end time. Workloads are random
+(hypothesis, small KV capacities so that preemptions and restarts happen) and slices of
+the shipped traces, with and without prefix caching and lookahead slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvsched.kvcache import make_kv_cache
+from kvsched.loop import _Loop
+from kvsched.registry import COST_MODELS, SCHEDULERS
+from kvsched.request import Request
+from kvsched.sim.backend import SimBackend
+from kvsched.sim.cost import AffinePrefillCost
+from kvsched.traces import load_trace, scale_rate
+
+COST = AffinePrefillCost(d0_s=0.01, d1_s_per_token=1e-4, d2_s_per_prefill_token=1e-3)
+FIELDS = [f.name for f in dataclasses.fields(Request)]
+
+# (registry name, options, supports prefix caching)
+POOL_SCHEDULERS = [
+    ("vllm", {}, True),
+    ("vllm", {"policy": "priority"}, True),
+    ("vllm", {"preemption": "restart"}, True),
+    ("vllm", {"max_num_batched_tokens": 64, "max_num_seqs": 24, "long_prefill_token_threshold": 24}, True),
+    ("vllm", {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}, True),
+    ("sjf", {"key": "remaining"}, True),
+    ("fcfs-static", {"predictor": "predicted"}, True),
+    ("sarathi", {"chunk_size": 64, "batch_size_cap": 8}, False),
+    ("sarathi", {}, False),
+]
+
+
+def run_both(reqs, name, options, *, capacity, block_size, lookahead=0, prefix_caching=False, cost=COST,
+             check_oracle=False):
+    """(old run, pool run, pool counter at the end): both loops on copies of `reqs`."""
+    out = []
+    for pool in (False, True):
+        reqs_in = sorted((r.copy_fresh() for r in reqs), key=lambda r: (r.arrival_time, r.request_id))
+        kv = make_kv_cache(capacity, block_size, prefix_caching=prefix_caching)
+        loop = _Loop(reqs_in, SCHEDULERS.create(name, **options), SimBackend(cost), kv, None, 2048, 100_000,
+                     lookahead, check_oracle, pool)
+        out.append((loop.run(), loop.pool))
+    (old, _), (new, pool) = out
+    return old, new, pool
+
+
+def assert_same(old, new):
+    assert new.end_time == old.end_time
+    for col, values in old.steps.items():
+        assert new.steps[col] == values, col
+    assert len(new.requests) == len(old.requests)
+    for a, b in zip(old.requests, new.requests, strict=True):
+        for f in FIELDS:
+            assert getattr(b, f) == getattr(a, f), (a.request_id, f)
+
+
+def with_short_predictions(reqs):
+    """Predictions of about half the true length: fcfs-static then preempts too."""
+    return [Request(r.request_id, r.arrival_time, r.prompt_len, r.output_len, predicted_output_len=r.output_len // 2 + 1,
+                    prefix_block_ids=r.prefix_block_ids, prefix_block_size=r.prefix_block_size) for r in reqs]
+
+
+@st.composite
+def workloads(draw):
+    n = draw(st.integers(1, 30))
+    docs = draw(st.integers(1, 3))
+    reqs = []
+    for i in range(n):
+        prompt = draw(st.integers(1, 120))
+        output = draw(st.integers(1, 80))
+        ids = None
+        if draw(st.booleans()):  # a shared document prefix, maybe covering part of the output
+            doc = draw(st.integers(0, docs - 1))
+            ids = tuple(1000 * doc + k for k in range(draw(st.integers(1, (prompt + output) // 8 + 1))))
+        reqs.append(Request(i, draw(st.integers(0, 40)) / 8, prompt, output,
+                            predicted_output_len=draw(st.integers(1, 100)),
+                            prefix_block_ids=ids, prefix_block_size=8 if ids else 0))
+    return reqs
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=workloads(),
+    which=st.integers(0, len(POOL_SCHEDULERS) - 1),
+    block_size=st.sampled_from([1, 4, 8, 16]),
+    capacity_blocks=st.integers(14, 60),
+    lookahead=st.integers(0, 2),
+    prefix_caching=st.booleans(),
+    check_oracle=st.booleans(),
+)
+def test_pool_equals_per_request_path_on_random_workloads(reqs, which, block_size, capacity_blocks, lookahead,
+                                                          prefix_caching, check_oracle):
+    name, options, apc = POOL_SCHEDULERS[which]
+    capacity = max(capacity_blocks * block_size, 208)  # a few requests at once: preemption pressure
+    old, new, _ = run_both(reqs, name, options, capacity=capacity, block_size=block_size, lookahead=lookahead,
+                           prefix_caching=prefix_caching and apc, check_oracle=check_oracle)
+    assert_same(old, new)
+
+
+@pytest.mark.parametrize(("name", "options", "apc"), POOL_SCHEDULERS)
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_pool_equals_per_request_path_on_a_trace_slice(name, options, apc, prefix_caching):
+    if prefix_caching and not apc:
+        pytest.skip("no prefix caching for this scheduler")
+    # 600 Azure conversation requests at 4x their rate into a small cache: hundreds of
+    # preemptions, and long decode runs that the pool advances as a group.
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:600], 4.0))
+    old, new, pool = run_both(reqs, name, options, capacity=8_000, block_size=16,
+                              prefix_caching=prefix_caching, cost=COST_MODELS.create("llama2-7b-a100"))
+    assert_same(old, new)
+    assert sum(r.num_evictions for r in old.requests) > 0  # the slice does exercise preemption
+    assert pool is not None and pool.t > 0  # and the pool did run
+
+
+def test_pool_with_shared_prefixes_from_a_trace():
+    """Mooncake's conversation prefix ids (shared documents): hits, evictions and the pool together."""
+    reqs = load_trace("mooncake-conv")[:300]
+    old, new, pool = run_both(reqs, "vllm", {}, capacity=30_000, block_size=16, prefix_caching=True,
+                              cost=COST_MODELS.create("llama2-7b-a100"))
+    assert_same(old, new)
+    assert sum(r.num_cached_tokens for r in old.requests) > 0
+    assert pool.t > 0
+
+
+def test_a_scheduler_that_does_not_opt_in_gets_no_pool():
+    reqs = [Request(i, 0.0, 10, 5, predicted_output_len=5) for i in range(4)]
+    old, new, pool = run_both(reqs, "mcsf", {}, capacity=400, block_size=4)
+    assert pool is None
+    assert_same(old, new)
