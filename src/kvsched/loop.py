@@ -29,9 +29,12 @@ at a time by a server, with requests added and aborted while it runs.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+import numpy as np
 
 from kvsched.backend import Backend, BatchShape
 from kvsched.decision import Decision, PrefixHits, Scheduler, View
@@ -58,6 +61,46 @@ STEP_COLUMNS = (
 )
 
 
+_FLOAT_COLUMNS = frozenset({"start_time", "duration", "kv_token_seconds"})
+_COLUMN_INDEX = {c: i for i, c in enumerate(STEP_COLUMNS)}
+
+
+class StepTable(Mapping):
+    """The steps table (STEP_COLUMNS), stored as one flat array of doubles, 8 bytes a value
+    (a million-request run has millions of rows; lists of boxed numbers cost ~5x more).
+
+    Reads as a read-only mapping column -> list (a new list on every access, with ints in
+    the integer columns: the values appended, exactly, as every value is below 2**53);
+    `array(column)` gives a numpy array without building the list."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data = array("d")
+
+    def append_row(self, row: tuple) -> None:
+        self._data.extend(row)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._data) // len(STEP_COLUMNS)
+
+    def array(self, column: str) -> np.ndarray:
+        i = _COLUMN_INDEX[column]
+        flat = np.frombuffer(self._data, dtype=np.float64) if self._data else np.zeros(0)
+        col = flat[i::len(STEP_COLUMNS)]
+        return col.copy() if column in _FLOAT_COLUMNS else col.astype(np.int64)
+
+    def __getitem__(self, column: str) -> list:
+        return self.array(column).tolist()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(STEP_COLUMNS)
+
+    def __len__(self) -> int:
+        return len(STEP_COLUMNS)
+
+
 # A request arriving within this many seconds after a step boundary counts as arrived at
 # it (the clock snaps forward to its arrival): a fast-forwarded run sums step durations in
 # another order than stepping does, and an arrival must not fall on different sides of a
@@ -74,7 +117,7 @@ class Run:
     """Everything a run produced: finished/rejected requests and one row per step."""
 
     requests: list[Request]
-    steps: dict[str, list]
+    steps: Mapping[str, list]  # a StepTable from the loop
     capacity_tokens: int
     block_size: int
     num_blocks: int
@@ -162,7 +205,7 @@ class _Loop:
         self.blind = check_oracle and not getattr(scheduler, "clairvoyant", True)
         self.waiting: dict[int, Request] = {}
         self.resident: dict[int, Request] = {}
-        self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+        self.steps = StepTable()
         self.now = 0.0
         self.step_index = 0
         self.next_arrival = 0  # index into reqs
@@ -530,14 +573,12 @@ class _Loop:
                 elif pool is not None:
                     pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
-        s = self.steps
-        for col, val in zip(STEP_COLUMNS, (
+        self.steps.append_row((
             self.step_index, num_steps, start, duration, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
             num_preempted, num_finished, kv_seconds,
-        )):
-            s[col].append(val)
+        ))
         self.step_index += num_steps
         self.now = end
 
@@ -607,8 +648,8 @@ class OnlineLoop(_Loop):
 
     def pop_steps(self) -> dict[str, list]:
         """The step rows recorded since the last call (STEP_COLUMNS)."""
-        rows, self.steps = self.steps, {c: [] for c in STEP_COLUMNS}
-        return rows
+        rows, self.steps = self.steps, StepTable()
+        return {c: rows[c] for c in STEP_COLUMNS}
 
     def _idle(self, decision: Decision) -> None:
         if decision.preempt or decision.restart:

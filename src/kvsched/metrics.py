@@ -82,7 +82,8 @@ def _request_columns(run: Run) -> dict:
 def steps_frame(run: Run) -> pd.DataFrame:
     import pandas as pd
 
-    return pd.DataFrame(run.steps)
+    steps = run.steps
+    return pd.DataFrame({c: steps.array(c) if hasattr(steps, "array") else steps[c] for c in steps})
 
 
 def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
