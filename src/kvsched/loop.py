@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -41,6 +41,7 @@ from kvsched.decision import Decision, PrefixHits, Scheduler, View
 from kvsched.kvcache import KVCache, blocks_for
 from kvsched.pool import DecodePool
 from kvsched.request import BlindRequest, Request, RequestStatus
+from kvsched.request_table import RequestTable
 
 STEP_COLUMNS = (
     "step",  # index of the first step in this row
@@ -116,7 +117,7 @@ class SchedulingError(RuntimeError):
 class Run:
     """Everything a run produced: finished/rejected requests and one row per step."""
 
-    requests: list[Request]
+    requests: Sequence[Request]  # a RequestTable from the loop: an equal new Request on every access
     steps: Mapping[str, list]  # a StepTable from the loop
     capacity_tokens: int
     block_size: int
@@ -177,9 +178,10 @@ def run(
     per-request path (the same results; tests and benchmarks compare the two)."""
     if lookahead_tokens < 0:
         raise ValueError(f"lookahead_tokens must be >= 0, got {lookahead_tokens}")
-    reqs = sorted((r.copy_fresh() for r in requests), key=lambda r: (r.arrival_time, r.request_id))
-    ids = [r.request_id for r in reqs]
-    if len(set(ids)) != len(ids):
+    # The inputs in arrival order; each is copied when it arrives, and packed into the
+    # run's RequestTable when it leaves (a million live Requests would not fit in 1 GB).
+    reqs = sorted(requests, key=lambda r: (r.arrival_time, r.request_id))
+    if len({r.request_id for r in reqs}) != len(reqs):
         raise ValueError("request ids must be unique")
     return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens,
                  check_oracle, decode_pool).run()
@@ -213,6 +215,9 @@ class _Loop:
         self.arrived: list[Request] = []
         self.finished: list[Request] = []
         self.accepting = False  # an online loop takes requests while it runs
+        # The batch loop packs requests that leave; the online loop hands them to its server.
+        self.table: RequestTable | None = RequestTable(reqs)
+        self._index: dict[int, int] = {}  # request id -> position in reqs (while in the system)
         self.pool: DecodePool | None = None
         if (decode_pool and getattr(scheduler, "uses_pool", False) and getattr(backend, "supports_pool", False)
                 and not kv.track_block_ids):
@@ -263,7 +268,7 @@ class _Loop:
         if self.progress is not None:
             self.progress(self.now, self.num_done)
         kv = self.kv
-        return Run(self.reqs, self.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, self.now)
+        return Run(self.table, self.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, self.now)
 
     def _schedule_and_apply(self) -> None:
         """One scheduling call and the step (or idling) it decides."""
@@ -284,8 +289,10 @@ class _Loop:
 
     def _admit_arrivals(self) -> None:
         reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
+        index = self._index
         while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
-            r = reqs[i]
+            r = reqs[i].copy_fresh()  # inputs are never mutated
+            index[r.request_id] = i
             i += 1
             self.now = max(self.now, r.arrival_time)  # snap the clock: nothing may start before it arrived
             self._arrive(r)
@@ -301,6 +308,8 @@ class _Loop:
                 f"{self.kv.num_blocks * self.kv.block_size} tokens"
             )
             self.num_done += 1
+            if self.table is not None:
+                self.table.pack(self._index.pop(r.request_id), r)
             return
         self.waiting[r.request_id] = r
         self.arrived.append(r)
@@ -521,7 +530,7 @@ class _Loop:
 
     def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int,
                      kv_seconds: float, members: int = 0) -> None:
-        kv, now, la, pool = self.kv, self.now, self.lookahead, self.pool
+        kv, now, la, pool, table, index = self.kv, self.now, self.lookahead, self.pool, self.table, self._index
         start, end = now, now + duration
         used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
         num_finished = 0
@@ -536,6 +545,8 @@ class _Loop:
                 del self.resident[rid]
                 self.finished.append(r)
                 num_finished += 1
+                if table is not None:
+                    table.pack(index.pop(rid), r)
         for r, n in batch:
             rid = r.request_id
             if r.status is RequestStatus.WAITING:
@@ -570,6 +581,8 @@ class _Loop:
                     num_finished += 1
                     if pool is not None:
                         pool.gone(rid)
+                    if table is not None:
+                        table.pack(index.pop(rid), r)
                 elif pool is not None:
                     pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
@@ -601,6 +614,7 @@ class OnlineLoop(_Loop):
 
     def __init__(self, scheduler: Scheduler, backend: Backend, kv: KVCache, *, check_oracle: bool = False) -> None:
         super().__init__([], scheduler, backend, kv, None, 0, None, 0, check_oracle)
+        self.table = None
         self.accepting = True
         self.idle_until: float | None = None  # set when the last step() decided to wait
 

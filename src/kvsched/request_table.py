@@ -1,0 +1,113 @@
+"""The requests of a finished run, packed: a few typed arrays instead of a million objects.
+
+A simulated request that finishes (or is rejected) leaves the loop for good: its progress
+counters, timestamps and attempt log are copied into struct-of-arrays columns (about 160
+bytes a request instead of about 700 for a live `Request` and its attempt list) and the
+loop drops the object. `Run.requests` is this table: a sequence that rebuilds an equal
+`Request` on every access (a new object each time), from the input request it was copied
+from (identity, lengths, predictions, prefix ids: the loop never mutates inputs) and the
+packed progress. `columns()` gives the per-request metrics as numpy arrays without
+building objects.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from kvsched.request import Request, RequestStatus
+
+_STATUSES = tuple(RequestStatus)
+_STATUS_CODE = {s: i for i, s in enumerate(_STATUSES)}
+_KINDS = ("finish", "preempt", "restart", "abort")
+_KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
+# Packed integer fields (None is stored as -1 where a field may be None).
+_INT_FIELDS = ("num_computed_tokens", "num_output_tokens", "num_preemptions", "num_restarts", "num_wasted_tokens",
+               "num_discarded_tokens", "wasted_kv_area", "attempt_start_step", "attempt_start_output",
+               "attempt_kv_area", "num_cached_tokens", "num_reused_tokens")
+# Packed timestamps (None is stored as NaN).
+_TIME_FIELDS = ("admit_time", "first_scheduled_time", "first_token_time", "finish_time")
+
+
+class RequestTable(Sequence):
+    """Requests in the loop's order (arrival, id), packed as they leave (see module docstring)."""
+
+    def __init__(self, inputs: list[Request]) -> None:
+        n = len(inputs)
+        self._inputs = inputs
+        self._ints = {f: array("q", [0]) * n for f in _INT_FIELDS}
+        self._times = {f: array("d", [math.nan]) * n for f in _TIME_FIELDS}
+        self._status = array("b", [0]) * n
+        self._packed = array("b", [0]) * n
+        self._att_first = array("q", [0]) * n  # index of the request's first attempt in the flat log
+        self._att_count = array("q", [0]) * n
+        self._att_start = array("q")
+        self._att_tokens = array("q")
+        self._att_kind = array("b")
+        self._reasons: dict[int, str] = {}
+
+    def pack(self, i: int, r: Request) -> None:
+        """Store request `r` (the loop's copy of input `i`) for good."""
+        ints, times = self._ints, self._times
+        for f in _INT_FIELDS:
+            v = getattr(r, f)
+            ints[f][i] = -1 if v is None else v
+        for f in _TIME_FIELDS:
+            v = getattr(r, f)
+            times[f][i] = math.nan if v is None else v
+        self._status[i] = _STATUS_CODE[r.status]
+        self._packed[i] = 1
+        self._att_first[i] = len(self._att_start)
+        self._att_count[i] = len(r.attempts)
+        for start, tokens, kind in r.attempts:
+            self._att_start.append(start)
+            self._att_tokens.append(tokens)
+            self._att_kind.append(_KIND_CODE[kind])
+        if r.reject_reason is not None:
+            self._reasons[i] = r.reject_reason
+
+    def _build(self, i: int) -> Request:
+        if not self._packed[i]:
+            raise RuntimeError(f"request {self._inputs[i].request_id} has not left the run")
+        r = self._inputs[i].copy_fresh()
+        for f in _INT_FIELDS:
+            setattr(r, f, self._ints[f][i])
+        if r.attempt_start_step == -1:
+            r.attempt_start_step = None
+        for f in _TIME_FIELDS:
+            v = self._times[f][i]
+            setattr(r, f, None if math.isnan(v) else v)
+        r.status = _STATUSES[self._status[i]]
+        first = self._att_first[i]
+        r.attempts = [(self._att_start[j], self._att_tokens[j], _KINDS[self._att_kind[j]])
+                      for j in range(first, first + self._att_count[i])]
+        r.reject_reason = self._reasons.get(i)
+        return r
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._build(j) for j in range(*i.indices(len(self)))]
+        n = len(self._inputs)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("request table index out of range")
+        return self._build(i)
+
+    def __iter__(self) -> Iterator[Request]:
+        for i in range(len(self._inputs)):
+            yield self._build(i)
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def column(self, name: str) -> np.ndarray:
+        """One packed field for every request, in table order (times NaN where None)."""
+        if name in self._ints:
+            return np.frombuffer(self._ints[name], dtype=np.int64).copy()
+        if name in self._times:
+            return np.frombuffer(self._times[name], dtype=np.float64).copy()
+        raise KeyError(name)
