@@ -38,6 +38,8 @@ POOL_SCHEDULERS = [
     ("fcfs-static", {"predictor": "predicted"}, True),
     ("sarathi", {"chunk_size": 64, "batch_size_cap": 8}, False),
     ("sarathi", {}, False),
+    ("vidur-vllm", {}, False),
+    ("vidur-vllm", {"batch_size_cap": 6, "max_tokens_in_batch": 2048}, False),
 ]
 
 

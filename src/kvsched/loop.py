@@ -38,7 +38,7 @@ import numpy as np
 
 from kvsched.backend import Backend, BatchShape
 from kvsched.decision import Decision, PrefixHits, Scheduler, View
-from kvsched.kvcache import KVCache, blocks_for
+from kvsched.kvcache import KVCache, PrefixCachingKVCache, blocks_for
 from kvsched.pool import DecodePool
 from kvsched.request import BlindRequest, Request, RequestStatus
 from kvsched.request_table import RequestTable
@@ -219,8 +219,10 @@ class _Loop:
         self.table: RequestTable | None = RequestTable(reqs)
         self._index: dict[int, int] = {}  # request id -> position in reqs (while in the system)
         self.pool: DecodePool | None = None
+        # The pool keeps the KV model's per-request counts lazily, writing its private fields:
+        # only the two stock models (a subclass may read them at every call, as checking ones do).
         if (decode_pool and getattr(scheduler, "uses_pool", False) and getattr(backend, "supports_pool", False)
-                and not kv.track_block_ids):
+                and type(kv) in (KVCache, PrefixCachingKVCache) and not kv.track_block_ids):
             self.pool = DecodePool(kv, lookahead_tokens)
         self.num_admissions = 0
         self._make_views()

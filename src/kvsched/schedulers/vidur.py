@@ -85,6 +85,8 @@ class _VidurBase(Scheduler):
 class VidurVLLMScheduler(_VidurBase):
     max_tokens_in_batch: int = 4096  # counted as len(batch) * max(prompt tokens)
 
+    uses_pool = True  # the decode-all step as a group (docs/architecture.md, Performance)
+
     def schedule(self, view: View) -> Decision:
         self._sync(view)
         free = view.num_free_blocks
@@ -104,7 +106,13 @@ class VidurVLLMScheduler(_VidurBase):
             free -= blocks_for(n + view.lookahead_tokens, view.block_size)
             max_len = max(max_len, n)
         if run:
-            return Decision(run)
+            return Decision(run)  # prefill only: the pool (if any) is paused
+        pool = view.pool
+        if pool is not None and pool.members:
+            decision = self._decode_pool(view, pool)
+            if decision is not None:
+                return decision
+            pool.flush()
         preempted: list[int] = []
         i = 0
         while i < len(self._running):
@@ -122,6 +130,32 @@ class VidurVLLMScheduler(_VidurBase):
             i += 1
         # Admission stays blocked as free memory shrinks, so decoding repeats until an event.
         return Decision(run, tuple(preempted), 1 if preempted else STEADY)
+
+
+    def _decode_pool(self, view: View, pool) -> Decision | None:
+        """Decode every running request, the pool's members as a group: victims (latest
+        arrivals) are popped until the needs fit, which is the per-request pass's outcome
+        (needs only accumulate along its scan). None when a running request outside the
+        pool is not a plain decoder (the per-request pass then runs it as it always did)."""
+        needs: dict[int, int] = {}
+        for r in pool.outside_view.values():
+            if not r.is_decoding:
+                return None
+            needs[r.request_id] = view.blocks_needed(r, 1)
+        free = view.num_free_blocks
+        need_all = pool.num_new_blocks + sum(needs.values())
+        preempted: list[int] = []
+        while need_all > free:
+            vid = self._running[-1].request_id
+            if vid in pool.members:
+                need_all -= pool.num_new_blocks  # its own block (if it needed one) leaves with it
+                pool.leave(vid)
+                need_all += pool.num_new_blocks
+            else:
+                need_all -= needs.pop(vid)
+            free += self._restart_latest(view, preempted)[1]
+        run = dict.fromkeys(sorted(needs, key=lambda rid: _arrival_key(view.resident[rid])), 1)
+        return Decision(run, tuple(preempted), 1 if preempted else STEADY, pool=True)
 
 
 @SCHEDULERS.register("sarathi", "Sarathi-Serve (Vidur): decodes first, then prefill chunks within chunk_size")
