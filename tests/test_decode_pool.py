@@ -140,3 +140,50 @@ def test_a_scheduler_that_does_not_opt_in_gets_no_pool():
     old, new, pool = run_both(reqs, "mcsf", {}, capacity=400, block_size=4)
     assert pool is None
     assert_same(old, new)
+
+
+# --- the packed tables ----------------------------------------------------------------------
+
+
+class _Recorder:
+    """Wraps a scheduler and keeps every finished request object the loop reports."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.seen = inner, {}
+        self.uses_pool, self.clairvoyant = inner.uses_pool, inner.clairvoyant
+
+    def schedule(self, view):
+        for r in view.finished:
+            self.seen[r.request_id] = r
+        return self.inner.schedule(view)
+
+
+def test_packed_requests_equal_the_live_objects():
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:300], 4.0))
+    rec = _Recorder(SCHEDULERS.create("vllm"))
+    kv = make_kv_cache(8_000, 16)
+    res = _Loop(sorted(reqs, key=lambda r: (r.arrival_time, r.request_id)), rec,
+                SimBackend(COST_MODELS.create("llama2-7b-a100")), kv, None, 2048, None).run()
+    rebuilt = list(res.requests)
+    assert [r.request_id for r in rebuilt] == [r.request_id for r in sorted(reqs, key=lambda r: r.arrival_time)]
+    assert sum(r.num_evictions for r in rebuilt) > 0
+    for r in rebuilt:
+        live = rec.seen.get(r.request_id)
+        if live is None:  # finished in the last step: never reported to the scheduler
+            assert r.finish_time == res.end_time
+            continue
+        for f in FIELDS:
+            assert getattr(r, f) == getattr(live, f), (r.request_id, f)
+    assert res.requests[-1].request_id == rebuilt[-1].request_id and len(res.requests[:3]) == 3
+
+
+def test_step_table_widens_and_reads_back_exactly():
+    from kvsched.loop import STEP_COLUMNS, StepTable
+
+    t = StepTable()
+    t.append_row(tuple(range(12)), (0.1, 0.2, 0.3))
+    t.append_row((2**40, *range(11)), (1e-9, 2.5, 1e300))
+    assert t.num_rows == 2 and list(t) == list(STEP_COLUMNS)
+    assert t["step"] == [0, 2**40] and t["num_finished"] == [11, 10]
+    assert t["start_time"] == [0.1, 1e-9] and t["kv_token_seconds"] == [0.3, 1e300]
+    assert all(type(v) is int for v in t["kv_used_tokens"])

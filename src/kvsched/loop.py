@@ -62,35 +62,49 @@ STEP_COLUMNS = (
 )
 
 
-_FLOAT_COLUMNS = frozenset({"start_time", "duration", "kv_token_seconds"})
-_COLUMN_INDEX = {c: i for i, c in enumerate(STEP_COLUMNS)}
+_FLOAT_COLUMNS = ("start_time", "duration", "kv_token_seconds")
+_INT_COLUMNS = tuple(c for c in STEP_COLUMNS if c not in _FLOAT_COLUMNS)
+_COLUMN_INDEX = {c: (c in _FLOAT_COLUMNS, (_FLOAT_COLUMNS if c in _FLOAT_COLUMNS else _INT_COLUMNS).index(c))
+                 for c in STEP_COLUMNS}
 
 
 class StepTable(Mapping):
-    """The steps table (STEP_COLUMNS), stored as one flat array of doubles, 8 bytes a value
-    (a million-request run has millions of rows; lists of boxed numbers cost ~5x more).
+    """The steps table (STEP_COLUMNS), stored flat in two typed arrays: the integer columns
+    in 32-bit ints (widened to 64 bits the first time a value needs it) and the times in
+    doubles. A million-request run has millions of rows; lists of boxed numbers cost ~5x more.
 
-    Reads as a read-only mapping column -> list (a new list on every access, with ints in
-    the integer columns: the values appended, exactly, as every value is below 2**53);
-    `array(column)` gives a numpy array without building the list."""
+    Reads as a read-only mapping column -> list (a new list on every access, holding the
+    values appended, exactly); `array(column)` gives a numpy array without the list."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_floats", "_ints")
 
     def __init__(self) -> None:
-        self._data = array("d")
+        self._ints = array("i")
+        self._floats = array("d")
 
-    def append_row(self, row: tuple) -> None:
-        self._data.extend(row)
+    def append_row(self, ints: tuple, floats: tuple) -> None:
+        """One row: the _INT_COLUMNS values, then the _FLOAT_COLUMNS values."""
+        n = len(self._ints)
+        try:
+            self._ints.extend(ints)
+        except OverflowError:
+            del self._ints[n:]  # the values before the one that overflowed went in
+            self._ints = array("q", self._ints)
+            self._ints.extend(ints)
+        self._floats.extend(floats)
 
     @property
     def num_rows(self) -> int:
-        return len(self._data) // len(STEP_COLUMNS)
+        return len(self._floats) // len(_FLOAT_COLUMNS)
 
     def array(self, column: str) -> np.ndarray:
-        i = _COLUMN_INDEX[column]
-        flat = np.frombuffer(self._data, dtype=np.float64) if self._data else np.zeros(0)
-        col = flat[i::len(STEP_COLUMNS)]
-        return col.copy() if column in _FLOAT_COLUMNS else col.astype(np.int64)
+        is_float, i = _COLUMN_INDEX[column]
+        if is_float:
+            flat = np.frombuffer(self._floats, dtype=np.float64) if self._floats else np.zeros(0)
+            return flat[i::len(_FLOAT_COLUMNS)].copy()
+        dtype = np.int32 if self._ints.typecode == "i" else np.int64
+        flat = np.frombuffer(self._ints, dtype=dtype) if self._ints else np.zeros(0, dtype=np.int64)
+        return flat[i::len(_INT_COLUMNS)].astype(np.int64)
 
     def __getitem__(self, column: str) -> list:
         return self.array(column).tolist()
@@ -589,11 +603,11 @@ class _Loop:
                     pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
         self.steps.append_row((
-            self.step_index, num_steps, start, duration, shape.num_seqs, shape.num_prefill_tokens,
+            self.step_index, num_steps, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
-            num_preempted, num_finished, kv_seconds,
-        ))
+            num_preempted, num_finished,
+        ), (start, duration, kv_seconds))
         self.step_index += num_steps
         self.now = end
 
