@@ -187,3 +187,19 @@ def test_step_table_widens_and_reads_back_exactly():
     assert t["step"] == [0, 2**40] and t["num_finished"] == [11, 10]
     assert t["start_time"] == [0.1, 1e-9] and t["kv_token_seconds"] == [0.3, 1e300]
     assert all(type(v) is int for v in t["kv_used_tokens"])
+
+
+def test_requests_frame_from_the_packed_arrays_equals_the_one_from_objects():
+    import pandas as pd
+
+    from kvsched import metrics
+    from kvsched.loop import Run
+
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:400], 4.0))
+    _old, new, _ = run_both(reqs, "vllm", {"preemption": "restart"}, capacity=3_000, block_size=16,
+                           cost=COST_MODELS.create("llama2-7b-a100"))
+    assert any(r.reject_reason for r in new.requests) and any(r.num_restarts for r in new.requests)
+    objects = Run(list(new.requests), new.steps, new.capacity_tokens, new.block_size, new.num_blocks, new.end_time)
+    pd.testing.assert_frame_equal(metrics.requests_frame(new), metrics.requests_frame(objects))
+    assert metrics.summarize(new) == metrics.summarize(objects) or str(metrics.summarize(new)) == str(
+        metrics.summarize(objects))  # NaN != NaN: compare the printed values then

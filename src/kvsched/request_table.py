@@ -72,20 +72,23 @@ class RequestTable(Sequence):
     def _build(self, i: int) -> Request:
         if not self._packed[i]:
             raise RuntimeError(f"request {self._inputs[i].request_id} has not left the run")
-        r = self._inputs[i].copy_fresh()
-        for f in _INT_FIELDS:
-            setattr(r, f, self._ints[f][i])
-        if r.attempt_start_step == -1:
-            r.attempt_start_step = None
-        for f in _TIME_FIELDS:
-            v = self._times[f][i]
-            setattr(r, f, None if math.isnan(v) else v)
-        r.status = _STATUSES[self._status[i]]
+        src, ints, times = self._inputs[i], self._ints, self._times
         first = self._att_first[i]
-        r.attempts = [(self._att_start[j], self._att_tokens[j], _KINDS[self._att_kind[j]])
-                      for j in range(first, first + self._att_count[i])]
-        r.reject_reason = self._reasons.get(i)
-        return r
+        start, tokens, kind = self._att_start, self._att_tokens, self._att_kind
+        attempts = [(start[j], tokens[j], _KINDS[kind[j]]) for j in range(first, first + self._att_count[i])]
+        step = ints["attempt_start_step"][i]
+        t = [times[f][i] for f in _TIME_FIELDS]
+        # Positional, in Request's field order: one constructor call per rebuilt request.
+        return Request(
+            src.request_id, src.arrival_time, src.prompt_len, src.output_len, src.predicted_output_len,
+            src.predicted_output_interval, src.prefix_block_ids, src.prefix_block_size,
+            ints["num_computed_tokens"][i], ints["num_output_tokens"][i], _STATUSES[self._status[i]],
+            *(None if math.isnan(v) else v for v in t),
+            ints["num_preemptions"][i], ints["num_restarts"][i], ints["num_wasted_tokens"][i],
+            ints["num_discarded_tokens"][i], ints["wasted_kv_area"][i], None if step == -1 else step,
+            ints["attempt_start_output"][i], ints["attempt_kv_area"][i], attempts, self._reasons.get(i),
+            ints["num_cached_tokens"][i], ints["num_reused_tokens"][i],
+        )
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -105,9 +108,26 @@ class RequestTable(Sequence):
         return len(self._inputs)
 
     def column(self, name: str) -> np.ndarray:
-        """One packed field for every request, in table order (times NaN where None)."""
+        """One field of every request, in table order, without building requests (times
+        NaN where None; `status` as the status values; `reject_reason` with "" for None)."""
         if name in self._ints:
             return np.frombuffer(self._ints[name], dtype=np.int64).copy()
         if name in self._times:
             return np.frombuffer(self._times[name], dtype=np.float64).copy()
+        if name == "status":
+            return np.array([s.value for s in _STATUSES], dtype=object)[np.frombuffer(self._status, dtype=np.int8)]
+        if name == "reject_reason":
+            out = np.full(len(self), "", dtype=object)
+            for i, reason in self._reasons.items():
+                out[i] = reason
+            return out
+        if name in ("request_id", "prompt_len", "output_len"):
+            return np.fromiter((getattr(r, name) for r in self._inputs), dtype=np.int64, count=len(self))
+        if name == "arrival_time":
+            return np.fromiter((r.arrival_time for r in self._inputs), dtype=np.float64, count=len(self))
         raise KeyError(name)
+
+    @property
+    def complete(self) -> bool:
+        """Every request has left (the loop returned this table in a Run)."""
+        return all(self._packed)
