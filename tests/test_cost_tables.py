@@ -282,7 +282,7 @@ def test_simulate_small_workload(name):
 def test_shipped_tables_regenerate_identically(tmp_path):
     """`tables.write_tables(shared profiles)` rewrites every shipped file byte for byte."""
     written = tables.write_tables(PROFILES_DIR, tmp_path)
-    assert len(written) == 23
+    assert len(written) == 29  # 22 LLMServingSim tables, 6 skew fits, 1 Vidur table
     for path in written:
         assert path.read_bytes() == (tables.DATA_DIR / path.name).read_bytes(), path.name
     # Dense, per-sequence and the RTX 4090 attention grid are unmodified copies.
@@ -291,6 +291,10 @@ def test_shipped_tables_regenerate_identically(tmp_path):
         for kind in ("dense", "per_sequence"):
             assert prof.path(kind).read_bytes() == prof.source(src, kind).read_bytes()
     assert tables.RTX4090.path("attention").read_bytes() == tables.RTX4090.source(src, "attention").read_bytes()
+    skewed = [p for p in tables.LLMSERVINGSIM_PRESETS.values() if p.skew_alpha_default is not None]
+    assert len(skewed) == 6 and tables.RTX4090.skew_alpha_default is None
+    for prof in skewed:
+        assert prof.path("skew_fit").read_bytes() == prof.source(src, "skew_fit").read_bytes()
 
 
 def test_vidur_llama3_table_is_a_linear_ops_table():
