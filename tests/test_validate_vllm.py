@@ -135,10 +135,11 @@ def test_bad_meta_is_a_one_line_error(capsys, tmp_path):
     assert code == 2 and "no meta file" in err
 
 
-@pytest.mark.parametrize(("name", "bound"), [(LLAMA, 1.65), ("rtxpro6000-qwen3-32b", 1.05)])
+@pytest.mark.parametrize(("name", "bound"), [(LLAMA, 1.5), ("rtxpro6000-qwen3-32b", 1.0)])
 def test_mean_error_on_the_shipped_runs_stays_at_the_measured_level(name, bound):
-    """docs/fidelity.md: 1.58 % and 0.97 % (LLMServingSim: 2.49 % and 1.08 %). A cost-model or
-    scheduler change that loses the TP 2 all-reduce or the skew correction fails here."""
+    """docs/fidelity.md: 1.44 % and 0.91 % (LLMServingSim: 2.49 % and 1.08 %). A cost-model or
+    scheduler change that loses the TP 2 all-reduce, the skew correction or the x1.5 attention
+    sweep fails here (each alone moves a run above its bound)."""
     from kvsched.validation import compare, settings
 
     run_ = load_run(name)

@@ -76,11 +76,15 @@ k equal fresh prompts that charges the attention of one P-token prompt; LLMServi
 profiler reports a real k = 7 split at 0.65-0.71 of the one-chunk time); the decodes'
 KV lengths are replaced by their mean.
 
-Interpolation and extrapolation. Only the doubling grid is used (prefill_chunk 0, 16, ...,
-2048; kv_prefill and kv_decode 0, 16, ..., 16384; n_decode 0, 1, 2, ..., 256): every
-profilable point of it is measured on both GPUs (8,643 rows; the RTX PRO 6000 table also has a sparser second
-sweep at x1.5 spacing, which is dropped, so its shipped copy keeps the doubling-grid rows
-only). Structural holes are filled before interpolating: pc = 0 is independent of
+Interpolation and extrapolation. Every profilable point of the doubling grid (prefill_chunk
+0, 16, ..., 2048; kv_prefill and kv_decode 0, 16, ..., 16384; n_decode 0, 1, 2, ..., 256) is
+measured on both GPUs (8,643 rows). The RTX PRO 6000 profiles add a second sweep at x1.5
+spacing (chunks 24, 36, ..., 1384; kv 768, 1152, ..., 13122; 19,364 rows in all), which
+resolves the convex prefill attention between doubling points: the grid's axes are every
+profiled value, and a cell neither sweep measured is filled by linear interpolation between
+its nearest measured neighbours along kv_decode, else kv_prefill, else the chunk (off the
+x1.5 sweep that is what multilinear interpolation on the doubling grid gives; docs/fidelity.md
+measures the effect). Structural holes are filled before interpolating: pc = 0 is independent of
 kv_prefill and n_decode = 0 of kv_decode (the grid has only one value there), a decode
 with fewer than 16 cached tokens costs like 16 (the first profiled point), and the
 n_decode = 256 plane with a prefill chunk (not profilable: 257 sequences exceed vLLM's
@@ -259,9 +263,9 @@ LLAMA3_8B_TP1 = profiles.LinearOpsTable("llama3-8b-tp1", LLAMA3_8B, "Meta-Llama-
 
 def write_tables(profiles_dir: Path | str, out_dir: Path | str | None = None) -> list[Path]:
     """Regenerate the shipped tables (into `out_dir`, default `DATA_DIR`) from `profiles_dir`
-    (holding `llmservingsim/` and `vidur/`, copies of the upstream files): dense and
-    per-sequence tables copied byte for byte, attention tables restricted to the rows on the
-    doubling grid (lines kept verbatim), the Vidur Llama-3-8B operators summed per layer by
+    (holding `llmservingsim/` and `vidur/`, copies of the upstream files): the LLMServingSim
+    tables (dense, attention, per-sequence, MoE, skew fit) copied byte for byte, the Vidur
+    Llama-3-8B operators summed per layer by
     `profiles.write_linear_table`. Returns the paths written."""
     profiles_dir = Path(profiles_dir)
     out = DATA_DIR if out_dir is None else Path(out_dir)
@@ -274,16 +278,7 @@ def write_tables(profiles_dir: Path | str, out_dir: Path | str | None = None) ->
             if dest not in written:
                 written.append(dest)
         dest = out / prof.path("attention").name
-        with prof.source(src_dir, "attention").open("rb") as src, dest.open("wb") as sink:
-            header = src.readline()
-            sink.write(header)
-            columns = header.decode().strip().split(",")
-            axes = [columns.index(c) for c in ("prefill_chunk", "kv_prefill", "kv_decode")]
-            grids = (set(PREFILL_CHUNKS), set(KV_POINTS), set(KV_POINTS))
-            for line in src:
-                fields = line.decode().strip().split(",")
-                if all(int(fields[i]) in grid for i, grid in zip(axes, grids)):
-                    sink.write(line)
+        shutil.copyfile(prof.source(src_dir, "attention"), dest)  # both sweeps, every row
         written.append(dest)
     dest = out / LLAMA3_8B_TP1.path.name
     profiles.write_linear_table(profiles_dir / "vidur", dest, table=LLAMA3_8B_TP1)
@@ -439,6 +434,19 @@ class SkewFit:
         return table[_bucket_many(SKEW_RATE_EDGES, rate), _bucket_many(SKEW_KV_BIG_EDGES, kv_big)]
 
 
+def _fill_between(grid: np.ndarray, axis: int, xs: np.ndarray) -> None:
+    """In place: along `axis`, every NaN between two measured values becomes their linear
+    interpolation at its coordinate (`xs`); NaNs outside the measured range stay."""
+    lines = np.moveaxis(grid, axis, -1)  # a view: writes go to grid
+    known = ~np.isnan(lines)
+    for index in np.argwhere((known.sum(axis=-1) >= 2) & ~known.all(axis=-1)):
+        line = lines[tuple(index)]
+        have = known[tuple(index)]
+        xk = xs[have]
+        hole = ~have & (xs > xk[0]) & (xs < xk[-1])
+        line[hole] = np.interp(xs[hole], xk, line[have])
+
+
 class _LLMServingSimTables(_TableSet):
     def __init__(self, profile: LLMServingSimProfile) -> None:
         self.profile = profile
@@ -454,9 +462,9 @@ class _LLMServingSimTables(_TableSet):
         self.skew = (SkewFit.load(profile.path("skew_fit"), profile.skew_alpha_default)
                      if profile.skew_alpha_default is not None else None)
         self.seq_axis, self.seq_us = self._load_per_sequence(profile.path("per_sequence"))
-        self.grid = self._load_attention(profile.path("attention"))
+        attention_axes, self.grid = self._load_attention(profile.path("attention"))
         self.grid_list = self.grid.tolist()
-        self.axes = (_Axis.of(PREFILL_CHUNKS), _Axis.of(KV_POINTS), _Axis.of(N_DECODES), _Axis.of(KV_POINTS))
+        self.axes = tuple(_Axis.of(values) for values in attention_axes)
 
     # -- loading
 
@@ -511,34 +519,46 @@ class _LLMServingSimTables(_TableSet):
             raise ValueError(f"{path.name}: lm_head and sampler are profiled at different counts")
         return _Axis.of(seqs), [sum(table[op][s] for op in PER_SEQUENCE_OPS) for s in seqs]
 
-    def _load_attention(self, path: Path) -> np.ndarray:
-        """Per-layer attention time (us) on the full doubling grid [pc, kv_prefill, n_decode,
-        kv_decode], holes filled as the module docstring says."""
-        index = [{v: i for i, v in enumerate(axis)} for axis in (PREFILL_CHUNKS, KV_POINTS, N_DECODES, KV_POINTS)]
-        grid = np.full([len(i) for i in index], np.nan)
-        for r in _read_rows(path):
-            key = tuple(int(r[c]) for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode"))
-            try:
-                cell = tuple(ix[v] for ix, v in zip(index, key))
-            except KeyError:
-                continue  # off the doubling grid
-            grid[cell] = float(r["time_us"])
+    def _load_attention(self, path: Path) -> tuple[list[list[int]], np.ndarray]:
+        """Per-layer attention time (us) on the grid of every profiled axis value [pc,
+        kv_prefill, n_decode, kv_decode] (the doubling sweep, plus the x1.5 sweep where the
+        profile has one), holes filled as the module docstring says; returns (axes, grid)."""
+        columns = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")
+        rows = _read_rows(path)
+        keys = [tuple(int(r[c]) for c in columns) for r in rows]
+        axes = [sorted({k[a] for k in keys}) for a in range(4)]
+        for a, (name, doubling) in enumerate(zip(columns, (PREFILL_CHUNKS, KV_POINTS, N_DECODES, KV_POINTS))):
+            if not set(doubling) <= set(axes[a]) or axes[a][-1] != doubling[-1]:
+                raise ValueError(f"{path.name}: {name} must cover the doubling grid {doubling[0]}..{doubling[-1]}")
+        index = [{v: i for i, v in enumerate(axis)} for axis in axes]
+        grid = np.full([len(a) for a in axes], np.nan)
+        for key, r in zip(keys, rows):
+            grid[tuple(ix[v] for ix, v in zip(index, key))] = float(r["time_us"])
         pc0, nd0 = 0, 0
         # Decodes only: independent of kv_prefill (profiled at kv_prefill = 0).
         grid[pc0, :, 1:, :] = grid[pc0, 0, 1:, :][None, :, :]
         grid[pc0, :, nd0, :] = 0.0  # an empty step: no attention
         # Prefill only: independent of kv_decode (profiled at kv_decode = 0).
         grid[1:, :, nd0, :] = grid[1:, :, nd0, 0][:, :, None]
+        # Cells off both sweeps (e.g. a x1.5 chunk at a doubling history): linear between the
+        # nearest measured neighbours along kv_decode, else kv_prefill, else the chunk. On a
+        # doubling-only profile this fills nothing; off the x1.5 sweep it gives what
+        # multilinear interpolation on the doubling grid gives.
+        for _ in range(2):
+            for axis in (3, 1, 0):
+                _fill_between(grid, axis, np.asarray(axes[axis], dtype=np.float64))
         # A decode with < 16 cached tokens costs like 16 (kv_decode = 0 is not profiled).
-        grid[:, :, 1:, 0] = grid[:, :, 1:, 1]
+        kd16 = index[3][16]
+        grid[:, :, 1:, 0] = grid[:, :, 1:, kd16]
         # 257 sequences exceed max_num_seqs: n_decode = 256 beside a chunk is extrapolated
         # linearly from 64 and 128: v(256) = v(128) + 2 * (v(128) - v(64)).
-        n64, n128, n256 = (N_DECODES.index(v) for v in (64, 128, 256))
+        n64, n128, n256 = (index[2][v] for v in (64, 128, 256))
         grid[1:, :, n256, :] = 3.0 * grid[1:, :, n128, :] - 2.0 * grid[1:, :, n64, :]
         if np.isnan(grid).any():
             missing = np.argwhere(np.isnan(grid))[0]
-            raise ValueError(f"{path.name}: the doubling grid is incomplete, e.g. at index {missing.tolist()}")
-        return grid
+            raise ValueError(f"{path.name}: the attention grid has a hole that cannot be filled, "
+                             f"e.g. at {[axes[a][i] for a, i in enumerate(missing)]}")
+        return axes, grid
 
     # -- evaluation (microseconds)
 
