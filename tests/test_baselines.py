@@ -1,4 +1,4 @@
-"""Hand-computed scenarios, one per rule of shared/specs/baselines.md.
+"""Hand-computed scenarios, one per rule of docs/schedulers.md (the baselines).
 
 All use unit-time steps and token-exact KV (block_size 1) so every number can be
 followed by hand; the expected decisions are derived in the comments.

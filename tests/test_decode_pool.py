@@ -125,6 +125,17 @@ def test_pool_equals_per_request_path_on_a_trace_slice(name, options, apc, prefi
     assert pool is not None and pool.t > 0  # and the pool did run
 
 
+@pytest.mark.parametrize("name", ["vllm", "sarathi"])
+def test_pool_feeds_skew_aware_cost_models_the_same_decode_lengths(name):
+    """LLMServingSim's skew correction reads the longest and shortest decode KV of a step:
+    the pool gives them from its heaps, the per-request path from its scan."""
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:300], 4.0))
+    old, new, pool = run_both(reqs, name, {}, capacity=8_000, block_size=16,
+                              cost=COST_MODELS.create("llama3.1-8b-rtxpro6000"))
+    assert_same(old, new)
+    assert pool.t > 0
+
+
 def test_pool_with_shared_prefixes_from_a_trace():
     """Mooncake's conversation prefix ids (shared documents): hits, evictions and the pool together."""
     reqs = load_trace("mooncake-conv")[:300]

@@ -1,4 +1,4 @@
-"""GBA, GSA, b-scaling and Sorted-F (shared/specs/gsa_gba.md §14): exact vectors, pitfall
+"""GBA, GSA, b-scaling and Sorted-F (docs/gsa.md): exact vectors, pitfall
 regressions, a literal reference implementation of the pseudocode, the hidden-length
 oracle, kill accounting, memory safety and the published constants as sanity bounds."""
 

@@ -1,7 +1,7 @@
 """MC-SF family (mcsf, mc-benchmark, zhou-jiang, svf, a-max, a-min) in theory mode.
 
-Spec: shared/specs/mcsf.md sections 3-8, 12 and 13 (test vectors TV-1..TV-4, the
-counterexamples of section 5.4, property tests P-1..P-5, P-8, P-9). All runs use
+Sources: the MC-SF paper (Jaillet et al., arXiv 2502.07115; docs/conventions.md): its
+worked examples, the counterexamples to simpler rules, and its properties as tests. All runs use
 `simulate_theory` (unit rounds, block size 1, one lookahead slot), so latencies are
 `finish_time - arrival_time` in epochs and `kv_used_tokens` (with fast_forward=False) is
 the papers' memory at each epoch. The optimum side of the test vectors lives in

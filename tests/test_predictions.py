@@ -1,7 +1,7 @@
 """Prediction models, their spec strings and the predictors schedulers read them through.
 
-Spec: shared/specs/mcsf.md section 8 (and Ambiguity 24: clipping to M - s is the
-scheduler's job, so the models here are unclipped).
+Source: the MC-SF paper's robustness study (arXiv 2502.07115). Clipping to M - s is the
+scheduler's job, so the models here are unclipped.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""α-protection greedy and α-protection β-clearing (shared/specs/mcsf.md 6.1-6.4), and the
-clearing rules they share (`kvsched.schedulers.clearing`).
+"""α-protection greedy and α-protection β-clearing (the MC-SF paper's baselines, arXiv
+2502.07115), and the clearing rules they share (`kvsched.schedulers.clearing`).
 
 Scenarios run the real simulator in theory mode (unit rounds, block size 1, one lookahead
-slot: a request holds s + j tokens after its j-th output token, spec 3.4); the expected
+slot: a request holds s + j tokens after its j-th output token, as in the paper's model); the expected
 decisions are derived by hand in the comments. A request started at epoch p with output o
 finishes at p + o.
 """

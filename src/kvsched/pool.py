@@ -40,8 +40,8 @@ from kvsched.request import Request
 class DecodePool:
     """Decoding requests advanced by a shared counter (see the module docstring)."""
 
-    __slots__ = ("_adm", "_apc", "_bs", "_cnt", "_heap", "_joins", "_kv", "_la", "_spare", "_sum_base", "members",
-                 "outside", "outside_view", "t")
+    __slots__ = ("_adm", "_apc", "_bs", "_cnt", "_heap", "_joins", "_kv", "_la", "_max_heap", "_min_heap", "_spare",
+                 "_sum_base", "members", "outside", "outside_view", "t")
 
     def __init__(self, kv, lookahead_tokens: int) -> None:
         self._kv = kv
@@ -54,6 +54,10 @@ class DecodePool:
         self._heap: list[tuple[int, int, int, int]] = []  # (T at finish, admission seq, id, join number)
         self._cnt = [0] * self._bs  # members by (c0 - T0 + lookahead) mod block size
         self._sum_base = 0  # sum over members of c0 - T0
+        # The longest and shortest member KV (BatchShape.max/min_decode_kv_len): heaps of
+        # (+-(c0 - T0), join number, id), stale entries dropped when they reach the top.
+        self._max_heap: list[tuple[int, int, int]] = []
+        self._min_heap: list[tuple[int, int, int]] = []
         self._adm: dict[int, int] = {}  # resident id -> admission sequence number
         self._spare: list[int] = []  # prefix caching: fresh blocks popped for members, not yet handed out
         # Resident requests that are not members, in the order they became so: the
@@ -83,6 +87,8 @@ class DecodePool:
             for rid in list(self.members):
                 self.leave(rid)
             self._heap.clear()
+            self._max_heap.clear()
+            self._min_heap.clear()
 
     # --- loop side -----------------------------------------------------------------------
     def admitted(self, r: Request, seq: int) -> None:
@@ -122,6 +128,8 @@ class DecodePool:
         self._sum_base += base
         self._cnt[(base + self._la) % bs] += 1
         heapq.heappush(self._heap, (t + r.output_len - r.num_output_tokens, self._adm[rid], rid, self._joins))
+        heapq.heappush(self._max_heap, (-base, self._joins, rid))
+        heapq.heappush(self._min_heap, (base, self._joins, rid))
 
     def leave(self, rid: int) -> Request:
         """Materialise member `rid` and make it an outside resident again."""
@@ -171,6 +179,19 @@ class DecodePool:
             if m is not None and m[2] == join:
                 return t_fin - self.t
             heapq.heappop(heap)
+
+    def _top(self, heap: list[tuple[int, int, int]]) -> int:
+        members = self.members
+        while True:
+            key, join, rid = heap[0]
+            m = members.get(rid)
+            if m is not None and m[2] == join:
+                return key
+            heapq.heappop(heap)
+
+    def decode_kv_range(self) -> tuple[int, int]:
+        """(longest, shortest) KV a member holds before the step (members exist)."""
+        return -self._top(self._max_heap) + self.t, self._top(self._min_heap) + self.t
 
     def min_slack(self) -> int:
         """Smallest number of free KV slots a member holds beyond its tokens."""

@@ -42,9 +42,10 @@ def simulate(
     """Simulate `requests` under `scheduler`; the inputs are not mutated. `check_oracle`:
     a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`).
     `prefix_caching`: automatic prefix caching in the KV model; None (default) follows the
-    scheduler's `enable_prefix_caching` (off unless asked). `decode_pool`: advance decoding
-    requests as a group for schedulers that opt in (`kvsched.pool`); False visits every
-    request every step, with the same results (kept for tests and benchmarks)."""
+    scheduler's `enable_prefix_caching` (on for `vllm`, off for the other schedulers unless asked).
+    `decode_pool`: advance decoding requests as a group for schedulers that opt in
+    (`kvsched.pool`); False visits every request every step, with the same results (kept
+    for tests and benchmarks)."""
     if prefix_caching is None:
         prefix_caching = bool(getattr(scheduler, "enable_prefix_caching", False))
     elif prefix_caching and not hasattr(scheduler, "enable_prefix_caching"):
