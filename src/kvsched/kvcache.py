@@ -345,9 +345,13 @@ class PrefixCachingKVCache(KVCache):
             full = (total - la) // bs
             done = keyed[rid]
             if full > done:
+                # block_key, inlined: this runs for every block a prefill fills.
                 r = self._reqs[rid]
+                ids, pbs, own = r.prefix_block_ids, r.prefix_block_size, -1 - r.request_id
+                covered = len(ids) * pbs if ids is not None else 0
                 for j in range(done, full):
-                    k = block_key(r, j, bs)
+                    end = (j + 1) * bs
+                    k = (ids[(end - 1) // pbs], end) if end <= covered else (own, end)
                     b = mine[j]
                     if keys[b] is None and k not in cached:
                         cached[k] = b
