@@ -361,17 +361,10 @@ class _Loop:
             return
         if self.apc and runs:
             runs = self._admit_with_hits(runs, admitted)
-        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs)
+        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
         pool_blocks = 0
         if members:
-            # The pool decodes first (batch order); its aggregates join the batch's.
             pool_blocks = pool.num_new_blocks
-            longest, shortest = pool.decode_kv_range()
-            if shape.num_decode_seqs:
-                longest, shortest = max(longest, shape.max_decode_kv_len), min(shortest, shape.min_decode_kv_len)
-            shape = BatchShape(shape.num_seqs + members, shape.num_prefill_tokens, shape.num_decode_seqs + members,
-                               shape.num_kv_tokens + pool.num_kv_tokens, shape.prefill_attn_tokens, longest, shortest)
-            new_blocks += pool_blocks
             if shape.num_prefill_tokens == 0 and decision.repeat > 1:
                 min_slack = min(min_slack, pool.min_slack())
                 min_left = min(min_left, pool.min_left())
@@ -462,9 +455,11 @@ class _Loop:
                     clipped[rid] = left
         return runs if clipped is None else clipped
 
-    def _validate(self, runs):
+    def _validate(self, runs, members: int = 0):
         """Check every entry of `runs` before anything changes; return the batch, its shape,
-        the new blocks it needs, the smallest free-slot slack and decode steps left."""
+        the new blocks it needs, the smallest free-slot slack and decode steps left. With
+        `members`, the decode pool's members decode too (first in batch order): the shape and
+        the new blocks include them, the batch, slack and steps left do not."""
         bs, la = self.kv.block_size, self.lookahead
         blocks, resident, waiting = self.kv._blocks, self.resident, self.waiting
         batch: list[tuple[Request, int]] = []
@@ -506,7 +501,18 @@ class _Loop:
                 attn += n * total
             batch.append((r, n))
             totals.append((rid, total + la))
-        shape = BatchShape(len(batch), num_prefill, num_decode, num_kv, attn, max_dec, min_dec if num_decode else 0)
+        if members:
+            pool = self.pool
+            longest, shortest = pool.decode_kv_range()
+            if not num_decode or longest > max_dec:
+                max_dec = longest
+            if not num_decode or shortest < min_dec:
+                min_dec = shortest
+            num_decode += members
+            num_kv += pool.num_kv_tokens
+            new_blocks += pool.num_new_blocks
+        shape = BatchShape(len(batch) + members, num_prefill, num_decode, num_kv, attn, max_dec,
+                           min_dec if num_decode else 0)
         return batch, totals, shape, new_blocks, min_slack, min_left
 
     def _preempt(self, rid: int, restart: bool = False) -> None:
