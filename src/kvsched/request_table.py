@@ -52,12 +52,29 @@ class RequestTable(Sequence):
     def pack(self, i: int, r: Request) -> None:
         """Store request `r` (the loop's copy of input `i`) for good."""
         ints, times = self._ints, self._times
-        for f in _INT_FIELDS:
-            v = getattr(r, f)
-            ints[f][i] = -1 if v is None else v
-        for f in _TIME_FIELDS:
-            v = getattr(r, f)
-            times[f][i] = math.nan if v is None else v
+        # Field by field, not a loop over names: this runs once per request of the run.
+        ints["num_computed_tokens"][i] = r.num_computed_tokens
+        ints["num_output_tokens"][i] = r.num_output_tokens
+        ints["num_preemptions"][i] = r.num_preemptions
+        ints["num_restarts"][i] = r.num_restarts
+        ints["num_wasted_tokens"][i] = r.num_wasted_tokens
+        ints["num_discarded_tokens"][i] = r.num_discarded_tokens
+        ints["wasted_kv_area"][i] = r.wasted_kv_area
+        step = r.attempt_start_step
+        ints["attempt_start_step"][i] = -1 if step is None else step
+        ints["attempt_start_output"][i] = r.attempt_start_output
+        ints["attempt_kv_area"][i] = r.attempt_kv_area
+        ints["num_cached_tokens"][i] = r.num_cached_tokens
+        ints["num_reused_tokens"][i] = r.num_reused_tokens
+        nan = math.nan
+        v = r.admit_time
+        times["admit_time"][i] = nan if v is None else v
+        v = r.first_scheduled_time
+        times["first_scheduled_time"][i] = nan if v is None else v
+        v = r.first_token_time
+        times["first_token_time"][i] = nan if v is None else v
+        v = r.finish_time
+        times["finish_time"][i] = nan if v is None else v
         self._status[i] = _STATUS_CODE[r.status]
         self._packed[i] = 1
         self._att_first[i] = len(self._att_start)
