@@ -326,10 +326,9 @@ class PrefixCachingKVCache(KVCache):
                 if need > self._num_free:
                     raise KVCapacityError(f"request {rid} needs {need} more blocks, only {self._num_free} free")
                 self._num_free -= need
+                # Take the first `need` blocks of the free queue, then unlink them at once.
+                b = nxt[head]
                 for _ in range(need):
-                    b = nxt[head]  # the head of the free queue
-                    q = nxt[b]
-                    nxt[head], prv[q] = q, head
                     k = keys[b]
                     if k is not None:  # evict the least recently freed cached block
                         keys[b] = None
@@ -338,6 +337,8 @@ class PrefixCachingKVCache(KVCache):
                         self.num_evicted_blocks += 1
                     ref[b] = 1
                     mine.append(b)
+                    b = nxt[b]
+                nxt[head], prv[b] = b, head
                 blocks[rid] = len(mine)
             added += total - tokens[rid]
             tokens[rid] = total

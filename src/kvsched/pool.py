@@ -231,10 +231,8 @@ class DecodePool:
             kv._num_free -= num_new_blocks
             head = kv.num_blocks
             nxt, prv, keys, cached, ref, spare = kv._next, kv._prev, kv._key, kv._cached, kv._ref, self._spare
+            b = nxt[head]  # the first blocks of the free queue, unlinked at once below
             for _ in range(num_new_blocks):
-                b = nxt[head]
-                q = nxt[b]
-                nxt[head], prv[q] = q, head
                 key = keys[b]
                 if key is not None:
                     keys[b] = None
@@ -243,6 +241,8 @@ class DecodePool:
                     kv.num_evicted_blocks += 1
                 ref[b] = 1
                 spare.append(b)
+                b = nxt[b]
+            nxt[head], prv[b] = b, head
             kv._num_used_blocks = kv.num_blocks - kv._num_free
         elif not self._apc:
             kv._num_used_blocks += num_new_blocks
