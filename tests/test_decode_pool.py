@@ -214,3 +214,20 @@ def test_requests_frame_from_the_packed_arrays_equals_the_one_from_objects():
     pd.testing.assert_frame_equal(metrics.requests_frame(new), metrics.requests_frame(objects))
     assert metrics.summarize(new) == metrics.summarize(objects) or str(metrics.summarize(new)) == str(
         metrics.summarize(objects))  # NaN != NaN: compare the printed values then
+
+
+def test_request_table_grows_with_its_input_list():
+    from kvsched.request import RequestStatus
+    from kvsched.request_table import RequestTable
+
+    inputs = [Request(0, 0.0, 10, 3)]
+    table = RequestTable(inputs)
+    inputs.append(Request(7, 1.0, 5, 2))  # a driver that appends arrivals while the loop runs
+    late = inputs[1].copy_fresh()
+    late.status, late.finish_time, late.attempts = RequestStatus.FINISHED, 4.5, [(3, 2, "finish")]
+    table.pack(1, late)
+    got = table[1]
+    assert (got.request_id, got.status, got.finish_time, got.attempts) == (7, RequestStatus.FINISHED, 4.5,
+                                                                           [(3, 2, "finish")])
+    with pytest.raises(RuntimeError, match="has not left the run"):
+        table[0]

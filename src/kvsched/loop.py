@@ -324,11 +324,17 @@ class _Loop:
                 f"{self.kv.num_blocks * self.kv.block_size} tokens"
             )
             self.num_done += 1
-            if self.table is not None:
-                self.table.pack(self._index.pop(r.request_id), r)
+            self._pack(r)
             return
         self.waiting[r.request_id] = r
         self.arrived.append(r)
+
+    def _pack(self, r: Request) -> None:
+        """`r` left for good: into the run's table, if it came from the request list (one
+        added by other means, as a server does, stays the caller's)."""
+        i = self._index.pop(r.request_id, None)
+        if i is not None and self.table is not None:
+            self.table.pack(i, r)
 
     # --- applying a decision ----------------------------------------------------------
     def _apply(self, decision: Decision) -> None:
@@ -559,7 +565,7 @@ class _Loop:
 
     def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int,
                      kv_seconds: float, members: int = 0) -> None:
-        kv, now, la, pool, table, index = self.kv, self.now, self.lookahead, self.pool, self.table, self._index
+        kv, now, la, pool, table = self.kv, self.now, self.lookahead, self.pool, self.table
         start, end = now, now + duration
         used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
         num_finished = 0
@@ -575,7 +581,7 @@ class _Loop:
                 self.finished.append(r)
                 num_finished += 1
                 if table is not None:
-                    table.pack(index.pop(rid), r)
+                    self._pack(r)
         for r, n in batch:
             rid = r.request_id
             if r.status is RequestStatus.WAITING:
@@ -611,7 +617,7 @@ class _Loop:
                     if pool is not None:
                         pool.gone(rid)
                     if table is not None:
-                        table.pack(index.pop(rid), r)
+                        self._pack(r)
                 elif pool is not None:
                     pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished

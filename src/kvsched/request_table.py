@@ -51,6 +51,8 @@ class RequestTable(Sequence):
 
     def pack(self, i: int, r: Request) -> None:
         """Store request `r` (the loop's copy of input `i`) for good."""
+        if i >= len(self._status):
+            self._grow()
         ints, times = self._ints, self._times
         # Field by field, not a loop over names: this runs once per request of the run.
         ints["num_computed_tokens"][i] = r.num_computed_tokens
@@ -86,8 +88,20 @@ class RequestTable(Sequence):
         if r.reject_reason is not None:
             self._reasons[i] = r.reject_reason
 
+    def _grow(self) -> None:
+        """The input list grew (appended to while the loop ran): room for the new entries."""
+        more = len(self._inputs) - len(self._status)
+        for col in self._ints.values():
+            col.extend(array("q", [0]) * more)
+        for col in self._times.values():
+            col.extend(array("d", [math.nan]) * more)
+        for col in (self._status, self._packed):
+            col.extend(array("b", [0]) * more)
+        for col in (self._att_first, self._att_count):
+            col.extend(array("q", [0]) * more)
+
     def _build(self, i: int) -> Request:
-        if not self._packed[i]:
+        if i >= len(self._packed) or not self._packed[i]:
             raise RuntimeError(f"request {self._inputs[i].request_id} has not left the run")
         src, ints, times = self._inputs[i], self._ints, self._times
         first = self._att_first[i]
