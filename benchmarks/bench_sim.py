@@ -1,7 +1,7 @@
 """Simulator speed benchmark: the decode pool against the per-request path, in one run.
 
-    python benchmarks/bench_sim.py           # full run (~3 min on a 2-core machine; the 1M run alone ~1 min)
-    python benchmarks/bench_sim.py --quick   # ~1.5 min: 100k-request synthetic, fewer repeats
+    python benchmarks/bench_sim.py           # full run (~5 min on an idle 2-core machine; the 1M run ~1-2 min)
+    python benchmarks/bench_sim.py --quick   # ~2 min: 100k-request synthetic, fewer repeats
 
 Every timed figure is measured for the new path (`simulate(..., decode_pool=True)`, the
 default: decoding requests advanced as a group, kvsched.pool) and, where it says so, for
