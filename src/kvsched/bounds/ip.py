@@ -248,6 +248,7 @@ def solve_ip(
         row_counts=model.row_counts,
         options=opts,
         notes=tuple(notes),
+        lower_bound_solver={"ip-dual": out.solver, "horizon-check": "kvsched"}.get(source, "closed-form"),
     )
 
 

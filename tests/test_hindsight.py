@@ -1,0 +1,137 @@
+"""Hindsight optimum by every method (HiGHS, CP-SAT, both) against brute force; certificates."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvsched.bounds import (
+    CertificateError,
+    InfeasibleSchedule,
+    Instance,
+    SolverUnavailable,
+    check_result,
+    cpsat_available,
+    evaluate_starts,
+    solve_cpsat,
+    solve_hindsight,
+    solver_available,
+)
+from kvsched.bounds.hindsight import resolve_method
+from kvsched.experiments.mcsf_instances import generate
+
+needs_both = pytest.mark.skipif(not (cpsat_available() and solver_available()), reason="needs ortools and HiGHS")
+METHODS = ("highs", "cpsat", "best")
+
+
+def brute_force_optimum(inst: Instance) -> int:
+    """min TEL over every start vector with `a_i <= p_i <= max a + sum o` (some optimum lies there)."""
+    horizon = inst.safe_horizon()
+    best: int | None = None
+    for starts in itertools.product(*(range(a, horizon + 1) for a in inst.arrival)):
+        try:
+            tel, _ = evaluate_starts(inst, starts)
+        except InfeasibleSchedule:
+            continue
+        best = tel if best is None else min(best, tel)
+    assert best is not None
+    return best
+
+
+@st.composite
+def tiny_instances(draw: st.DrawFn) -> Instance:
+    capacity = draw(st.integers(3, 9))
+    n = draw(st.integers(1, 4))
+    rows = []
+    for _ in range(n):
+        s = draw(st.integers(0, min(3, capacity - 1)))
+        o = draw(st.integers(1, min(4, capacity - s)))
+        rows.append((draw(st.integers(0, 2)), s, o))
+    return Instance.from_triples(rows, capacity)
+
+
+@needs_both
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_instances().filter(lambda i: (i.safe_horizon() + 1) ** i.n <= 20_000))
+def test_every_method_matches_brute_force(inst: Instance) -> None:
+    opt = brute_force_optimum(inst)
+    for method in METHODS:
+        res = solve_hindsight(inst, method=method, time_limit_s=20)
+        assert res.status == "optimal", (method, res.notes)
+        assert res.objective == opt == res.lower_bound, method
+        check_result(inst, res)
+        cert = res.certificate()
+        assert cert["proved_by"] == res.lower_bound_solver and cert["proved_by"]
+
+
+@needs_both
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_instances().filter(lambda i: i.n >= 3 and (i.safe_horizon() + 1) ** i.n <= 20_000))
+def test_cpsat_bound_under_a_tiny_limit_stays_valid(inst: Instance) -> None:
+    """Stopped early (or not), the interval always contains the optimum."""
+    opt = brute_force_optimum(inst)
+    res = solve_cpsat(inst, time_limit_s=0.001, greedy_incumbent=False)
+    assert res.lower_bound <= opt
+    assert res.objective is None or res.objective >= opt
+
+
+@needs_both
+def test_paper_size_answers_are_certified() -> None:
+    """A paper-size model-2 instance: an honest interval, the incumbent replays, sources named."""
+    inst = generate(2, 0, 2)  # n = 22, M = 33
+    res = solve_hindsight(inst, method="best", time_limit_s=3)
+    check_result(inst, res)
+    assert [p["role"] for p in res.parts] in (["cpsat"], ["cpsat", "highs"])
+    assert res.lower_bound <= res.objective
+    assert res.lower_bound == max(p["lower_bound"] for p in res.parts)
+    assert res.objective == min(p["objective"] for p in res.parts)
+    json.dumps(res.to_dict())
+
+
+@needs_both
+def test_given_lower_bound_is_reported_as_the_callers() -> None:
+    inst = Instance.from_triples([(0, 2, 2), (0, 2, 8), (0, 2, 5), (0, 2, 2), (0, 2, 1)], 10)  # TV-1, optimum 24
+    res = solve_cpsat(inst, time_limit_s=10, known_lower_bound=24)
+    assert res.status == "optimal" and res.objective == 24
+    assert res.lower_bound_solver in ("cpsat", "caller")
+
+
+def test_check_result_catches_tampering() -> None:
+    inst = Instance.from_triples([(0, 2, 2), (0, 2, 8), (0, 2, 5)], 10)
+    if not cpsat_available():
+        pytest.skip("needs ortools")
+    good = solve_cpsat(inst, time_limit_s=10)
+    check_result(inst, good)
+    bad = [
+        dataclasses.replace(good, objective=good.objective - 1, upper_bound=good.objective - 1),
+        dataclasses.replace(good, lower_bound=0, lower_bound_source="volume", status="bounded"),
+        dataclasses.replace(good, lower_bound_solver=""),
+        dataclasses.replace(good, status="bounded"),
+        dataclasses.replace(good, starts=(0, 0, 0)),
+    ]
+    for res in bad:
+        with pytest.raises(ValueError):
+            check_result(inst, res)
+    with pytest.raises(CertificateError, match="without a schedule"):
+        check_result(inst, dataclasses.replace(good, starts=None))
+
+
+def test_missing_ortools_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ortools", None)
+    monkeypatch.setitem(sys.modules, "ortools.sat", None)
+    monkeypatch.setitem(sys.modules, "ortools.sat.python", None)
+    inst = Instance.from_triples([(0, 1, 1)], 4)
+    with pytest.raises(SolverUnavailable, match=r"pip install 'kvsched\[cpsat\]'"):
+        solve_cpsat(inst)
+
+
+def test_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown solver method 'gurobi'"):
+        resolve_method("gurobi")
+    assert resolve_method("auto") in ("best", "highs")
