@@ -646,7 +646,7 @@ def cmd_experiment(args) -> int:
         if label == "mcsf-synthetic":
             _, summary = exp.synthetic_study(args.model, instances=args.instances, time_limit_s=args.time_limit,
                                                  base_seed=args.seed, jobs=args.jobs, out=out, progress=progress,
-                                                 solve=not args.no_ip, scale=args.scale)
+                                                 solve=not args.no_ip, scale=args.scale, method=args.solver)
         elif label == "mcsf-trace":
             _, summary = exp.trace_study(rates=args.rates, num_requests=args.num_requests,
                                              capacity=args.capacity, cost_model=args.cost_model, seed=args.seed,
@@ -1257,6 +1257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic: paper-size instances (M 30-50, n 40-60) or small ones the IP closes")
     e.add_argument("--time-limit", type=float, default=10.0, help="synthetic: IP time limit per instance (s)")
     e.add_argument("--no-ip", action="store_true", help="synthetic: heuristics and closed-form bounds only")
+    e.add_argument("--solver", choices=("auto", "highs", "cpsat", "best"), default="auto",
+                   help="synthetic: who solves the hindsight IP (auto: best when OR-Tools is installed, else highs)")
     e.add_argument("--jobs", type=int, default=1, help="synthetic, wait-*: worker processes")
     e.add_argument("--rates", type=_floats, help="trace, wait-*: arrival rates (req/s; trace default 10,50)")
     e.add_argument("--eps", type=_floats, default=[0.2, 0.5, 0.8], help="robustness: prediction errors")

@@ -170,7 +170,9 @@ def solve_cpsat(
         notes.append("CP-SAT: no schedule better than the incumbent")
     candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum))]
     if math.isfinite(model_lb):
-        candidates.insert(0, ("cpsat-bound", model_lb))
+        # Last, so that a tie goes to the closed form: the model states `objective >= LB_vol`,
+        # and CP-SAT repeating it proves nothing more.
+        candidates.append(("cpsat-bound", model_lb))
     source, lower = max(candidates, key=lambda kv: kv[1])
     if known_lower_bound is not None and source == "cpsat-bound" and model_lb <= known_lower_bound:
         source = "given"  # CP-SAT only repeated the caller's bound
