@@ -21,8 +21,10 @@ from kvsched.bounds import (
     evaluate_starts,
     solve_cpsat,
     solve_hindsight,
+    solve_lp,
     solver_available,
 )
+from kvsched.bounds.certify import lagrangian_bound
 from kvsched.bounds.hindsight import resolve_method
 from kvsched.experiments.mcsf_instances import generate
 
@@ -135,3 +137,33 @@ def test_unknown_method_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown solver method 'gurobi'"):
         resolve_method("gurobi")
     assert resolve_method("auto") in ("best", "highs")
+
+
+@st.composite
+def priced_instances(draw: st.DrawFn) -> tuple[Instance, list[float]]:
+    inst = draw(tiny_instances().filter(lambda i: (i.safe_horizon() + 1) ** i.n <= 20_000))
+    prices = draw(st.lists(st.floats(0, 3, allow_nan=False), min_size=0, max_size=inst.safe_horizon() + 3))
+    return inst, prices
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(priced_instances())
+def test_lagrangian_bound_is_valid_for_any_prices(case: tuple[Instance, list[float]]) -> None:
+    inst, prices = case
+    assert lagrangian_bound(inst, prices) <= brute_force_optimum(inst) + 1e-9
+
+
+@pytest.mark.skipif(not solver_available(), reason="needs HiGHS")
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tiny_instances().filter(lambda i: (i.safe_horizon() + 1) ** i.n <= 20_000))
+def test_lp_memory_prices_certify_the_lp_value(inst: Instance) -> None:
+    """The LP's duals, recomputed as a Lagrangian bound by kvsched alone, give the LP value."""
+    lp = solve_lp(inst)
+    assert lp.certified_value == pytest.approx(lagrangian_bound(inst, lp.memory_prices))
+    assert lp.certified_value == pytest.approx(lp.value, rel=1e-7, abs=1e-7)
+    assert lp.certified_value <= brute_force_optimum(inst) + 1e-9
+
+
+def test_lagrangian_bound_refuses_negative_prices() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        lagrangian_bound(Instance.from_triples([(0, 1, 1)], 4), [1.0, -0.5])

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from kvsched.bounds.cpsat import cpsat_available
 from kvsched.bounds.hindsight import resolve_method, solve_hindsight
 from kvsched.bounds.instance import Instance
-from kvsched.bounds.ip import solve_lp
+from kvsched.bounds.ip import _ceil_bound, solve_lp
 from kvsched.bounds.results import IPOptions, IPResult, LPResult
 from kvsched.bounds.solvers import SolverName, solver_available
 from kvsched.bounds.volume import lemma47_bound, sum_output_bound, volume_bound
@@ -41,7 +41,10 @@ class BoundReport:
             "lp": None
             if self.lp is None
             else {"value": self.lp.value, "ceil": self.lp.ceil_value, "status": self.lp.status,
-                  "solve_time_s": self.lp.solve_time_s, "solver": self.lp.solver},
+                  "solve_time_s": self.lp.solve_time_s, "solver": self.lp.solver,
+                  "certified_value": self.lp.certified_value,
+                  "certificate": "Lagrangian bound recomputed from the LP's memory prices"
+                  if self.lp.certified_value is not None else None},
             "notes": list(self.notes),
         }
 
@@ -79,7 +82,11 @@ def bound_report(
     lp_res: LPResult | None = None
     if lp and solver_available(solver):
         lp_res = solve_lp(inst, time_limit_s=time_limit_s, solver=solver)
-        if lp_res.ceil_value is not None:
+        if lp_res.certified_value is not None:
+            # The Lagrangian bound kvsched recomputed from the LP's memory prices (certify.py),
+            # not the solver's float: the bound in the report is re-verified.
+            bounds.append(("lp", float(_ceil_bound(lp_res.certified_value))))
+        elif lp_res.ceil_value is not None:
             bounds.append(("lp", float(lp_res.ceil_value)))
         else:
             notes.append(f"LP did not finish: {lp_res.status}")

@@ -102,3 +102,8 @@ class LPResult:
     num_vars: int
     num_rows: int
     num_nonzeros: int
+    # Lagrangian certificate of the LP bound: a price per epoch on the memory rows (from
+    # the LP's duals) and the bound `kvsched.bounds.certify.lagrangian_bound` recomputes
+    # from them alone (valid for any prices >= 0; equal to the LP value up to tolerances).
+    memory_prices: tuple[float, ...] = ()  # index t-1 = epoch t
+    certified_value: float | None = None
