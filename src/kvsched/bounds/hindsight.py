@@ -4,10 +4,11 @@
   stronger lower bound at the papers' size);
 * `"cpsat"`: `kvsched.bounds.cpsat.solve_cpsat`, one start variable per request under a
   cumulative (the better schedules; closes small instances fast);
-* `"best"`: HiGHS for most of the time limit (it proves more), then, unless it proved
-  optimality, CP-SAT for the rest, started from HiGHS's schedule and given HiGHS's bound;
-  the answer keeps the better end of each: the lower upper bound and the higher proven
-  lower bound, each with the solver that produced it;
+* `"best"`: a short CP-SAT probe (5 % of the limit; it closes small instances in a
+  fraction of a second), then HiGHS for most of what is left (it proves more), then,
+  unless one of them proved optimality, CP-SAT for the rest, started from the best schedule
+  and given HiGHS's bound; the answer keeps the better end of each: the lower upper bound
+  and the higher proven lower bound, each with the solver that produced it;
 * `"auto"`: `"best"` when OR-Tools is installed, else `"highs"`.
 
 Every answer goes through `kvsched.bounds.certify.check_result` before it is returned.
@@ -79,7 +80,8 @@ def solve_hindsight(
 
 
 def _solve_best(
-    inst: Instance, opts: IPOptions, incumbent_starts: Sequence[int] | None, cpsat_share: float
+    inst: Instance, opts: IPOptions, incumbent_starts: Sequence[int] | None, cpsat_share: float,
+    probe_share: float = 0.05,
 ) -> IPResult:
     from kvsched.bounds.cpsat import solve_cpsat
     from kvsched.bounds.ip import solve_ip
@@ -87,28 +89,54 @@ def _solve_best(
     if not 0 < cpsat_share < 1:
         raise ValueError(f"cpsat_share must be in (0, 1), got {cpsat_share}")
     total = opts.time_limit_s
-    # HiGHS first: it is the better prover (docs/bounds.md), and a proof ends the solve.
-    hi = solve_ip(inst, replace(opts, time_limit_s=None if total is None else total * (1 - cpsat_share)),
-                  incumbent_starts=incumbent_starts)
-    if hi.status == "optimal" or hi.starts is None:
-        return replace(hi, parts=(_part(hi, "highs"),))
-    # CP-SAT for the rest, from HiGHS's schedule and with HiGHS's proven bound as a row, so
-    # that a schedule meeting that bound ends the search as proven.
-    cp_limit = None if total is None else max(total - hi.solve_time_s, total * cpsat_share)
-    cp = solve_cpsat(inst, replace(opts, time_limit_s=cp_limit), incumbent_starts=hi.starts,
-                     known_lower_bound=hi.lower_bound)
-    hi_from = "highspy" if hi.incumbent_source == "solver" else hi.incumbent_source
-    if cp.objective is not None and hi.objective is not None and cp.objective < hi.objective:
-        upper, starts, upper_from = cp.objective, cp.starts, "cpsat"
-    else:
-        upper, starts, upper_from = hi.objective, hi.starts, hi_from
-    # Ties go to HiGHS: CP-SAT was handed HiGHS's bound and may only have repeated it.
-    low = max((hi, cp), key=lambda r: r.lower_bound)
+    runs: list[tuple[str, IPResult]] = []
+
+    def left() -> float | None:
+        return None if total is None else max(total - sum(r.solve_time_s for _, r in runs), 0.05 * total)
+
+    def starts_so_far() -> Sequence[int] | None:
+        done = [r for _, r in runs if r.starts is not None]
+        return min(done, key=lambda r: r.objective).starts if done else incumbent_starts
+
+    # 1. A short CP-SAT probe: it proves small instances in a fraction of a second, where
+    #    HiGHS takes seconds (docs/bounds.md, medium instances).
+    if total is not None:
+        runs.append(("cpsat-probe", solve_cpsat(inst, replace(opts, time_limit_s=total * probe_share),
+                                                incumbent_starts=incumbent_starts)))
+    # 2. HiGHS, the better prover, for most of what is left.
+    if not runs or runs[-1][1].status != "optimal":
+        budget = left()
+        hi = solve_ip(inst, replace(opts, time_limit_s=None if budget is None else budget * (1 - cpsat_share)),
+                      incumbent_starts=starts_so_far())
+        runs.append(("highs", hi))
+        # 3. CP-SAT for the rest, from the best schedule and with HiGHS's proven bound as a
+        #    row, so that a schedule meeting that bound ends the search as proven.
+        if hi.status != "optimal" and hi.starts is not None:
+            runs.append(("cpsat", solve_cpsat(inst, replace(opts, time_limit_s=left()),
+                                              incumbent_starts=starts_so_far(), known_lower_bound=hi.lower_bound)))
+    return _combine(runs, opts)
+
+
+def _combine(runs: list[tuple[str, IPResult]], opts: IPOptions) -> IPResult:
+    """The lowest upper bound and the highest lower bound of the runs, each with its source."""
+    with_schedule = [r for _, r in runs if r.starts is not None]
+    best_up = min(with_schedule, key=lambda r: r.objective) if with_schedule else None
+    # Ties go to the earliest run: a later CP-SAT run was handed HiGHS's bound as a row.
+    low = max((r for _, r in runs), key=lambda r: r.lower_bound)
+    upper = None if best_up is None else best_up.objective
     lower = low.lower_bound
-    notes = tuple(f"highs: {n}" for n in hi.notes) + tuple(f"cpsat: {n}" for n in cp.notes)
-    status: IPStatus = "optimal" if upper is not None and lower >= upper else "bounded"
+    if best_up is None:
+        upper_from = None
+    elif best_up.incumbent_source == "solver":
+        upper_from = best_up.solver
+    else:  # a run that kept the schedule it was given: whoever found that one first
+        upper_from = next((r.solver if r.incumbent_source == "solver" else r.incumbent_source
+                           for _, r in runs if r.objective == upper), best_up.incumbent_source)
+    status: IPStatus = "optimal" if upper is not None and lower >= upper else \
+        "bounded" if upper is not None else "no-solution"
+    base = next((r for name, r in runs if name == "highs"), runs[-1][1])
     return replace(
-        hi,
+        base,
         status=status,
         objective=upper,
         upper_bound=upper,
@@ -116,12 +144,12 @@ def _solve_best(
         lower_bound_source=low.lower_bound_source,
         lower_bound_solver=low.lower_bound_solver,
         gap=None if not upper else (upper - lower) / upper,
-        starts=starts,
+        starts=None if best_up is None else best_up.starts,
         incumbent_source=upper_from,
-        solve_time_s=hi.solve_time_s + cp.solve_time_s,
-        solver=f"{hi.solver}+cpsat",
-        formulation="time-indexed+intervals",
-        notes=notes,
-        parts=(_part(hi, "highs"), _part(cp, "cpsat")),
+        solve_time_s=sum(r.solve_time_s for _, r in runs),
+        solver="+".join(dict.fromkeys(r.solver for _, r in runs)),
+        formulation="+".join(dict.fromkeys(r.formulation for _, r in runs)),
+        notes=tuple(f"{name}: {n}" for name, r in runs for n in r.notes),
+        parts=tuple(_part(r, name) for name, r in runs),
         options=opts,
     )
