@@ -168,3 +168,13 @@ def test_lp_memory_prices_certify_the_lp_value(inst: Instance) -> None:
 def test_lagrangian_bound_refuses_negative_prices() -> None:
     with pytest.raises(ValueError, match=">= 0"):
         lagrangian_bound(Instance.from_triples([(0, 1, 1)], 4), [1.0, -0.5])
+
+
+@needs_both
+def test_a_wrong_given_bound_proves_nothing() -> None:
+    """A caller's bound above a feasible TEL makes the model infeasible; no proof may follow from it."""
+    inst = Instance.from_triples([(0, 2, 2), (0, 2, 8), (0, 2, 5), (0, 2, 2), (0, 2, 1)], 10)  # optimum 24
+    res = solve_cpsat(inst, time_limit_s=10, incumbent_starts=[0, 4, 0, 2, 0], known_lower_bound=30)
+    assert res.objective == 24 and res.status == "bounded"
+    assert res.lower_bound_solver == "closed-form" and res.lower_bound == 20
+    check_result(inst, res)

@@ -158,16 +158,17 @@ def solve_cpsat(
                 inc_starts, inc_tel, inc_source = st, tel, "solver"
     # CP-SAT's bound is exact integer arithmetic; the tolerance only guards the float API.
     if code == cp_model.INFEASIBLE:
-        model_lb = math.inf if inc_tel is None else float(inc_tel)  # only with an incumbent bound U
+        # The incumbent satisfies every constraint of the model, so this can only mean a
+        # `known_lower_bound` above its TEL: a wrong claim. Prove nothing from it.
+        model_lb = -math.inf
+        notes.append(f"CP-SAT found the model infeasible (given lower bound {known_lower_bound} vs incumbent "
+                     f"{inc_tel}); its bound is ignored")
     elif starts and code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
         model_lb = float(_ceil_bound(solver.best_objective_bound))
     else:
         model_lb = -math.inf
     if code == cp_model.OPTIMAL and inc_tel is not None:
         model_lb = max(model_lb, float(inc_tel))
-    if code == cp_model.INFEASIBLE and inc_tel is not None:
-        # "objective <= U" made it infeasible only if nothing beats U: U is optimal.
-        notes.append("CP-SAT: no schedule better than the incumbent")
     candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum))]
     if math.isfinite(model_lb):
         # Last, so that a tie goes to the closed form: the model states `objective >= LB_vol`,
