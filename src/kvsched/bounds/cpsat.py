@@ -163,7 +163,9 @@ def solve_cpsat(
         model_lb = -math.inf
         notes.append(f"CP-SAT found the model infeasible (given lower bound {known_lower_bound} vs incumbent "
                      f"{inc_tel}); its bound is ignored")
-    elif starts and code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
+    elif starts and code in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN) and math.isfinite(
+        solver.best_objective_bound
+    ):
         model_lb = float(_ceil_bound(solver.best_objective_bound))
     else:
         model_lb = -math.inf
