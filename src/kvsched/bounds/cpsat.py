@@ -203,7 +203,8 @@ def solve_cpsat(
         horizon=int(hz.max()) if inst.n else 0,
         horizon_kind=kind,
         horizon_proven=True,
-        dual_bound=float(solver.best_objective_bound) if starts else None,
+        dual_bound=float(solver.best_objective_bound)
+        if starts and math.isfinite(solver.best_objective_bound) else None,
         solver_status=raw,
         solve_time_s=elapsed,
         solver="cpsat",
