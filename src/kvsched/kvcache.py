@@ -434,6 +434,9 @@ class PrefixCachingKVCache(KVCache):
             raise KeyError(f"request {request_id} holds no KV blocks")
         ref, keys, bs = self._ref, self._key, self.block_size
         own_from = self._lazy.pop(request_id, None)
+        if own_from == 0:
+            self._free_own(request_id, mine)
+            return
         if own_from is not None:
             r = self._reqs[request_id]
             keyed = self._num_keyed[request_id]
@@ -471,6 +474,52 @@ class PrefixCachingKVCache(KVCache):
         self._num_free += freed
         self._num_used_tokens -= self._tokens.pop(request_id) - still_shared * bs
         del self._blocks[request_id], self._reqs[request_id], self._num_keyed[request_id]
+        self._num_used_blocks = self.num_blocks - self._num_free
+
+    def _free_own(self, request_id: int, mine: list[int]) -> None:
+        """`free` for a lazily keyed request holding only its own blocks (each held once):
+        the same queue, built as two chains. Keyless blocks (from `keyed` on) end up after
+        the head in block order, keyed ones before the tail, last block first."""
+        r, keyed = self._reqs.pop(request_id), self._num_keyed.pop(request_id)
+        ref, keys, nxt, prv = self._ref, self._key, self._next, self._prev
+        head, tail = self.num_blocks, self.num_blocks + 1
+        if len(mine) > keyed:
+            first, p = nxt[head], head
+            for b in mine[keyed:]:
+                ref[b] = 0
+                nxt[p] = b
+                prv[b] = p
+                p = b
+            nxt[p], prv[first] = first, p
+        if keyed:
+            p = prv[tail]
+            if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
+                for j in range(keyed - 1, -1, -1):
+                    b = mine[j]
+                    ref[b] = 0
+                    keys[b] = DEAD
+                    nxt[p] = b
+                    prv[b] = p
+                    p = b
+            else:  # it may come back: its own keys, as eager registration made them
+                self._version += 1
+                self._num_hidden -= keyed
+                cached, own, bs = self._cached, -1 - request_id, self.block_size
+                for j in range(keyed - 1, -1, -1):
+                    b = mine[j]
+                    ref[b] = 0
+                    k = (own, (j + 1) * bs)
+                    cached[k] = b
+                    keys[b] = k
+                    nxt[p] = b
+                    prv[b] = p
+                    p = b
+            nxt[p], prv[tail] = tail, p
+        if r.status is not RequestStatus.FINISHED:
+            self._had_kv.add(request_id)
+        self._num_free += len(mine)
+        self._num_used_tokens -= self._tokens.pop(request_id)
+        del self._blocks[request_id]
         self._num_used_blocks = self.num_blocks - self._num_free
 
     def check(self) -> None:
