@@ -307,6 +307,14 @@ class PrefixCachingKVCache(KVCache):
             if got is not None and got[0] == self._version and got[1] == request.num_tokens:
                 return got[2]
             self._memo[rid] = (self._version, request.num_tokens, out)
+            if not request.prefix_block_ids:  # block_key, inlined: only its own keys
+                own = -1 - rid
+                for end in range(bs, ((request.num_tokens - 1) // bs + 1) * bs, bs):
+                    blk = cached.get((own, end))
+                    if blk is None:
+                        break
+                    out.append(blk)
+                return out
         for j in range((request.num_tokens - 1) // bs):
             blk = cached.get(block_key(request, j, bs))
             if blk is None:
