@@ -303,6 +303,12 @@ def test_requests_frame_from_the_packed_arrays_equals_the_one_from_objects():
     pd.testing.assert_frame_equal(metrics.requests_frame(new), metrics.requests_frame(objects))
     assert metrics.summarize(new) == metrics.summarize(objects) or str(metrics.summarize(new)) == str(
         metrics.summarize(objects))  # NaN != NaN: compare the printed values then
+    # Run.rejected and run_bound read the packed columns: the same as from the objects.
+    from kvsched.bounds.runs import run_bound
+
+    assert new.rejected
+    assert [dataclasses.astuple(r) for r in new.rejected] == [dataclasses.astuple(r) for r in objects.rejected]
+    assert run_bound(new, 0.01, 0) == run_bound(objects, 0.01, 0)
 
 
 def test_request_table_grows_with_its_input_list():

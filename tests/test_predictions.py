@@ -298,3 +298,21 @@ def test_point_predictor_fails_on_interval_only_predictions():
     lo, hi = r.predicted_output_interval
     assert make_predictor("interval-low").output_len(r) == lo
     assert make_predictor("interval-high").output_len(r) == hi
+
+
+@pytest.mark.parametrize("spec", ["exact", "relative:eps=0.5", "overestimate:alpha=2", "interval-ratio:alpha=0.5",
+                                  "interval-common:lo=1,hi=5000", "interval-common"])
+def test_copies_equal_copy_fresh_then_replace(spec):
+    # apply() builds each copy with one constructor call; it must equal the obvious
+    # construction (a fresh copy with the two prediction fields replaced), types included.
+    reqs = [Request(i, 0.5 * i, 10 + i, 1 + 7 * i % 300, prefix_block_ids=(1, 2) if i % 3 else None,
+                    prefix_block_size=16) for i in range(40)]
+    reqs[5].num_output_tokens = 3  # progress on an input is not copied
+    got = attach(reqs, spec, seed=3)
+    ref = attach(reqs, spec, seed=3)
+    for g, r, src in zip(got, ref, reqs, strict=True):
+        want = dataclasses.replace(src.copy_fresh(), predicted_output_len=r.predicted_output_len,
+                                   predicted_output_interval=r.predicted_output_interval)
+        assert dataclasses.astuple(g) == dataclasses.astuple(want)
+        assert type(g.predicted_output_len) in (int, type(None))
+        assert g.predicted_output_interval is None or all(type(v) is int for v in g.predicted_output_interval)

@@ -146,7 +146,10 @@ class Run:
 
     @property
     def rejected(self) -> list[Request]:
-        return [r for r in self.requests if r.status is RequestStatus.REJECTED]
+        reqs = self.requests
+        if isinstance(reqs, RequestTable):  # build only the rejected ones
+            return [reqs[i] for i in reqs.indices(RequestStatus.REJECTED)]
+        return [r for r in reqs if r.status is RequestStatus.REJECTED]
 
 
 ProgressFn = Callable[[float, int], None]  # (simulated time, requests done)

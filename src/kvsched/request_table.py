@@ -138,6 +138,16 @@ class RequestTable(Sequence):
     def __len__(self) -> int:
         return len(self._inputs)
 
+    def indices(self, status: RequestStatus) -> list[int]:
+        """Table positions of the requests that left with `status`, without building the
+        others (an unpacked position is included, so building it raises as iteration would)."""
+        code, packed = _STATUS_CODE[status], self._packed
+        return [i for i, s in enumerate(self._status) if s == code or not packed[i]]
+
+    def input(self, i: int) -> Request:
+        """The input request at position `i` (its identity and length fields; no progress)."""
+        return self._inputs[i]
+
     def column(self, name: str) -> np.ndarray:
         """One field of every request, in table order, without building requests (times
         NaN where None; `status` as the status values; `reject_reason` with "" for None)."""

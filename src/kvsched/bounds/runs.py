@@ -20,6 +20,7 @@ from kvsched.backend import BatchShape
 from kvsched.bounds.volume import volume_bound_seconds
 from kvsched.loop import Run
 from kvsched.request import RequestStatus
+from kvsched.request_table import RequestTable
 
 
 def schedule_of(run: Run) -> tuple[int, dict[int, int] | None]:
@@ -41,8 +42,15 @@ def min_round_time(cost_model) -> float:
 
 def run_bound(run: Run, round_time_s: float, lookahead_tokens: int) -> dict:
     """Total latency of the completed requests, the volume bound on it, and their ratio."""
-    done = [r for r in run.requests if r.status is RequestStatus.FINISHED]
-    total = float(sum(r.finish_time - r.arrival_time for r in done))
+    reqs = run.requests
+    if isinstance(reqs, RequestTable):  # the same values, read from the packed columns
+        idx = reqs.indices(RequestStatus.FINISHED)
+        finish = reqs.column("finish_time").tolist()
+        done = [reqs.input(i) for i in idx]
+        total = float(sum(finish[i] - r.arrival_time for i, r in zip(idx, done)))
+    else:
+        done = [r for r in reqs if r.status is RequestStatus.FINISHED]
+        total = float(sum(r.finish_time - r.arrival_time for r in done))
     a = np.array([r.arrival_time for r in done], dtype=np.float64)
     s = np.array([r.prompt_len for r in done], dtype=np.int64)
     o = np.array([r.output_len for r in done], dtype=np.int64)
