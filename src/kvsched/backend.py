@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kvsched.fastinit import fast_frozen_init
 from kvsched.request import Request
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class BatchShape:
     """What a cost model needs to know about one step.

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kvsched.fastinit import fast_frozen_init
 from kvsched.kvcache import blocks_for
 from kvsched.request import Request
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from kvsched.pool import DecodePool
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One step's decision.
@@ -55,6 +57,7 @@ class Decision:
 IDLE = Decision()
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class View:
     """Read-only state for one scheduling call.
