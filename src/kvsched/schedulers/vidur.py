@@ -196,11 +196,11 @@ class SarathiScheduler(_VidurBase):
                 decoders[r.request_id] = 1 if held.get(r.request_id, 0) * bs <= computed + la else 0
         if len(pool.members) + len(decoders) > cap:
             return None  # the cap cuts the decoders: the per-request pass decides who
-        partial.sort(key=_arrival_key)
-        free = view.num_free_blocks - sum(
-            blocks_for(r.num_tokens + la, bs) - held.get(r.request_id, 0) for r in partial
-        )
-        need_all = pool.num_new_blocks + sum(decoders.values())
+        free = view.num_free_blocks
+        if partial:  # usually none: skip the sort and the generator (this runs every step)
+            partial.sort(key=_arrival_key)
+            free -= sum(blocks_for(r.num_tokens + la, bs) - held.get(r.request_id, 0) for r in partial)
+        need_all = pool.num_new_blocks + sum(decoders.values()) if decoders else pool.num_new_blocks
         preempted: list[int] = []
         running = self._running
         while need_all > free:
@@ -218,7 +218,7 @@ class SarathiScheduler(_VidurBase):
                 free += blocks_for(victim.num_tokens + la, bs) - freed  # its reservation too
                 partial.remove(victim)
         free -= need_all
-        run = dict.fromkeys(sorted(decoders, key=lambda rid: _arrival_key(view.resident[rid])), 1)
+        run = dict.fromkeys(sorted(decoders, key=lambda rid: _arrival_key(view.resident[rid])), 1) if decoders else {}
         num_batch_tokens = len(pool.members) + len(run)
         for r in partial:
             n = min(r.num_tokens - r.num_computed_tokens, self.chunk_size - num_batch_tokens)
