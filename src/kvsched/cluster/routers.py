@@ -1,0 +1,157 @@
+"""Global routers: which replica a request goes to, decided when it arrives.
+
+A router registers like a scheduler (`@ROUTERS.register("name")`, one class in this file)
+and implements `route(request, view) -> replica index`. `view.replica(i)` is replica i as it
+is at the request's arrival (the coordinator advances it there on first read, so a router
+pays only for the replicas it looks at, and round-robin and random read none). What a
+router may read is listed on `kvsched.cluster.replica.Replica`; it never sees output lengths.
+
+`reset(num_replicas, rng)` starts a run: counters back to zero and the run's own seeded
+generator (the only randomness a router has). Ties go to the first replica in a rotating
+order, so an idle cluster spreads requests instead of piling them on replica 0.
+
+The policies are those of the cluster simulators: Vidur's global schedulers (round-robin,
+random, least outstanding requests), SplitwiseSim's join-the-shortest-queue family (by
+requests, by queued tokens, by KV in use), power-of-two choices (Mitzenmacher), and a
+prefix-affinity router in the spirit of BLIS's prefix-cache scorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from kvsched.registry import ROUTERS
+from kvsched.request import Request
+
+
+class ClusterView:
+    """The replicas as the router sees them at `now`."""
+
+    __slots__ = ("_advance", "_replicas", "now")
+
+    def __init__(self, replicas: Sequence, advance: Callable[[int, float], None]) -> None:
+        self._replicas = replicas
+        self._advance = advance
+        self.now = 0.0
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self._replicas)
+
+    def replica(self, i: int):
+        """Replica i, advanced to `now` (it may be a step past it: a step in flight when the
+        request arrives is already decided and counted)."""
+        self._advance(i, self.now)
+        return self._replicas[i]
+
+
+class Router:
+    """Base class: `route` picks a replica index."""
+
+    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
+        if num_replicas < 1:
+            raise ValueError(f"a cluster needs at least one replica, got {num_replicas}")
+        self.num_replicas = num_replicas
+        self.rng = rng
+        self._turn = 0
+
+    def route(self, request: Request, view: ClusterView) -> int:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("rng", "num_replicas")}
+
+    def _least(self, view: ClusterView, key: Callable) -> int:
+        """The replica with the smallest `key(replica)`; ties to the first in rotating order."""
+        n = self.num_replicas
+        start = self._turn
+        self._turn = (start + 1) % n
+        best, best_key = start, None
+        for k in range(n):
+            i = (start + k) % n
+            v = key(view.replica(i))
+            if best_key is None or v < best_key:
+                best, best_key = i, v
+        return best
+
+
+@ROUTERS.register("round-robin", "replicas in turn (Vidur's round_robin); reads no replica state")
+class RoundRobin(Router):
+    def route(self, request: Request, view: ClusterView) -> int:
+        i = self._turn
+        self._turn = (i + 1) % self.num_replicas
+        return i
+
+
+@ROUTERS.register("random", "a uniformly random replica from the run's seeded generator (Vidur's random)")
+class Random(Router):
+    def route(self, request: Request, view: ClusterView) -> int:
+        return int(self.rng.integers(self.num_replicas))
+
+
+@ROUTERS.register("least-outstanding", "fewest requests routed and not finished (Vidur's LOR, SplitwiseSim's JSQ)")
+class LeastOutstanding(Router):
+    def route(self, request: Request, view: ClusterView) -> int:
+        return self._least(view, lambda r: r.num_outstanding)
+
+
+@ROUTERS.register("least-kv", "least KV cache in use, in blocks (SplitwiseSim's KV-JSQ)")
+class LeastKV(Router):
+    def route(self, request: Request, view: ClusterView) -> int:
+        return self._least(view, lambda r: (r.kv_used_blocks, r.num_outstanding))
+
+
+@ROUTERS.register("shortest-token-queue", "fewest queued tokens to prefill (SplitwiseSim's token-JSQ)")
+class ShortestTokenQueue(Router):
+    def route(self, request: Request, view: ClusterView) -> int:
+        return self._least(view, lambda r: (r.num_queued_tokens, r.num_outstanding))
+
+
+@ROUTERS.register("power-of-two", "two random replicas, the one with fewer outstanding requests (Mitzenmacher)")
+class PowerOfTwo(Router):
+    def route(self, request: Request, view: ClusterView) -> int:
+        n = self.num_replicas
+        if n == 1:
+            return 0
+        a, b = (int(x) for x in self.rng.choice(n, size=2, replace=False))
+        return b if view.replica(b).num_outstanding < view.replica(a).num_outstanding else a
+
+
+@ROUTERS.register("prefix-affinity", "the replica that last served the longest shared prefix, unless it is "
+                                     "max_load_gap requests busier than the least loaded")
+class PrefixAffinity(Router):
+    """Requests sharing a prefix (`Request.prefix_block_ids`, chained ids) go where that
+    prefix was last sent, so a replica with prefix caching finds it in its cache. The router
+    keeps its own index (prefix id -> replica), as a router in front of real engines must;
+    it never reads the replicas' caches. Without a known prefix, or when the affine replica
+    has more than `max_load_gap` outstanding requests above the least loaded one, the
+    request goes to the least loaded replica (least-outstanding)."""
+
+    def __init__(self, max_load_gap: int = 8) -> None:
+        if max_load_gap < 0:
+            raise ValueError(f"max_load_gap must be >= 0, got {max_load_gap}")
+        self.max_load_gap = max_load_gap
+
+    def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
+        super().reset(num_replicas, rng)
+        self._owner: dict[int, int] = {}
+
+    def route(self, request: Request, view: ClusterView) -> int:
+        least = self._least(view, lambda r: r.num_outstanding)
+        ids = request.prefix_block_ids or ()
+        owner = self._owner
+        choice = least
+        for pid in reversed(ids):  # chained ids: the deepest known one is the longest match
+            i = owner.get(pid)
+            if i is not None:
+                if view.replica(i).num_outstanding <= view.replica(least).num_outstanding + self.max_load_gap:
+                    choice = i
+                break
+        for pid in ids:
+            owner[pid] = choice
+        return choice
+
+
+__all__ = ["ClusterView", "Router"]
