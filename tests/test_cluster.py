@@ -1,0 +1,308 @@
+"""The cluster (kvsched.cluster, docs/cluster.md): a 1-replica cluster is the single-replica
+simulator byte for byte, replicas that read no state equal independent runs on their share of
+the trace, same seed gives same bytes, every scheduler runs in every replica under every
+router with the invariants of one replica, and disaggregation hands KV over as documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import create_scheduler
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvsched.cli import main
+from kvsched.cluster import Disaggregation, simulate_cluster
+from kvsched.cluster.metrics import cluster_requests_frame, cluster_steps_frame, cluster_summary, imbalance
+from kvsched.kvcache import blocks_for
+from kvsched.loop import SchedulingError
+from kvsched.metrics import requests_frame, steps_frame
+from kvsched.predictors import with_predictions
+from kvsched.registry import COST_MODELS, ROUTERS, SCHEDULERS
+from kvsched.request import Request, RequestStatus
+from kvsched.results import load_table
+from kvsched.schedulers.clearing import InfeasibleSchedule
+from kvsched.sim import simulate
+from kvsched.sim.cost import AffinePrefillCost
+from kvsched.workload import build_workload
+
+COST = AffinePrefillCost(d0_s=0.01, d1_s_per_token=1e-4, d2_s_per_prefill_token=1e-3)
+# Schedulers whose decode replicas take prefilled requests (docs/cluster.md); the others are refused.
+DECODE_CAPABLE = {"fcfs-static", "nested-wait", "sjf", "sorted-f", "srpt", "vllm", "wait", "zhou-jiang"}
+
+
+def _requests(specs, seed=0):
+    plain = [Request(i, t, p, o) for i, (t, p, o) in enumerate(specs)]
+    rng = np.random.default_rng(seed)
+    points = with_predictions(plain, "relative:eps=0.5", rng)
+    intervals = with_predictions(plain, "interval-ratio:alpha=0.5", rng)
+    return [dataclasses.replace(p, predicted_output_interval=i.predicted_output_interval)
+            for p, i in zip(points, intervals)]
+
+
+def _azure(n=600, rate_scale=2.0):
+    reqs, _ = build_workload("azure-conv", num_requests=n, rate_scale=rate_scale)
+    return reqs
+
+
+@pytest.mark.parametrize("name", ["vllm", "sarathi", "mcsf", "sjf", "gsa"])
+def test_one_replica_cluster_equals_simulate(name):
+    reqs = _azure()
+    cost = COST_MODELS.create("llama2-7b-a100")
+    factory = SCHEDULERS.get(name).factory
+    single = simulate(reqs, factory(), cost, capacity_tokens=12_000)
+    cluster = simulate_cluster(reqs, factory, cost, capacity_tokens=12_000, router="least-outstanding")
+    assert steps_frame(single)["num_steps"].max() > 1  # fast-forward is exercised
+    assert requests_frame(single).equals(cluster_requests_frame(cluster).drop(columns="replica"))
+    assert steps_frame(single).equals(cluster_steps_frame(cluster).drop(columns="replica"))
+    assert set(cluster_requests_frame(cluster)["replica"]) == {0}
+
+
+def test_one_replica_cli_files_equal_simulate(tmp_path):
+    common = ["simulate", "--trace", "azure-conv", "--num-requests", "300", "--capacity", "8000", "--no-progress",
+              "--format", "csv", "--scheduler", "sarathi"]
+    assert main([*common, "--output", str(tmp_path / "one")]) == 0
+    assert main([*common, "--output", str(tmp_path / "cl"), "--replicas", "1", "--router", "least-kv"]) == 0
+    for table in ("requests", "steps"):
+        one, cl = load_table(tmp_path / "one", table), load_table(tmp_path / "cl", table)
+        assert one.equals(cl.drop(columns="replica")), table
+        assert one.to_csv(index=False) == cl.drop(columns="replica").to_csv(index=False)
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    cl = json.loads((tmp_path / "cl" / "summary.json").read_text())
+    for key, value in one.items():
+        if key not in ("bound_total_latency_s", "ratio_to_bound"):  # the cluster's bound pools its KV; same here
+            assert cl[key] == value, key
+    assert cl["num_replicas"] == 1 and cl["load_imbalance"] == 1.0 and cl["jain_index"] == 1.0
+
+
+@pytest.mark.parametrize("router", ["round-robin", "random"])
+def test_stateless_routers_equal_independent_replicas(router):
+    """A replica advanced only at its own arrivals is `simulate` on its share of the trace."""
+    reqs = _azure(800, 6.0)
+    factory = SCHEDULERS.get("vllm").factory
+    cluster = simulate_cluster(reqs, factory, COST_MODELS.create("llama2-7b-a100"), capacity_tokens=12_000,
+                               num_replicas=3, router=router, seed=4)
+    shares = np.bincount(list(cluster.replica_of.values()), minlength=3)
+    assert shares.min() > 0
+    if router == "round-robin":
+        order = sorted(reqs, key=lambda r: (r.arrival_time, r.request_id))
+        assert [cluster.replica_of[r.request_id] for r in order] == [k % 3 for k in range(len(order))]
+    for i in range(3):
+        sub = [r for r in reqs if cluster.replica_of[r.request_id] == i]
+        alone = simulate(sub, factory(), COST_MODELS.create("llama2-7b-a100"), capacity_tokens=12_000)
+        assert requests_frame(alone).equals(requests_frame(cluster.replica_runs[i]))
+        assert steps_frame(alone).equals(steps_frame(cluster.replica_runs[i]))
+
+
+@pytest.mark.parametrize("router", ["random", "power-of-two", "least-outstanding", "prefix-affinity"])
+def test_same_seed_same_bytes(router, tmp_path):
+    reqs = _azure(400, 8.0)
+
+    def csv(seed):
+        c = simulate_cluster(reqs, SCHEDULERS.get("sarathi").factory, COST, capacity_tokens=6000, num_replicas=4,
+                             router=router, seed=seed)
+        return (cluster_requests_frame(c).to_csv(index=False) + cluster_steps_frame(c).to_csv(index=False),
+                [c.replica_of[r.request_id] for r in reqs])
+
+    (a, route_a), (b, _), (_, route_c) = csv(1), csv(1), csv(2)
+    assert a == b
+    if router in ("random", "power-of-two"):
+        assert route_a != route_c  # the seed drives the router's generator
+
+
+def _check_cluster(crun, capacity, block_size, capacities=None):
+    """One replica's invariants on every replica, and the routing consistent with the tables."""
+    num_blocks = capacity // block_size
+    for r in crun.run.requests:
+        if r.status is RequestStatus.FINISHED:
+            assert r.arrival_time <= r.first_token_time <= r.finish_time
+        else:
+            assert r.status is RequestStatus.REJECTED and r.reject_reason
+    for i, run in enumerate(crun.replica_runs):
+        cap = (capacities or {}).get(i, num_blocks)
+        assert max(run.steps["kv_used_blocks"], default=0) <= cap
+        for r in run.requests:
+            assert r.status in (RequestStatus.FINISHED, RequestStatus.REJECTED)
+    routed = {rid for rid, i in crun.replica_of.items()}
+    assert routed == {r.request_id for r in crun.run.requests}
+    frame = cluster_requests_frame(crun)
+    assert list(frame["replica"]) == [crun.replica_of[int(i)] for i in frame["request_id"]]
+
+
+workloads = st.lists(st.tuples(st.floats(0, 3, allow_nan=False), st.integers(1, 60), st.integers(1, 30)),
+                     min_size=1, max_size=16)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=workloads, num_replicas=st.integers(1, 4), router=st.sampled_from(sorted(ROUTERS.names())),
+       block_size=st.sampled_from([1, 4, 16]))
+def test_every_scheduler_in_every_replica(specs, num_replicas, router, block_size):
+    reqs = _requests(specs)
+    for name in SCHEDULERS.names():
+        try:
+            crun = simulate_cluster(reqs, lambda name=name: create_scheduler(name, reqs), COST, capacity_tokens=96,
+                                    block_size=block_size, num_replicas=num_replicas, router=router, seed=3,
+                                    check_oracle=True, max_steps=50_000)
+        except InfeasibleSchedule:
+            assert name == "alpha-protection"  # its own rule may declare a run infeasible
+            continue
+        _check_cluster(crun, 96, block_size)
+        fits = [r for r in reqs if blocks_for(r.peak_kv_len, block_size) <= 96 // block_size]
+        assert sum(r.status is RequestStatus.FINISHED for r in crun.run.requests) == len(fits), name
+
+
+def test_least_outstanding_spreads_a_burst():
+    reqs = [Request(i, 0.0, 50, 200) for i in range(40)]
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=100_000, num_replicas=4,
+                            router="least-outstanding")
+    assert list(np.bincount(list(crun.replica_of.values()))) == [10, 10, 10, 10]
+    s = cluster_summary(crun)
+    assert s["request_imbalance"] == 1.0
+    assert s["jain_index"] == pytest.approx(1.0)
+
+
+def test_least_kv_avoids_the_replica_holding_kv():
+    # A long request fills replica 0's KV; short ones arriving later go elsewhere while it runs.
+    reqs = [Request(0, 0.0, 4000, 400)] + [Request(i, 1.0 + 0.01 * i, 10, 5) for i in range(1, 7)]
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=100_000, num_replicas=2,
+                            router="least-kv")
+    assert crun.replica_of[0] == 0
+    assert all(crun.replica_of[i] == 1 for i in range(1, 7))
+
+
+def test_prefix_affinity_keeps_a_prefix_on_one_replica():
+    # Two conversations (prefix ids 1.. and 2..), interleaved; affinity keeps each on its replica.
+    reqs = [Request(i, 0.5 * i, 64, 4, prefix_block_ids=(1 + i % 2, 10 + i % 2), prefix_block_size=16)
+            for i in range(12)]
+    crun = simulate_cluster(reqs, lambda: SCHEDULERS.create("vllm", enable_prefix_caching=True), COST,
+                            capacity_tokens=10_000, num_replicas=3, router="prefix-affinity")
+    by_conv = {c: {crun.replica_of[r.request_id] for r in reqs if r.request_id % 2 == c} for c in (0, 1)}
+    assert all(len(v) == 1 for v in by_conv.values()) and by_conv[0] != by_conv[1]
+    s = cluster_summary(crun)
+    # Every turn after its conversation's first finds the 32 shared tokens (2 ids of 16) of its 64.
+    assert s["prefix_hit_rate"] == pytest.approx(10 * 32 / (12 * 64))
+    rr = cluster_summary(simulate_cluster(reqs, lambda: SCHEDULERS.create("vllm", enable_prefix_caching=True), COST,
+                                          capacity_tokens=10_000, num_replicas=3, router="round-robin"))
+    assert s["prefix_hit_rate"] > rr["prefix_hit_rate"]
+
+
+def test_imbalance_numbers():
+    assert imbalance([1, 1, 1, 1]) == (1.0, 1.0)
+    load, jain = imbalance([4, 0, 0, 0])
+    assert load == 4.0 and jain == pytest.approx(0.25)
+    assert imbalance([0, 0]) == (1.0, 1.0)
+
+
+def test_router_registry_and_options():
+    assert {"round-robin", "random", "least-outstanding", "least-kv", "shortest-token-queue", "power-of-two",
+            "prefix-affinity"} <= set(ROUTERS.names())
+    with pytest.raises(KeyError, match="did you mean 'round-robin'"):
+        ROUTERS.get("round-robbin")
+    assert ROUTERS.check_options("prefix-affinity", {"max_load_gap": "3"}) == {"max_load_gap": 3}
+
+
+# --- prefill/decode disaggregation -----------------------------------------------------------
+def test_disaggregated_handover():
+    reqs = _azure(300, 4.0)
+    dis = Disaggregation(2, 3, kv_link_gbps=25.0, kv_bytes_per_token=524_288, decode_capacity_tokens=20_000)
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST_MODELS.create("llama2-7b-a100"),
+                            capacity_tokens=12_000, router="least-outstanding", disaggregation=dis)
+    assert crun.roles == ("prefill",) * 2 + ("decode",) * 3
+    _check_cluster(crun, 12_000, 16, capacities={i: 20_000 // 16 for i in (2, 3, 4)})
+    by_id = {r.request_id: r for r in crun.run.requests}
+    decode_reqs = {r.request_id: r for run in crun.replica_runs[2:] for r in run.requests}
+    for r in reqs:
+        m = by_id[r.request_id]
+        assert m.status is RequestStatus.FINISHED
+        assert 0 <= crun.replica_of[r.request_id] < 2
+        if r.output_len == 1:
+            assert r.request_id not in crun.decode_replica_of
+            continue
+        x = crun.transfer_time[r.request_id]
+        assert x == pytest.approx(r.prompt_len * 524_288 * 8 / 25e9)
+        assert 2 <= crun.decode_replica_of[r.request_id] < 5
+        d = decode_reqs[r.request_id]
+        # The prefill replica's first token is the request's; the decode copy arrives after the transfer.
+        assert d.arrival_time == pytest.approx(m.first_token_time + x)
+        assert m.finish_time == d.finish_time >= d.arrival_time
+    for run in crun.replica_runs[:2]:  # a prefill replica computes prompts and emits one token each
+        assert all(q.output_len == 1 for q in run.requests)
+    s = cluster_summary(crun)
+    assert s["num_prefill_replicas"] == 2 and s["num_decode_replicas"] == 3
+    assert s["kv_transfer_time_mean_s"] > 0
+    frame = cluster_requests_frame(crun)
+    assert set(frame["decode_replica"]) <= {-1, 2, 3, 4}
+
+
+def test_slower_link_delays_only_decode():
+    reqs = _azure(200, 2.0)
+
+    def run(gbps):
+        return cluster_summary(simulate_cluster(
+            reqs, SCHEDULERS.get("vllm").factory, COST_MODELS.create("llama2-7b-a100"), capacity_tokens=12_000,
+            disaggregation=Disaggregation(1, 2, gbps, 524_288)))
+
+    fast, slow = run(400.0), run(1.0)
+    assert fast["ttft_mean"] == slow["ttft_mean"]  # the first token is the prefill replica's
+    assert slow["e2e_mean"] > fast["e2e_mean"] + 0.05
+
+
+@pytest.mark.parametrize("name", sorted(DECODE_CAPABLE))
+def test_decode_capable_schedulers(name):
+    reqs = _requests([(0.1 * k, 20 + k, 5 + k % 7) for k in range(20)])
+    crun = simulate_cluster(reqs, lambda: create_scheduler(name, reqs), COST, capacity_tokens=160, block_size=4,
+                            router="least-kv", disaggregation=Disaggregation(2, 2, 1.0, 1000), check_oracle=True,
+                            max_steps=50_000)
+    assert all(r.status is RequestStatus.FINISHED for r in crun.run.requests)
+
+
+def test_scheduler_that_cannot_decode_is_refused_in_one_line():
+    reqs = _requests([(0.1 * k, 20 + k, 5) for k in range(5)])
+    with pytest.raises(SchedulingError, match="decode replica: .*docs/cluster.md"):
+        simulate_cluster(reqs, lambda: SCHEDULERS.create("sarathi"), COST, capacity_tokens=160,
+                         disaggregation=Disaggregation(1, 1, 1.0, 1000))
+
+
+# --- command line ------------------------------------------------------------------------------
+def test_cli_cluster_json_is_pure_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvsched.cli", "simulate", "--trace", "synthetic:n=40,rate=20,prompt=64,output=16",
+         "--replicas", "3", "--router", "power-of-two", "--json", "--no-progress"],
+        capture_output=True, text=True, check=True)
+    s = json.loads(proc.stdout)
+    assert s["num_replicas"] == 3 and s["router"] == "power-of-two" and s["num_completed"] == 40
+    assert [r["replica"] for r in s["replicas"]] == [0, 1, 2]
+    assert sum(r["num_requests"] for r in s["replicas"]) == 40
+
+
+def test_cli_disaggregated(tmp_path, capsys):
+    out = tmp_path / "pd"
+    assert main(["simulate", "--trace", "synthetic:n=30,rate=10,prompt=256,output=16", "--prefill-replicas", "1",
+                 "--decode-replicas", "2", "--kv-link-gbps", "50", "--router", "least-kv", "--no-progress",
+                 "--output", str(out), "--format", "csv"]) == 0
+    reqs = load_table(out, "requests")
+    assert set(reqs["replica"]) == {0} and set(reqs["decode_replica"]) <= {1, 2}
+    assert reqs["kv_transfer_time"].iloc[0] == pytest.approx(256 * 524_288 * 8 / 50e9)
+    config = json.loads((out / "config.json").read_text())
+    assert config["cluster"]["disaggregation"]["kv_link_gbps"] == 50
+    assert "per replica" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--kv-link-gbps", "10"], "--kv-link-gbps needs --prefill-replicas and --decode-replicas"),
+    (["--prefill-replicas", "1"], "needs both --prefill-replicas and --decode-replicas"),
+    (["--replicas", "3", "--prefill-replicas", "1", "--decode-replicas", "1"], "--replicas 3 but"),
+    (["--replicas", "2", "--router", "least-busy"], "unknown router 'least-busy'"),
+    (["--replicas", "2", "--router", "prefix-affinity", "--router-opt", "gap=1"], "has no option 'gap'"),
+    (["--prefill-replicas", "1", "--decode-replicas", "1", "--cost-model", "unit"], "--kv-bytes-per-token"),
+    (["--prefill-replicas", "1", "--decode-replicas", "1", "--scheduler", "sarathi"], "decode replica"),
+])
+def test_cli_cluster_errors_are_one_line(flags, message, capsys):
+    assert main(["simulate", "--trace", "synthetic:n=5,rate=10,prompt=32,output=4", "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
