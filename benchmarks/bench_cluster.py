@@ -1,0 +1,218 @@
+"""Cluster benchmark (issue 20): how fast `kvsched.cluster.simulate_cluster` runs at scale.
+
+    python benchmarks/bench_cluster.py                 # azure x64 on 64 replicas + scaling N=1,4,16 (~3 min)
+    python benchmarks/bench_cluster.py --quick         # smaller scaling sizes (~1 min)
+    python benchmarks/bench_cluster.py --million       # also 1,000,000 requests on 16 replicas (long)
+    python benchmarks/bench_cluster.py --only scaling  # one part (azure, scaling, million)
+
+1. azure: the Azure conversation trace (19,366 requests) replayed 64x faster on 64 replicas,
+   per router, against one replica on the trace at its own rate measured in the same run
+   (the same load per replica): wall, microseconds per request and their ratio.
+2. scaling: the bench_sim synthetic workload (lognormal prompts, uniform 50-350 outputs,
+   Poisson at 10 req/s per replica, about two thirds of a replica's saturation) on N = 1, 4,
+   16 replicas at N x the rate and N x the requests: cost per request at each N over N = 1's,
+   per router. `random` thins a Poisson stream, so every replica sees the N = 1 workload.
+   Round-robin's overhead over independent runs on the same shares (which it equals, tested)
+   is printed too. Routers that read replica state stop every replica's fast-forwarded decode
+   runs at every arrival, so their cost per request grows with N until no run is long enough
+   to fast-forward: the table shows where.
+3. million: 1,000,000 such requests on 16 replicas (`--million`); without it the wall time is
+   extrapolated from the scaling part's N = 16 cost per request, and says so.
+
+Every figure is the best of `--repeats` runs of `time.perf_counter` around the simulation
+(workload generation excluded) in one single-threaded process; other processes on the
+machine make them larger, so the ratios are the figures to compare. Results also go to
+benchmarks/results/bench_cluster.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import kvsched.schedulers
+import kvsched.sim.cost  # noqa: F401  (registration)
+from kvsched.cluster import simulate_cluster
+from kvsched.cluster.metrics import cluster_summary
+from kvsched.registry import COST_MODELS, SCHEDULERS
+from kvsched.sim import simulate
+from kvsched.traces import load_trace, parse_synthetic, scale_rate
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "bench_cluster.json"
+CAPACITY_TOKENS = 137_000
+COST_MODEL = "llama2-7b-a100"
+SCHEDULER = "vllm"
+AZURE_REPLICAS = 64
+AZURE_ROUTERS = ("round-robin", "random", "least-outstanding", "power-of-two")
+SCALING_N = (1, 4, 16)
+SCALING_ROUTERS = ("random", "round-robin", "power-of-two", "least-outstanding")
+SYNTH_SPEC = ("synthetic:n={n},arrival=poisson,rate={rate},prompt=lognormal(5.5,0.5),output=uniform(50,350)")
+SYNTH_RATE_PER_REPLICA = 10.0
+MILLION = 1_000_000
+MILLION_REPLICAS = 16
+
+
+def timed(fn, repeats: int):
+    walls, out = [], None
+    for _ in range(repeats):
+        out = None
+        t = time.perf_counter()
+        out = fn()
+        walls.append(time.perf_counter() - t)
+    return min(walls), walls, out
+
+
+def cluster(reqs, n: int, router: str):
+    return simulate_cluster(reqs, SCHEDULERS.get(SCHEDULER).factory, COST_MODELS.create(COST_MODEL),
+                            capacity_tokens=CAPACITY_TOKENS, num_replicas=n, router=router)
+
+
+def bench_azure(repeats: int, log) -> dict:
+    base = load_trace("azure-conv")
+    fast = scale_rate(base, float(AZURE_REPLICAS))
+    cost = COST_MODELS.create(COST_MODEL)
+
+    def one_replica():
+        return simulate(base, SCHEDULERS.create(SCHEDULER), cost, capacity_tokens=CAPACITY_TOKENS)
+
+    rows = []
+    for router in AZURE_ROUTERS:
+        # The one-replica baseline is measured next to each cluster run, repeats interleaved:
+        # the machine's load drifts, and a ratio of neighbours survives it.
+        walls1, walls, crun, run1 = [], [], None, None
+        for _ in range(repeats):
+            w1, _, run1 = timed(one_replica, 1)
+            w, _, crun = timed(lambda router=router: cluster(fast, AZURE_REPLICAS, router), 1)
+            walls1.append(w1)
+            walls.append(w)
+        wall1, wall = min(walls1), min(walls)
+        s = cluster_summary(crun, per_replica=False)
+        row = {"router": router, "num_replicas": AZURE_REPLICAS, "num_requests": len(fast), "wall_s": wall,
+               "wall_s_all": walls, "us_per_request": 1e6 * wall / len(fast),
+               "one_replica_wall_s": wall1, "one_replica_us_per_request": 1e6 * wall1 / len(base),
+               "ratio_to_one_replica": (wall / len(fast)) / (wall1 / len(base)),
+               "step_rows": len(crun.run.steps["step"]), "one_replica_step_rows": len(run1.steps["step"]),
+               "e2e_mean_s": s["e2e_mean"], "ttft_p99_s": s["ttft_p99"], "load_imbalance": s["load_imbalance"],
+               "jain_index": s["jain_index"]}
+        rows.append(row)
+        log(f"azure x{AZURE_REPLICAS} on {AZURE_REPLICAS} replicas, {router}: {wall:.2f} s "
+            f"({row['us_per_request']:.0f} us/request; one replica on azure x1 next to it: {wall1:.2f} s, "
+            f"{row['one_replica_us_per_request']:.0f} us/request; ratio {row['ratio_to_one_replica']:.2f}), "
+            f"{row['step_rows']:,} step rows (one replica {row['one_replica_step_rows']:,}), "
+            f"e2e mean {s['e2e_mean']:.2f} s, imbalance {s['load_imbalance']:.3f}, Jain {s['jain_index']:.3f}")
+    return {"clusters": rows}
+
+
+def synthetic(n_requests: int, n_replicas: int):
+    spec = SYNTH_SPEC.format(n=n_requests, rate=SYNTH_RATE_PER_REPLICA * n_replicas)
+    return parse_synthetic(spec, np.random.default_rng(0))
+
+
+def bench_scaling(per_replica: int, repeats: int, log) -> list[dict]:
+    rows = []
+    reqs1 = synthetic(per_replica, 1)
+
+    def one_replica() -> float:
+        """Cost per request of N = 1 (one replica whatever the router), measured again next to
+        every N > 1 row: the machine's load drifts, and a ratio of two neighbours survives it."""
+        return timed(lambda: cluster(reqs1, 1, "round-robin"), repeats + 1)[0] / len(reqs1)
+
+    base, _, run1 = timed(lambda: cluster(reqs1, 1, "round-robin"), repeats + 1)
+    base /= len(reqs1)
+    stepped = simulate(reqs1, SCHEDULERS.create(SCHEDULER), COST_MODELS.create(COST_MODEL),
+                       capacity_tokens=CAPACITY_TOKENS, fast_forward=False)
+    ceiling = len(stepped.steps["step"]) / len(reqs1)
+    rows1 = len(run1.run.steps["step"]) / len(reqs1)
+    log(f"synthetic N= 1 (any router)        {len(reqs1):>7,} requests: {base * len(reqs1):6.2f} s, "
+        f"{1e6 * base:5.0f} us/request, {rows1:.2f} step rows/request ({ceiling:.1f} without fast-forward)")
+    rows.append({"router": "any", "num_replicas": 1, "num_requests": len(reqs1), "wall_s": base * len(reqs1),
+                 "us_per_request": 1e6 * base, "ratio_to_n1": 1.0, "step_rows": len(run1.run.steps["step"]),
+                 "rows_per_request": rows1, "rows_per_request_without_fast_forward": ceiling})
+    for n in SCALING_N[1:]:
+        reqs = synthetic(per_replica * n, n)
+        for router in SCALING_ROUTERS:
+            wall, walls, crun = timed(lambda router=router, reqs=reqs, n=n: cluster(reqs, n, router), repeats)
+            per, here = wall / len(reqs), one_replica()
+            row = {"router": router, "num_replicas": n, "num_requests": len(reqs), "wall_s": wall,
+                   "wall_s_all": walls, "us_per_request": 1e6 * per, "n1_us_per_request": 1e6 * here,
+                   "ratio_to_n1": per / here, "step_rows": len(crun.run.steps["step"]),
+                   "rows_per_request": len(crun.run.steps["step"]) / len(reqs),
+                   "e2e_mean_s": cluster_summary(crun, per_replica=False)["e2e_mean"]}
+            if router == "round-robin":
+                shares = [[r for r in reqs if crun.replica_of[r.request_id] == i] for i in range(n)]
+                cost = COST_MODELS.create(COST_MODEL)
+                alone, _, _ = timed(lambda shares=shares, cost=cost: [
+                    simulate(s, SCHEDULERS.create(SCHEDULER), cost, capacity_tokens=CAPACITY_TOKENS)
+                    for s in shares], repeats)
+                row["independent_wall_s"] = alone
+                row["overhead_vs_independent"] = wall / alone
+            rows.append(row)
+            extra = (f", x{row['overhead_vs_independent']:.2f} of {n} independent runs"
+                     if "overhead_vs_independent" in row else "")
+            log(f"synthetic N={n:>2} {router:<18} {len(reqs):>7,} requests: {wall:6.2f} s, "
+                f"{row['us_per_request']:5.0f} us/request (x{row['ratio_to_n1']:.2f} of N=1 measured next to it), "
+                f"{row['rows_per_request']:.2f} step rows/request{extra}")
+    return rows
+
+
+def bench_million(run_it: bool, scaling: list[dict], log) -> dict:
+    if not run_it:
+        at16 = [r for r in scaling if r["num_replicas"] == MILLION_REPLICAS]
+        out = {"measured": False, "extrapolated_from": f"{at16[0]['num_requests'] if at16 else 0} requests at N=16",
+               "estimates_s": {r["router"]: r["us_per_request"] * MILLION / 1e6 for r in at16}}
+        for router, est in out["estimates_s"].items():
+            log(f"1M on 16 replicas, {router}: ~{est:.0f} s (extrapolated, not run; --million runs it)")
+        return out
+    t = time.perf_counter()
+    reqs = synthetic(MILLION, MILLION_REPLICAS)
+    gen = time.perf_counter() - t
+    out = {"measured": True, "generate_s": gen, "runs": []}
+    for router in ("random", "power-of-two"):
+        wall, _, crun = timed(lambda router=router: cluster(reqs, MILLION_REPLICAS, router), 1)
+        s = cluster_summary(crun, per_replica=False)
+        out["runs"].append({"router": router, "wall_s": wall, "us_per_request": 1e6 * wall / MILLION,
+                            "num_completed": s["num_completed"], "e2e_mean_s": s["e2e_mean"]})
+        log(f"1M on 16 replicas, {router}: {wall:.0f} s ({1e6 * wall / MILLION:.0f} us/request), "
+            f"{s['num_completed']:,} completed")
+        del crun
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1,000 requests per replica in the scaling part")
+    p.add_argument("--million", action="store_true", help="run the 1,000,000-request case (long)")
+    p.add_argument("--only", action="append", choices=("azure", "scaling", "million"))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--per-replica", type=int, help="synthetic requests per replica (default 4000; 1000 --quick)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args()
+    parts = set(args.only or ("azure", "scaling", "million"))
+    per_replica = args.per_replica or (1000 if args.quick else 4000)
+    repeats = 1 if args.quick else args.repeats
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    result: dict = {"machine": platform.platform(), "python": platform.python_version(), "repeats": repeats,
+                    "scheduler": SCHEDULER, "cost_model": COST_MODEL, "capacity_tokens": CAPACITY_TOKENS}
+    if "azure" in parts:
+        result["azure"] = bench_azure(repeats, log)
+    scaling = bench_scaling(per_replica, repeats, log) if "scaling" in parts or "million" in parts else []
+    if scaling:
+        result["scaling"] = scaling
+    if "million" in parts:
+        result["million"] = bench_million(args.million, scaling, log)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
