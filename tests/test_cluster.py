@@ -306,3 +306,70 @@ def test_cli_cluster_errors_are_one_line(flags, message, capsys):
     assert main(["simulate", "--trace", "synthetic:n=5,rate=10,prompt=32,output=4", "--no-progress", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+# --- sweeps and capacity planning ---------------------------------------------------------------
+SPEC = "synthetic:n=200,prompt=uniform(32,256),output=uniform(8,96)"
+
+
+def _grid(**more):
+    from kvsched.experiments.sweep import Grid
+
+    return Grid.from_dict({"schedulers": ["vllm"], "workload": {"trace": SPEC}, "capacities": [2048], **more})
+
+
+def test_grid_cluster_axes_and_one_replica_cells_unchanged(tmp_path):
+    from kvsched.experiments.sweep import GridError, run_cell, run_sweep, task_id
+
+    plain = _grid(rates=[8.0])
+    assert all("replicas" not in c for c in plain.cells())  # old grids keep their cell ids
+    grid = _grid(rates=[8.0], replicas=[1, 3], routers=["round-robin", "least-kv"])
+    cells = grid.cells()
+    assert [(c["replicas"], c["router"]) for c in cells] == [(1, "round-robin"), (1, "least-kv"),
+                                                             (3, "round-robin"), (3, "least-kv")]
+    assert task_id(cells[0]) != task_id(plain.cells()[0])
+    # A 1-replica cell gives the numbers of the plain cell (the cluster adds only its own keys).
+    one, plain_summary = run_cell(cells[0], save_runs=False), run_cell(plain.cells()[0], save_runs=False)
+    for key in ("num_completed", "e2e_mean", "ttft_p99", "num_preemptions", "peak_kv_tokens", "num_steps"):
+        assert one[key] == plain_summary[key], key
+    table, outcome = run_sweep(grid, tmp_path)
+    assert not outcome.failed
+    assert list(zip(table["replicas"], table["router"])) == [(1, "round-robin"), (1, "least-kv"), (3, "round-robin"),
+                                                             (3, "least-kv")]
+    assert (table["load_imbalance"] >= 1).all() and table["e2e_mean"].iloc[2] < table["e2e_mean"].iloc[0]
+    with pytest.raises(GridError, match="unknown router 'fastest'"):
+        _grid(replicas=[2], routers=["fastest"])
+    with pytest.raises(GridError, match="replicas must be >= 1"):
+        _grid(replicas=[0])
+
+
+def test_fewest_replicas_is_the_boundary(tmp_path):
+    from kvsched.experiments.capacity import Criterion, run_fewest
+    from kvsched.experiments.sweep import run_cell
+
+    grid = _grid(rates=[24.0], routers=["round-robin", "least-outstanding"])
+    crit = Criterion("slo", "e2e_p99", 2.5)
+    table, probes = run_fewest(grid, crit, tmp_path, max_replicas=16)
+    assert list(table["router"]) == ["round-robin", "least-outstanding"] and set(table["limit"]) == {"found"}
+    for row in table.itertuples():
+        n = int(row.fewest_replicas)
+        assert n > 1  # the load is more than one replica can serve within the SLO
+        cell = {**grid.cells()[0], "router": row.router, "rate": 24.0, "seed": 0}
+        assert run_cell({**cell, "replicas": n}, save_runs=False)["e2e_p99"] <= 2.5
+        assert run_cell({**cell, "replicas": n - 1}, save_runs=False)["e2e_p99"] > 2.5
+        mine = probes[probes["search_id"] == row.search_id]
+        assert set(mine["replicas"]) >= {n, n - 1}
+    assert (tmp_path / "fewest.parquet").is_file()
+    with pytest.raises(ValueError, match="needs rates"):
+        run_fewest(_grid(), crit, tmp_path / "x")
+
+
+def test_capacity_search_fewest_replicas_cli(tmp_path, capsys):
+    assert main(["capacity-search", "--fewest-replicas", "--schedulers", "vllm", "--trace", SPEC, "--capacities",
+                 "2048", "--rates", "24", "--slo", "2.5", "--routers", "power-of-two", "--max-replicas", "8",
+                 "--output", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "fewest replicas" in out and "power-of-two" in out
+    assert main(["capacity-search", "--fewest-replicas", "--schedulers", "vllm", "--trace", SPEC, "--rates", "24",
+                 "--slo", "2.5", "--replicas", "2", "--output", str(tmp_path / "b"), "--no-progress"]) == 2
+    assert "drop --replicas" in capsys.readouterr().err
