@@ -62,7 +62,7 @@ DEFAULT_COST_MODEL = "llama2-7b-a100"
 WORKLOAD_KEYS = ("trace", "num_requests", "sample", "rate_scale", "length_scale", "max_prompt_len",
                  "max_output_len", "predictions")
 CONFIG_COLUMNS = ("scheduler", "label", "options", "trace", "rate", "capacity_tokens", "seed", "cost_model",
-                  "block_size", "theory", "predictions", "workload", "replicas", "router")
+                  "block_size", "theory", "predictions", "workload", "replicas", "router", "router_label")
 DEFAULT_ROUTER = "round-robin"
 
 
@@ -345,7 +345,9 @@ def _row(cell: dict, tid: str, summary: dict | None, error: str | None) -> dict:
            "block_size": cell["block_size"], "theory": cell["theory"],
            "predictions": w.get("predictions", "exact"), "workload": json.dumps(w, sort_keys=True)}
     if "replicas" in cell:
-        row.update(replicas=cell["replicas"], router=cell["router"])
+        # Curves vs rate are drawn per label: a cluster configuration is part of it.
+        row.update(label=f"{row['label']} x{cell['replicas']} {cell['router']}", replicas=cell["replicas"],
+                   router=cell["router"], router_label=f"{row['label']} / {cell['router']}")
     summary = dict(summary or {})
     summary.pop("num_replicas", None)  # the axis is `replicas`
     summary.pop("router", None)
