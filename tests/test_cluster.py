@@ -166,6 +166,22 @@ def test_least_outstanding_spreads_a_burst():
     assert s["jain_index"] == pytest.approx(1.0)
 
 
+def test_vllm_dp_weighs_waiting_four_times_running():
+    # Replica 0 runs a long prompt and has C waiting behind it (fcfs-static admits only what
+    # fits): 4 x 1 + 1 = 5. Replica 1 runs four small requests: 4. vLLM's balancer sends G to
+    # replica 1; least-outstanding (2 against 4) sends it to replica 0.
+    reqs = [Request(0, 0.0, 2000, 400), Request(1, 0.0, 50, 400), Request(2, 0.5, 50, 400),
+            Request(3, 0.6, 50, 400), Request(4, 0.7, 50, 400), Request(5, 0.8, 50, 400), Request(6, 0.9, 50, 400)]
+
+    def routes(router):
+        crun = simulate_cluster(reqs, lambda: SCHEDULERS.create("fcfs-static"), COST, capacity_tokens=2600,
+                                num_replicas=2, router=router)
+        return [crun.replica_of[i] for i in range(7)]
+
+    assert routes("vllm-dp") == [0, 1, 0, 1, 1, 1, 1]
+    assert routes("least-outstanding")[6] == 0
+
+
 def test_least_kv_avoids_the_replica_holding_kv():
     # A long request fills replica 0's KV; short ones arriving later go elsewhere while it runs.
     reqs = [Request(0, 0.0, 4000, 400)] + [Request(i, 1.0 + 0.01 * i, 10, 5) for i in range(1, 7)]
@@ -200,7 +216,7 @@ def test_imbalance_numbers():
 
 def test_router_registry_and_options():
     assert {"round-robin", "random", "least-outstanding", "least-kv", "shortest-token-queue", "power-of-two",
-            "prefix-affinity"} <= set(ROUTERS.names())
+            "prefix-affinity", "vllm-dp"} <= set(ROUTERS.names())
     with pytest.raises(KeyError, match="did you mean 'round-robin'"):
         ROUTERS.get("round-robbin")
     assert ROUTERS.check_options("prefix-affinity", {"max_load_gap": "3"}) == {"max_load_gap": 3}

@@ -12,8 +12,10 @@ order, so an idle cluster spreads requests instead of piling them on replica 0.
 
 The policies are those of the cluster simulators: Vidur's global schedulers (round-robin,
 random, least outstanding requests), SplitwiseSim's join-the-shortest-queue family (by
-requests, by queued tokens, by KV in use), power-of-two choices (Mitzenmacher), and a
-prefix-affinity router in the spirit of BLIS's prefix-cache scorer.
+requests, by queued tokens, by KV in use), power-of-two choices (Mitzenmacher), a
+prefix-affinity router in the spirit of BLIS's prefix-cache scorer, and vLLM's own
+data-parallel load balancer (`vllm-dp`), so vLLM's data-parallel mode (N engines behind
+its front end) is one configuration.
 """
 
 from __future__ import annotations
@@ -107,6 +109,17 @@ class LeastKV(Router):
 class ShortestTokenQueue(Router):
     def route(self, request: Request, view: ClusterView) -> int:
         return self._least(view, lambda r: (r.num_queued_tokens, r.num_outstanding))
+
+
+@ROUTERS.register("vllm-dp", "vLLM's data-parallel load balancer: least 4 x waiting + running requests")
+class VLLMDataParallel(Router):
+    """vLLM v1's front end in data-parallel mode (`DPLBAsyncMPClient`) sends a request to the
+    engine with the smallest 4 x waiting + running request count, scanning from a rotating
+    start. vLLM reads counts its coordinator publishes about every 100 ms (and adds its own
+    routing to the waiting count in between); this router reads them fresh at the arrival."""
+
+    def route(self, request: Request, view: ClusterView) -> int:
+        return self._least(view, lambda r: 4 * r.num_waiting + r.num_running)
 
 
 @ROUTERS.register("power-of-two", "two random replicas, the one with fewer outstanding requests (Mitzenmacher)")
