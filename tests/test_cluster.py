@@ -182,6 +182,22 @@ def test_vllm_dp_weighs_waiting_four_times_running():
     assert routes("least-outstanding")[6] == 0
 
 
+def test_shortest_token_queue_counts_prompt_tokens():
+    # At t = 0 nothing has run: replica 0 queues 3,000 prompt tokens, so the small ones go to 1.
+    reqs = [Request(0, 0.0, 3000, 5)] + [Request(i, 0.0, 10, 5) for i in range(1, 4)]
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=10_000, num_replicas=2,
+                            router="shortest-token-queue")
+    assert [crun.replica_of[i] for i in range(4)] == [0, 1, 1, 1]
+
+
+def test_kv_bytes_per_token_of_presets():
+    from kvsched.cluster import kv_bytes_per_token
+
+    assert kv_bytes_per_token("llama2-7b-a100") == 2 * 32 * 32 * 128 * 2  # MHA, fp16
+    assert kv_bytes_per_token("qwen3-32b-rtxpro6000-tp2") == 2 * 64 * 8 * 128 * 2  # whole replica, not a rank
+    assert kv_bytes_per_token("unit") is None
+
+
 def test_least_kv_avoids_the_replica_holding_kv():
     # A long request fills replica 0's KV; short ones arriving later go elsewhere while it runs.
     reqs = [Request(0, 0.0, 4000, 400)] + [Request(i, 1.0 + 0.01 * i, 10, 5) for i in range(1, 7)]
@@ -357,6 +373,26 @@ def test_grid_cluster_axes_and_one_replica_cells_unchanged(tmp_path):
         _grid(replicas=[2], routers=["fastest"])
     with pytest.raises(GridError, match="replicas must be >= 1"):
         _grid(replicas=[0])
+
+
+def test_grid_prefill_decode_axis(tmp_path):
+    from kvsched.experiments.sweep import GridError, run_sweep
+
+    grid = _grid(rates=[16.0], prefill_decode=["1:2", "2:2"], kv_link_gbps=[100, 1], routers=["least-kv"])
+    assert [(c["prefill_replicas"], c["decode_replicas"], c["kv_link_gbps"], c["replicas"]) for c in grid.cells()] == [
+        (1, 2, 100.0, 3), (1, 2, 1.0, 3), (2, 2, 100.0, 4), (2, 2, 1.0, 4)]
+    table, outcome = run_sweep(grid, tmp_path, save_runs=False)
+    assert not outcome.failed
+    assert (table["num_kv_transfers"] > 0).all() and (table["num_completed"] == 200).all()
+    # The same split with a slower link: the same TTFT (prefill), a longer transfer.
+    assert table["ttft_mean"].iloc[0] == table["ttft_mean"].iloc[1]
+    assert table["kv_transfer_time_mean_s"].iloc[1] == pytest.approx(100 * table["kv_transfer_time_mean_s"].iloc[0])
+    with pytest.raises(GridError, match="not P:D"):
+        _grid(prefill_decode=["3"])
+    with pytest.raises(GridError, match="replicas or prefill_decode"):
+        _grid(prefill_decode=["1:1"], replicas=[2])
+    with pytest.raises(GridError, match="kv_link_gbps needs prefill_decode"):
+        _grid(kv_link_gbps=[10])
 
 
 def test_fewest_replicas_is_the_boundary(tmp_path):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 GRID_FLAGS = ("schedulers", "trace", "rates", "capacities", "seeds", "num_requests", "cost_model", "block_size",
-              "replicas", "routers")
+              "replicas", "routers", "prefill_decode", "kv_link_gbps")
 
 
 def _split(text: str) -> list[str]:
@@ -34,6 +34,10 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=_numbers(int),
                    help="cluster sizes: replicas behind a router, each running the cell's scheduler (docs/cluster.md)")
     p.add_argument("--routers", type=_split, help="cluster routers (`kvsched routers`; default round-robin)")
+    p.add_argument("--prefill-decode", type=_split, metavar="P:D,...",
+                   help="prefill/decode disaggregation: replica splits, e.g. 2:6,3:5 (instead of --replicas)")
+    p.add_argument("--kv-link-gbps", type=_numbers(float), help="with --prefill-decode: KV link speeds, Gb/s "
+                                                                "(default 100)")
     p.add_argument("--num-requests", type=int, help="requests per workload (the first N, or a sample with --sample)")
     p.add_argument("--sample", action="store_true", help="with --num-requests: a seeded random sample")
     p.add_argument("--cost-model", help="registered cost model (default llama2-7b-a100)")
@@ -78,7 +82,8 @@ def build_grid(args):
             raise CLIError(f"{args.grid}: no such grid file") from None
         except tomllib.TOMLDecodeError as exc:
             raise CLIError(f"{args.grid}: not valid TOML: {exc}") from None
-    for key in ("schedulers", "rates", "capacities", "seeds", "cost_model", "block_size", "replicas", "routers"):
+    for key in ("schedulers", "rates", "capacities", "seeds", "cost_model", "block_size", "replicas", "routers",
+                "prefill_decode", "kv_link_gbps"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     if args.theory:
@@ -210,8 +215,9 @@ def _cmd_fewest(args, grid, crit) -> int:
     from kvsched.cli import CLIError
     from kvsched.experiments.capacity import run_fewest
 
-    if grid.replicas is not None:
-        raise CLIError("--fewest-replicas searches the replica count itself; drop --replicas (use --max-replicas)")
+    if grid.replicas is not None or grid.prefill_decode is not None:
+        raise CLIError("--fewest-replicas searches the replica count itself; drop --replicas and --prefill-decode "
+                       "(use --max-replicas)")
     table, _ = _run(lambda: _with_bar(args, "fewest replicas", 0, lambda progress: run_fewest(
         grid, crit, args.output, max_replicas=args.max_replicas, executor=_executor(args), progress=progress)),
         args.output)

@@ -155,6 +155,8 @@ def fewest_tasks(grid: Grid, criterion: Criterion, *, max_replicas: int) -> list
         raise ValueError(f"max_replicas must be >= 1, got {max_replicas}")
     if None in grid.rates:
         raise ValueError("the fewest-replicas search needs rates (req/s): the load to plan for")
+    if grid.prefill_decode is not None:
+        raise ValueError("the fewest-replicas search counts replicas of one kind; drop prefill_decode")
     seen, tasks = set(), []
     for cell in grid.cells():
         base = {**cell, "replicas": None, "router": cell.get("router", "round-robin"), "rate": None, "seed": None}
