@@ -182,6 +182,18 @@ def test_vllm_dp_weighs_waiting_four_times_running():
     assert routes("least-outstanding")[6] == 0
 
 
+def test_power_of_two_with_two_replicas_balances_a_burst_random_does_not():
+    reqs = [Request(i, 0.0, 50, 200) for i in range(41)]
+
+    def counts(router):
+        crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=100_000, num_replicas=2,
+                                router=router, seed=5)
+        return sorted(np.bincount(list(crun.replica_of.values()), minlength=2))
+
+    assert counts("power-of-two") == [20, 21]  # both replicas are sampled: always the less loaded
+    assert counts("random") != [20, 21]
+
+
 def test_shortest_token_queue_counts_prompt_tokens():
     # At t = 0 nothing has run: replica 0 queues 3,000 prompt tokens, so the small ones go to 1.
     reqs = [Request(0, 0.0, 3000, 5)] + [Request(i, 0.0, 10, 5) for i in range(1, 4)]
@@ -269,6 +281,17 @@ def test_disaggregated_handover():
     assert s["kv_transfer_time_mean_s"] > 0
     frame = cluster_requests_frame(crun)
     assert set(frame["decode_replica"]) <= {-1, 2, 3, 4}
+
+
+def test_disaggregated_with_prefix_caching():
+    # Two conversations sharing prefixes: the prefill pool caches them, the decode pool takes copies.
+    reqs = [Request(i, 0.2 * i, 64, 6, prefix_block_ids=(1 + i % 2, 10 + i % 2), prefix_block_size=16)
+            for i in range(12)]
+    crun = simulate_cluster(reqs, lambda: SCHEDULERS.create("vllm", enable_prefix_caching=True), COST,
+                            capacity_tokens=4000, router="prefix-affinity",
+                            disaggregation=Disaggregation(2, 2, 10.0, 1000))
+    s = cluster_summary(crun)
+    assert s["num_completed"] == 12 and s["prefix_hit_rate"] > 0.3
 
 
 def test_slower_link_delays_only_decode():

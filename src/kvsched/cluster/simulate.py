@@ -111,7 +111,10 @@ def simulate_cluster(
 
     def replica(index: int, role: str, capacity: int) -> Replica:
         scheduler = make_scheduler()
-        kv = make_kv_cache(capacity, block_size, prefix_caching=_prefix_caching(scheduler, prefix_caching))
+        # A decode replica receives KV copied from a prefill replica, not looked up in its own
+        # cache: it runs without prefix caching (the prefill pool keeps it).
+        apc = _prefix_caching(scheduler, prefix_caching) and role != "decode"
+        kv = make_kv_cache(capacity, block_size, prefix_caching=apc)
         return Replica(index, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv,
                        lookahead_tokens=lookahead_tokens, check_oracle=check_oracle, max_steps=max_steps, role=role)
 
