@@ -52,9 +52,13 @@ CAPACITY_TOKENS = 137_000
 COST_MODEL = "llama2-7b-a100"
 SCHEDULER = "vllm"
 AZURE_REPLICAS = 64
-AZURE_ROUTERS = ("round-robin", "random", "least-outstanding", "power-of-two")
+AZURE_ROUTERS = (("round-robin", None), ("random", None), ("least-outstanding", None), ("power-of-two", None),
+                 ("least-outstanding", 0.1))
 SCALING_N = (1, 4, 16)
-SCALING_ROUTERS = ("random", "round-robin", "power-of-two", "least-outstanding")
+# (router, refresh interval): None reads replica state live at every arrival; 0.1 s is vLLM's
+# data-parallel coordinator's publishing interval (docs/cluster.md).
+SCALING_ROUTERS = (("random", None), ("round-robin", None), ("power-of-two", None), ("least-outstanding", None),
+                   ("least-outstanding", 0.1))
 SYNTH_SPEC = ("synthetic:n={n},arrival=poisson,rate={rate},prompt=lognormal(5.5,0.5),output=uniform(50,350)")
 SYNTH_RATE_PER_REPLICA = 10.0
 MILLION = 1_000_000
@@ -71,9 +75,9 @@ def timed(fn, repeats: int):
     return min(walls), walls, out
 
 
-def cluster(reqs, n: int, router: str):
+def cluster(reqs, n: int, router: str, refresh_s: float | None = None):
     return simulate_cluster(reqs, SCHEDULERS.get(SCHEDULER).factory, COST_MODELS.create(COST_MODEL),
-                            capacity_tokens=CAPACITY_TOKENS, num_replicas=n, router=router)
+                            capacity_tokens=CAPACITY_TOKENS, num_replicas=n, router=router, router_refresh_s=refresh_s)
 
 
 def bench_azure(repeats: int, log) -> dict:
@@ -85,18 +89,21 @@ def bench_azure(repeats: int, log) -> dict:
         return simulate(base, SCHEDULERS.create(SCHEDULER), cost, capacity_tokens=CAPACITY_TOKENS)
 
     rows = []
-    for router in AZURE_ROUTERS:
+    for router, refresh in AZURE_ROUTERS:
         # The one-replica baseline is measured next to each cluster run, repeats interleaved:
         # the machine's load drifts, and a ratio of neighbours survives it.
         walls1, walls, crun, run1 = [], [], None, None
         for _ in range(repeats):
             w1, _, run1 = timed(one_replica, 1)
-            w, _, crun = timed(lambda router=router: cluster(fast, AZURE_REPLICAS, router), 1)
+            w, _, crun = timed(lambda router=router, refresh=refresh: cluster(fast, AZURE_REPLICAS, router, refresh),
+                               1)
             walls1.append(w1)
             walls.append(w)
         wall1, wall = min(walls1), min(walls)
         s = cluster_summary(crun, per_replica=False)
-        row = {"router": router, "num_replicas": AZURE_REPLICAS, "num_requests": len(fast), "wall_s": wall,
+        name = router if refresh is None else f"{router}@{refresh:g}s"
+        row = {"router": name, "router_refresh_s": refresh, "num_replicas": AZURE_REPLICAS,
+               "num_requests": len(fast), "wall_s": wall,
                "wall_s_all": walls, "us_per_request": 1e6 * wall / len(fast),
                "one_replica_wall_s": wall1, "one_replica_us_per_request": 1e6 * wall1 / len(base),
                "ratio_to_one_replica": (wall / len(fast)) / (wall1 / len(base)),
@@ -104,7 +111,7 @@ def bench_azure(repeats: int, log) -> dict:
                "e2e_mean_s": s["e2e_mean"], "ttft_p99_s": s["ttft_p99"], "load_imbalance": s["load_imbalance"],
                "jain_index": s["jain_index"]}
         rows.append(row)
-        log(f"azure x{AZURE_REPLICAS} on {AZURE_REPLICAS} replicas, {router}: {wall:.2f} s "
+        log(f"azure x{AZURE_REPLICAS} on {AZURE_REPLICAS} replicas, {name}: {wall:.2f} s "
             f"({row['us_per_request']:.0f} us/request; one replica on azure x1 next to it: {wall1:.2f} s, "
             f"{row['one_replica_us_per_request']:.0f} us/request; ratio {row['ratio_to_one_replica']:.2f}), "
             f"{row['step_rows']:,} step rows (one replica {row['one_replica_step_rows']:,}), "
@@ -132,17 +139,19 @@ def bench_scaling(per_replica: int, repeats: int, log) -> list[dict]:
                        capacity_tokens=CAPACITY_TOKENS, fast_forward=False)
     ceiling = len(stepped.steps["step"]) / len(reqs1)
     rows1 = len(run1.run.steps["step"]) / len(reqs1)
-    log(f"synthetic N= 1 (any router)        {len(reqs1):>7,} requests: {base * len(reqs1):6.2f} s, "
+    log(f"synthetic N= 1 (any router)            {len(reqs1):>7,} requests: {base * len(reqs1):6.2f} s, "
         f"{1e6 * base:5.0f} us/request, {rows1:.2f} step rows/request ({ceiling:.1f} without fast-forward)")
     rows.append({"router": "any", "num_replicas": 1, "num_requests": len(reqs1), "wall_s": base * len(reqs1),
                  "us_per_request": 1e6 * base, "ratio_to_n1": 1.0, "step_rows": len(run1.run.steps["step"]),
                  "rows_per_request": rows1, "rows_per_request_without_fast_forward": ceiling})
     for n in SCALING_N[1:]:
         reqs = synthetic(per_replica * n, n)
-        for router in SCALING_ROUTERS:
-            wall, walls, crun = timed(lambda router=router, reqs=reqs, n=n: cluster(reqs, n, router), repeats)
+        for router, refresh in SCALING_ROUTERS:
+            wall, walls, crun = timed(lambda router=router, reqs=reqs, n=n, refresh=refresh:
+                                      cluster(reqs, n, router, refresh), repeats)
             per, here = wall / len(reqs), one_replica()
-            row = {"router": router, "num_replicas": n, "num_requests": len(reqs), "wall_s": wall,
+            name = router if refresh is None else f"{router}@{refresh:g}s"
+            row = {"router": name, "router_refresh_s": refresh, "num_replicas": n, "num_requests": len(reqs), "wall_s": wall,
                    "wall_s_all": walls, "us_per_request": 1e6 * per, "n1_us_per_request": 1e6 * here,
                    "ratio_to_n1": per / here, "step_rows": len(crun.run.steps["step"]),
                    "rows_per_request": len(crun.run.steps["step"]) / len(reqs),
@@ -158,7 +167,7 @@ def bench_scaling(per_replica: int, repeats: int, log) -> list[dict]:
             rows.append(row)
             extra = (f", x{row['overhead_vs_independent']:.2f} of {n} independent runs"
                      if "overhead_vs_independent" in row else "")
-            log(f"synthetic N={n:>2} {router:<18} {len(reqs):>7,} requests: {wall:6.2f} s, "
+            log(f"synthetic N={n:>2} {name:<22} {len(reqs):>7,} requests: {wall:6.2f} s, "
                 f"{row['us_per_request']:5.0f} us/request (x{row['ratio_to_n1']:.2f} of N=1 measured next to it), "
                 f"{row['rows_per_request']:.2f} step rows/request{extra}")
     return rows

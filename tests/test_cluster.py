@@ -448,3 +448,29 @@ def test_capacity_search_fewest_replicas_cli(tmp_path, capsys):
     assert main(["capacity-search", "--fewest-replicas", "--schedulers", "vllm", "--trace", SPEC, "--rates", "24",
                  "--slo", "2.5", "--replicas", "2", "--output", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "drop --replicas" in capsys.readouterr().err
+
+
+def test_router_refresh_reads_published_state():
+    """With a refresh interval the router reads state published at ticks plus its own routing:
+    a long interval makes least-outstanding count only what it sent (round-robin-like), and
+    a tiny one reads what the live router reads."""
+    reqs = _azure(500, 6.0)
+    factory = SCHEDULERS.get("vllm").factory
+    cost = COST_MODELS.create("llama2-7b-a100")
+
+    def run(refresh):
+        return simulate_cluster(reqs, factory, cost, capacity_tokens=12_000, num_replicas=4,
+                                router="least-outstanding", router_refresh_s=refresh)
+
+    live, tiny, never = run(None), run(1e-7), run(1e9)
+    order = sorted(reqs, key=lambda r: (r.arrival_time, r.request_id))
+    # Never refreshed after t = 0: every replica looks empty but for what was sent to it.
+    assert np.bincount(list(never.replica_of.values())).tolist() == [125] * 4
+    assert [never.replica_of[r.request_id] for r in order][:8] == [0, 1, 2, 3, 0, 1, 2, 3]
+    agree = np.mean([live.replica_of[r.request_id] == tiny.replica_of[r.request_id] for r in reqs])
+    assert agree > 0.9  # the tick snaps a replica to the tick before the arrival, not the arrival
+    # Fewer stops of fast-forwarded decode runs than the live router's.
+    assert len(run(0.5).run.steps["step"]) < len(live.run.steps["step"])
+    _check_cluster(run(0.5), 12_000, 16)
+    with pytest.raises(ValueError, match="refresh_s"):
+        run(0.0)

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-CLUSTER_FLAGS = ("replicas", "router", "prefill_replicas", "decode_replicas", "kv_link_gbps")
+CLUSTER_FLAGS = ("replicas", "router", "prefill_replicas", "decode_replicas", "kv_link_gbps", "router_refresh_s")
 DEFAULT_ROUTER = "round-robin"
 DEFAULT_KV_LINK_GBPS = 100.0  # one 100 Gb/s NIC per replica (Splitwise's InfiniBand setting is 200-400)
 JSON_CLUSTER_KEYS = ("num_replicas", "router", "load_imbalance", "jain_index", "request_imbalance")
@@ -28,6 +28,9 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                                                     "and --capacity (with --prefill/--decode-replicas: their sum)")
     g.add_argument("--router", help=f"global router (`kvsched routers`; default {DEFAULT_ROUTER})")
     g.add_argument("--router-opt", action="append", metavar="KEY=VALUE", help="router option (repeatable)")
+    g.add_argument("--router-refresh-s", type=pos_float,
+                   help="routers read replica state as published every this many seconds plus their own routing "
+                        "since (vLLM's data-parallel coordinator: 0.1); default: live at each arrival")
     g.add_argument("--prefill-replicas", type=pos_int, help="prefill/decode disaggregation: prefill replicas")
     g.add_argument("--decode-replicas", type=pos_int, help="prefill/decode disaggregation: decode replicas")
     g.add_argument("--kv-link-gbps", type=pos_float,
@@ -152,6 +155,7 @@ def run_cluster(reqs, workload: dict, sched_name: str, options: dict, args) -> t
     try:
         crun = simulate_cluster(reqs, lambda: make_scheduler(sched_name, design), cost,
                                 capacity_tokens=args.capacity, num_replicas=n, router=router, router_options=r_opts,
+                                router_refresh_s=args.router_refresh_s,
                                 seed=args.seed, block_size=block_size, fast_forward=not args.no_fast_forward,
                                 progress=cb, lookahead_tokens=lookahead, prefix_caching=args.prefix_caching,
                                 disaggregation=dis)
@@ -170,6 +174,7 @@ def run_cluster(reqs, workload: dict, sched_name: str, options: dict, args) -> t
         "prefix_caching": bool(getattr(make_scheduler(sched_name, design), "enable_prefix_caching", False))
         if args.prefix_caching is None else args.prefix_caching, "fast_forward": not args.no_fast_forward,
         "cluster": {"num_replicas": n, "router": router, "router_options": r_opts, "seed": args.seed,
+                    "router_refresh_s": args.router_refresh_s,
                     "disaggregation": None if dis is None else {
                         "num_prefill": dis.num_prefill, "num_decode": dis.num_decode,
                         "kv_link_gbps": dis.kv_link_gbps, "kv_bytes_per_token": dis.kv_bytes_per_token,

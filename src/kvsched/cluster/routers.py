@@ -20,6 +20,7 @@ its front end) is one configuration.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,25 +29,86 @@ from kvsched.registry import ROUTERS
 from kvsched.request import Request
 
 
+class Snapshot:
+    """What a router reads of a replica, as published at a refresh tick, plus the requests
+    the router itself sent there since (as vLLM's front end adds its own routing to the
+    counts its coordinator last published)."""
+
+    __slots__ = ("capacity_tokens", "kv_used_blocks", "kv_used_tokens", "now", "num_free_blocks", "num_outstanding",
+                 "num_queued_tokens", "num_running", "num_waiting")
+
+    def __init__(self, replica, routed: int = 0, routed_tokens: int = 0) -> None:
+        self.now = replica.now
+        self.num_outstanding = replica.num_outstanding + routed
+        self.num_waiting = replica.num_waiting + routed
+        self.num_running = replica.num_running
+        self.num_queued_tokens = replica.num_queued_tokens + routed_tokens
+        self.kv_used_tokens = replica.kv_used_tokens
+        self.kv_used_blocks = replica.kv_used_blocks
+        self.num_free_blocks = replica.num_free_blocks
+        self.capacity_tokens = replica.capacity_tokens
+
+    def plus(self, routed: int, routed_tokens: int) -> Snapshot:
+        out = object.__new__(Snapshot)
+        for name in Snapshot.__slots__:
+            setattr(out, name, getattr(self, name))
+        out.num_outstanding += routed
+        out.num_waiting += routed
+        out.num_queued_tokens += routed_tokens
+        return out
+
+
 class ClusterView:
-    """The replicas as the router sees them at `now`."""
+    """The replicas as the router sees them at `now`.
 
-    __slots__ = ("_advance", "_replicas", "now")
+    refresh_s None (default): each replica as it is at the arrival, read live. A number:
+    replica state is published every refresh_s seconds of simulated time (the first read
+    after a tick advances the replica to the tick and snapshots it), and a router reads the
+    last snapshot plus its own routing since; vLLM's data-parallel coordinator publishes
+    every 0.1 s. Besides modelling that staleness, it bounds the cost of routers that read
+    every replica: a replica is stopped at most once per tick instead of at every arrival."""
 
-    def __init__(self, replicas: Sequence, advance: Callable[[int, float], None]) -> None:
+    __slots__ = ("_advance", "_replicas", "_since", "_snaps", "_ticks", "now", "refresh_s")
+
+    def __init__(self, replicas: Sequence, advance: Callable[[int, float], None],
+                 refresh_s: float | None = None) -> None:
+        if refresh_s is not None and not (refresh_s > 0 and math.isfinite(refresh_s)):
+            raise ValueError(f"router refresh_s must be a finite number > 0, got {refresh_s}")
         self._replicas = replicas
         self._advance = advance
         self.now = 0.0
+        self.refresh_s = refresh_s
+        n = len(replicas)
+        self._snaps: list[Snapshot | None] = [None] * n
+        self._ticks = [-1.0] * n
+        self._since = [[0, 0] for _ in range(n)]
 
     @property
     def num_replicas(self) -> int:
         return len(self._replicas)
 
     def replica(self, i: int):
-        """Replica i, advanced to `now` (it may be a step past it: a step in flight when the
-        request arrives is already decided and counted)."""
-        self._advance(i, self.now)
-        return self._replicas[i]
+        """Replica i at `now` (it may be a step past it: a step in flight when the request
+        arrives is already decided and counted), or its last published snapshot."""
+        if self.refresh_s is None:
+            self._advance(i, self.now)
+            return self._replicas[i]
+        tick = math.floor(self.now / self.refresh_s) * self.refresh_s
+        if self._ticks[i] < tick:
+            self._advance(i, tick)
+            self._snaps[i] = Snapshot(self._replicas[i])
+            self._ticks[i] = tick
+            self._since[i] = [0, 0]
+        routed, tokens = self._since[i]
+        snap = self._snaps[i]
+        return snap if not routed else snap.plus(routed, tokens)
+
+    def routed(self, i: int, request: Request) -> None:
+        """The coordinator sent `request` to replica i (counted on top of a snapshot)."""
+        if self.refresh_s is not None:
+            since = self._since[i]
+            since[0] += 1
+            since[1] += request.prompt_len + request.num_output_tokens - request.num_computed_tokens
 
 
 class Router:
@@ -167,4 +229,4 @@ class PrefixAffinity(Router):
         return choice
 
 
-__all__ = ["ClusterView", "Router"]
+__all__ = ["ClusterView", "Router", "Snapshot"]

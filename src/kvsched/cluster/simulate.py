@@ -82,6 +82,7 @@ def simulate_cluster(
     num_replicas: int = 1,
     router: str | Router = "round-robin",
     router_options: dict | None = None,
+    router_refresh_s: float | None = None,
     seed: int = 0,
     block_size: int = 16,
     fast_forward: bool = True,
@@ -99,6 +100,9 @@ def simulate_cluster(
     num_replicas: replicas of one kind; with `disaggregation` it must be P + D (or 1, the
     default, meaning "take it from the disaggregation").
     router / router_options: a registered router (`kvsched routers`) or a Router.
+    router_refresh_s: None, routers read replica state live at each arrival; a number, they
+    read it as published every router_refresh_s seconds plus their own routing since
+    (`routers.ClusterView`).
     seed: seeds the router's generator (random and power-of-two choices).
     The other arguments are `kvsched.sim.simulate`'s, for every replica."""
     if lookahead_tokens < 0:
@@ -124,7 +128,8 @@ def simulate_cluster(
         replicas = [replica(i, "mixed", capacity_tokens) for i in range(num_replicas)]
         rt = make_router(router, router_options)
         rt.reset(num_replicas, np.random.default_rng([seed, 20]))
-        replica_of = _route(reqs, [r.copy_fresh() for r in reqs], replicas, rt, progress, progress_every)
+        replica_of = _route(reqs, [r.copy_fresh() for r in reqs], replicas, rt, progress, progress_every,
+                            refresh_s=router_refresh_s)
         for rep in replicas:
             rep.drain()
         runs = [rep.result() for rep in replicas]
@@ -133,14 +138,14 @@ def simulate_cluster(
             progress(merged.end_time, len(reqs))
         return ClusterRun(merged, runs, tuple(rep.role for rep in replicas), replica_of, router_name, rt.config())
     return _disaggregated(reqs, replica, num_replicas, router, router_options, seed, capacity_tokens,
-                          disaggregation, progress, progress_every)
+                          disaggregation, progress, progress_every, router_refresh_s)
 
 
 def _route(originals: list[Request], arrivals: list[Request], replicas: list[Replica], router: Router,
-           progress: ProgressFn | None, progress_every: int, on_event: Callable[[float], None] | None = None
-           ) -> dict[int, int]:
+           progress: ProgressFn | None, progress_every: int, on_event: Callable[[float], None] | None = None,
+           refresh_s: float | None = None) -> dict[int, int]:
     """Route each arrival in order to a replica and hand it over; returns id -> replica."""
-    view = ClusterView(replicas, lambda i, t: replicas[i].advance_to(t))
+    view = ClusterView(replicas, lambda i, t: replicas[i].advance_to(t), refresh_s)
     replica_of: dict[int, int] = {}
     for k, r in enumerate(arrivals):
         t = r.arrival_time
@@ -153,6 +158,7 @@ def _route(originals: list[Request], arrivals: list[Request], replicas: list[Rep
         rep = replicas[i]
         rep.advance_to(t)
         rep.inject(r)
+        view.routed(i, r)
         replica_of[r.request_id] = i
         if progress is not None and k % progress_every == 0:
             progress(t, sum(rep.loop.num_done for rep in replicas))
@@ -170,7 +176,7 @@ def _merge(runs: list[Run], requests: list[Request]) -> Run:
 
 
 def _disaggregated(reqs, replica, num_replicas, router, router_options, seed, capacity_tokens,
-                   dis: Disaggregation, progress, progress_every) -> ClusterRun:
+                   dis: Disaggregation, progress, progress_every, refresh_s) -> ClusterRun:
     p, d = dis.num_prefill, dis.num_decode
     if num_replicas not in (1, p + d):
         raise ValueError(f"{num_replicas} replicas, but {p} prefill + {d} decode replicas were asked for")
@@ -183,7 +189,7 @@ def _disaggregated(reqs, replica, num_replicas, router, router_options, seed, ca
     handovers: list[tuple[float, int]] = []  # (arrival at the decode pool, request id): a heap
     transfer: dict[int, float] = {}
     decode_of: dict[int, int] = {}
-    decode_view = ClusterView(decode, lambda i, t: decode[i].advance_to(t))
+    decode_view = ClusterView(decode, lambda i, t: decode[i].advance_to(t), refresh_s)
 
     def prefilled(done: list[Request]) -> None:
         for r in done:
@@ -210,7 +216,9 @@ def _disaggregated(reqs, replica, num_replicas, router, router_options, seed, ca
             if not 0 <= j < d:
                 raise ValueError(f"router {type(rt_d).__name__} picked decode replica {j} of {d}")
             decode[j].advance_to(t)
-            decode[j].inject(decode_part(original, t))
+            handed = decode_part(original, t)
+            decode[j].inject(handed)
+            decode_view.routed(j, handed)
             decode_of[rid] = j
 
     def before_arrival(t: float) -> None:
@@ -220,7 +228,7 @@ def _disaggregated(reqs, replica, num_replicas, router, router_options, seed, ca
         hand_over(min(rep.now for rep in prefill))
 
     replica_of = _route(reqs, [prefill_part(r) for r in reqs], prefill, rt_p, progress, progress_every,
-                        on_event=before_arrival)
+                        on_event=before_arrival, refresh_s=refresh_s)
     for rep in prefill:
         rep.drain()
     hand_over(float("inf"))
