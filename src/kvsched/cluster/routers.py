@@ -37,25 +37,22 @@ class Snapshot:
     __slots__ = ("capacity_tokens", "kv_used_blocks", "kv_used_tokens", "now", "num_free_blocks", "num_outstanding",
                  "num_queued_tokens", "num_running", "num_waiting")
 
-    def __init__(self, replica, routed: int = 0, routed_tokens: int = 0) -> None:
+    def __init__(self, replica) -> None:
         self.now = replica.now
-        self.num_outstanding = replica.num_outstanding + routed
-        self.num_waiting = replica.num_waiting + routed
+        self.num_outstanding = replica.num_outstanding
+        self.num_waiting = replica.num_waiting
         self.num_running = replica.num_running
-        self.num_queued_tokens = replica.num_queued_tokens + routed_tokens
+        self.num_queued_tokens = replica.num_queued_tokens
         self.kv_used_tokens = replica.kv_used_tokens
         self.kv_used_blocks = replica.kv_used_blocks
         self.num_free_blocks = replica.num_free_blocks
         self.capacity_tokens = replica.capacity_tokens
 
-    def plus(self, routed: int, routed_tokens: int) -> Snapshot:
-        out = object.__new__(Snapshot)
-        for name in Snapshot.__slots__:
-            setattr(out, name, getattr(self, name))
-        out.num_outstanding += routed
-        out.num_waiting += routed
-        out.num_queued_tokens += routed_tokens
-        return out
+    def add(self, request: Request) -> None:
+        """The router sent `request` here after the snapshot was taken."""
+        self.num_outstanding += 1
+        self.num_waiting += 1
+        self.num_queued_tokens += request.prompt_len + request.num_output_tokens - request.num_computed_tokens
 
 
 class ClusterView:
@@ -68,7 +65,7 @@ class ClusterView:
     every 0.1 s. Besides modelling that staleness, it bounds the cost of routers that read
     every replica: a replica is stopped at most once per tick instead of at every arrival."""
 
-    __slots__ = ("_advance", "_replicas", "_since", "_snaps", "_ticks", "now", "refresh_s")
+    __slots__ = ("_advance", "_replicas", "_snaps", "_ticks", "now", "refresh_s")
 
     def __init__(self, replicas: Sequence, advance: Callable[[int, float], None],
                  refresh_s: float | None = None) -> None:
@@ -81,7 +78,6 @@ class ClusterView:
         n = len(replicas)
         self._snaps: list[Snapshot | None] = [None] * n
         self._ticks = [-1.0] * n
-        self._since = [[0, 0] for _ in range(n)]
 
     @property
     def num_replicas(self) -> int:
@@ -98,17 +94,14 @@ class ClusterView:
             self._advance(i, tick)
             self._snaps[i] = Snapshot(self._replicas[i])
             self._ticks[i] = tick
-            self._since[i] = [0, 0]
-        routed, tokens = self._since[i]
-        snap = self._snaps[i]
-        return snap if not routed else snap.plus(routed, tokens)
+        return self._snaps[i]
 
     def routed(self, i: int, request: Request) -> None:
         """The coordinator sent `request` to replica i (counted on top of a snapshot)."""
-        if self.refresh_s is not None:
-            since = self._since[i]
-            since[0] += 1
-            since[1] += request.prompt_len + request.num_output_tokens - request.num_computed_tokens
+        # A snapshot taken later counts it from the replica itself (it is handed over by then).
+        snap = self._snaps[i] if self.refresh_s is not None else None
+        if snap is not None:
+            snap.add(request)
 
 
 class Router:
