@@ -110,8 +110,12 @@ def test_attention_exact_at_every_shipped_row(name):
     prof = LLMSERVINGSIM[name]
     impl = tables.load_table_set(name)
     rows = _rows(prof.path("attention"))
+    doubling = [r for r in rows if int(r["prefill_chunk"]) in tables.PREFILL_CHUNKS
+                and int(r["kv_prefill"]) in tables.KV_POINTS and int(r["kv_decode"]) in tables.KV_POINTS]
     # mixed: 8 chunks x 12 kv_prefill x 8 n_decode x 11 kv_decode; 8 x 12 prefill-only; 9 x 11 decode-only
-    assert len(rows) == 8 * 12 * 8 * 11 + 8 * 12 + 9 * 11 == 8643
+    assert len(doubling) == 8 * 12 * 8 * 11 + 8 * 12 + 9 * 11 == 8643
+    # The RTX PRO 6000 profile adds a second sweep at x1.5 spacing (chunks 24..1384, KV 768..13122).
+    assert len(rows) == {"llama3.1-8b-rtx4090": 8643, "llama3.1-8b-rtxpro6000": 19364}[name]
     for r in rows:
         pc, kp, nd, kd = (int(r[c]) for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode"))
         assert impl.attention(pc, kp, nd, kd) == float(r["time_us"])
@@ -142,11 +146,16 @@ def test_attention_interpolates_linearly_and_extrapolates(name):
     attn = _attention_us(prof)
     impl = tables.load_table_set(name)
     # Midway between two kv_decode points, and between two n_decode points.
-    assert impl.attention(0, 0, 32, 768) == pytest.approx((attn[0, 0, 32, 512] + attn[0, 0, 32, 1024]) / 2)
+    assert impl.attention(0, 0, 32, 384) == pytest.approx((attn[0, 0, 32, 256] + attn[0, 0, 32, 512]) / 2)
     assert impl.attention(0, 0, 48, 1024) == pytest.approx((attn[0, 0, 32, 1024] + attn[0, 0, 64, 1024]) / 2)
-    # Bilinear in (kv_prefill, prefill_chunk) at a mixed point.
-    corners = [attn[pc, kp, 8, 256] for pc in (256, 512) for kp in (1024, 2048)]
-    assert impl.attention(384, 1536, 8, 256) == pytest.approx(sum(corners) / 4)
+    # Off the x1.5 sweep (chunk 1024 is on the doubling sweep only): between doubling points.
+    assert impl.attention(1024, 0, 8, 768) == pytest.approx((attn[1024, 0, 8, 512] + attn[1024, 0, 8, 1024]) / 2)
+    if name == "llama3.1-8b-rtx4090":  # doubling grid only: bilinear in (prefill_chunk, kv_prefill)
+        corners = [attn[pc, kp, 8, 256] for pc in (256, 512) for kp in (1024, 2048)]
+        assert impl.attention(384, 1536, 8, 256) == pytest.approx(sum(corners) / 4)
+    else:  # between two points of the x1.5 sweep
+        assert impl.attention(1384, 0, 128, 960) == pytest.approx(
+            (attn[1384, 0, 128, 768] + attn[1384, 0, 128, 1152]) / 2)
     # Beyond the last kv point: along the top-octave secant (8192 -> 16384).
     assert impl.attention(0, 0, 32, 32768) == pytest.approx(3 * attn[0, 0, 32, 16384] - 2 * attn[0, 0, 32, 8192])
     assert impl.attention(0, 0, 32, 24576) == pytest.approx(2 * attn[0, 0, 32, 16384] - attn[0, 0, 32, 8192])
@@ -282,15 +291,18 @@ def test_simulate_small_workload(name):
 def test_shipped_tables_regenerate_identically(tmp_path):
     """`tables.write_tables(shared profiles)` rewrites every shipped file byte for byte."""
     written = tables.write_tables(PROFILES_DIR, tmp_path)
-    assert len(written) == 23
+    assert len(written) == 29  # 22 LLMServingSim tables, 6 skew fits, 1 Vidur table
     for path in written:
         assert path.read_bytes() == (tables.DATA_DIR / path.name).read_bytes(), path.name
-    # Dense, per-sequence and the RTX 4090 attention grid are unmodified copies.
+    # Dense, per-sequence and attention tables are unmodified copies.
     src = PROFILES_DIR / "llmservingsim"
     for prof in tables.LLMSERVINGSIM_PROFILES.values():
-        for kind in ("dense", "per_sequence"):
+        for kind in ("dense", "per_sequence", "attention"):
             assert prof.path(kind).read_bytes() == prof.source(src, kind).read_bytes()
-    assert tables.RTX4090.path("attention").read_bytes() == tables.RTX4090.source(src, "attention").read_bytes()
+    skewed = [p for p in tables.LLMSERVINGSIM_PRESETS.values() if p.skew_alpha_default is not None]
+    assert len(skewed) == 6 and tables.RTX4090.skew_alpha_default is None
+    for prof in skewed:
+        assert prof.path("skew_fit").read_bytes() == prof.source(src, "skew_fit").read_bytes()
 
 
 def test_vidur_llama3_table_is_a_linear_ops_table():

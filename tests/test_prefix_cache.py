@@ -16,7 +16,7 @@ from kvsched.decision import Decision, Scheduler
 from kvsched.kvcache import KVCache, PrefixCachingKVCache, block_key
 from kvsched.loop import run
 from kvsched.metrics import requests_frame, summarize
-from kvsched.registry import TRACES
+from kvsched.registry import SCHEDULERS, TRACES
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.vllm import SJFScheduler, VLLMScheduler
 from kvsched.sim import simulate
@@ -190,16 +190,23 @@ def test_vllm_sizes_the_first_chunk_after_the_hit():
     assert s["num_prefill_tokens_computed"] == 300 - 144
 
 
-def test_off_by_default_and_by_option():
+def test_on_by_default_for_vllm_off_for_the_other_policies_and_by_option():
+    """vllm caches prefixes by default as vLLM does; sjf/srpt/fcfs-static keep their papers'
+    semantics unless asked; `prefix_caching=False` (the CLI's --no-prefix-caching) turns it off."""
     ids = tuple(range(10))
     reqs = [req(0, 150, ids=ids), req(1, 150, ids=ids, t=5.0)]
     kw = {"capacity_tokens": 40 * BS, "block_size": BS}
+    assert VLLMScheduler().enable_prefix_caching
     default = simulate(reqs, VLLMScheduler(), UnitCost(), **kw)
-    assert summarize(default)["prefix_hit_rate"] == 0.0
+    assert summarize(default)["num_cached_tokens"] == 144
     on = simulate(reqs, VLLMScheduler(enable_prefix_caching=True), UnitCost(), **kw)
     assert summarize(on)["num_cached_tokens"] == 144
-    off = simulate(reqs, VLLMScheduler(enable_prefix_caching=True), UnitCost(), prefix_caching=False, **kw)
+    off = simulate(reqs, VLLMScheduler(), UnitCost(), prefix_caching=False, **kw)
     assert summarize(off)["prefix_hit_rate"] == 0.0
+    not_asked = simulate(reqs, VLLMScheduler(enable_prefix_caching=False), UnitCost(), **kw)
+    assert summarize(not_asked)["prefix_hit_rate"] == 0.0
+    for other in ("sjf", "srpt", "fcfs-static"):
+        assert not SCHEDULERS.create(other).enable_prefix_caching, other
     sjf = simulate(reqs, SJFScheduler(), UnitCost(), **kw)
     assert summarize(sjf)["num_cached_tokens"] == 0
     asked = simulate(reqs, SJFScheduler(), UnitCost(), prefix_caching=True, **kw)
@@ -323,12 +330,16 @@ def _cli_json(capsys, *argv):
 
 def test_cli_prefix_caching_flag_and_trace_stats(capsys):
     base = ("simulate", "--trace", SPEC, "--capacity", "4096", "--json", "--no-progress")
+    keys = ("prefix_hit_rate", "num_prefill_tokens_computed", "ttft_mean")
     on = _cli_json(capsys, *base, "--prefix-caching")
-    off = _cli_json(capsys, *base)  # off by default
+    default = _cli_json(capsys, *base)  # the vllm scheduler: on by default
+    off = _cli_json(capsys, *base, "--no-prefix-caching")
     assert on["prefix_hit_rate"] > 0.5 and off["prefix_hit_rate"] == 0.0
-    by_option = _cli_json(capsys, *base, "-o", "enable_prefix_caching=true")
-    assert [by_option[k] for k in ("prefix_hit_rate", "num_prefill_tokens_computed", "ttft_mean")] == [
-        on[k] for k in ("prefix_hit_rate", "num_prefill_tokens_computed", "ttft_mean")]
+    assert [default[k] for k in keys] == [on[k] for k in keys]
+    by_option = _cli_json(capsys, *base, "-o", "enable_prefix_caching=false")
+    assert [by_option[k] for k in keys] == [off[k] for k in keys]
+    sjf = _cli_json(capsys, *base, "--scheduler", "sjf")  # off unless asked
+    assert sjf["prefix_hit_rate"] == 0.0
     assert on["num_prefill_tokens_computed"] < off["num_prefill_tokens_computed"]
     assert on["ttft_mean"] < off["ttft_mean"]
     stats = _cli_json(capsys, "trace-stats", "--trace", SPEC, "--json")

@@ -133,13 +133,26 @@ def test_sampling_is_reproducible_with_a_seed(serve):
 
 def test_preemption_under_memory_pressure_does_not_change_outputs(serve, smollm):
     """Six concurrent requests on 112 KV tokens: the scheduler must preempt (vLLM) or
-    kill and restart, and every client still gets its greedy continuation."""
+    kill and restart, and every client still gets its greedy continuation.
+
+    The engine's first step is held until all six requests are queued, so they run
+    together however the client threads are scheduled (the pressure does not depend on
+    the machine's speed)."""
     model, tokenizer = smollm
     prompts = [list(range(300 + 40 * i, 300 + 40 * i + 20 + 2 * i)) for i in range(6)]
     want = [tokenizer.decode(greedy_generate(model, None, p, 16, stop_at_eos=False), skip_special_tokens=True)
             for p in prompts]
     for scheduler, options in (("vllm", {}), ("vllm", {"preemption": "restart"})):
-        url, _ = serve(scheduler, options, capacity_tokens=112, block_size=8)
+        url, engine = serve(scheduler, options, capacity_tokens=112, block_size=8)
+        in_first_step, release = threading.Event(), threading.Event()
+        execute = engine.backend.execute
+
+        def held_execute(batch, shape, execute=execute, in_first_step=in_first_step, release=release):
+            in_first_step.set()
+            release.wait(120)
+            return execute(batch, shape)
+
+        engine.backend.execute = held_execute
         client = _client(url)
         got = [None] * len(prompts)
 
@@ -150,6 +163,9 @@ def test_preemption_under_memory_pressure_does_not_change_outputs(serve, smollm)
         threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
         for t in threads:
             t.start()
+        _wait_for(lambda engine=engine, in_first_step=in_first_step: in_first_step.is_set()
+                  and engine.stats.num_requests_total + engine._commands.qsize() == len(prompts), 120)
+        release.set()
         for t in threads:
             t.join(120)
         texts = ["".join(c.choices[0].text for c in g if c.choices) if i % 2 == 0 else g.choices[0].text

@@ -133,3 +133,17 @@ def test_bad_meta_is_a_one_line_error(capsys, tmp_path):
         assert code == 2 and out == "" and len(lines) == 1 and expect in lines[0], err
     code, out, err = run(capsys, "validate-vllm", str(csv))  # no meta beside the file
     assert code == 2 and "no meta file" in err
+
+
+@pytest.mark.parametrize(("name", "bound"), [(LLAMA, 1.5), ("rtxpro6000-qwen3-32b", 1.0)])
+def test_mean_error_on_the_shipped_runs_stays_at_the_measured_level(name, bound):
+    """docs/fidelity.md: 1.44 % and 0.91 % (LLMServingSim: 2.49 % and 1.08 %). A cost-model or
+    scheduler change that loses the TP 2 all-reduce, the skew correction or the x1.5 attention
+    sweep fails here (each alone moves a run above its bound)."""
+    from kvsched.validation import compare, settings
+
+    run_ = load_run(name)
+    summary = compare(run_, settings(run_))["summary"]
+    assert summary["num_preemptions"] == 0
+    assert summary["mean_abs_error_pct"] < bound
+    assert summary["mean_abs_error_pct"] < summary["llmservingsim_mean_abs_error_pct"]

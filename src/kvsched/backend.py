@@ -21,6 +21,10 @@ class BatchShape:
                          of computed + new): the WAIT paper's per-iteration charge.
     prefill_attn_tokens: sum over prefill requests of new * (computed + new), the
                          quadratic attention work of prefill chunks.
+    max_decode_kv_len, min_decode_kv_len: the longest and shortest cached KV (tokens
+                         before the step) among the one-token decodes; 0 when unknown or
+                         no decode. Cost models that correct for mixed decode lengths read
+                         them (`kvsched.sim.tables`, LLMServingSim's skew fit); the rest ignore them.
     """
 
     num_seqs: int
@@ -28,6 +32,8 @@ class BatchShape:
     num_decode_seqs: int
     num_kv_tokens: int
     prefill_attn_tokens: int = 0
+    max_decode_kv_len: int = 0
+    min_decode_kv_len: int = 0
 
     @property
     def num_batched_tokens(self) -> int:

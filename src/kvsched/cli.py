@@ -129,7 +129,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 def _prefix_caching_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="automatic prefix caching in the simulated KV cache (default: the scheduler's "
-                        "enable_prefix_caching option, off by default; vLLM itself has it on)")
+                        "enable_prefix_caching option: on for vllm as in vLLM, off for sjf, srpt, fcfs-static)")
 
 
 def _system_args(p: argparse.ArgumentParser) -> None:

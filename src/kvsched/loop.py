@@ -361,8 +361,8 @@ class _Loop:
         blocks, resident, waiting = self.kv._blocks, self.resident, self.waiting
         batch: list[tuple[Request, int]] = []
         totals: list[tuple[int, int]] = []
-        num_prefill = num_decode = num_kv = attn = new_blocks = 0
-        min_slack = min_left = 1 << 62
+        num_prefill = num_decode = num_kv = attn = new_blocks = max_dec = 0
+        min_slack = min_left = min_dec = 1 << 62
         for rid, n in runs.items():
             r = resident.get(rid) or waiting.get(rid)
             if r is None:
@@ -389,12 +389,16 @@ class _Loop:
                     min_slack = held * bs - computed - la
                 if r.output_len - out < min_left:  # noqa: PLR1730
                     min_left = r.output_len - out
+                if computed > max_dec:  # noqa: PLR1730
+                    max_dec = computed
+                if computed < min_dec:  # noqa: PLR1730
+                    min_dec = computed
             else:
                 num_prefill += n
                 attn += n * total
             batch.append((r, n))
             totals.append((rid, total + la))
-        shape = BatchShape(len(batch), num_prefill, num_decode, num_kv, attn)
+        shape = BatchShape(len(batch), num_prefill, num_decode, num_kv, attn, max_dec, min_dec if num_decode else 0)
         return batch, totals, shape, new_blocks, min_slack, min_left
 
     def _preempt(self, rid: int, restart: bool = False) -> None:

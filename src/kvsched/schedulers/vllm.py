@@ -12,9 +12,12 @@ Rules (vllm/v1/core/sched/scheduler.py; see docs/schedulers.md):
   without it a prompt over the budget stops admission; a failed allocation stops
   admission, which never preempts.
 
-Automatic prefix caching (`enable_prefix_caching`, off by default here and for the
-policies built on these mechanics, on in vLLM itself; see docs/architecture.md): a waiting request's first chunk starts after its
-cached prefix (`View.cached_tokens`), and a victim frees only the blocks it alone holds.
+Automatic prefix caching (`enable_prefix_caching`): on by default for `vllm`, as in vLLM
+itself, off by default for the policies built on these mechanics (sjf, srpt, fcfs-static
+keep their papers' semantics unless asked); `--no-prefix-caching` turns it off (see
+docs/architecture.md). A waiting request's first chunk starts after its cached prefix
+(`View.cached_tokens`), a request re-admitted after preemption reuses those of its blocks
+not yet evicted, and a victim frees only the blocks it alone holds.
 
 `preemption="restart"` turns preemption into kill-and-restart (the victim's generated
 tokens are discarded): the FCFS baseline of docs/gsa.md. vLLM itself never
@@ -54,10 +57,9 @@ class VLLMScheduler(Scheduler):
     reserve_full_sequence: bool = False
     threshold_needs_two: bool = False
     # Automatic prefix caching as in vLLM (`simulate` builds the KV model it asks for):
-    # admission reuses cached full blocks and sizes the first chunk after them. Off by
-    # default until the fidelity check against real vLLM runs shows its effect (vLLM
-    # itself has it on); published results were made without it.
-    enable_prefix_caching: bool = False
+    # admission reuses cached full blocks and sizes the first chunk after them. On by
+    # default as in vLLM (issue 17); the policies below turn it off for their papers' semantics.
+    enable_prefix_caching: bool = True
     _running: list[Request] = field(init=False, repr=False)
 
     clairvoyant = False  # a class attribute, not an option

@@ -26,4 +26,4 @@ class SimBackend:
         return self.cost_model.step_time(shape)
 
     def decode_durations(self, shape: BatchShape, num_steps: int) -> np.ndarray:
-        return self.cost_model.decode_times(shape.num_seqs, shape.num_kv_tokens, num_steps)
+        return self.cost_model.decode_times_for(shape, num_steps)

@@ -51,6 +51,12 @@ class CostModel:
             dtype=np.float64,
         )
 
+    def decode_times_for(self, shape: BatchShape, num_steps: int) -> np.ndarray:
+        """`decode_times` of the run of pure-decode steps that starts with `shape`: step i has
+        num_kv_tokens + i * num_seqs KV tokens and, when known, max/min decode KV lengths + i.
+        Models that read the decodes' length spread override it."""
+        return self.decode_times(shape.num_seqs, shape.num_kv_tokens, num_steps)
+
     def config(self) -> dict[str, Any]:
         """{"name": kind, **constructor args}; `from_config` rebuilds the model."""
         return {"name": self.kind, **asdict(self)}  # type: ignore[call-overload]

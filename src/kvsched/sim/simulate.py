@@ -41,7 +41,7 @@ def simulate(
     """Simulate `requests` under `scheduler`; the inputs are not mutated. `check_oracle`:
     a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`).
     `prefix_caching`: automatic prefix caching in the KV model; None (default) follows the
-    scheduler's `enable_prefix_caching` (off unless asked)."""
+    scheduler's `enable_prefix_caching` (on for `vllm`, off for the other schedulers unless asked)."""
     if prefix_caching is None:
         prefix_caching = bool(getattr(scheduler, "enable_prefix_caching", False))
     elif prefix_caching and not hasattr(scheduler, "enable_prefix_caching"):

@@ -50,19 +50,41 @@ num_decode_seqs:
   k = 1 or equal requests;
 - n_decode = n; kv_decode = (num_kv_tokens - prefill KV) / n - 1, the mean cached length
   of the decodes before the step (each holds its cached tokens plus the new one after
-  it), clamped at 0. LLMServingSim's simulator uses the mean as well (it ignores skew
-  here unless a skew profile exists; none is shipped).
+  it), clamped at 0. LLMServingSim's simulator uses the mean as well, then corrects
+  for the spread of the lengths (below).
+
+Skew correction (RTX PRO 6000 presets; LLMServingSim's `skew_fit.csv` per model and TP,
+its rule as documented in LLMServingSim's docs/profiler/skew-alpha-fit.md): the grid holds
+uniform decode batches, and a batch whose decodes have different lengths is slower than
+the uniform batch at their mean. With the longest and shortest cached lengths of the
+step's decodes (`BatchShape.max_decode_kv_len`, `min_decode_kv_len`), the per-layer
+attention becomes t_mean + alpha * (t_max - t_mean), t_max the grid at the longest
+length; alpha is the fit's value for the bucket (prefill chunk as profiled, decodes,
+skew rate (mean - min) / (max - min), longest length, prefill history), or the fit's
+pooled `alpha_default` (meta.yaml) for a bucket it has no sample of, e.g. any chunk
+that is not a profiled grid value. No correction for fewer than two decodes, for decodes
+of equal length, or when t_max <= t_mean. The RTX 4090 bundle has no fit in its meta:
+no correction there, as in LLMServingSim.
+
+TP 2 communication: two all-reduces of tokens x hidden x 2 B per decoder layer, each the
+measured latency of the smallest 2-GPU NCCL all-reduce (12.7 us at 4 KB) plus the bytes
+over 16 GB/s, the serving link of LLMServingSim's RTX PRO 6000 cluster config (derivation
+and the real-run evidence: docs/fidelity.md).
 
 Approximations: several prefill requests in one step are one chunk of their total (for
 k equal fresh prompts that charges the attention of one P-token prompt; LLMServingSim's
 profiler reports a real k = 7 split at 0.65-0.71 of the one-chunk time); the decodes'
 KV lengths are replaced by their mean.
 
-Interpolation and extrapolation. Only the doubling grid is used (prefill_chunk 0, 16, ...,
-2048; kv_prefill and kv_decode 0, 16, ..., 16384; n_decode 0, 1, 2, ..., 256): every
-profilable point of it is measured on both GPUs (8,643 rows; the RTX PRO 6000 table also has a sparser second
-sweep at x1.5 spacing, which is dropped, so its shipped copy keeps the doubling-grid rows
-only). Structural holes are filled before interpolating: pc = 0 is independent of
+Interpolation and extrapolation. Every profilable point of the doubling grid (prefill_chunk
+0, 16, ..., 2048; kv_prefill and kv_decode 0, 16, ..., 16384; n_decode 0, 1, 2, ..., 256) is
+measured on both GPUs (8,643 rows). The RTX PRO 6000 profiles add a second sweep at x1.5
+spacing (chunks 24, 36, ..., 1384; kv 768, 1152, ..., 13122; 19,364 rows in all), which
+resolves the convex prefill attention between doubling points: the grid's axes are every
+profiled value, and a cell neither sweep measured is filled by linear interpolation between
+its nearest measured neighbours along kv_decode, else kv_prefill, else the chunk (off the
+x1.5 sweep that is what multilinear interpolation on the doubling grid gives; docs/fidelity.md
+measures the effect). Structural holes are filled before interpolating: pc = 0 is independent of
 kv_prefill and n_decode = 0 of kv_decode (the grid has only one value there), a decode
 with fewer than 16 cached tokens costs like 16 (the first profiled point), and the
 n_decode = 256 plane with a prefill chunk (not profilable: 257 sequences exceed vLLM's
@@ -90,7 +112,7 @@ import csv
 import functools
 import itertools
 import shutil
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +159,21 @@ QWEN3_ATTN_PER_LAYER = (("layernorm", 2), ("qkv_proj", 1), ("qk_norm", 1), ("rot
 QWEN3_DENSE_PER_LAYER = (*QWEN3_ATTN_PER_LAYER, ("gate_up_proj", 1), ("act_fn", 1), ("down_proj", 1))
 # Measured NCCL all-reduce (bf16, 2 ranks, RTX PRO 6000 over PCIe 5): bytes -> us.
 ALLREDUCE_FILE = "llmservingsim_RTXPRO6000_allreduce_2gpu.csv"
+# Bandwidth of the link between the two RTX PRO 6000 of a TP 2 deployment in a serving run:
+# LLMServingSim's cluster config for this machine (bench/examples/RTXPRO6000/<model>/
+# config.json: link_bw 16 GB/s), confirmed by the real TP 2 run (docs/fidelity.md).
+ALLREDUCE_LINK_BYTES_PER_US = 16e9 / 1e6
+
+# LLMServingSim's skew fit (skew_fit.csv; meta.yaml `skew_fit.bucket_axes`): buckets are
+# (lo, hi] intervals of these edges, looked up by the label index.
+SKEW_N_EDGES = (0, 2, 4, 8, 16, 32, 64, 128, 256, 1_000_000)
+SKEW_N_LABELS = ("n<=2", "n<=4", "n<=8", "n<=16", "n<=32", "n<=64", "n<=128", "n<=256", "n>256")
+SKEW_RATE_EDGES = (-0.01, 0.05, 0.15, 0.40, 0.70, 1.01)
+SKEW_RATE_LABELS = ("sr<=5%", "sr<=15%", "sr<=40%", "sr<=70%", "sr>70%")
+SKEW_KV_BIG_EDGES = (0, 1024, 4096, 16384, 1_000_000_000)
+SKEW_KV_BIG_LABELS = ("kvB<=1k", "kvB<=4k", "kvB<=16k", "kvB>16k")
+SKEW_KP_EDGES = (-1, 0, 512, 1024, 2048, 4096, 8192, 1_000_000_000)
+SKEW_KP_LABELS = ("kp=0", "kp<=512", "kp<=1k", "kp<=2k", "kp<=4k", "kp<=8k", "kp>8k")
 
 
 @dataclass(frozen=True)
@@ -155,6 +192,9 @@ class LLMServingSimProfile:
     num_experts: int = 0
     experts_per_token: int = 0
     moe_tp: int = 1
+    # The skew fit's pooled alpha for buckets it has no sample of (meta.yaml
+    # `skew_fit.per_tp[tp].alpha_default`); None: no skew fit, no correction.
+    skew_alpha_default: float | None = None
 
     def path(self, kind: str) -> Path:
         """The shipped copy of `kind` ("dense" | "attention" | "per_sequence" | "moe")."""
@@ -168,20 +208,30 @@ class LLMServingSimProfile:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return ("dense", "attention", "per_sequence", *(("moe",) if self.num_experts else ()))
+        return ("dense", "attention", "per_sequence", *(("moe",) if self.num_experts else ()),
+                *(("skew_fit",) if self.skew_alpha_default is not None else ()))
 
 
 RTX4090 = LLMServingSimProfile("RTX4090", "NVIDIA GeForce RTX 4090")
-RTXPRO6000 = LLMServingSimProfile("RTXPRO6000", "NVIDIA RTX PRO 6000 Blackwell Server Edition")
-RTXPRO6000_LLAMA_TP2 = LLMServingSimProfile(RTXPRO6000.hardware, RTXPRO6000.gpu, tp=2)
+# alpha_default per model and TP from the RTX PRO 6000 meta.yaml files (the RTX 4090 bundle
+# has no skew fit in its meta, so LLMServingSim applies none there, and neither do we).
+RTXPRO6000_SKEW_ALPHA_DEFAULT = {("Llama-3.1-8B", 1): 0.0543, ("Llama-3.1-8B", 2): 0.0654,
+                                 ("Qwen3-32B", 1): 0.057, ("Qwen3-32B", 2): 0.0649,
+                                 ("Qwen3-30B-A3B", 1): 0.0645, ("Qwen3-30B-A3B", 2): 0.0748}
+RTXPRO6000 = LLMServingSimProfile("RTXPRO6000", "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+                                  skew_alpha_default=RTXPRO6000_SKEW_ALPHA_DEFAULT["Llama-3.1-8B", 1])
+RTXPRO6000_LLAMA_TP2 = LLMServingSimProfile(RTXPRO6000.hardware, RTXPRO6000.gpu, tp=2,
+                                            skew_alpha_default=RTXPRO6000_SKEW_ALPHA_DEFAULT["Llama-3.1-8B", 2])
 RTXPRO6000_QWEN3_32B = {
     tp: LLMServingSimProfile(RTXPRO6000.hardware, RTXPRO6000.gpu, num_layers=64, model="Qwen3-32B", tp=tp,
-                             dense_per_layer=QWEN3_DENSE_PER_LAYER, hidden_size=5120)
+                             dense_per_layer=QWEN3_DENSE_PER_LAYER, hidden_size=5120,
+                             skew_alpha_default=RTXPRO6000_SKEW_ALPHA_DEFAULT["Qwen3-32B", tp])
     for tp in (1, 2)}
 RTXPRO6000_QWEN3_30B_A3B = {
     tp: LLMServingSimProfile(RTXPRO6000.hardware, RTXPRO6000.gpu, num_layers=48, model="Qwen3-30B-A3B", tp=tp,
                              dense_per_layer=QWEN3_ATTN_PER_LAYER, hidden_size=2048, num_experts=128,
-                             experts_per_token=8)
+                             experts_per_token=8,
+                             skew_alpha_default=RTXPRO6000_SKEW_ALPHA_DEFAULT["Qwen3-30B-A3B", tp])
     for tp in (1, 2)}
 LLMSERVINGSIM_PROFILES = {p.hardware: p for p in (RTX4090, RTXPRO6000)}
 # Every shipped LLMServingSim profile, by preset name.
@@ -213,31 +263,22 @@ LLAMA3_8B_TP1 = profiles.LinearOpsTable("llama3-8b-tp1", LLAMA3_8B, "Meta-Llama-
 
 def write_tables(profiles_dir: Path | str, out_dir: Path | str | None = None) -> list[Path]:
     """Regenerate the shipped tables (into `out_dir`, default `DATA_DIR`) from `profiles_dir`
-    (holding `llmservingsim/` and `vidur/`, copies of the upstream files): dense and
-    per-sequence tables copied byte for byte, attention tables restricted to the rows on the
-    doubling grid (lines kept verbatim), the Vidur Llama-3-8B operators summed per layer by
+    (holding `llmservingsim/` and `vidur/`, copies of the upstream files): the LLMServingSim
+    tables (dense, attention, per-sequence, MoE, skew fit) copied byte for byte, the Vidur
+    Llama-3-8B operators summed per layer by
     `profiles.write_linear_table`. Returns the paths written."""
     profiles_dir = Path(profiles_dir)
     out = DATA_DIR if out_dir is None else Path(out_dir)
     src_dir = profiles_dir / "llmservingsim"
     written = []
     for prof in LLMSERVINGSIM_PRESETS.values():
-        for kind in ("dense", "per_sequence", *(("moe",) if prof.num_experts else ())):
+        for kind in ("dense", "per_sequence", *(k for k in prof.kinds if k in ("moe", "skew_fit"))):
             dest = out / prof.path(kind).name
             shutil.copyfile(prof.source(src_dir, kind), dest)
             if dest not in written:
                 written.append(dest)
         dest = out / prof.path("attention").name
-        with prof.source(src_dir, "attention").open("rb") as src, dest.open("wb") as sink:
-            header = src.readline()
-            sink.write(header)
-            columns = header.decode().strip().split(",")
-            axes = [columns.index(c) for c in ("prefill_chunk", "kv_prefill", "kv_decode")]
-            grids = (set(PREFILL_CHUNKS), set(KV_POINTS), set(KV_POINTS))
-            for line in src:
-                fields = line.decode().strip().split(",")
-                if all(int(fields[i]) in grid for i, grid in zip(axes, grids)):
-                    sink.write(line)
+        shutil.copyfile(prof.source(src_dir, "attention"), dest)  # both sweeps, every row
         written.append(dest)
     dest = out / LLAMA3_8B_TP1.path.name
     profiles.write_linear_table(profiles_dir / "vidur", dest, table=LLAMA3_8B_TP1)
@@ -318,8 +359,10 @@ class _TableSet:
     def step_time(self, shape: BatchShape) -> float:
         raise NotImplementedError
 
-    def decode_times(self, num_seqs: int, kv: np.ndarray) -> np.ndarray:
-        """Pure-decode steps of `num_seqs` sequences holding `kv` (array) KV tokens."""
+    def decode_times(self, num_seqs: int, kv: np.ndarray, max_kv: np.ndarray | None = None,
+                     min_kv: np.ndarray | None = None) -> np.ndarray:
+        """Pure-decode steps of `num_seqs` sequences holding `kv` (array) KV tokens; `max_kv` /
+        `min_kv`: the longest / shortest decode's cached tokens per step, if known."""
         raise NotImplementedError
 
 
@@ -346,6 +389,64 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _bucket(edges: Sequence[float], value: float) -> int:
+    """Index of the (edges[i], edges[i+1]] bucket holding `value` (the first below, the last above)."""
+    return min(len(edges) - 2, max(0, bisect_left(edges, value, 1) - 1))
+
+
+def _bucket_many(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left") - 1, 0, len(edges) - 2)
+
+
+@dataclass(frozen=True)
+class SkewFit:
+    """LLMServingSim's heterogeneous-decode correction for one model and TP: alpha per bucket
+    (prefill chunk, decodes, skew rate, longest decode, prefill history), `alpha_default`
+    for a bucket the fit has no sample of (module docstring)."""
+
+    alphas: dict[tuple[int, int, int, int, int], float]
+    alpha_default: float
+
+    @classmethod
+    def load(cls, path: Path, alpha_default: float) -> SkewFit:
+        labels = {"n_label": SKEW_N_LABELS, "skew_rate_label": SKEW_RATE_LABELS,
+                  "kv_big_label": SKEW_KV_BIG_LABELS, "kp_label": SKEW_KP_LABELS}
+        index = {col: {lab: i for i, lab in enumerate(labs)} for col, labs in labels.items()}
+        alphas = {}
+        for row_number, r in enumerate(_read_rows(path), start=2):
+            try:
+                key = (int(r["pc"]), *(index[col][r[col]] for col in labels))
+                alphas[key] = float(r["alpha"])
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path.name} row {row_number}: bad bucket or alpha ({exc})") from None
+        return cls(alphas, float(alpha_default))
+
+    def alpha(self, pc: int, nd: int, rate: float, kv_big: float, kp: float) -> float:
+        key = (int(pc), _bucket(SKEW_N_EDGES, nd), _bucket(SKEW_RATE_EDGES, rate),
+               _bucket(SKEW_KV_BIG_EDGES, kv_big), _bucket(SKEW_KP_EDGES, int(kp)))
+        return self.alphas.get(key, self.alpha_default)
+
+    def alpha_many(self, nd: int, rate: np.ndarray, kv_big: np.ndarray) -> np.ndarray:
+        """`alpha` of pure-decode steps (pc = kp = 0) at each (rate, kv_big)."""
+        n = _bucket(SKEW_N_EDGES, nd)
+        table = np.array([[self.alphas.get((0, n, s, k, 0), self.alpha_default)
+                           for k in range(len(SKEW_KV_BIG_LABELS))] for s in range(len(SKEW_RATE_LABELS))])
+        return table[_bucket_many(SKEW_RATE_EDGES, rate), _bucket_many(SKEW_KV_BIG_EDGES, kv_big)]
+
+
+def _fill_between(grid: np.ndarray, axis: int, xs: np.ndarray) -> None:
+    """In place: along `axis`, every NaN between two measured values becomes their linear
+    interpolation at its coordinate (`xs`); NaNs outside the measured range stay."""
+    lines = np.moveaxis(grid, axis, -1)  # a view: writes go to grid
+    known = ~np.isnan(lines)
+    for index in np.argwhere((known.sum(axis=-1) >= 2) & ~known.all(axis=-1)):
+        line = lines[tuple(index)]
+        have = known[tuple(index)]
+        xk = xs[have]
+        hole = ~have & (xs > xk[0]) & (xs < xk[-1])
+        line[hole] = np.interp(xs[hole], xk, line[have])
+
+
 class _LLMServingSimTables(_TableSet):
     def __init__(self, profile: LLMServingSimProfile) -> None:
         self.profile = profile
@@ -356,10 +457,14 @@ class _LLMServingSimTables(_TableSet):
                                         else (None, None))
         self.allreduce_bytes, self.allreduce_us = (self._load_allreduce(DATA_DIR / ALLREDUCE_FILE)
                                                    if profile.tp > 1 else (None, None))
+        # Latency of one all-reduce: the measured time of the smallest profiled message.
+        self.allreduce_latency_us = self.allreduce_us[0] if self.allreduce_us is not None else 0.0
+        self.skew = (SkewFit.load(profile.path("skew_fit"), profile.skew_alpha_default)
+                     if profile.skew_alpha_default is not None else None)
         self.seq_axis, self.seq_us = self._load_per_sequence(profile.path("per_sequence"))
-        self.grid = self._load_attention(profile.path("attention"))
+        attention_axes, self.grid = self._load_attention(profile.path("attention"))
         self.grid_list = self.grid.tolist()
-        self.axes = (_Axis.of(PREFILL_CHUNKS), _Axis.of(KV_POINTS), _Axis.of(N_DECODES), _Axis.of(KV_POINTS))
+        self.axes = tuple(_Axis.of(values) for values in attention_axes)
 
     # -- loading
 
@@ -414,34 +519,46 @@ class _LLMServingSimTables(_TableSet):
             raise ValueError(f"{path.name}: lm_head and sampler are profiled at different counts")
         return _Axis.of(seqs), [sum(table[op][s] for op in PER_SEQUENCE_OPS) for s in seqs]
 
-    def _load_attention(self, path: Path) -> np.ndarray:
-        """Per-layer attention time (us) on the full doubling grid [pc, kv_prefill, n_decode,
-        kv_decode], holes filled as the module docstring says."""
-        index = [{v: i for i, v in enumerate(axis)} for axis in (PREFILL_CHUNKS, KV_POINTS, N_DECODES, KV_POINTS)]
-        grid = np.full([len(i) for i in index], np.nan)
-        for r in _read_rows(path):
-            key = tuple(int(r[c]) for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode"))
-            try:
-                cell = tuple(ix[v] for ix, v in zip(index, key))
-            except KeyError:
-                continue  # off the doubling grid
-            grid[cell] = float(r["time_us"])
+    def _load_attention(self, path: Path) -> tuple[list[list[int]], np.ndarray]:
+        """Per-layer attention time (us) on the grid of every profiled axis value [pc,
+        kv_prefill, n_decode, kv_decode] (the doubling sweep, plus the x1.5 sweep where the
+        profile has one), holes filled as the module docstring says; returns (axes, grid)."""
+        columns = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")
+        rows = _read_rows(path)
+        keys = [tuple(int(r[c]) for c in columns) for r in rows]
+        axes = [sorted({k[a] for k in keys}) for a in range(4)]
+        for a, (name, doubling) in enumerate(zip(columns, (PREFILL_CHUNKS, KV_POINTS, N_DECODES, KV_POINTS))):
+            if not set(doubling) <= set(axes[a]) or axes[a][-1] != doubling[-1]:
+                raise ValueError(f"{path.name}: {name} must cover the doubling grid {doubling[0]}..{doubling[-1]}")
+        index = [{v: i for i, v in enumerate(axis)} for axis in axes]
+        grid = np.full([len(a) for a in axes], np.nan)
+        for key, r in zip(keys, rows):
+            grid[tuple(ix[v] for ix, v in zip(index, key))] = float(r["time_us"])
         pc0, nd0 = 0, 0
         # Decodes only: independent of kv_prefill (profiled at kv_prefill = 0).
         grid[pc0, :, 1:, :] = grid[pc0, 0, 1:, :][None, :, :]
         grid[pc0, :, nd0, :] = 0.0  # an empty step: no attention
         # Prefill only: independent of kv_decode (profiled at kv_decode = 0).
         grid[1:, :, nd0, :] = grid[1:, :, nd0, 0][:, :, None]
+        # Cells off both sweeps (e.g. a x1.5 chunk at a doubling history): linear between the
+        # nearest measured neighbours along kv_decode, else kv_prefill, else the chunk. On a
+        # doubling-only profile this fills nothing; off the x1.5 sweep it gives what
+        # multilinear interpolation on the doubling grid gives.
+        for _ in range(2):
+            for axis in (3, 1, 0):
+                _fill_between(grid, axis, np.asarray(axes[axis], dtype=np.float64))
         # A decode with < 16 cached tokens costs like 16 (kv_decode = 0 is not profiled).
-        grid[:, :, 1:, 0] = grid[:, :, 1:, 1]
+        kd16 = index[3][16]
+        grid[:, :, 1:, 0] = grid[:, :, 1:, kd16]
         # 257 sequences exceed max_num_seqs: n_decode = 256 beside a chunk is extrapolated
         # linearly from 64 and 128: v(256) = v(128) + 2 * (v(128) - v(64)).
-        n64, n128, n256 = (N_DECODES.index(v) for v in (64, 128, 256))
+        n64, n128, n256 = (index[2][v] for v in (64, 128, 256))
         grid[1:, :, n256, :] = 3.0 * grid[1:, :, n128, :] - 2.0 * grid[1:, :, n64, :]
         if np.isnan(grid).any():
             missing = np.argwhere(np.isnan(grid))[0]
-            raise ValueError(f"{path.name}: the doubling grid is incomplete, e.g. at index {missing.tolist()}")
-        return grid
+            raise ValueError(f"{path.name}: the attention grid has a hole that cannot be filled, "
+                             f"e.g. at {[axes[a][i] for a, i in enumerate(missing)]}")
+        return axes, grid
 
     # -- evaluation (microseconds)
 
@@ -454,9 +571,14 @@ class _LLMServingSimTables(_TableSet):
         if self.allreduce_us is not None:
             # Two all-reduces of the hidden state per decoder layer (after o_proj and after
             # the MLP / MoE block), bf16.
-            nbytes = n * self.profile.hidden_size * 2
-            us += 2 * self.num_layers * _lerp1(self.allreduce_us, self.allreduce_bytes.bracket(nbytes))
+            us += 2 * self.num_layers * self.allreduce(n * self.profile.hidden_size * 2)
         return us
+
+    def allreduce(self, nbytes: float) -> float:
+        """One 2-rank all-reduce of `nbytes` (us): the measured latency of the smallest message
+        plus the bytes over the serving link's bandwidth (a 2-rank ring sends each rank half
+        the message twice: reduce-scatter then all-gather)."""
+        return self.allreduce_latency_us + nbytes / ALLREDUCE_LINK_BYTES_PER_US
 
     def per_sequence(self, num_seqs: int) -> float:
         return _lerp1(self.seq_us, self.seq_axis.bracket(max(1, num_seqs)))
@@ -498,34 +620,70 @@ class _LLMServingSimTables(_TableSet):
         kd = max(0.0, (shape.num_kv_tokens - prefill_kv) / nd - 1.0) if nd else 0.0
         return shape.num_prefill_tokens, kp, nd, kd
 
+    def skewed_attention(self, shape: BatchShape, pc: int, kp: float, nd: int, kd: float, attn: float) -> float:
+        """Per-layer attention (us) with LLMServingSim's skew correction (module docstring):
+        attn + alpha * (attention at the longest decode - attn) when the decodes' lengths differ."""
+        kmax, kmin = shape.max_decode_kv_len, shape.min_decode_kv_len
+        if self.skew is None or nd <= 1 or kmax <= kd:
+            return attn
+        gap = kmax - kmin
+        rate = min(1.0, max(0.0, (kd - kmin) / gap)) if gap > 0 else 0.5
+        alpha = self.skew.alpha(pc, nd, rate, kmax, kp)
+        if alpha == 0.0:
+            return attn
+        at_max = self.attention(pc, kp, nd, kmax)
+        if at_max <= attn:
+            return attn
+        return attn + alpha * (at_max - attn)
+
     def step_time(self, shape: BatchShape) -> float:
         _check_shape(shape)
         pc, kp, nd, kd = self.coords(shape)
         dense = self.dense(shape.num_prefill_tokens + nd)
-        attn = self.attention(pc, kp, nd, kd)
+        attn = self.skewed_attention(shape, pc, kp, nd, kd, self.attention(pc, kp, nd, kd))
         total_us = dense + self.num_layers * attn + self.per_sequence(shape.num_seqs)
         return total_us * 1e-6
 
-    def decode_times(self, num_seqs: int, kv: np.ndarray) -> np.ndarray:
-        # Mirrors step_time for BatchShape(s, 0, s, kv, 0) operation for operation.
+    def _decode_attention(self, num_seqs: int, kd: np.ndarray) -> np.ndarray:
+        """Per-layer attention (us) of pure-decode steps of `num_seqs` at mean cached lengths `kd`."""
+        nd_lo, nd_hi, nd_t = self.axes[2].bracket(num_seqs)
+        lo, hi, t = self.axes[3].bracket_many(kd)
+        row = self.grid[0, 0]  # pc = 0, kv_prefill = 0
+
+        def at(n: int) -> np.ndarray:
+            a = row[n][lo]
+            return a + t * (row[n][hi] - a)
+
+        attn = at(nd_lo)
+        if nd_lo != nd_hi:
+            attn = attn + nd_t * (at(nd_hi) - attn)
+        return attn
+
+    def decode_times(self, num_seqs: int, kv: np.ndarray, max_kv: np.ndarray | None = None,
+                     min_kv: np.ndarray | None = None) -> np.ndarray:
+        # Mirrors step_time for BatchShape(s, 0, s, kv, 0, max_kv, min_kv) operation for operation.
         dense = self.dense(num_seqs)
         per_seq = self.per_sequence(num_seqs)
         if num_seqs == 0:
             attn = np.zeros(len(kv))
         else:
             kd = np.maximum(0.0, (kv - 0.0) / num_seqs - 1.0)
-            nd_lo, nd_hi, nd_t = self.axes[2].bracket(num_seqs)
-            lo, hi, t = self.axes[3].bracket_many(kd)
-            row = self.grid[0, 0]  # pc = 0, kv_prefill = 0
-
-            def at(n: int) -> np.ndarray:
-                a = row[n][lo]
-                return a + t * (row[n][hi] - a)
-
-            attn = at(nd_lo)
-            if nd_lo != nd_hi:
-                attn = attn + nd_t * (at(nd_hi) - attn)
+            attn = self._decode_attention(num_seqs, kd)
+            if max_kv is not None and min_kv is not None and self.skew is not None and num_seqs > 1:
+                attn = self._skewed_decode_attention(num_seqs, kd, attn, max_kv, min_kv)
         return (dense + self.num_layers * attn + per_seq) * 1e-6
+
+    def _skewed_decode_attention(self, nd: int, kd: np.ndarray, attn: np.ndarray, kmax: np.ndarray,
+                                 kmin: np.ndarray) -> np.ndarray:
+        """`skewed_attention` for a run of pure-decode steps (pc = kp = 0), elementwise."""
+        kmax = kmax.astype(np.float64)
+        gap = kmax - kmin
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = np.where(gap > 0, np.minimum(1.0, np.maximum(0.0, (kd - kmin) / gap)), 0.5)
+        alpha = self.skew.alpha_many(nd, rate, kmax)
+        at_max = self._decode_attention(nd, kmax)
+        apply = (kmax > kd) & (alpha != 0.0) & (at_max > attn)
+        return np.where(apply, attn + alpha * (at_max - attn), attn)
 
 
 class _VidurRooflineTables(_TableSet):
@@ -557,7 +715,8 @@ class _VidurRooflineTables(_TableSet):
         return (linear + self.d0_s + self.d1_s_per_token * shape.num_kv_tokens + self.d3_s_per_seq * shape.num_seqs
                 + self.d4_s_per_attn_token * shape.prefill_attn_tokens)
 
-    def decode_times(self, num_seqs: int, kv: np.ndarray) -> np.ndarray:
+    def decode_times(self, num_seqs: int, kv: np.ndarray, max_kv: np.ndarray | None = None,
+                     min_kv: np.ndarray | None = None) -> np.ndarray:
         linear = self.linear(num_seqs)
         return (linear + self.d0_s + self.d1_s_per_token * kv + self.d3_s_per_seq * num_seqs
                 + self.d4_s_per_attn_token * 0)
@@ -573,32 +732,38 @@ TABLE_SETS: dict[str, tuple[Callable[[], _TableSet], str]] = {
     "llama3.1-8b-rtxpro6000": (
         lambda: _LLMServingSimTables(RTXPRO6000),
         ("TableCost for Llama-3.1-8B bf16 on one RTX PRO 6000 Blackwell (vLLM 0.19, TP 1): LLMServingSim's "
-         "profiled dense ops (x32 layers), 4-D attention grid and lm_head/sampler tables, interpolated linearly"),
+         "profiled dense ops (x32 layers), 4-D attention grid and lm_head/sampler tables, interpolated linearly; "
+         "decode attention skew-corrected for mixed lengths (LLMServingSim's skew fit)"),
     ),
     "llama3.1-8b-rtxpro6000-tp2": (
         lambda: _LLMServingSimTables(RTXPRO6000_LLAMA_TP2),
         ("TableCost for Llama-3.1-8B bf16 on two RTX PRO 6000 Blackwell (vLLM 0.19, TP 2): LLMServingSim's "
-         "per-rank profiles (x32 layers) + measured 2-GPU NCCL all-reduce (2 per layer)"),
+         "per-rank profiles (x32 layers) + 2 all-reduces per layer (measured 12.7 us latency + bytes at the "
+         "16 GB/s PCIe serving link); skew-corrected decode attention"),
     ),
     "qwen3-32b-rtxpro6000": (
         lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_32B[1]),
         ("TableCost for Qwen3-32B bf16 (dense) on one RTX PRO 6000 Blackwell (vLLM 0.19, TP 1): "
-         "LLMServingSim's profiled dense ops (x64 layers), 4-D attention grid, lm_head/sampler"),
+         "LLMServingSim's profiled dense ops (x64 layers), 4-D attention grid, lm_head/sampler; "
+         "skew-corrected decode attention"),
     ),
     "qwen3-32b-rtxpro6000-tp2": (
         lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_32B[2]),
         ("TableCost for Qwen3-32B bf16 (dense) on two RTX PRO 6000 Blackwell (vLLM 0.19, TP 2): "
-         "LLMServingSim's per-rank profiles (x64 layers) + measured NCCL all-reduce (2 per layer)"),
+         "LLMServingSim's per-rank profiles (x64 layers) + 2 all-reduces per layer (measured 12.7 us latency + "
+         "bytes at the 16 GB/s PCIe serving link); skew-corrected decode attention"),
     ),
     "qwen3-30b-a3b-rtxpro6000": (
         lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_30B_A3B[1]),
         ("TableCost for Qwen3-30B-A3B bf16 (MoE, 128 experts, top 8) on one RTX PRO 6000 Blackwell (vLLM 0.19, "
-         "TP 1): LLMServingSim's attention-side ops and fused-MoE table (x48 layers), attention grid, lm_head"),
+         "TP 1): LLMServingSim's attention-side ops and fused-MoE table (x48 layers), attention grid, lm_head; "
+         "skew-corrected decode attention"),
     ),
     "qwen3-30b-a3b-rtxpro6000-tp2": (
         lambda: _LLMServingSimTables(RTXPRO6000_QWEN3_30B_A3B[2]),
         ("TableCost for Qwen3-30B-A3B bf16 (MoE) on two RTX PRO 6000 Blackwell (vLLM 0.19, TP 2): per-rank "
-         "profiles (x48 layers), the TP 1 fused-MoE table halved, measured NCCL all-reduce (2 per layer)"),
+         "profiles (x48 layers), the TP 1 fused-MoE table halved, 2 all-reduces per layer (measured latency + "
+         "bytes at 16 GB/s); skew-corrected decode attention"),
     ),
     "llama3-8b-a100": (
         lambda: _VidurRooflineTables(LLAMA3_8B_TP1, "a100"),
@@ -662,6 +827,14 @@ class TableCost(CostModel):
     def decode_times(self, num_seqs: int, num_kv_tokens: int, num_steps: int) -> np.ndarray:
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
         return np.asarray(self.impl.decode_times(num_seqs, kv), dtype=np.float64)
+
+    def decode_times_for(self, shape: BatchShape, num_steps: int) -> np.ndarray:
+        if shape.max_decode_kv_len <= 0:
+            return self.decode_times(shape.num_seqs, shape.num_kv_tokens, num_steps)
+        kv = _decode_kv(shape.num_seqs, shape.num_kv_tokens, num_steps)
+        steps = np.arange(num_steps, dtype=np.int64)
+        return np.asarray(self.impl.decode_times(shape.num_seqs, kv, shape.max_decode_kv_len + steps,
+                                                 shape.min_decode_kv_len + steps), dtype=np.float64)
 
 
 # Register the kind so that
