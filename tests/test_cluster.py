@@ -474,3 +474,18 @@ def test_router_refresh_reads_published_state():
     _check_cluster(run(0.5), 12_000, 16)
     with pytest.raises(ValueError, match="refresh_s"):
         run(0.0)
+
+
+@pytest.mark.parametrize("router", ["least-outstanding", "least-kv"])
+def test_fast_forward_keeps_the_routing_and_the_schedule(router):
+    """Fast-forwarded decode runs stop at every arrival a router reads, so the router sees the
+    same step boundaries as when every step is simulated: same routing, same times (up to the
+    summation order of step durations)."""
+    reqs = _azure(300, 6.0)
+    runs = [simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST_MODELS.create("llama2-7b-a100"),
+                             capacity_tokens=12_000, num_replicas=3, router=router, fast_forward=ff)
+            for ff in (True, False)]
+    assert runs[0].replica_of == runs[1].replica_of
+    fast, slow = (cluster_requests_frame(c) for c in runs)
+    assert np.allclose(fast["finish_time"], slow["finish_time"], rtol=1e-9, atol=1e-9)
+    assert len(runs[0].run.steps["step"]) < len(runs[1].run.steps["step"])
