@@ -235,6 +235,21 @@ def test_prefix_affinity_keeps_a_prefix_on_one_replica():
     assert s["prefix_hit_rate"] > rr["prefix_hit_rate"]
 
 
+def test_prefix_affinity_ignores_a_shared_system_prompt_alone():
+    # Every request starts with the same block (a system prompt, id 7) and then its own: the
+    # one-block match is below min_match, so requests spread by load instead of piling up.
+    reqs = [Request(i, 0.0, 96, 50, prefix_block_ids=(7, 100 + i, 200 + i), prefix_block_size=32)
+            for i in range(12)]
+
+    def counts(**opts):
+        crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=10_000, num_replicas=3,
+                                router="prefix-affinity", router_options={"max_load_gap": 100, **opts})
+        return sorted(np.bincount(list(crun.replica_of.values()), minlength=3))
+
+    assert counts() == [4, 4, 4]  # 1 of 3 blocks < the default min_match 0.5
+    assert counts(min_match=0.0) == [0, 0, 12]  # any match counts: all follow the system prompt
+
+
 def test_imbalance_numbers():
     assert imbalance([1, 1, 1, 1]) == (1.0, 1.0)
     load, jain = imbalance([4, 0, 0, 0])

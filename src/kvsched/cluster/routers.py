@@ -190,20 +190,26 @@ class PowerOfTwo(Router):
         return b if view.replica(b).num_outstanding < view.replica(a).num_outstanding else a
 
 
-@ROUTERS.register("prefix-affinity", "the replica that last served the longest shared prefix, unless it is "
-                                     "max_load_gap requests busier than the least loaded")
+@ROUTERS.register("prefix-affinity", "the replica that last served the request's longest known prefix, when it "
+                                     "covers min_match of the prefix and that replica is at most max_load_gap "
+                                     "requests busier than the least loaded; else the least loaded")
 class PrefixAffinity(Router):
     """Requests sharing a prefix (`Request.prefix_block_ids`, chained ids) go where that
     prefix was last sent, so a replica with prefix caching finds it in its cache. The router
     keeps its own index (prefix id -> replica), as a router in front of real engines must;
-    it never reads the replicas' caches. Without a known prefix, or when the affine replica
-    has more than `max_load_gap` outstanding requests above the least loaded one, the
+    it never reads the replicas' caches. The match counts only when it covers at least
+    `min_match` of the request's prefix blocks (a shared system prompt alone would send
+    every request to one replica), and only while the affine replica has at most
+    `max_load_gap` outstanding requests more than the least loaded one. Otherwise the
     request goes to the least loaded replica (least-outstanding)."""
 
-    def __init__(self, max_load_gap: int = 8) -> None:
+    def __init__(self, max_load_gap: int = 8, min_match: float = 0.5) -> None:
         if max_load_gap < 0:
             raise ValueError(f"max_load_gap must be >= 0, got {max_load_gap}")
+        if not 0 <= min_match <= 1:
+            raise ValueError(f"min_match must be in [0, 1], got {min_match}")
         self.max_load_gap = max_load_gap
+        self.min_match = min_match
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         super().reset(num_replicas, rng)
@@ -214,10 +220,11 @@ class PrefixAffinity(Router):
         ids = request.prefix_block_ids or ()
         owner = self._owner
         choice = least
-        for pid in reversed(ids):  # chained ids: the deepest known one is the longest match
-            i = owner.get(pid)
+        for k in range(len(ids) - 1, -1, -1):  # chained ids: the deepest known one is the longest match
+            i = owner.get(ids[k])
             if i is not None:
-                if view.replica(i).num_outstanding <= view.replica(least).num_outstanding + self.max_load_gap:
+                if (k + 1 >= self.min_match * len(ids)
+                        and view.replica(i).num_outstanding <= view.replica(least).num_outstanding + self.max_load_gap):
                     choice = i
                 break
         for pid in ids:
