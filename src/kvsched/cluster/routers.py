@@ -65,7 +65,7 @@ class ClusterView:
     every 0.1 s. Besides modelling that staleness, it bounds the cost of routers that read
     every replica: a replica is stopped at most once per tick instead of at every arrival."""
 
-    __slots__ = ("_advance", "_replicas", "_snaps", "_ticks", "now", "refresh_s")
+    __slots__ = ("_advance", "_replicas", "_snaps", "_tick", "_tick_of", "_ticks", "now", "refresh_s")
 
     def __init__(self, replicas: Sequence, advance: Callable[[int, float], None],
                  refresh_s: float | None = None) -> None:
@@ -78,6 +78,7 @@ class ClusterView:
         n = len(replicas)
         self._snaps: list[Snapshot | None] = [None] * n
         self._ticks = [-1.0] * n
+        self._tick_of, self._tick = -1.0, -1.0  # the tick of the last `now` seen (read N times per arrival)
 
     @property
     def num_replicas(self) -> int:
@@ -89,7 +90,9 @@ class ClusterView:
         if self.refresh_s is None:
             self._advance(i, self.now)
             return self._replicas[i]
-        tick = math.floor(self.now / self.refresh_s) * self.refresh_s
+        if self.now != self._tick_of:
+            self._tick_of, self._tick = self.now, math.floor(self.now / self.refresh_s) * self.refresh_s
+        tick = self._tick
         if self._ticks[i] < tick:
             self._advance(i, tick)
             self._snaps[i] = Snapshot(self._replicas[i])
