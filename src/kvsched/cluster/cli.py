@@ -147,7 +147,7 @@ def run_cluster(reqs, workload: dict, sched_name: str, options: dict, args) -> t
     # A WAIT-family design is for the load one replica sees: every n-th request (rate / n).
     share = dis.num_decode if dis is not None else n
     design = _design_options(sched_name, options, reqs[::share] or reqs, cost)
-    make_scheduler(sched_name, design)  # a bad option fails here, once, as a CLIError
+    probe = make_scheduler(sched_name, design)  # a bad option fails here, once, as a CLIError
     bar, cb = _progress(len(reqs), f"{sched_name} x {n}", not args.no_progress and sys.stderr.isatty())
     t0 = time.perf_counter()
     if bar:
@@ -168,10 +168,10 @@ def run_cluster(reqs, workload: dict, sched_name: str, options: dict, args) -> t
     result = crun.run
     config = {
         "kvsched_version": __version__, "workload": workload, "label": run_label(sched_name, sched_name, options),
-        "scheduler": {"name": sched_name, **make_scheduler(sched_name, design).config()},
+        "scheduler": {"name": sched_name, **probe.config()},
         "cost_model": cost.config(), "backend": "sim", "capacity_tokens": args.capacity, "block_size": block_size,
         "lookahead_tokens": lookahead, "theory": bool(args.theory),
-        "prefix_caching": bool(getattr(make_scheduler(sched_name, design), "enable_prefix_caching", False))
+        "prefix_caching": bool(getattr(probe, "enable_prefix_caching", False))
         if args.prefix_caching is None else args.prefix_caching, "fast_forward": not args.no_fast_forward,
         "cluster": {"num_replicas": n, "router": router, "router_options": r_opts, "seed": args.seed,
                     "router_refresh_s": args.router_refresh_s,
