@@ -504,3 +504,15 @@ def test_fast_forward_keeps_the_routing_and_the_schedule(router):
     fast, slow = (cluster_requests_frame(c) for c in runs)
     assert np.allclose(fast["finish_time"], slow["finish_time"], rtol=1e-9, atol=1e-9)
     assert len(runs[0].run.steps["step"]) < len(runs[1].run.steps["step"])
+
+
+def test_a_router_instance_is_not_shared_between_pools():
+    from kvsched.cluster.routers import RoundRobin
+
+    reqs = [Request(i, 0.1 * i, 20, 4) for i in range(8)]
+    by_name = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=1000,
+                               router="round-robin", disaggregation=Disaggregation(2, 2, 10.0, 1000))
+    by_instance = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=1000,
+                                   router=RoundRobin(), disaggregation=Disaggregation(2, 2, 10.0, 1000))
+    assert by_name.replica_of == by_instance.replica_of
+    assert by_name.decode_replica_of == by_instance.decode_replica_of

@@ -16,6 +16,7 @@ of them have passed its time: a prefill step that has not started cannot end bef
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -182,7 +183,9 @@ def _disaggregated(reqs, replica, num_replicas, router, router_options, seed, ca
         raise ValueError(f"{num_replicas} replicas, but {p} prefill + {d} decode replicas were asked for")
     prefill = [replica(i, "prefill", capacity_tokens) for i in range(p)]
     decode = [replica(p + j, "decode", dis.decode_capacity_tokens or capacity_tokens) for j in range(d)]
-    rt_p, rt_d = make_router(router, router_options), make_router(router, router_options)
+    rt_p = make_router(router, router_options)
+    # The decode pool has its own router: a given instance is copied, not shared between pools.
+    rt_d = copy.deepcopy(rt_p) if isinstance(router, Router) else make_router(router, router_options)
     rt_p.reset(p, np.random.default_rng([seed, 20]))
     rt_d.reset(d, np.random.default_rng([seed, 21]))
     by_id = {r.request_id: r for r in reqs}
