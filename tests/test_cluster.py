@@ -99,6 +99,25 @@ def test_stateless_routers_equal_independent_replicas(router):
         assert steps_frame(alone).equals(steps_frame(cluster.replica_runs[i]))
 
 
+@pytest.mark.parametrize("name", ["round-robin", "random"])
+def test_routing_first_equals_routing_at_each_arrival(name):
+    """A router that reads no state lets the coordinator route everything and then run the
+    replicas one after the other; advancing them event by event gives the same run."""
+    from kvsched.cluster.routers import BlindView
+
+    reqs = _azure(500, 6.0)
+    blind = ROUTERS.create(name)
+    eager = ROUTERS.create(name)
+    eager.reads_state = True  # the coordinator then advances replicas at every event
+    runs = [simulate_cluster(reqs, SCHEDULERS.get("sarathi").factory, COST, capacity_tokens=8000, num_replicas=3,
+                             router=rt, seed=2) for rt in (blind, eager)]
+    assert runs[0].replica_of == runs[1].replica_of
+    assert cluster_requests_frame(runs[0]).equals(cluster_requests_frame(runs[1]))
+    assert cluster_steps_frame(runs[0]).equals(cluster_steps_frame(runs[1]))
+    with pytest.raises(RuntimeError, match="reads_state"):
+        BlindView(2).replica(0)
+
+
 @pytest.mark.parametrize("router", ["random", "power-of-two", "least-outstanding", "prefix-affinity"])
 def test_same_seed_same_bytes(router, tmp_path):
     reqs = _azure(400, 8.0)

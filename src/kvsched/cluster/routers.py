@@ -29,6 +29,19 @@ from kvsched.registry import ROUTERS
 from kvsched.request import Request
 
 
+class BlindView:
+    """The view a router that declared `reads_state = False` gets: reading it is a bug."""
+
+    __slots__ = ("now", "num_replicas")
+
+    def __init__(self, num_replicas: int) -> None:
+        self.num_replicas = num_replicas
+        self.now = 0.0
+
+    def replica(self, i: int):
+        raise RuntimeError("a router with reads_state = False read a replica; declare reads_state = True")
+
+
 class Snapshot:
     """What a router reads of a replica, as published at a refresh tick, plus the requests
     the router itself sent there since (as vLLM's front end adds its own routing to the
@@ -108,7 +121,14 @@ class ClusterView:
 
 
 class Router:
-    """Base class: `route` picks a replica index."""
+    """Base class: `route` picks a replica index.
+
+    `reads_state = False` declares that `route` never reads the view (round-robin, random):
+    the coordinator may then route every request first and run each replica to its end,
+    one after the other, which gives the same run (replicas only interact through the
+    router) with better memory locality; the view it is given refuses reads."""
+
+    reads_state = True
 
     def reset(self, num_replicas: int, rng: np.random.Generator) -> None:
         if num_replicas < 1:
@@ -139,6 +159,8 @@ class Router:
 
 @ROUTERS.register("round-robin", "replicas in turn (Vidur's round_robin); reads no replica state")
 class RoundRobin(Router):
+    reads_state = False
+
     def route(self, request: Request, view: ClusterView) -> int:
         i = self._turn
         self._turn = (i + 1) % self.num_replicas
@@ -147,6 +169,8 @@ class RoundRobin(Router):
 
 @ROUTERS.register("random", "a uniformly random replica from the run's seeded generator (Vidur's random)")
 class Random(Router):
+    reads_state = False
+
     def route(self, request: Request, view: ClusterView) -> int:
         return int(self.rng.integers(self.num_replicas))
 

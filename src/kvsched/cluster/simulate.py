@@ -25,7 +25,7 @@ import numpy as np
 
 from kvsched.cluster.disagg import Disaggregation, decode_part, merged_record, prefill_part
 from kvsched.cluster.replica import Replica
-from kvsched.cluster.routers import ClusterView, Router
+from kvsched.cluster.routers import BlindView, ClusterView, Router
 from kvsched.decision import Scheduler
 from kvsched.kvcache import make_kv_cache
 from kvsched.loop import ProgressFn, Run, SchedulingError
@@ -129,10 +129,15 @@ def simulate_cluster(
         replicas = [replica(i, "mixed", capacity_tokens) for i in range(num_replicas)]
         rt = make_router(router, router_options)
         rt.reset(num_replicas, np.random.default_rng([seed, 20]))
-        replica_of = _route(reqs, [r.copy_fresh() for r in reqs], replicas, rt, progress, progress_every,
-                            refresh_s=router_refresh_s)
+        arrivals = [r.copy_fresh() for r in reqs]
+        if rt.reads_state:
+            replica_of = _route(reqs, arrivals, replicas, rt, progress, progress_every, refresh_s=router_refresh_s)
+        else:
+            replica_of = _route_blind(reqs, arrivals, replicas, rt)
         for rep in replicas:
             rep.drain()
+            if progress is not None and not rt.reads_state:  # one replica after the other
+                progress(rep.now, sum(r.loop.num_done for r in replicas))
         runs = [rep.result() for rep in replicas]
         merged = _merge(runs, [r for run in runs for r in run.requests])
         if progress is not None:
@@ -163,6 +168,23 @@ def _route(originals: list[Request], arrivals: list[Request], replicas: list[Rep
         replica_of[r.request_id] = i
         if progress is not None and k % progress_every == 0:
             progress(t, sum(rep.loop.num_done for rep in replicas))
+    return replica_of
+
+
+def _route_blind(originals: list[Request], arrivals: list[Request], replicas: list[Replica],
+                 router: Router) -> dict[int, int]:
+    """A router that reads no state: route everything first; each replica then runs to its
+    end on its own (`drain`), as `loop.run` on its share. The same run as `_route` (tested),
+    without interleaving N replicas' working sets."""
+    view = BlindView(len(replicas))
+    replica_of: dict[int, int] = {}
+    for k, r in enumerate(arrivals):
+        view.now = r.arrival_time
+        i = router.route(originals[k], view)
+        if not 0 <= i < len(replicas):
+            raise ValueError(f"router {type(router).__name__} picked replica {i} of {len(replicas)}")
+        replicas[i].inject(r)
+        replica_of[r.request_id] = i
     return replica_of
 
 
