@@ -1,8 +1,15 @@
-"""Hindsight-IP benchmark: what each structural option of `kvsched.bounds.solve_ip` buys.
+"""Hindsight-IP benchmark: what each formulation, solver and option of `kvsched.bounds` buys.
 
     python benchmarks/bench_ip.py                                  # 5 paper-size model-2 instances, 10 s limit
     python benchmarks/bench_ip.py --model 1 --instances 3 --time-limit 20
     python benchmarks/bench_ip.py --size medium --instances 12 --time-limit 30   # instances HiGHS closes
+    # the issue's solver comparison (HiGHS time-indexed IP, CP-SAT intervals, both in turn):
+    python benchmarks/bench_ip.py --model 1 2 --instances 20 --time-limit 60 600 --configs default cpsat best
+
+`default` is HiGHS on the time-indexed IP with kvsched's defaults; `cpsat` is OR-Tools
+CP-SAT on the interval model (`kvsched.bounds.cpsat`); `best` gives CP-SAT a third of the
+limit and HiGHS, warm-started with CP-SAT's schedule, the rest. Each limit in
+`--time-limit` is a separate run of every configuration.
 
 Every configuration solves the very same instances (the MC-SF paper's synthetic-study generators, seeded by
 `instance_seed(seed, model, index)`) under the same time limit, one thread. Per
@@ -36,7 +43,9 @@ from kvsched.bounds import (
     Instance,
     IPOptions,
     best_greedy_starts,
+    check_result,
     evaluate_starts,
+    solve_hindsight,
     solve_ip,
     volume_bound,
 )
@@ -83,7 +92,11 @@ CONFIGS: dict[str, tuple[dict[str, object], bool]] = {
         {"cardinality_cuts": True, "threshold_cuts": 2, "objective_cut": True},
         True,
     ),
+    # Solver comparison (kvsched.bounds.hindsight): same options, another method.
+    "cpsat": ({}, True),
+    "best": ({}, True),
 }
+METHOD = {"cpsat": "cpsat", "best": "best"}  # every other configuration: HiGHS (solve_ip)
 DEFAULT_CONFIGS = ("plain", "+aggregate", "+warm+tighten", "+threshold1", "default", "everything")
 
 
@@ -109,32 +122,46 @@ def heuristic_starts(inst: Instance) -> tuple[str, tuple[int, ...]]:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     configs = list(args.configs)
-    if "plain" not in configs:
+    if "plain" not in configs and not args.no_plain:
         configs.insert(0, "plain")
     rows: list[dict] = []
-    for index in range(args.instances):
-        inst = make_instance(args.model, args.seed, index, args.size)
-        source, warm = heuristic_starts(inst)
-        warm_tel, _ = evaluate_starts(inst, warm)
-        log(f"instance {index}: n={inst.n} M={inst.capacity} safe horizon={inst.safe_horizon()} "
-            f"LB_vol={volume_bound(inst)} {source}={warm_tel}")
-        for name in configs:
-            overrides, use_warm = CONFIGS[name]
-            opts = IPOptions(time_limit_s=args.time_limit, threads=args.threads, **overrides)  # type: ignore[arg-type]
-            t0 = time.perf_counter()
-            res = solve_ip(inst, opts, incumbent_starts=warm if use_warm else None)
-            wall = time.perf_counter() - t0
-            rows.append({
-                "instance": index, "config": name, "n": inst.n, "capacity": inst.capacity,
-                "status": res.status, "objective": res.objective, "lower_bound": res.lower_bound,
-                "lower_bound_source": res.lower_bound_source, "gap": res.gap, "solve_time_s": res.solve_time_s,
-                "wall_s": wall, "num_vars": res.num_vars, "num_rows": res.num_rows,
-                "num_nonzeros": res.num_nonzeros, "horizon": res.horizon, "horizon_kind": res.horizon_kind,
-                "heuristic": source, "heuristic_tel": warm_tel, "volume_bound": volume_bound(inst),
-            })
-            log(f"  {name:15s} {res.status:11s} obj={res.objective} lb={res.lower_bound} "
-                f"t={res.solve_time_s:6.2f}s vars={res.num_vars} nnz={res.num_nonzeros}")
-    return {"rows": rows, "summary": summarize(rows, configs, args.time_limit)}
+    for model in args.model:
+        for index in range(args.instances):
+            inst = make_instance(model, args.seed, index, args.size)
+            source, warm = heuristic_starts(inst)
+            warm_tel, _ = evaluate_starts(inst, warm)
+            log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} safe horizon={inst.safe_horizon()} "
+                f"LB_vol={volume_bound(inst)} {source}={warm_tel}")
+            for limit in args.time_limit:
+                for name in configs:
+                    overrides, use_warm = CONFIGS[name]
+                    opts = IPOptions(time_limit_s=limit, threads=args.threads, **overrides)  # type: ignore[arg-type]
+                    t0 = time.perf_counter()
+                    if name in METHOD:
+                        res = solve_hindsight(inst, opts, method=METHOD[name], incumbent_starts=warm)
+                    else:
+                        res = solve_ip(inst, opts, incumbent_starts=warm if use_warm else None)
+                        check_result(inst, res)
+                    wall = time.perf_counter() - t0
+                    rows.append({
+                        "model": model, "instance": index, "config": name, "time_limit_s": limit, "n": inst.n,
+                        "capacity": inst.capacity, "status": res.status, "objective": res.objective,
+                        "lower_bound": res.lower_bound, "lower_bound_source": res.lower_bound_source,
+                        "lower_bound_solver": res.lower_bound_solver, "gap": res.gap,
+                        "solve_time_s": res.solve_time_s, "wall_s": wall, "num_vars": res.num_vars,
+                        "num_rows": res.num_rows, "num_nonzeros": res.num_nonzeros, "horizon": res.horizon,
+                        "horizon_kind": res.horizon_kind, "heuristic": source, "heuristic_tel": warm_tel,
+                        "volume_bound": volume_bound(inst), "certificate": res.certificate(),
+                    })
+                    log(f"  {name:15s} {limit:5g}s {res.status:9s} obj={res.objective} lb={res.lower_bound} "
+                        f"({res.lower_bound_source}/{res.lower_bound_solver}) t={res.solve_time_s:6.2f}s")
+    summary = []
+    for model in args.model:
+        for limit in args.time_limit:
+            sel = [r for r in rows if r["model"] == model and r["time_limit_s"] == limit]
+            for s in summarize(sel, configs, limit):
+                summary.append({"model": model, "time_limit_s": limit, **s})
+    return {"rows": rows, "summary": summary}
 
 
 def summarize(rows: list[dict], configs: list[str], time_limit_s: float) -> list[dict]:
@@ -148,7 +175,11 @@ def summarize(rows: list[dict], configs: list[str], time_limit_s: float) -> list
     plain_median = None
     for name in configs:
         sel = [r for r in rows if r["config"] == name]
-        times = [min(r["solve_time_s"], time_limit_s) for r in sel]
+        if not sel:
+            continue
+        # A run without a proof counts as the limit: the median is "time to proof" when
+        # at least half the instances were proven, else the limit.
+        times = [min(r["solve_time_s"], time_limit_s) if r["status"] == "optimal" else time_limit_s for r in sel]
         med = statistics.median(times)
         if name == "plain":
             plain_median = med
@@ -164,19 +195,26 @@ def summarize(rows: list[dict], configs: list[str], time_limit_s: float) -> list
             "mean_ub_over_best_ub": float(np.nanmean([
                 r["objective"] / best_ub[r["instance"]] if r["objective"] is not None else np.nan for r in sel
             ])),
+            # MC-SF's ratio to the optimum lies in [heuristic/UB, heuristic/LB] for each instance.
+            "mean_heuristic_over_ub": float(np.nanmean([
+                r["heuristic_tel"] / r["objective"] if r["objective"] else np.nan for r in sel
+            ])),
+            "mean_heuristic_over_lb": float(np.mean([r["heuristic_tel"] / r["lower_bound"] for r in sel])),
             "median_nonzeros": int(statistics.median(r["num_nonzeros"] for r in sel)),
         })
     return out
 
 
 def print_table(summary: list[dict], title: str) -> None:
-    header = ("config", "solved", "median s", "x plain", "mean gap", "LB/best LB", "UB/best UB", "nonzeros")
+    header = ("model", "limit s", "config", "solved", "median s", "x plain", "mean gap", "LB/best LB", "UB/best UB",
+              "heur/UB", "heur/LB", "nonzeros")
     cells = [
         (
-            s["config"], f"{s['solved']}/{s['instances']}", f"{s['median_time_s']:.2f}",
+            str(s["model"]), f"{s['time_limit_s']:g}", s["config"], f"{s['solved']}/{s['instances']}",
+            f"{s['median_time_s']:.2f}",
             "-" if s["time_ratio_to_plain"] is None else f"{s['time_ratio_to_plain']:.2f}",
             f"{s['mean_gap']:.3f}", f"{s['mean_lb_over_best_lb']:.3f}", f"{s['mean_ub_over_best_ub']:.3f}",
-            f"{s['median_nonzeros']:,}",
+            f"{s['mean_heuristic_over_ub']:.4f}", f"{s['mean_heuristic_over_lb']:.3f}", f"{s['median_nonzeros']:,}",
         )
         for s in summary
     ]
@@ -201,8 +239,11 @@ def print_table(summary: list[dict], title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--instances", type=int, default=5)
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per solve")
-    p.add_argument("--model", type=int, choices=(1, 2), default=2, help="arrival model of the MC-SF paper's studies")
+    p.add_argument("--time-limit", type=float, nargs="+", default=[10.0],
+                   help="seconds per solve; several values: every configuration runs under each")
+    p.add_argument("--model", type=int, nargs="+", choices=(1, 2), default=[2],
+                   help="arrival model(s) of the MC-SF paper's studies")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain baseline (ratios then show '-')")
     p.add_argument("--seed", type=int, default=0, help="base seed: instance i uses SeedSequence([seed, model, i])")
     p.add_argument("--size", choices=tuple(SIZES), default="paper")
     p.add_argument("--threads", type=int, default=1)
@@ -231,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print_table(
         result["summary"],
-        f"hindsight IP, model {args.model}, size {args.size}, {args.instances} instances, "
-        f"{args.time_limit:g} s limit, seed {args.seed}",
+        f"hindsight optimum, size {args.size}, {args.instances} instances per model, seed {args.seed}, "
+        f"{args.threads} thread(s)",
     )
     print(f"{result['total_wall_s']:.0f} s in all; results in {args.out}")
     return 0

@@ -1,25 +1,30 @@
-"""Simulator speed benchmark: requests simulated per wall second, and O(1) step cost.
+"""Simulator speed benchmark: the decode pool against the per-request path, in one run.
 
-    python benchmarks/bench_sim.py           # full run (~3-4 min on a 2-core machine)
-    python benchmarks/bench_sim.py --quick   # < 1 min: fewer repeats, 100k-request synthetic, extrapolated
+    python benchmarks/bench_sim.py           # full run (~5 min on an idle 2-core machine; the 1M run ~1-2 min)
+    python benchmarks/bench_sim.py --quick   # ~2 min: 100k-request synthetic, fewer repeats
 
-Three measurements (see benchmarks/README.md for what each figure means):
+Every timed figure is measured for the new path (`simulate(..., decode_pool=True)`, the
+default: decoding requests advanced as a group, kvsched.pool) and, where it says so, for
+the old per-request path (`decode_pool=False`) in the same process, interleaved, and
+reported as the ratio old / new. Both paths must give the same run (checked here too).
 
-1. azure-conv   The whole shipped Azure conversation trace (19,366 requests) under vllm
-                and sarathi, at the trace's own rate and at 4x, capacity 137,000 tokens,
-                block 16, cost model llama2-7b-a100. Target: < 1 s wall per run.
-2. synthetic    1,000,000 requests (100,000 with --quick, extrapolated linearly and
-                labelled so) of a stable Poisson workload under vllm. Target: < 60 s.
-3. queue        Wall time per loop iteration (one scheduler call plus applying its
-                decision) with 1k, 10k and 100k requests waiting, for vllm, sarathi,
-                vidur-vllm, sjf and fcfs-static. Every size runs the very same
-                decisions over the measured window (checked by a checksum), so the
-                ratio largest/smallest isolates the effect of the queue length; it
-                should be ~1 (O(1) in the queue length).
+1. azure-conv   The whole shipped Azure conversation trace (19,366 requests) at its own
+                rate and at half of it, under vllm, sarathi and mcsf (exact predictions),
+                capacity 137,000 tokens, block 16, cost model llama2-7b-a100.
+                Targets: < 0.5 s simulation wall for vllm and sarathi at 1x.
+2. synthetic    1,000,000 requests (100,000 with --quick) of a stable Poisson workload
+                under vllm, each path in a fresh process: wall and peak RSS. Targets:
+                < 30 s and < 1 GB. The old path runs 100,000 requests (the 1M run takes
+                minutes on it): the ratio is at 100k.
+3. batch        Wall time per loop iteration against the batch size: vllm with
+                max_num_seqs = 16, 64, 256 running and 1,000 / 10,000 requests waiting,
+                old and new path. The new path should be flat in the batch size.
+4. queue        Wall time per loop iteration with 1k, 10k and 100k requests waiting
+                (vllm, sarathi, vidur-vllm, sjf, fcfs-static; new path): O(1) in the queue.
 
 All timings are `time.perf_counter` wall times of `kvsched.sim.simulate` (workload
-generation excluded and reported separately), best of k repeats where cheap. Results
-go to benchmarks/results/bench_sim.json (git-ignored).
+generation excluded), best of k repeats where cheap. Results go to
+benchmarks/results/bench_sim.json (git-ignored).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import kvsched
 import kvsched.schedulers
 import kvsched.sim.cost
 from kvsched.decision import Decision, Scheduler, View
+from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.sim import simulate
 from kvsched.traces import load_trace, parse_synthetic, requests_from_arrays, scale_rate
@@ -52,11 +58,13 @@ CAPACITY_TOKENS = 137_000  # kvsched.cli.DEFAULT_CAPACITY_TOKENS
 BLOCK_SIZE = 16
 COST_MODEL = "llama2-7b-a100"
 
-AZURE_TARGET_S = 1.0
-AZURE_SCHEDULERS = ("vllm", "sarathi")
-AZURE_RATE_SCALES = (1.0, 4.0)
+AZURE_TARGET_S = 0.5
+AZURE_SCHEDULERS = ("vllm", "sarathi", "mcsf")
+AZURE_RATE_SCALES = (1.0, 0.5)
 
-SYNTH_TARGET_S = 60.0
+SYNTH_TARGET_S = 30.0
+SYNTH_TARGET_RSS_MIB = 1024.0
+SYNTH_N_OLD = 100_000
 SYNTH_N_FULL = 1_000_000
 SYNTH_N_QUICK = 100_000
 # Stable load: with this cost model and capacity, vllm saturates near 15 req/s on these
@@ -77,9 +85,24 @@ def cost_model():
     return COST_MODELS.create(COST_MODEL)
 
 
-def run_sim(reqs, scheduler: Scheduler, progress=None):
-    return simulate(reqs, scheduler, cost_model(), capacity_tokens=CAPACITY_TOKENS, block_size=BLOCK_SIZE,
-                    progress=progress)
+BATCH_SIZES = (16, 64, 256)
+BATCH_WAITING = (1_000, 10_000)
+BATCH_CAPACITY_TOKENS = 4_000_000  # memory never binds: the batch size is max_num_seqs
+BATCH_WINDOW = 400  # scheduler calls timed once the running set is full
+
+
+def run_sim(reqs, scheduler: Scheduler, progress=None, decode_pool=True, capacity_tokens=CAPACITY_TOKENS):
+    return simulate(reqs, scheduler, cost_model(), capacity_tokens=capacity_tokens, block_size=BLOCK_SIZE,
+                    progress=progress, decode_pool=decode_pool)
+
+
+def same_run(a, b) -> bool:
+    """The two paths' runs agree: every step column, the end time, every request's times and counters."""
+    if a.end_time != b.end_time or any(a.steps[c] != b.steps[c] for c in a.steps):
+        return False
+    fields = ("finish_time", "first_token_time", "num_preemptions", "num_restarts", "num_wasted_tokens",
+              "wasted_kv_area", "attempts")
+    return all(getattr(x, f) == getattr(y, f) for x, y in zip(a.requests, b.requests, strict=True) for f in fields)
 
 
 def peak_rss_mib() -> float:
@@ -95,86 +118,166 @@ def sim_counts(run) -> tuple[int, int]:
 
 
 # --- 1. the Azure conversation trace -----------------------------------------------------
-def bench_azure(repeats: int, log) -> list[dict]:
+def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
     t0 = time.perf_counter()
-    base = load_trace("azure-conv")
+    base = with_predictions(load_trace("azure-conv"), "exact", np.random.default_rng(0))  # mcsf reads predictions
     load_s = time.perf_counter() - t0
     out = []
     for scale in AZURE_RATE_SCALES:
         reqs = base if scale == 1.0 else scale_rate(base, scale)
         for name in AZURE_SCHEDULERS:
-            walls = []
-            res = None
-            for _ in range(repeats):
-                res = None  # free the previous repeat's run before timing the next
-                sched = SCHEDULERS.create(name)
-                t = time.perf_counter()
-                res = run_sim(reqs, sched)
-                walls.append(time.perf_counter() - t)
-            # Counts come from the last run; every repeat is the same deterministic run.
-            rows, steps = sim_counts(res)
-            wall = min(walls)
-            done = sum(1 for r in res.requests if r.is_finished)
+            walls: dict[bool, list[float]] = {True: [], False: []}
+            last: dict[bool, object] = {}
+            for i in range(max(repeats, old_repeats)):
+                # Interleaved, in alternating order: the machine's load and the other path's
+                # live run (kept for the comparison) weigh on both alike.
+                for pool in ((False, True) if i % 2 == 0 else (True, False)):
+                    if len(walls[pool]) >= (repeats if pool else old_repeats):
+                        continue
+                    last.pop(pool, None)  # free the previous repeat's run before timing the next
+                    gc.collect()
+                    sched = SCHEDULERS.create(name)
+                    t = time.perf_counter()
+                    res = run_sim(reqs, sched, decode_pool=pool)
+                    walls[pool].append(time.perf_counter() - t)
+                    last[pool] = res
+                    del res
+            new, old = last[True], last[False]
+            rows, steps = sim_counts(new)
+            wall, wall_old = min(walls[True]), min(walls[False])
             row = {
-                "scheduler": name, "rate_scale": scale, "num_requests": len(reqs), "num_completed": done,
-                "wall_s": wall, "wall_s_all": walls, "repeats": repeats,
+                "scheduler": name, "rate_scale": scale, "num_requests": len(reqs),
+                "num_completed": sum(1 for r in new.requests if r.is_finished),
+                "num_preemptions": sum(r.num_preemptions + r.num_restarts for r in new.requests),
+                "wall_s": wall, "wall_s_all": walls[True], "wall_old_s": wall_old, "wall_old_s_all": walls[False],
+                "repeats": repeats, "old_repeats": old_repeats, "old_over_new": wall_old / wall,
+                "same_results": same_run(old, new), "uses_pool": bool(getattr(SCHEDULERS.create(name), "uses_pool",
+                                                                               False)),
                 "requests_per_s": len(reqs) / wall, "iterations": rows, "sim_steps": steps,
-                "sim_steps_per_s": steps / wall, "iterations_per_s": rows / wall,
-                "us_per_iteration": 1e6 * wall / rows, "makespan_sim_s": res.end_time,
-                "target_s": AZURE_TARGET_S, "ratio_to_target": wall / AZURE_TARGET_S, "trace_load_s": load_s,
+                "us_per_iteration": 1e6 * wall / rows, "us_per_iteration_old": 1e6 * wall_old / rows,
+                "makespan_sim_s": new.end_time, "target_s": AZURE_TARGET_S, "ratio_to_target": wall / AZURE_TARGET_S,
+                "trace_load_s": load_s,
             }
             out.append(row)
-            log(f"azure-conv x{scale:g} {name}: {wall:.2f} s wall ({row['requests_per_s']:.0f} req/s)")
-            del res
+            log(f"azure-conv x{scale:g} {name}: new {wall:.2f} s, old {wall_old:.2f} s "
+                f"({row['old_over_new']:.1f}x), same results: {row['same_results']}")
+            last.clear()
+            gc.collect()
     return out
 
 
 # --- 2. a large synthetic workload ---------------------------------------------------------
-def bench_synthetic(n: int, full_n: int, log) -> dict:
+def synthetic_child(n: int, decode_pool: bool) -> dict:
+    """One synthetic run in this (fresh) process: wall, peak RSS and shape of the run."""
     spec = SYNTH_SPEC.format(n=n)
     t = time.perf_counter()
     reqs = parse_synthetic(spec, np.random.default_rng(SYNTH_SEED))
     gen_s = time.perf_counter() - t
-    log(f"synthetic: generated {n:,} requests in {gen_s:.1f} s; simulating under vllm ...")
-    marks: list[tuple[float, int]] = []  # (wall clock, requests done), every 2048 iterations
-
-    def progress(now: float, done: int) -> None:
-        marks.append((time.perf_counter(), done))
-
+    rss_gen = peak_rss_mib()
     t = time.perf_counter()
-    res = run_sim(reqs, SCHEDULERS.create("vllm"), progress=progress)
+    res = run_sim(reqs, SCHEDULERS.create("vllm"), decode_pool=decode_pool)
     wall = time.perf_counter() - t
-    # Linearity check for the extrapolation: wall per request in the second half of the run
-    # over the first half (1.0 = per-request cost does not grow with the run's length).
-    half = next((m for m in marks if m[1] >= n // 2), marks[-1])
-    first_half = (half[0] - t) / max(half[1], 1)
-    second_half = (t + wall - half[0]) / max(n - half[1], 1)
     rows, steps = sim_counts(res)
     waiting = np.asarray(res.steps["num_waiting"], dtype=np.float64)
-    batch = np.asarray(res.steps["num_seqs"], dtype=np.float64)
-    done = sum(1 for r in res.requests if r.is_finished)
-    preemptions = sum(r.num_preemptions for r in res.requests)
-    extrapolated = n != full_n
-    full_wall = wall * full_n / n  # linear: per-request cost is flat at a stable load
-    out = {
-        "spec": spec, "seed": SYNTH_SEED, "scheduler": "vllm", "num_requests": n, "num_completed": done,
-        "generate_s": gen_s, "wall_s": wall, "requests_per_s": n / wall, "iterations": rows,
-        "sim_steps": steps, "sim_steps_per_s": steps / wall, "us_per_iteration": 1e6 * wall / rows,
-        "makespan_sim_s": res.end_time, "last_arrival_s": reqs[-1].arrival_time,
-        "mean_waiting": float(waiting.mean()), "max_waiting": int(waiting.max()),
-        "mean_batch_seqs": float(batch.mean()), "num_preemptions": preemptions,
-        "target_requests": full_n, "target_s": SYNTH_TARGET_S,
-        "extrapolated": extrapolated, "wall_s_for_target_requests": full_wall,
-        "ratio_to_target": full_wall / SYNTH_TARGET_S, "peak_rss_mib": peak_rss_mib(),
-        "second_half_over_first_half_per_request": second_half / first_half,
+    return {
+        "spec": spec, "seed": SYNTH_SEED, "scheduler": "vllm", "decode_pool": decode_pool, "num_requests": n,
+        "num_completed": sum(1 for r in res.requests if r.is_finished), "generate_s": gen_s, "wall_s": wall,
+        "requests_per_s": n / wall, "iterations": rows, "sim_steps": steps, "us_per_iteration": 1e6 * wall / rows,
+        "makespan_sim_s": res.end_time, "mean_waiting": float(waiting.mean()), "max_waiting": int(waiting.max()),
+        "num_preemptions": sum(r.num_preemptions for r in res.requests),
+        "peak_rss_mib": peak_rss_mib(), "peak_rss_after_generation_mib": rss_gen,
     }
-    log(f"synthetic: {wall:.1f} s wall for {n:,} requests ({out['requests_per_s']:.0f} req/s)")
-    del res, reqs
-    gc.collect()
+
+
+def run_child(n: int, decode_pool: bool) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-synthetic", str(n)]
+    if not decode_pool:
+        cmd.append("--old")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def bench_synthetic(n: int, log) -> dict:
+    log(f"synthetic: {n:,} requests, new path (fresh process) ...")
+    new = run_child(n, True)
+    log(f"synthetic: {n:,} new {new['wall_s']:.1f} s, peak RSS {new['peak_rss_mib']:.0f} MiB")
+    small_new = new if n == SYNTH_N_OLD else run_child(SYNTH_N_OLD, True)
+    log(f"synthetic: {SYNTH_N_OLD:,} requests, old path (fresh process) ...")
+    small_old = run_child(SYNTH_N_OLD, False)
+    log(f"synthetic: {SYNTH_N_OLD:,} old {small_old['wall_s']:.1f} s vs new {small_new['wall_s']:.1f} s")
+    return {
+        "new": new, "small_new": small_new, "small_old": small_old,
+        "old_over_new_at_small": small_old["wall_s"] / small_new["wall_s"],
+        "same_iterations_at_small": small_old["iterations"] == small_new["iterations"]
+        and small_old["makespan_sim_s"] == small_new["makespan_sim_s"],
+        "target_s": SYNTH_TARGET_S, "target_rss_mib": SYNTH_TARGET_RSS_MIB, "target_requests": SYNTH_N_FULL,
+    }
+
+
+# --- 3. per-iteration cost against the batch size ------------------------------------------------
+class _StopBatch(Exception):
+    pass
+
+
+class BatchTimer(Scheduler):
+    """Times `window` scheduler calls (and the loop applying them) once `full` requests
+    are resident, then stops the run."""
+
+    def __init__(self, inner: Scheduler, full: int, window: int) -> None:
+        self.inner, self.full, self.window = inner, full, window
+        self.uses_pool = getattr(inner, "uses_pool", False)
+        self.clairvoyant = getattr(inner, "clairvoyant", True)
+        self.calls = 0
+        self.t_start = self.t_end = None
+        self.step_start = self.step_end = None
+
+    def schedule(self, view: View) -> Decision:
+        if self.t_start is None:
+            if len(view.resident) >= self.full:
+                self.t_start, self.step_start = time.perf_counter(), view.step
+        else:
+            self.calls += 1
+            if self.calls == self.window:
+                self.t_end, self.step_end = time.perf_counter(), view.step
+                raise _StopBatch
+        return self.inner.schedule(view)
+
+
+def bench_batch(repeats: int, log) -> list[dict]:
+    rng = np.random.default_rng(2)
+    n_max = max(BATCH_WAITING) + max(BATCH_SIZES)
+    prompts = rng.integers(32, 1024, size=n_max, endpoint=True)
+    outputs = rng.integers(16, 512, size=n_max, endpoint=True)  # finishes spread: an admission every few steps
+    out = []
+    for waiting in BATCH_WAITING:
+        for size in BATCH_SIZES:
+            n = waiting + size
+            reqs = requests_from_arrays(np.zeros(n), prompts[:n], outputs[:n])
+            row = {"num_running": size, "num_waiting": waiting}
+            for pool in (False, True):
+                best = None
+                for _ in range(repeats):
+                    timer = BatchTimer(SCHEDULERS.create("vllm", max_num_seqs=size), size, BATCH_WINDOW)
+                    try:
+                        run_sim(reqs, timer, decode_pool=pool, capacity_tokens=BATCH_CAPACITY_TOKENS)
+                    except _StopBatch:
+                        pass
+                    if timer.t_end is None:
+                        raise RuntimeError(f"batch {size}, {waiting} waiting: the run ended before the window did")
+                    it = (timer.t_end - timer.t_start) / BATCH_WINDOW
+                    if best is None or it < best[0]:
+                        best = (it, timer.step_end - timer.step_start)
+                key = "new" if pool else "old"
+                row[f"us_per_iteration_{key}"] = 1e6 * best[0]
+                row[f"sim_steps_{key}"] = best[1]
+            row["old_over_new"] = row["us_per_iteration_old"] / row["us_per_iteration_new"]
+            out.append(row)
+            log(f"batch {size} running / {waiting:,} waiting: old {row['us_per_iteration_old']:.0f} us, "
+                f"new {row['us_per_iteration_new']:.0f} us per iteration ({row['old_over_new']:.1f}x)")
     return out
 
 
-# --- 3. per-step cost against the waiting-queue length ---------------------------------------
+# --- 4. per-step cost against the waiting-queue length ---------------------------------------
 class _Stop(Exception):
     pass
 
@@ -190,6 +293,8 @@ class TimedScheduler(Scheduler):
 
     def __init__(self, inner: Scheduler, warmup: int, window: int | None) -> None:
         self.inner, self.warmup, self.window = inner, warmup, window
+        self.uses_pool = getattr(inner, "uses_pool", False)
+        self.clairvoyant = getattr(inner, "clairvoyant", True)
         self.calls = 0
         self.sched_s = 0.0
         self.tokens = self.preempted = 0
@@ -291,37 +396,55 @@ Table = tuple[str, list[str], list[list[str]], str]  # title, header, rows, note
 
 def azure_table(azure: list[dict]) -> Table:
     rows = [[
-        f"x{r['rate_scale']:g}", r["scheduler"], f"{r['num_requests']:,}", f"{r['wall_s']:.2f}",
-        f"{r['requests_per_s']:,.0f}", f"{r['iterations']:,}", f"{r['sim_steps']:,}",
-        f"{r['sim_steps_per_s']:,.0f}", f"{r['us_per_iteration']:.0f}", f"{r['ratio_to_target']:.2f}x",
+        f"x{r['rate_scale']:g}", r["scheduler"], "yes" if r["uses_pool"] else "no", f"{r['wall_s']:.2f}",
+        f"{r['wall_old_s']:.2f}", f"{r['old_over_new']:.1f}x", "yes" if r["same_results"] else "NO",
+        f"{r['iterations']:,}", f"{r['sim_steps']:,}", f"{r['num_preemptions']:,}", f"{r['us_per_iteration']:.0f}",
+        f"{r['ratio_to_target']:.2f}x",
     ] for r in azure]
     return (
         (f"1. azure-conv, whole trace ({COST_MODEL}, {CAPACITY_TOKENS:,} tokens, block {BLOCK_SIZE}; "
-        f"best of {azure[0]['repeats']})"),
-        ["rate", "scheduler", "requests", "wall s", "req/s", "iterations", "sim steps", "sim steps/s",
-         "us/iter", f"wall / target ({AZURE_TARGET_S:g} s)"],
+         f"new best of {azure[0]['repeats']}, old best of {azure[0]['old_repeats']})"),
+        ["rate", "scheduler", "pool", "new s", "old s", "old/new", "same run", "iterations", "sim steps",
+         "evictions", "us/iter new", f"new / target ({AZURE_TARGET_S:g} s)"],
         rows,
-        ("ratio > 1 = slower than the target. iterations = scheduler calls that ran a batch; "
-        "sim steps counts fast-forwarded decode steps one by one."),
+        ("old = decode_pool=False (every request visited every step), interleaved with new in the same run. "
+         "pool = the scheduler opts in to the decode pool; mcsf does not (its ratio shows the loop's overhead)."),
     )
 
 
 def synthetic_table(s: dict) -> Table:
-    factor = s["target_requests"] / s["num_requests"]
-    label = f"EXTRAPOLATED x{factor:g}" if s["extrapolated"] else "measured"
+    new, small_new, small_old = s["new"], s["small_new"], s["small_old"]
+    rows = [[
+        f"{new['num_requests']:,}", "new", f"{new['wall_s']:.1f}", f"{new['peak_rss_mib']:.0f}",
+        f"{new['iterations']:,}", f"{new['us_per_iteration']:.1f}", f"{new['mean_waiting']:.1f} / {new['max_waiting']}",
+        f"{new['wall_s'] * s['target_requests'] / new['num_requests'] / s['target_s']:.2f}x",
+    ]]
+    for r in ((small_new,) if small_new is not new else ()) + (small_old,):
+        rows.append([f"{r['num_requests']:,}", "new" if r["decode_pool"] else "old", f"{r['wall_s']:.1f}",
+                     f"{r['peak_rss_mib']:.0f}", f"{r['iterations']:,}", f"{r['us_per_iteration']:.1f}",
+                     f"{r['mean_waiting']:.1f} / {r['max_waiting']}", ""])
     return (
-        f"2. synthetic under vllm: {s['spec']} (seed {s['seed']})",
-        ["requests", "generate s", "wall s", "req/s", "iterations", "sim steps/s", "us/iter",
-         "mean / max waiting", "2nd/1st half", f"wall for {s['target_requests']:,}",
-         f"ratio to {SYNTH_TARGET_S:g} s"],
-        [[f"{s['num_requests']:,}", f"{s['generate_s']:.1f}", f"{s['wall_s']:.1f}", f"{s['requests_per_s']:,.0f}",
-          f"{s['iterations']:,}", f"{s['sim_steps_per_s']:,.0f}", f"{s['us_per_iteration']:.0f}",
-          f"{s['mean_waiting']:.1f} / {s['max_waiting']}", f"{s['second_half_over_first_half_per_request']:.2f}",
-          f"{s['wall_s_for_target_requests']:.1f} s ({label})", f"{s['ratio_to_target']:.2f}x"]],
-        ("Stable load: Poisson at 10 req/s, prompt lognormal(mu 5.5, sigma 0.5) ~ median 245 tokens, "
-        "output uniform 50..350; vllm saturates near 15 req/s here. 'wall s' excludes generation. "
-        "2nd/1st half = wall per request in the second half of the run over the first (1 = linear). "
-        f"{s['num_preemptions']} preemptions; peak RSS {s['peak_rss_mib']:.0f} MiB."),
+        f"2. synthetic under vllm: {new['spec']} (seed {new['seed']}); each run in a fresh process",
+        ["requests", "path", "wall s", "peak RSS MiB", "iterations", "us/iter", "mean / max waiting",
+         f"wall for {s['target_requests']:,} / {s['target_s']:g} s"],
+        rows,
+        (f"old/new at {small_old['num_requests']:,} requests: {s['old_over_new_at_small']:.1f}x "
+         f"(same iterations and end time: {s['same_iterations_at_small']}). Targets: {s['target_s']:g} s and "
+         f"{s['target_rss_mib']:.0f} MiB for {s['target_requests']:,} requests (the last column extrapolates "
+         "linearly when fewer ran). Peak RSS includes generating the workload and Python itself."),
+    )
+
+
+def batch_table(batch: list[dict]) -> Table:
+    rows = [[f"{r['num_running']}", f"{r['num_waiting']:,}", f"{r['us_per_iteration_old']:.0f}",
+             f"{r['us_per_iteration_new']:.0f}", f"{r['old_over_new']:.1f}x",
+             f"{r['sim_steps_old']} / {r['sim_steps_new']}"] for r in batch]
+    return (
+        (f"3. cost per loop iteration vs batch size (vllm, max_num_seqs = batch, all at t=0, "
+         f"{BATCH_WINDOW} calls once the batch is full)"),
+        ["running", "waiting", "us/iter old", "us/iter new", "old/new", "sim steps old / new"],
+        rows,
+        "An iteration = one scheduler call + the loop applying it. New should stay flat as the batch grows.",
     )
 
 
@@ -339,12 +462,12 @@ def queue_table(queue: list[dict]) -> Table:
                 f"({q['ratio_largest_to_smallest_schedule_call']:.2f})" if i == last else "",
             ])
     return (
-        (f"3. cost per loop iteration vs waiting-queue length (all requests arrive at t=0; "
+        (f"4. cost per loop iteration vs waiting-queue length (all requests arrive at t=0; "
         f"best of {queue[0]['repeats']})"),
         ["scheduler", "waiting", "waiting at end", "us/iter", "us/schedule()", "us/sim step",
          "calls / sim steps", "same decisions", "ratio largest/smallest: iter (schedule)"],
         rows,
-        ("us/iter = one scheduler call + the loop applying its decision. The ratio is relative to the "
+        ("New path. us/iter = one scheduler call + the loop applying its decision. The ratio is relative to the "
         "smallest queue in this same run; ~1 means O(1) in the queue length."),
     )
 
@@ -355,6 +478,8 @@ def print_tables(results: dict) -> None:
         tables.append(azure_table(results["azure"]))
     if results.get("synthetic"):
         tables.append(synthetic_table(results["synthetic"]))
+    if results.get("batch"):
+        tables.append(batch_table(results["batch"]))
     if results.get("queue"):
         tables.append(queue_table(results["queue"]))
     try:
@@ -406,10 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats, 100k synthetic requests (extrapolated)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
-    p.add_argument("--only", choices=("azure", "synthetic", "queue"), action="append",
+    p.add_argument("--only", choices=("azure", "synthetic", "batch", "queue"), action="append",
                    help="run only this part (repeatable)")
+    p.add_argument("--child-synthetic", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--old", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    parts = args.only or ["azure", "synthetic", "queue"]
+    if args.child_synthetic:
+        print(json.dumps(synthetic_child(args.child_synthetic, not args.old)))
+        return 0
+    parts = args.only or ["azure", "synthetic", "batch", "queue"]
     t_all = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -422,11 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Order: smallest heap first, so the queue test does not run beside a million dead requests.
     if "queue" in parts:
-        results["queue"] = bench_queue(3 if args.quick else 5, log)
+        results["queue"] = bench_queue(2 if args.quick else 3, log)
+    if "batch" in parts:
+        results["batch"] = bench_batch(1 if args.quick else 2, log)
     if "azure" in parts:
-        results["azure"] = bench_azure(1 if args.quick else 2, log)
-    if "synthetic" in parts:
-        results["synthetic"] = bench_synthetic(SYNTH_N_QUICK if args.quick else SYNTH_N_FULL, SYNTH_N_FULL, log)
+        results["azure"] = bench_azure(2 if args.quick else 3, 2, log)
+    if "synthetic" in parts:  # child processes: this one's heap does not count
+        results["synthetic"] = bench_synthetic(SYNTH_N_QUICK if args.quick else SYNTH_N_FULL, log)
     results["total_wall_s"] = time.perf_counter() - t_all
     results["loadavg_1_5_15_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 

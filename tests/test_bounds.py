@@ -310,7 +310,9 @@ def test_bound_report_tv1() -> None:
     assert names["lemma-4.7"] == pytest.approx(5.8833, abs=1e-4)
     assert names["ip-dual"] == 24
     assert rep.best_lower_bound == ("ip-dual", 24.0)
+    cert = rep.optimum.pop("certificate")
     assert rep.optimum == {"status": "optimal", "value": 24}
+    assert cert["proved_by"] == "highspy" and cert["lower_bound_source"] == "ip-dual"
     json.dumps(rep.to_dict())
 
 

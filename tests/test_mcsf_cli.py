@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from kvsched.bounds import cpsat_available
+
 TV1 = "arrival_time,prompt_len,output_len\n0,2,2\n0,2,8\n0,2,5\n0,2,2\n0,2,1\n"
 
 
@@ -37,7 +39,9 @@ def test_bound_json_names_every_bound_and_the_proven_optimum(exe, tiny):
     assert values["sum-output"] == 18 and values["volume"] == 20
     assert values["lemma-4.7"] == pytest.approx(5.8833, abs=1e-4)
     assert values["lp"] >= 21.6444 - 1e-4  # ceil(LP) or LP itself, never below the LP value
+    cert = out["optimum"].pop("certificate")
     assert out["optimum"] == {"status": "optimal", "value": 24}
+    assert cert["proved_by"] in ("highspy", "cpsat") and cert["upper_bound"] == cert["lower_bound"] == 24
     assert out["best_lower_bound"]["value"] == 24
     heur = {h["scheduler"]: h["total_latency"] for h in out["heuristics"]}
     assert heur == {"mcsf": 26, "mc-benchmark": 42, "zhou-jiang": 26}  # spec TV-1: MC-SF is not optimal
@@ -45,7 +49,21 @@ def test_bound_json_names_every_bound_and_the_proven_optimum(exe, tiny):
 
 def test_bound_table_says_optimal(exe, tiny):
     text = kvsched(exe, "bound", "--trace", str(tiny), "--capacity", "10", "--theory").stdout
-    assert "optimum: 24 (proven optimal)" in text and "mcsf: total latency 26" in text
+    assert "optimum: 24 (proven optimal by " in text and "mcsf: total latency 26" in text
+
+
+@pytest.mark.parametrize("solver", ["highs", "cpsat", "best"])
+def test_bound_names_the_solver_that_proved_it(exe, tiny, solver):
+    if solver != "highs" and not cpsat_available():
+        pytest.skip("needs ortools")
+    out = json.loads(kvsched(exe, "bound", "--trace", str(tiny), "--capacity", "10", "--theory", "--json",
+                             "--solver", solver).stdout)
+    cert = out["optimum"]["certificate"]
+    assert out["optimum"]["value"] == 24
+    assert cert["proved_by"] == {"highs": "highspy", "cpsat": "cpsat"}.get(solver, cert["proved_by"])
+    assert cert["proved_by"] in ("highspy", "cpsat")
+    text = kvsched(exe, "bound", "--trace", str(tiny), "--capacity", "10", "--theory", "--solver", solver).stdout
+    assert f"proven optimal by {cert['proved_by']}" in text
 
 
 def test_bound_with_a_tiny_time_limit_reports_a_proven_interval(exe, tmp_path):
@@ -59,6 +77,8 @@ def test_bound_with_a_tiny_time_limit_reports_a_proven_interval(exe, tmp_path):
     if opt["status"] == "interval":
         assert opt["lower"] <= opt["upper"]
         assert opt["upper"] <= min(h["total_latency"] for h in out["heuristics"])
+        cert = opt["certificate"]
+        assert cert["lower_bound"] == opt["lower"] and cert["lower_bound_solver"] and cert["upper_bound_from"]
     else:
         assert opt["status"] == "optimal"
 
@@ -81,7 +101,7 @@ def test_bound_leaves_out_requests_that_never_fit(exe, tmp_path):
     path = tmp_path / "big.csv"
     path.write_text("arrival_time,prompt_len,output_len\n0,2,2\n0,9,5\n")
     out = json.loads(kvsched(exe, "bound", "--trace", str(path), "--capacity", "10", "--theory", "--json").stdout)
-    assert out["optimum"] == {"status": "optimal", "value": 2}
+    assert out["optimum"]["status"] == "optimal" and out["optimum"]["value"] == 2
     assert any("never fit" in n for n in out["notes"])
 
 

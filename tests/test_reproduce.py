@@ -218,3 +218,21 @@ def test_markdown_table_round_trip() -> None:
         {"quantity": "a | b", "kvsched": "1.5"}, {"quantity": "c", "kvsched": "—"}]
     assert rp.diff(22.0, 19) == "+3" and rp.diff(1.02, 1.005, kind="ratio") == "×1.01"
     assert rp.fmt(None) == "—" and rp.fmt(23.0) == "23" and rp.fmt(1.23456) == "1.235"
+
+
+@pytest.mark.skipif(not __import__("kvsched.bounds", fromlist=["cpsat_available"]).cpsat_available(),
+                    reason="needs ortools")
+def test_synthetic_reports_proven_share_with_the_chosen_solver(tmp_path) -> None:
+    """--ip-time-limit/--ip-solver reach the study, the command line and the report's proven-share rows."""
+    rp.reproduce("mcsf-synthetic-2", tmp_path, scale="test", ip_time_limit_s=0.5, ip_solver="cpsat")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["command"] == "kvsched reproduce mcsf-synthetic-2 --test-scale --ip-time-limit 0.5 --ip-solver cpsat"
+    table = pd.read_parquet(tmp_path / "mcsf-synthetic-2.parquet")
+    big = table[table["scale"] == "paper"]
+    assert set(big["ip_solver"]) == {"cpsat"}
+    report = (tmp_path / "report.md").read_text()
+    row = _row(report, "paper-size instances with a proven optimum")
+    proven = int(big["proven_optimal"].sum())
+    assert row["kvsched"].startswith(f"{proven} of {len(big)}")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["headline"]["paper_size"]["proven_share"] == proven / len(big)

@@ -577,8 +577,16 @@ def cmd_bound(args) -> int:
         if usable:
             best_starts = min(usable, key=lambda h: h[0])[1]
             warm = [best_starts[rid] for rid in inst.request_ids]
+        from kvsched.bounds.hindsight import resolve_method
+
+        method = resolve_method(args.solver)
+        if method in ("cpsat", "best") and not args.no_ip:
+            from kvsched.bounds.cpsat import INSTALL_HINT, cpsat_available
+
+            if not cpsat_available():
+                raise CLIError(f"--solver {args.solver}: {INSTALL_HINT}")
         report = bound_report(inst, ip=not args.no_ip, lp=not args.no_lp, time_limit_s=args.time_limit,
-                              incumbent_starts=warm)
+                              incumbent_starts=warm, method=method)
         result = {"workload": workload, "capacity_tokens": args.capacity, "mode": "theory", **report.to_dict()}
         result["notes"] = notes + result.get("notes", [])
         best = report.best_lower_bound[1]
@@ -607,10 +615,14 @@ def _print_bound(result: dict) -> None:
         table.add_row(b["name"], f"{b['value']:.6g}")
     console.print(table)
     opt = result.get("optimum")
+    cert = (opt or {}).get("certificate") or {}
     if opt and opt.get("status") == "optimal":
-        console.print(f"optimum: {opt['value']} (proven optimal)")
+        console.print(f"optimum: {opt['value']} (proven optimal by {cert.get('proved_by', '?')}; "
+                      f"schedule from {cert.get('upper_bound_from', '?')}, replayed)")
     elif opt:
-        console.print(f"optimum: between {opt['lower']} and {opt['upper']} (time limit; proven interval)")
+        console.print(f"optimum: between {opt['lower']} and {opt['upper']} (time limit; proven interval: lower "
+                      f"bound {cert.get('lower_bound_source', '?')} by {cert.get('lower_bound_solver', '?')}, "
+                      f"schedule from {cert.get('upper_bound_from', '?')}, replayed)")
     for h in result.get("heuristics", []):
         ratio = h["ratio_to_best_bound"]
         console.print(f"{h['scheduler']}: total latency {h['total_latency']}"
@@ -638,7 +650,7 @@ def cmd_experiment(args) -> int:
         if label == "mcsf-synthetic":
             _, summary = exp.synthetic_study(args.model, instances=args.instances, time_limit_s=args.time_limit,
                                                  base_seed=args.seed, jobs=args.jobs, out=out, progress=progress,
-                                                 solve=not args.no_ip, scale=args.scale)
+                                                 solve=not args.no_ip, scale=args.scale, method=args.solver)
         elif label == "mcsf-trace":
             _, summary = exp.trace_study(rates=args.rates, num_requests=args.num_requests,
                                              capacity=args.capacity, cost_model=args.cost_model, seed=args.seed,
@@ -1135,6 +1147,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--time-limit", type=float, default=60.0, help="IP time limit in seconds (then: proven interval)")
     b.add_argument("--no-ip", action="store_true", help="closed-form bounds and the LP only")
     b.add_argument("--no-lp", action="store_true", help="skip the LP relaxation")
+    b.add_argument("--solver", choices=("auto", "highs", "cpsat", "best"), default="auto",
+                   help="who solves the hindsight IP: HiGHS (time-indexed IP), OR-Tools CP-SAT (needs "
+                        "kvsched[cpsat]), best (CP-SAT's schedule, then HiGHS's bound) or auto (best when "
+                        "OR-Tools is installed, else highs)")
     b.add_argument("--heuristics", default="mcsf,mc-benchmark,zhou-jiang",
                    help="schedulers run in theory mode; the best warm-starts the IP")
     b.add_argument("--json", action="store_true")
@@ -1248,6 +1264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic: paper-size instances (M 30-50, n 40-60) or small ones the IP closes")
     e.add_argument("--time-limit", type=float, default=10.0, help="synthetic: IP time limit per instance (s)")
     e.add_argument("--no-ip", action="store_true", help="synthetic: heuristics and closed-form bounds only")
+    e.add_argument("--solver", choices=("auto", "highs", "cpsat", "best"), default="auto",
+                   help="synthetic: who solves the hindsight IP (auto: best when OR-Tools is installed, else highs)")
     e.add_argument("--jobs", type=int, default=1, help="synthetic, wait-*: worker processes")
     e.add_argument("--rates", type=_floats, help="trace, wait-*: arrival rates (req/s; trace default 10,50)")
     e.add_argument("--eps", type=_floats, default=[0.2, 0.5, 0.8], help="robustness: prediction errors")

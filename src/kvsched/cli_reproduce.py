@@ -37,6 +37,11 @@ def add_parser(sub) -> None:
                    help="run the tasks on Ray: a local instance with --jobs CPUs, or the cluster at ADDRESS "
                         "('auto', 'ray://host:10001')")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--ip-time-limit", type=float, metavar="S",
+                   help="mcsf-synthetic-*: hindsight-IP time limit per paper-size instance in seconds "
+                        "(default: the scale's, 2 s; 60 s with --full)")
+    r.add_argument("--ip-solver", choices=("auto", "highs", "cpsat", "best"), default="auto",
+                   help="mcsf-synthetic-*: who solves the hindsight IP (auto: best when OR-Tools is installed)")
     r.set_defaults(func=cmd_reproduce)
 
 
@@ -54,6 +59,13 @@ def cmd_reproduce(args) -> int:
         raise CLIError(f"unknown reproduction {args.name!r}; known: {', '.join(entries)}, all")
     if args.jobs < 1:
         raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.ip_time_limit is not None and not args.ip_time_limit > 0:
+        raise CLIError(f"--ip-time-limit must be > 0 seconds, got {args.ip_time_limit}")
+    if args.ip_solver in ("cpsat", "best"):
+        from kvsched.bounds.cpsat import INSTALL_HINT, cpsat_available
+
+        if not cpsat_available():
+            raise CLIError(f"--ip-solver {args.ip_solver}: {INSTALL_HINT}")
     scale = "quick" if args.quick else "full" if args.full else "test" if args.test_scale else "default"
     names = list(entries) if args.name == "all" else [args.name]
     if scale == "full" and args.name == "all":
@@ -85,7 +97,7 @@ def _executor(args):
 def _run(rp, name: str, out: Path, scale: str, args, executor):
     """One reproduction under a rich progress bar on stderr (when it is a terminal)."""
     if args.no_progress or not sys.stderr.isatty():
-        return rp.reproduce(name, out, scale=scale, jobs=args.jobs, executor=executor)
+        return rp.reproduce(name, out, scale=scale, jobs=args.jobs, executor=executor, **_ip_args(args))
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -102,7 +114,12 @@ def _run(rp, name: str, out: Path, scale: str, args, executor):
         def progress(part: str, done: int, total: int) -> None:
             bar.update(task, description=f"{name}: {part}", completed=done, total=total)
 
-        return rp.reproduce(name, out, scale=scale, jobs=args.jobs, executor=executor, progress=progress)
+        return rp.reproduce(name, out, scale=scale, jobs=args.jobs, executor=executor, progress=progress,
+                            **_ip_args(args))
+
+
+def _ip_args(args) -> dict:
+    return {"ip_time_limit_s": args.ip_time_limit, "ip_solver": args.ip_solver}
 
 
 def _print_result(rp, result) -> None:

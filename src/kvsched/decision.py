@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvsched.kvcache import blocks_for
 from kvsched.request import Request
+
+if TYPE_CHECKING:
+    from kvsched.pool import DecodePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,10 @@ class Decision:
     idle_until: with an empty `run`, let the clock advance to this time (or to the next
              arrival, whichever comes first) instead of only to the next arrival: a
              schedule may leave the engine idle on purpose (the hindsight optimum does).
+    pool:    every member of the decode pool (`View.pool`, `kvsched.pool`) decodes one
+             token, ahead of the `run` entries in batch order. Only for schedulers that
+             opt in (`Scheduler.uses_pool`); members named in `run`, `preempt` or
+             `restart` leave the pool first and are handled one by one.
     """
 
     run: Mapping[int, int] = field(default_factory=dict)
@@ -41,6 +49,7 @@ class Decision:
     repeat: int = 1
     restart: tuple[int, ...] = ()
     idle_until: float | None = None
+    pool: bool = False
 
 
 IDLE = Decision()
@@ -74,6 +83,10 @@ class View:
     # With automatic prefix caching (None without): answers `cached_tokens` for waiting
     # requests, from the cache as it is before this step.
     prefix_cache: PrefixHits | None = None
+    # The decode pool (`kvsched.pool.DecodePool`), only for a scheduler with `uses_pool`
+    # in a loop that runs one: members' Request fields are stale until `pool.flush()`;
+    # `pool.outside_view` holds the resident requests that are not members.
+    pool: DecodePool | None = None
 
     @property
     def capacity_tokens(self) -> int:
@@ -150,6 +163,9 @@ class Scheduler:
 
     name: str = "scheduler"
     clairvoyant: bool = True
+    # Addresses decoding requests as a group (`View.pool`, `Decision.pool`); a scheduler
+    # without it sees every request's state exact, as always.
+    uses_pool: bool = False
 
     def schedule(self, view: View) -> Decision:  # pragma: no cover - interface
         raise NotImplementedError

@@ -326,10 +326,9 @@ class PrefixCachingKVCache(KVCache):
                 if need > self._num_free:
                     raise KVCapacityError(f"request {rid} needs {need} more blocks, only {self._num_free} free")
                 self._num_free -= need
+                # Take the first `need` blocks of the free queue, then unlink them at once.
+                b = nxt[head]
                 for _ in range(need):
-                    b = nxt[head]  # the head of the free queue
-                    q = nxt[b]
-                    nxt[head], prv[q] = q, head
                     k = keys[b]
                     if k is not None:  # evict the least recently freed cached block
                         keys[b] = None
@@ -338,6 +337,8 @@ class PrefixCachingKVCache(KVCache):
                         self.num_evicted_blocks += 1
                     ref[b] = 1
                     mine.append(b)
+                    b = nxt[b]
+                nxt[head], prv[b] = b, head
                 blocks[rid] = len(mine)
             added += total - tokens[rid]
             tokens[rid] = total
@@ -345,9 +346,13 @@ class PrefixCachingKVCache(KVCache):
             full = (total - la) // bs
             done = keyed[rid]
             if full > done:
+                # block_key, inlined: this runs for every block a prefill fills.
                 r = self._reqs[rid]
+                ids, pbs, own = r.prefix_block_ids, r.prefix_block_size, -1 - r.request_id
+                covered = len(ids) * pbs if ids is not None else 0
                 for j in range(done, full):
-                    k = block_key(r, j, bs)
+                    end = (j + 1) * bs
+                    k = (ids[(end - 1) // pbs], end) if end <= covered else (own, end)
                     b = mine[j]
                     if keys[b] is None and k not in cached:
                         cached[k] = b

@@ -22,6 +22,12 @@ that it would repeat the same decision: the loop then executes k identical steps
 once, k bounded by the next arrival, the next finish and the free memory, so the
 result equals stepping one at a time (up to floating-point summation order).
 
+Schedulers that opt in (`uses_pool`) address decoding requests as a group: the decode
+pool (`kvsched.pool`) advances them by a shared counter, so a step costs O(events), not
+O(batch), with the same results (`decode_pool=False` keeps the per-request path). A
+request that leaves the batch loop is packed into the run's `RequestTable` and the steps
+go to a `StepTable`: a million-request run stays well under 1 GB.
+
 `run` serves a known request list; `OnlineLoop` is the same loop driven one iteration
 at a time by a server, with requests added and aborted while it runs.
 """
@@ -29,14 +35,19 @@ at a time by a server, with requests added and aborted while it runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import numpy as np
+
 from kvsched.backend import Backend, BatchShape
 from kvsched.decision import Decision, PrefixHits, Scheduler, View
-from kvsched.kvcache import KVCache, blocks_for
+from kvsched.kvcache import KVCache, PrefixCachingKVCache, blocks_for
+from kvsched.pool import DecodePool
 from kvsched.request import BlindRequest, Request, RequestStatus
+from kvsched.request_table import RequestTable
 
 STEP_COLUMNS = (
     "step",  # index of the first step in this row
@@ -57,6 +68,60 @@ STEP_COLUMNS = (
 )
 
 
+_FLOAT_COLUMNS = ("start_time", "duration", "kv_token_seconds")
+_INT_COLUMNS = tuple(c for c in STEP_COLUMNS if c not in _FLOAT_COLUMNS)
+_COLUMN_INDEX = {c: (c in _FLOAT_COLUMNS, (_FLOAT_COLUMNS if c in _FLOAT_COLUMNS else _INT_COLUMNS).index(c))
+                 for c in STEP_COLUMNS}
+
+
+class StepTable(Mapping):
+    """The steps table (STEP_COLUMNS), stored flat in two typed arrays: the integer columns
+    in 32-bit ints (widened to 64 bits the first time a value needs it) and the times in
+    doubles. A million-request run has millions of rows; lists of boxed numbers cost ~5x more.
+
+    Reads as a read-only mapping column -> list (a new list on every access, holding the
+    values appended, exactly); `array(column)` gives a numpy array without the list."""
+
+    __slots__ = ("_floats", "_ints")
+
+    def __init__(self) -> None:
+        self._ints = array("i")
+        self._floats = array("d")
+
+    def append_row(self, ints: tuple, floats: tuple) -> None:
+        """One row: the _INT_COLUMNS values, then the _FLOAT_COLUMNS values."""
+        n = len(self._ints)
+        try:
+            self._ints.extend(ints)
+        except OverflowError:
+            del self._ints[n:]  # the values before the one that overflowed went in
+            self._ints = array("q", self._ints)
+            self._ints.extend(ints)
+        self._floats.extend(floats)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._floats) // len(_FLOAT_COLUMNS)
+
+    def array(self, column: str) -> np.ndarray:
+        is_float, i = _COLUMN_INDEX[column]
+        if is_float:
+            flat = np.frombuffer(self._floats, dtype=np.float64) if self._floats else np.zeros(0)
+            return flat[i::len(_FLOAT_COLUMNS)].copy()
+        dtype = np.int32 if self._ints.typecode == "i" else np.int64
+        flat = np.frombuffer(self._ints, dtype=dtype) if self._ints else np.zeros(0, dtype=np.int64)
+        return flat[i::len(_INT_COLUMNS)].astype(np.int64)
+
+    def __getitem__(self, column: str) -> list:
+        return self.array(column).tolist()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(STEP_COLUMNS)
+
+    def __len__(self) -> int:
+        return len(STEP_COLUMNS)
+
+
 # A request arriving within this many seconds after a step boundary counts as arrived at
 # it (the clock snaps forward to its arrival): a fast-forwarded run sums step durations in
 # another order than stepping does, and an arrival must not fall on different sides of a
@@ -72,8 +137,8 @@ class SchedulingError(RuntimeError):
 class Run:
     """Everything a run produced: finished/rejected requests and one row per step."""
 
-    requests: list[Request]
-    steps: dict[str, list]
+    requests: Sequence[Request]  # a RequestTable from the loop: an equal new Request on every access
+    steps: Mapping[str, list]  # a StepTable from the loop
     capacity_tokens: int
     block_size: int
     num_blocks: int
@@ -119,6 +184,7 @@ def run(
     max_steps: int | None = None,
     lookahead_tokens: int = 0,
     check_oracle: bool = False,
+    decode_pool: bool = True,
 ) -> Run:
     """Serve `requests` (copied, never mutated) until each finishes or is rejected.
 
@@ -126,20 +192,24 @@ def run(
     that livelock, e.g. preempting and readmitting forever).
     lookahead_tokens: KV slots allocated beyond each scheduled request's computed tokens.
     1 gives the theory papers' ledger (a request holds prompt + j after its j-th token).
-    check_oracle: hide true output lengths from a non-clairvoyant scheduler (reads raise)."""
+    check_oracle: hide true output lengths from a non-clairvoyant scheduler (reads raise).
+    decode_pool: advance decoding requests as a group (`kvsched.pool`) when the scheduler
+    opts in (`uses_pool`) and the backend allows it (`supports_pool`); False keeps the
+    per-request path (the same results; tests and benchmarks compare the two)."""
     if lookahead_tokens < 0:
         raise ValueError(f"lookahead_tokens must be >= 0, got {lookahead_tokens}")
-    reqs = sorted((r.copy_fresh() for r in requests), key=lambda r: (r.arrival_time, r.request_id))
-    ids = [r.request_id for r in reqs]
-    if len(set(ids)) != len(ids):
+    # The inputs in arrival order; each is copied when it arrives, and packed into the
+    # run's RequestTable when it leaves (a million live Requests would not fit in 1 GB).
+    reqs = sorted(requests, key=lambda r: (r.arrival_time, r.request_id))
+    if len({r.request_id for r in reqs}) != len(reqs):
         raise ValueError("request ids must be unique")
     return _Loop(reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens,
-                 check_oracle).run()
+                 check_oracle, decode_pool).run()
 
 
 class _Loop:
     def __init__(self, reqs, scheduler, backend, kv, progress, progress_every, max_steps, lookahead_tokens=0,
-                 check_oracle=False):
+                 check_oracle=False, decode_pool=False):
         self.reqs: list[Request] = reqs
         self.scheduler = scheduler
         self.backend = backend
@@ -157,7 +227,7 @@ class _Loop:
         self.blind = check_oracle and not getattr(scheduler, "clairvoyant", True)
         self.waiting: dict[int, Request] = {}
         self.resident: dict[int, Request] = {}
-        self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+        self.steps = StepTable()
         self.now = 0.0
         self.step_index = 0
         self.next_arrival = 0  # index into reqs
@@ -165,6 +235,16 @@ class _Loop:
         self.arrived: list[Request] = []
         self.finished: list[Request] = []
         self.accepting = False  # an online loop takes requests while it runs
+        # The batch loop packs requests that leave; the online loop hands them to its server.
+        self.table: RequestTable | None = RequestTable(reqs)
+        self._index: dict[int, int] = {}  # request id -> position in reqs (while in the system)
+        self.pool: DecodePool | None = None
+        # The pool keeps the KV model's per-request counts lazily, writing its private fields:
+        # only the two stock models (a subclass may read them at every call, as checking ones do).
+        if (decode_pool and getattr(scheduler, "uses_pool", False) and getattr(backend, "supports_pool", False)
+                and type(kv) in (KVCache, PrefixCachingKVCache) and not kv.track_block_ids):
+            self.pool = DecodePool(kv, lookahead_tokens)
+        self.num_admissions = 0
         self._make_views()
 
     # --- main loop -------------------------------------------------------------------
@@ -187,6 +267,8 @@ class _Loop:
         self.waiting_view = _BlindMapping(self.waiting, wrap)
         self.resident_view = _BlindMapping(self.resident, wrap)
         self.wrap = wrap
+        if self.pool is not None:
+            self.pool.outside_view = _BlindMapping(self.pool.outside, wrap)
 
     def run(self) -> Run:
         n_total = len(self.reqs)
@@ -208,7 +290,7 @@ class _Loop:
         if self.progress is not None:
             self.progress(self.now, self.num_done)
         kv = self.kv
-        return Run(self.reqs, self.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, self.now)
+        return Run(self.table, self.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, self.now)
 
     def _schedule_and_apply(self) -> None:
         """One scheduling call and the step (or idling) it decides."""
@@ -222,15 +304,17 @@ class _Loop:
         view = View(
             self.now, self.step_index, self.waiting_view, self.resident_view, arrived, finished,
             kv.num_free_blocks, kv.num_blocks, kv.block_size, self.accepting or self.next_arrival < len(self.reqs),
-            self.blocks_view, self.lookahead, self.hits,
+            self.blocks_view, self.lookahead, self.hits, self.pool,
         )
         self.arrived, self.finished = [], []
         self._apply(self.scheduler.schedule(view))
 
     def _admit_arrivals(self) -> None:
         reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
+        index = self._index
         while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
-            r = reqs[i]
+            r = reqs[i].copy_fresh()  # inputs are never mutated
+            index[r.request_id] = i
             i += 1
             self.now = max(self.now, r.arrival_time)  # snap the clock: nothing may start before it arrived
             self._arrive(r)
@@ -246,9 +330,17 @@ class _Loop:
                 f"{self.kv.num_blocks * self.kv.block_size} tokens"
             )
             self.num_done += 1
+            self._pack(r)
             return
         self.waiting[r.request_id] = r
         self.arrived.append(r)
+
+    def _pack(self, r: Request) -> None:
+        """`r` left for good: into the run's table, if it came from the request list (one
+        added by other means, as a server does, stays the caller's)."""
+        i = self._index.pop(r.request_id, None)
+        if i is not None and self.table is not None:
+            self.table.pack(i, r)
 
     # --- applying a decision ----------------------------------------------------------
     def _apply(self, decision: Decision) -> None:
@@ -259,18 +351,35 @@ class _Loop:
                     f"step {self.step_index}: requests {sorted(both)} are both preempted and restarted; pick one kind"
                 )
         runs = decision.run
+        pool = self.pool
+        members = 0  # pool members decoding in this step
+        if pool is not None and pool.members:
+            # Members named one by one leave the pool first (their state becomes exact).
+            inside = pool.members
+            for ids in (decision.preempt, decision.restart, runs):
+                for rid in ids:
+                    if rid in inside:
+                        pool.leave(rid)
+            if decision.pool:
+                members = len(inside)
         if self.apc and runs:
             admitted = [rid for rid in runs if rid in self.waiting]  # waiting when the view was built
         for rid in decision.preempt:
             self._preempt(rid)
         for rid in decision.restart:
             self._preempt(rid, restart=True)
-        if not runs:
+        if not runs and not members:
             self._idle(decision)
             return
-        if self.apc:
+        if self.apc and runs:
             runs = self._admit_with_hits(runs, admitted)
-        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs)
+        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
+        pool_blocks = 0
+        if members:
+            pool_blocks = pool.num_new_blocks
+            if shape.num_prefill_tokens == 0 and decision.repeat > 1:
+                min_slack = min(min_slack, pool.min_slack())
+                min_left = min(min_left, pool.min_left())
         kv = self.kv
         if new_blocks > kv.num_free_blocks:
             raise SchedulingError(
@@ -293,10 +402,14 @@ class _Loop:
             bs, held = kv.block_size, kv._blocks
             totals = [(rid, total + num_steps - 1) for rid, total in totals]
             new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
+            if members:
+                pool.allocate(num_steps, pool.new_blocks_over(num_steps))
             kv.allocate_many(totals, new_blocks)
         else:
             # Allocate first: an engine writes the step's K/V into the blocks it is given.
-            kv.allocate_many(totals, new_blocks)
+            if members:
+                pool.allocate(1, pool_blocks)
+            kv.allocate_many(totals, new_blocks - pool_blocks)
             duration = self.backend.execute(batch, shape)
         used = kv.num_used_tokens
         # Time-weighted KV of the row. In a fast-forwarded run step i holds
@@ -305,7 +418,7 @@ class _Loop:
         if num_steps > 1:
             kv_seconds -= shape.num_seqs * float(durations[:-1].sum())
         self._finish_step(batch, shape, num_steps, duration, len(decision.preempt) + len(decision.restart),
-                          kv_seconds)
+                          kv_seconds, members)
 
     def _fast_forward_durations(self, decision, shape, min_slack, min_left):
         """Cumulative durations of the longest identical decode run that is safe, or None
@@ -354,9 +467,11 @@ class _Loop:
                     clipped[rid] = left
         return runs if clipped is None else clipped
 
-    def _validate(self, runs):
+    def _validate(self, runs, members: int = 0):
         """Check every entry of `runs` before anything changes; return the batch, its shape,
-        the new blocks it needs, the smallest free-slot slack and decode steps left."""
+        the new blocks it needs, the smallest free-slot slack and decode steps left. With
+        `members`, the decode pool's members decode too (first in batch order): the shape and
+        the new blocks include them, the batch, slack and steps left do not."""
         bs, la = self.kv.block_size, self.lookahead
         blocks, resident, waiting = self.kv._blocks, self.resident, self.waiting
         batch: list[tuple[Request, int]] = []
@@ -398,7 +513,18 @@ class _Loop:
                 attn += n * total
             batch.append((r, n))
             totals.append((rid, total + la))
-        shape = BatchShape(len(batch), num_prefill, num_decode, num_kv, attn, max_dec, min_dec if num_decode else 0)
+        if members:
+            pool = self.pool
+            longest, shortest = pool.decode_kv_range()
+            if not num_decode or longest > max_dec:
+                max_dec = longest
+            if not num_decode or shortest < min_dec:
+                min_dec = shortest
+            num_decode += members
+            num_kv += pool.num_kv_tokens
+            new_blocks += pool.num_new_blocks
+        shape = BatchShape(len(batch) + members, num_prefill, num_decode, num_kv, attn, max_dec,
+                           min_dec if num_decode else 0)
         return batch, totals, shape, new_blocks, min_slack, min_left
 
     def _preempt(self, rid: int, restart: bool = False) -> None:
@@ -407,6 +533,8 @@ class _Loop:
             what = "restart" if restart else "preempt"
             raise SchedulingError(f"step {self.step_index}: {what} names request {rid}, which is not resident")
         self.kv.free(rid)
+        if self.pool is not None:
+            self.pool.gone(rid)
         r.num_wasted_tokens += r.num_computed_tokens
         r.num_computed_tokens = 0
         r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "restart" if restart else "preempt"))
@@ -442,11 +570,24 @@ class _Loop:
         )
 
     def _finish_step(self, batch, shape: BatchShape, num_steps: int, duration: float, num_preempted: int,
-                     kv_seconds: float) -> None:
-        kv, now, la = self.kv, self.now, self.lookahead
+                     kv_seconds: float, members: int = 0) -> None:
+        kv, now, la, pool, table = self.kv, self.now, self.lookahead, self.pool, self.table
         start, end = now, now + duration
         used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
         num_finished = 0
+        if members:  # the pool came first in the batch: its finishes are freed first
+            for r in pool.advance(num_steps):
+                rid = r.request_id
+                r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "finish"))
+                r.finish_time = end
+                r.status = RequestStatus.FINISHED
+                kv.free(rid)
+                pool.gone(rid)
+                del self.resident[rid]
+                self.finished.append(r)
+                num_finished += 1
+                if table is not None:
+                    self._pack(r)
         for r, n in batch:
             rid = r.request_id
             if r.status is RequestStatus.WAITING:
@@ -458,6 +599,9 @@ class _Loop:
                 r.attempt_start_output = r.num_output_tokens
                 if r.first_scheduled_time is None:
                     r.first_scheduled_time = start
+                if pool is not None:
+                    self.num_admissions += 1
+                    pool.admitted(r, self.num_admissions)
             caught_up = r.num_computed_tokens + n == r.prompt_len + r.num_output_tokens
             r.num_computed_tokens += n * num_steps  # num_steps > 1 only for one-token decodes
             if num_steps == 1:
@@ -476,15 +620,19 @@ class _Loop:
                     del self.resident[rid]
                     self.finished.append(r)
                     num_finished += 1
+                    if pool is not None:
+                        pool.gone(rid)
+                    if table is not None:
+                        self._pack(r)
+                elif pool is not None:
+                    pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
-        s = self.steps
-        for col, val in zip(STEP_COLUMNS, (
-            self.step_index, num_steps, start, duration, shape.num_seqs, shape.num_prefill_tokens,
+        self.steps.append_row((
+            self.step_index, num_steps, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
-            num_preempted, num_finished, kv_seconds,
-        )):
-            s[col].append(val)
+            num_preempted, num_finished,
+        ), (start, duration, kv_seconds))
         self.step_index += num_steps
         self.now = end
 
@@ -507,6 +655,7 @@ class OnlineLoop(_Loop):
 
     def __init__(self, scheduler: Scheduler, backend: Backend, kv: KVCache, *, check_oracle: bool = False) -> None:
         super().__init__([], scheduler, backend, kv, None, 0, None, 0, check_oracle)
+        self.table = None
         self.accepting = True
         self.idle_until: float | None = None  # set when the last step() decided to wait
 
@@ -554,8 +703,8 @@ class OnlineLoop(_Loop):
 
     def pop_steps(self) -> dict[str, list]:
         """The step rows recorded since the last call (STEP_COLUMNS)."""
-        rows, self.steps = self.steps, {c: [] for c in STEP_COLUMNS}
-        return rows
+        rows, self.steps = self.steps, StepTable()
+        return {c: rows[c] for c in STEP_COLUMNS}
 
     def _idle(self, decision: Decision) -> None:
         if decision.preempt or decision.restart:

@@ -21,6 +21,7 @@ import numpy as np
 
 from kvsched.loop import Run
 from kvsched.request import RequestStatus
+from kvsched.request_table import RequestTable
 
 if TYPE_CHECKING:  # summarize needs no pandas (start-up of `kvsched simulate --json`)
     import pandas as pd
@@ -41,6 +42,8 @@ def requests_frame(run: Run) -> pd.DataFrame:
 
 def _request_columns(run: Run) -> dict:
     """The columns of `requests_frame`, as numpy arrays (text columns as lists)."""
+    if isinstance(run.requests, RequestTable):
+        return _table_columns(run.requests)
     rows = sorted(run.requests, key=lambda r: r.request_id)
     nan = float("nan")
 
@@ -79,10 +82,36 @@ def _request_columns(run: Run) -> dict:
     return df
 
 
+def _table_columns(table: RequestTable) -> dict:
+    """`_request_columns` read straight from a packed table's arrays (no Request objects):
+    the same values, in request id order."""
+    order = np.argsort(table.column("request_id"), kind="stable")
+
+    def col(name):
+        return table.column(name)[order]
+
+    df = {name: col(name) for name in (
+        "request_id", "arrival_time", "prompt_len", "output_len")}
+    df["status"] = col("status").tolist()
+    for name in ("first_scheduled_time", "first_token_time", "finish_time", "num_preemptions", "num_restarts",
+                 "num_wasted_tokens", "num_discarded_tokens", "wasted_kv_area", "num_cached_tokens",
+                 "num_reused_tokens"):
+        df[name] = col(name)
+    finish = df["finish_time"]
+    df["final_attempt_time"] = np.where(np.isnan(finish), np.nan, col("admit_time"))
+    df["ttft"] = df["first_token_time"] - df["arrival_time"]
+    df["e2e_latency"] = df["finish_time"] - df["arrival_time"]
+    decode_steps = np.where(df["output_len"] > 1, df["output_len"] - 1, np.nan)
+    df["tpot"] = (df["finish_time"] - df["first_token_time"]) / decode_steps
+    df["reject_reason"] = col("reject_reason").tolist()
+    return df
+
+
 def steps_frame(run: Run) -> pd.DataFrame:
     import pandas as pd
 
-    return pd.DataFrame(run.steps)
+    steps = run.steps
+    return pd.DataFrame({c: steps.array(c) if hasattr(steps, "array") else steps[c] for c in steps})
 
 
 def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:

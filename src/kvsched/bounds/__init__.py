@@ -7,6 +7,9 @@
 * `solve_ip`, `solve_lp`: the time-indexed IP of the MC-SF paper's hindsight IP and its LP relaxation, solved
   with HiGHS (highspy preferred, scipy.optimize.milp as fallback), imported lazily so the
   package works without any solver.
+* `solve_cpsat`: the same optimum with OR-Tools CP-SAT (optional `ortools`), one start
+  variable per request under a cumulative; `solve_hindsight` picks HiGHS, CP-SAT or both.
+* `check_result`: re-checks an answer's certificate (replay, closed-form bounds, sources).
 * `bound_report`: all of the above for one instance.
 """
 
@@ -18,6 +21,8 @@ import importlib
 _EXPORTS = {
     "InfeasibleSchedule": "instance", "Instance": "instance", "best_greedy_starts": "instance",
     "evaluate_starts": "instance", "greedy_starts": "instance", "makespan": "instance",
+    "CertificateError": "certify", "check_result": "certify",
+    "cpsat_available": "cpsat", "solve_cpsat": "cpsat", "solve_hindsight": "hindsight",
     "canonical_starts": "ip", "solve_ip": "ip", "solve_lp": "ip",
     "BoundReport": "report", "bound_report": "report",
     "IPOptions": "results", "IPResult": "results", "LPResult": "results",
@@ -42,6 +47,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BoundReport",
+    "CertificateError",
     "IPOptions",
     "IPResult",
     "InfeasibleSchedule",
@@ -52,10 +58,14 @@ __all__ = [
     "best_greedy_starts",
     "bound_report",
     "canonical_starts",
+    "check_result",
+    "cpsat_available",
     "evaluate_starts",
     "greedy_starts",
     "lemma47_bound",
     "makespan",
+    "solve_cpsat",
+    "solve_hindsight",
     "solve_ip",
     "solve_lp",
     "solver_available",

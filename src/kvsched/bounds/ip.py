@@ -248,6 +248,7 @@ def solve_ip(
         row_counts=model.row_counts,
         options=opts,
         notes=tuple(notes),
+        lower_bound_solver={"ip-dual": out.solver, "horizon-check": "kvsched"}.get(source, "closed-form"),
     )
 
 
@@ -276,6 +277,17 @@ def solve_lp(
     )
     out = solve_model(model, integral=False, solver=solver, time_limit_s=time_limit_s, threads=threads)
     value = out.dual_bound
+    prices: tuple[float, ...] = ()
+    certified = None
+    if out.row_dual is not None and model.memory_row_epoch is not None:
+        from kvsched.bounds.certify import lagrangian_bound
+
+        # A <= row of a minimisation has a dual <= 0 in HiGHS; its price is the negation.
+        lam = np.zeros(int(model.memory_row_epoch.max(initial=0)))
+        mem = model.memory_row_epoch > 0
+        lam[model.memory_row_epoch[mem] - 1] = np.maximum(0.0, -out.row_dual[mem])
+        prices = tuple(float(v) for v in lam)
+        certified = lagrangian_bound(inst, prices)
     return LPResult(
         value=value,
         ceil_value=None if value is None else _ceil_bound(value),
@@ -285,4 +297,6 @@ def solve_lp(
         num_vars=model.num_vars,
         num_rows=model.num_rows,
         num_nonzeros=model.num_nonzeros,
+        memory_prices=prices,
+        certified_value=certified,
     )

@@ -51,6 +51,9 @@ class TimeIndexedModel:
     class_horizon: np.ndarray  # last start epoch per class
     class_first_col: np.ndarray  # first column of each class (length num_classes + 1)
     row_counts: dict[str, int]  # rows kept per kind, after empty rows are removed
+    # Epoch (>= 1) of each kept row that is a memory row, 0 for every other row: where the
+    # LP's memory duals become Lagrangian prices (`kvsched.bounds.certify`).
+    memory_row_epoch: np.ndarray | None = None
 
     @property
     def num_vars(self) -> int:
@@ -244,6 +247,8 @@ def build_model(
     }
     col_class = np.repeat(np.arange(n_cls, dtype=np.int64), ncols)
     col_time = (np.arange(num_vars, dtype=np.int64) - first_col[col_class]) + ca[col_class]
+    row_epoch = np.zeros(n_rows_full, dtype=np.int64)
+    row_epoch[mem_base:card_base] = np.arange(1, n_epochs + 1)
     return TimeIndexedModel(
         cost=col_time.astype(np.float64),
         offset=offset,
@@ -260,4 +265,5 @@ def build_model(
         class_horizon=ch,
         class_first_col=first_col,
         row_counts={k: int(v) for k, v in kinds.items()},
+        memory_row_epoch=row_epoch[used],
     )

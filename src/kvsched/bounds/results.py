@@ -62,12 +62,33 @@ class IPResult:
     row_counts: dict[str, int]
     options: IPOptions
     notes: tuple[str, ...] = field(default=())
+    formulation: str = "time-indexed"  # "time-indexed" (HiGHS) or "intervals" (CP-SAT)
+    # Who proved `lower_bound`: "highspy"/"scipy" (the MIP's dual bound), "cpsat",
+    # "closed-form" (volume/sum-output, recomputed by `certify.check_result`) or "caller".
+    lower_bound_solver: str = ""
+    # Each part of a combined answer (`hindsight.solve_hindsight(method="best")`).
+    parts: tuple[dict[str, object], ...] = field(default=())
+
+    def certificate(self) -> dict[str, object]:
+        """Where each end of the interval comes from; `kvsched.bounds.certify` re-checks it."""
+        upper_by = self.solver if self.incumbent_source == "solver" else self.incumbent_source
+        return {
+            "status": self.status,
+            "upper_bound": self.upper_bound,
+            "upper_bound_from": upper_by,
+            "lower_bound": self.lower_bound,
+            "lower_bound_source": self.lower_bound_source,
+            "lower_bound_solver": self.lower_bound_solver,
+            "proved_by": self.lower_bound_solver if self.status == "optimal" else None,
+        }
 
     def to_dict(self) -> dict[str, object]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "options"}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("options", "parts")}
         d["starts"] = None if self.starts is None else list(self.starts)
         d["notes"] = list(self.notes)
         d["options"] = self.options.to_dict()
+        d["parts"] = [dict(p) for p in self.parts]
+        d["certificate"] = self.certificate()
         return d
 
 
@@ -81,3 +102,8 @@ class LPResult:
     num_vars: int
     num_rows: int
     num_nonzeros: int
+    # Lagrangian certificate of the LP bound: a price per epoch on the memory rows (from
+    # the LP's duals) and the bound `kvsched.bounds.certify.lagrangian_bound` recomputes
+    # from them alone (valid for any prices >= 0; equal to the LP value up to tolerances).
+    memory_prices: tuple[float, ...] = ()  # index t-1 = epoch t
+    certified_value: float | None = None

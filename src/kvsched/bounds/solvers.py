@@ -80,6 +80,7 @@ class SolveOutcome:
     objective: float | None
     dual_bound: float | None  # proven lower bound (LP: the optimal value)
     solve_time_s: float
+    row_dual: np.ndarray | None = None  # LP row duals (highspy, LP solved to optimality)
 
 
 def _finite(v: float | None) -> float | None:
@@ -217,11 +218,14 @@ def _solve_highspy(
     has_primal = int(info.primal_solution_status) == 2  # kSolutionStatusFeasible
     x = np.asarray(h.getSolution().col_value, dtype=np.float64) if has_primal else None
     objective = _finite(info.objective_function_value) if has_primal else None
+    row_dual = None
     if integral:
         dual = _finite(info.mip_dual_bound)
     else:
         dual = objective if outcome == "optimal" else None
-    return SolveOutcome("highspy", outcome, h.modelStatusToString(ms), x, objective, dual, elapsed)
+        if outcome == "optimal" and int(info.dual_solution_status) == 2:
+            row_dual = np.asarray(h.getSolution().row_dual, dtype=np.float64)
+    return SolveOutcome("highspy", outcome, h.modelStatusToString(ms), x, objective, dual, elapsed, row_dual)
 
 
 def _solve_scipy(

@@ -121,9 +121,11 @@ def synthetic_instance(model: int, index: int, base_seed: int, scale: str = "pap
 
 
 def synthetic_instance_row(model: int, index: int, base_seed: int, time_limit_s: float,
-                           solve: bool = True, scale: str = "paper") -> dict:
-    """Everything the study stores for one instance (runs in a worker process)."""
-    from kvsched.bounds import solve_ip, volume_bound
+                           solve: bool = True, scale: str = "paper", method: str = "auto") -> dict:
+    """Everything the study stores for one instance (runs in a worker process).
+
+    `method` picks who solves the hindsight IP (`kvsched.bounds.hindsight.solve_hindsight`)."""
+    from kvsched.bounds import solve_hindsight, volume_bound
 
     inst = synthetic_instance(model, index, base_seed, scale)
     row: dict = {"model": model, "scale": scale, "index": index, "base_seed": base_seed, "capacity": inst.capacity,
@@ -137,11 +139,13 @@ def synthetic_instance_row(model: int, index: int, base_seed: int, time_limit_s:
         return row
     best = min((h for h in heuristics.values() if h[1] is not None), key=lambda h: h[0])
     t0 = time.perf_counter()
-    res = solve_ip(inst, incumbent_starts=best[1], time_limit_s=time_limit_s)
+    res = solve_hindsight(inst, method=method, incumbent_starts=best[1], time_limit_s=time_limit_s)
+    cert = res.certificate()
     row.update({
         "ip_status": res.status, "ip_upper": res.upper_bound, "ip_lower": res.lower_bound,
         "ip_lower_source": res.lower_bound_source, "ip_gap": res.gap, "ip_horizon": res.horizon,
         "ip_num_vars": res.num_vars, "ip_solve_time_s": time.perf_counter() - t0, "ip_solver": res.solver,
+        "ip_lower_solver": res.lower_bound_solver, "ip_upper_from": cert["upper_bound_from"],
     })
     mcsf = row["mcsf_tel"]
     row["ratio_lower"] = mcsf / res.upper_bound if res.upper_bound else float("nan")  # true ratio >= this
@@ -154,32 +158,37 @@ def synthetic_instance_row(model: int, index: int, base_seed: int, time_limit_s:
 
 def _synthetic_task(task: dict) -> dict:
     return synthetic_instance_row(task["model"], task["index"], task["base_seed"], task["time_limit_s"],
-                                  task["solve"], task["scale"])
+                                  task["solve"], task["scale"], task.get("method", "auto"))
 
 
 def synthetic_study(model: int, *, instances: int = 200, time_limit_s: float = 10.0, base_seed: int = 0,
                     jobs: int = 1, executor: Executor | None = None, out: Path | None = None,
                     progress: ProgressFn | None = None, solve: bool = True,
-                    scale: str = "paper") -> tuple[pd.DataFrame, dict]:
+                    scale: str = "paper", method: str = "auto") -> tuple[pd.DataFrame, dict]:
     """the MC-SF paper's studies: per-instance rows and the summary table beside the paper's numbers.
 
     scale="small" draws scaled-down instances (M 10-16, n 6-10 or 6-10 epochs, s 1-3)
     whose IPs close, so MC-SF's ratio to a *proven* optimum can be measured; it is not
     the paper's distribution and is labelled so in every output. With `out`, each solved
-    instance is saved under `out/cells/` and a re-run resumes from them."""
+    instance is saved under `out/cells/` and a re-run resumes from them. `method`: who
+    solves the hindsight IP ("auto", "highs", "cpsat", "best"; kvsched.bounds.hindsight)."""
+    from kvsched.bounds.hindsight import resolve_method
+
+    method = resolve_method(method)
     if model not in (1, 2):
         raise ValueError(f"arrival model must be 1 or 2, got {model}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     tasks = [{"study": "mcsf-synthetic", "model": model, "index": i, "base_seed": base_seed,
-              "time_limit_s": time_limit_s, "solve": solve, "scale": scale} for i in range(instances)]
+              "time_limit_s": time_limit_s, "solve": solve, "scale": scale, "method": method}
+             for i in range(instances)]
     rows = run_study(tasks, _synthetic_task, out=out, executor=executor, jobs=jobs, progress=progress)
     frame = rows_frame(rows, SYNTHETIC_COLUMNS)
     summary = summarize_synthetic(frame, model)
     summary["scale"] = scale
     config = {"study": "mcsf-synthetic", "model": model, "scale": scale, "instance_sizes": SCALES[scale][model] or
               "the MC-SF paper's studies", "instances": instances, "time_limit_s": time_limit_s, "base_seed": base_seed,
-              "solver_threads": 1}
+              "solver_threads": 1, "solver_method": method}
     _write(out, {"instances": frame}, config, summary)
     return frame, summary
 
@@ -194,6 +203,9 @@ def summarize_synthetic(frame: pd.DataFrame, model: int) -> dict:
     proven = frame[frame["proven_optimal"]]
     ratio = proven["mcsf_tel"] / proven["ip_upper"]
     out["proven_optimal"] = len(proven)
+    out["proven_share"] = len(proven) / len(frame) if len(frame) else None
+    if "ip_lower_solver" in frame:
+        out["proved_by"] = {str(k): int(v) for k, v in proven["ip_lower_solver"].value_counts().items()}
     out["proven"] = {
         "mean": float(ratio.mean()) if len(ratio) else None,
         "best": float(ratio.min()) if len(ratio) else None,

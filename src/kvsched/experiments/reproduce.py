@@ -51,6 +51,10 @@ class Context:
     jobs: int = 1
     executor: Executor | None = None
     progress: PartProgress | None = None
+    # Reproductions that solve the hindsight IP (mcsf-synthetic-*): the time limit per
+    # paper-size instance (None: the scale's own) and who solves it (kvsched.bounds.hindsight).
+    ip_time_limit_s: float | None = None
+    ip_solver: str = "auto"
 
     def study_dir(self, part: str = "study") -> Path:
         """The folder a study writes its own files and its resumable cells/ into."""
@@ -151,15 +155,22 @@ def get(name: str) -> Reproduction:
     return entries[name]
 
 
-def command(name: str, scale: str) -> str:
+def command(name: str, scale: str, ip_time_limit_s: float | None = None, ip_solver: str = "auto") -> str:
     """The command line that reproduces these numbers (--output, --jobs, --ray change none)."""
     flag = {"quick": " --quick", "full": " --full", "test": " --test-scale"}.get(scale, "")
+    if ip_time_limit_s is not None:
+        flag += f" --ip-time-limit {ip_time_limit_s:g}"
+    if ip_solver != "auto":
+        flag += f" --ip-solver {ip_solver}"
     return f"kvsched reproduce {name}{flag}"
 
 
 def reproduce(name: str, out: str | Path, *, scale: str = "default", jobs: int = 1, executor: Executor | None = None,
-              progress: PartProgress | None = None) -> Result:
-    """Run reproduction `name` into `out` (resuming what an earlier call left there)."""
+              progress: PartProgress | None = None, ip_time_limit_s: float | None = None,
+              ip_solver: str = "auto") -> Result:
+    """Run reproduction `name` into `out` (resuming what an earlier call left there).
+
+    `ip_time_limit_s` and `ip_solver` reach the reproductions that solve the hindsight IP."""
     entry = get(name)
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
@@ -169,11 +180,11 @@ def reproduce(name: str, out: str | Path, *, scale: str = "default", jobs: int =
     out.mkdir(parents=True, exist_ok=True)
     before = _num_cells(out)
     t0 = time.perf_counter()
-    findings = entry.run(Context(out, scale, jobs, executor, progress))
+    findings = entry.run(Context(out, scale, jobs, executor, progress, ip_time_limit_s, ip_solver))
     wall = time.perf_counter() - t0
     ran = _num_cells(out) - before
     result = Result(name, out, out / "report.md", findings, wall, ran, before)
-    write_outputs(entry, result, scale)
+    write_outputs(entry, result, scale, command(name, scale, ip_time_limit_s, ip_solver))
     return result
 
 
@@ -182,8 +193,9 @@ def _num_cells(out: Path) -> int:
 
 
 # --- writing ------------------------------------------------------------------------------------
-def write_outputs(entry: Reproduction, result: Result, scale: str) -> None:
-    """NAME.parquet (+ CSV), summary.json, config.json and report.md."""
+def write_outputs(entry: Reproduction, result: Result, scale: str, cmd: str | None = None) -> None:
+    """NAME.parquet (+ CSV), summary.json, config.json and report.md; `cmd` the command line run."""
+    cmd = cmd or command(entry.name, scale)
     out, f = result.out, result.findings
     f.table.to_parquet(out / f"{entry.name}.parquet", index=False)
     if len(f.table) <= CSV_MAX_ROWS:
@@ -195,16 +207,17 @@ def write_outputs(entry: Reproduction, result: Result, scale: str) -> None:
         "tasks": {"run": result.tasks_run, "reused_from_earlier_run": result.tasks_reused}})
     write_json(out / "config.json", {
         "reproduction": entry.name, "paper": f"arXiv {entry.paper}", "section": entry.section, "scale": scale,
-        "command": command(entry.name, scale), "kvsched_version": __version__, "settings": f.settings})
-    (out / "report.md").write_text(render_report(entry, result, scale))
+        "command": cmd, "kvsched_version": __version__, "settings": f.settings})
+    (out / "report.md").write_text(render_report(entry, result, scale, cmd))
 
 
-def render_report(entry: Reproduction, result: Result, scale: str) -> str:
+def render_report(entry: Reproduction, result: Result, scale: str, cmd: str | None = None) -> str:
     f = result.findings
+    cmd = cmd or command(entry.name, scale)
     lines = [f"# `{entry.name}`: {entry.description}", "",
              (f"Paper: {PAPERS[entry.paper]}, {entry.section}. kvsched's defaults where the paper is open: "
               "`docs/conventions.md`."), "",
-             "## What was run", "", f"```bash\n{command(entry.name, scale)}\n```", "",
+             "## What was run", "", f"```bash\n{cmd}\n```", "",
              f"- Scale: **{scale}** ({_scale_text(entry, scale)}).",
              f"- Runtime: {runtime_text(entry, scale)} for this scale; {_invocation_text(result)}.",
              ("- `--jobs N`, `--ray [ADDRESS]` and `--output DIR` change where and how fast it runs, "

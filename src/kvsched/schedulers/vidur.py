@@ -53,7 +53,11 @@ class _VidurBase(Scheduler):
     def _sync(self, view: View) -> None:
         self._queue.extend(view.arrived)
         if view.finished:
-            self._running = [r for r in self._running if not r.is_finished]
+            running = self._running
+            for r in view.finished:  # O(log n) each: running is sorted by arrival
+                i = bisect.bisect_left(running, _arrival_key(r), key=_arrival_key)
+                if i < len(running) and running[i] is r:
+                    del running[i]
             if self._queue and any(r.status is RequestStatus.ABORTED for r in view.finished):
                 # A client disconnect (online loop) may withdraw a queued request.
                 self._queue = deque(r for r in self._queue if not r.is_finished)
@@ -81,6 +85,8 @@ class _VidurBase(Scheduler):
 class VidurVLLMScheduler(_VidurBase):
     max_tokens_in_batch: int = 4096  # counted as len(batch) * max(prompt tokens)
 
+    uses_pool = True  # the decode-all step as a group (docs/architecture.md, Performance)
+
     def schedule(self, view: View) -> Decision:
         self._sync(view)
         free = view.num_free_blocks
@@ -100,7 +106,13 @@ class VidurVLLMScheduler(_VidurBase):
             free -= blocks_for(n + view.lookahead_tokens, view.block_size)
             max_len = max(max_len, n)
         if run:
-            return Decision(run)
+            return Decision(run)  # prefill only: the pool (if any) is paused
+        pool = view.pool
+        if pool is not None and pool.members:
+            decision = self._decode_pool(view, pool)
+            if decision is not None:
+                return decision
+            pool.flush()
         preempted: list[int] = []
         i = 0
         while i < len(self._running):
@@ -120,6 +132,32 @@ class VidurVLLMScheduler(_VidurBase):
         return Decision(run, tuple(preempted), 1 if preempted else STEADY)
 
 
+    def _decode_pool(self, view: View, pool) -> Decision | None:
+        """Decode every running request, the pool's members as a group: victims (latest
+        arrivals) are popped until the needs fit, which is the per-request pass's outcome
+        (needs only accumulate along its scan). None when a running request outside the
+        pool is not a plain decoder (the per-request pass then runs it as it always did)."""
+        needs: dict[int, int] = {}
+        for r in pool.outside_view.values():
+            if not r.is_decoding:
+                return None
+            needs[r.request_id] = view.blocks_needed(r, 1)
+        free = view.num_free_blocks
+        need_all = pool.num_new_blocks + sum(needs.values())
+        preempted: list[int] = []
+        while need_all > free:
+            vid = self._running[-1].request_id
+            if vid in pool.members:
+                need_all -= pool.num_new_blocks  # its own block (if it needed one) leaves with it
+                pool.leave(vid)
+                need_all += pool.num_new_blocks
+            else:
+                need_all -= needs.pop(vid)
+            free += self._restart_latest(view, preempted)[1]
+        run = dict.fromkeys(sorted(needs, key=lambda rid: _arrival_key(view.resident[rid])), 1)
+        return Decision(run, tuple(preempted), 1 if preempted else STEADY, pool=True)
+
+
 @SCHEDULERS.register("sarathi", "Sarathi-Serve (Vidur): decodes first, then prefill chunks within chunk_size")
 @dataclass(eq=False)
 class SarathiScheduler(_VidurBase):
@@ -130,8 +168,81 @@ class SarathiScheduler(_VidurBase):
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         super().__post_init__()
 
+    uses_pool = True  # decoders as a group (docs/architecture.md, Performance)
+
     def schedule(self, view: View) -> Decision:
         self._sync(view)
+        pool = view.pool
+        if pool is not None and pool.members:
+            decision = self._schedule_pool(view, pool)
+            if decision is not None:
+                return decision
+            pool.flush()
+        return self._schedule_each(view)
+
+    def _schedule_pool(self, view: View, pool) -> Decision | None:
+        """The per-request pass with every pool member decoding, in aggregate: members
+        need `pool.num_new_blocks`, the requests outside the pool are visited one by one,
+        and victims (the latest arrivals) are popped until the decoders' needs fit: the
+        per-request pass's outcome, since needs only accumulate along its scan."""
+        bs, la, held, cap = view.block_size, view.lookahead_tokens, view.block_counts, self.batch_size_cap
+        partial: list[Request] = []
+        decoders: dict[int, int] = {}  # outside decoders -> blocks needed
+        for r in pool.outside_view.values():
+            computed = r.num_computed_tokens
+            if r.num_output_tokens == 0 or r.prompt_len + r.num_output_tokens - computed > 1:
+                partial.append(r)
+            else:
+                decoders[r.request_id] = 1 if held.get(r.request_id, 0) * bs <= computed + la else 0
+        if len(pool.members) + len(decoders) > cap:
+            return None  # the cap cuts the decoders: the per-request pass decides who
+        partial.sort(key=_arrival_key)
+        free = view.num_free_blocks - sum(
+            blocks_for(r.num_tokens + la, bs) - held.get(r.request_id, 0) for r in partial
+        )
+        need_all = pool.num_new_blocks + sum(decoders.values())
+        preempted: list[int] = []
+        running = self._running
+        while need_all > free:
+            victim = running[-1]
+            vid = victim.request_id
+            if vid in pool.members:
+                need_all -= pool.num_new_blocks  # its own block (if it needed one) leaves with it
+                pool.leave(vid)
+                need_all += pool.num_new_blocks
+            elif vid in decoders:
+                need_all -= decoders.pop(vid)
+            victim, freed = self._restart_latest(view, preempted)
+            free += freed
+            if not victim.is_decoding:
+                free += blocks_for(victim.num_tokens + la, bs) - freed  # its reservation too
+                partial.remove(victim)
+        free -= need_all
+        run = dict.fromkeys(sorted(decoders, key=lambda rid: _arrival_key(view.resident[rid])), 1)
+        num_batch_tokens = len(pool.members) + len(run)
+        for r in partial:
+            n = min(r.num_tokens - r.num_computed_tokens, self.chunk_size - num_batch_tokens)
+            if n > 0:
+                run[r.request_id] = n
+                num_batch_tokens += n
+        admitted = False
+        num_members = len(pool.members)
+        while self._queue and len(running) < cap and len(run) + num_members < cap:
+            r = self._queue[0]
+            if not self._fits_with_watermark(r, free, view):
+                break
+            n = min(r.num_tokens, self.chunk_size - num_batch_tokens)
+            if n <= 0:
+                break
+            self._admit(r)
+            run[r.request_id] = n
+            num_batch_tokens += n
+            free -= blocks_for(r.num_tokens + la, bs)
+            admitted = True
+        steady = not preempted and not partial and not admitted and len(run) + num_members == len(running)
+        return Decision(run, tuple(preempted), STEADY if steady else 1, pool=True)
+
+    def _schedule_each(self, view: View) -> Decision:
         bs, la = view.block_size, view.lookahead_tokens
         # A partially prefilled request owns blocks for its whole prompt (Vidur allocates
         # them at admission); kvsched allocates per chunk, so keep the rest reserved.

@@ -60,9 +60,12 @@ class VLLMScheduler(Scheduler):
     # admission reuses cached full blocks and sizes the first chunk after them. On by
     # default as in vLLM (issue 17); the policies below turn it off for their papers' semantics.
     enable_prefix_caching: bool = True
-    _running: list[Request] = field(init=False, repr=False)
+    # Running requests by id, in admission order (insertion-ordered: a finish or a victim
+    # is removed in O(1), the FCFS victim is the last entry).
+    _running: dict[int, Request] = field(init=False, repr=False)
 
     clairvoyant = False  # a class attribute, not an option
+    uses_pool = True  # decoders as a group (docs/architecture.md, Performance)
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
@@ -75,7 +78,7 @@ class VLLMScheduler(Scheduler):
         if self.preemption not in ("recompute", "restart"):
             raise ValueError(f"preemption must be 'recompute' or 'restart', got {self.preemption!r}")
         self._waiting = self._make_queue()
-        self._running = []
+        self._running = {}
 
     def config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -99,25 +102,109 @@ class VLLMScheduler(Scheduler):
             self._waiting.add(r)
         if view.finished:
             aborted = set()
+            running = self._running
             for r in view.finished:
                 self._left(r)
+                running.pop(r.request_id, None)
                 if r.status is RequestStatus.ABORTED:  # a client disconnect (online loop)
                     aborted.add(r.request_id)
             if aborted:  # it may have been waiting: never run it
                 self._waiting.remove(aborted)
-            self._running = [r for r in self._running if not r.is_finished]
+        threshold = self.long_prefill_token_threshold
+        if self.threshold_needs_two and len(self._running) + len(self._waiting) <= 1:
+            threshold = 0
+        pool = view.pool
+        if pool is not None and pool.members:
+            decision = self._schedule_pool(view, pool, threshold)
+            if decision is not None:
+                return decision
+            pool.flush()  # phase 1 must look at every request: their exact state
+        return self._schedule_each(view, threshold)
+
+    def _schedule_pool(self, view: View, pool, threshold: int) -> Decision | None:
+        """Phase 1 with every pool member decoding, when that is exactly what the
+        per-request pass would do: the members come first in admission order (every
+        other running request is behind them), all fit in the budget and in free memory
+        (so no one is preempted). None otherwise."""
+        outside = pool.outside_view
+        running = self._running
+        num_members = len(running) - len(outside)
+        budget = self.max_num_batched_tokens - num_members
+        free = view.num_free_blocks - pool.num_new_blocks
+        if budget < 0:
+            return None
+        tail: list[Request] = []
+        if outside:
+            ids = reversed(running)
+            for _ in range(len(outside)):
+                rid = next(ids)
+                if rid not in outside:
+                    return None
+                tail.append(running[rid])
+            tail.reverse()
+        run: dict[int, int] = {}
+        needs: dict[int, int] = {}
+        steady = True
+        bs, held, la = view.block_size, view.block_counts, view.lookahead_tokens
+        need_all = 0
+        for r in tail:
+            if budget <= 0:
+                break
+            n = r.prompt_len + r.num_output_tokens - r.num_computed_tokens
+            if n > budget:  # noqa: PLR1730
+                n = budget
+            if threshold and n > threshold:
+                n = threshold
+            need = -(-(r.num_computed_tokens + n + la) // bs) - held.get(r.request_id, 0)
+            if need < 0:  # noqa: PLR1730
+                need = 0
+            run[r.request_id] = n
+            needs[r.request_id] = need
+            budget -= n
+            need_all += need
+            steady = steady and n == 1 and r.num_output_tokens > 0
+        if need_all <= free:
+            admitted = self._admit(view, run, budget, free - need_all, threshold)
+            repeat = STEADY if steady and not admitted and len(run) + num_members == len(running) else 1
+            return Decision(run, (), repeat, pool=True)
+        if self.policy != "fcfs" or len(run) < len(tail):
+            return None  # the per-request pass: victims by arrival, or a budget cut
+        # FCFS preemption: the per-request pass pops victims from the tail while the next
+        # request's blocks do not fit; its outcome is the fewest tail victims v with
+        # (needs of the others) <= free + (blocks the v victims free), whatever the order
+        # of the scan (needs only grow along it). Members popped leave the pool first.
+        preempted: list[int] = []
+        need_all += pool.num_new_blocks
+        free += pool.num_new_blocks
+        while need_all > free:
+            vid = next(reversed(running))
+            if vid in run:
+                need_all -= needs.pop(vid)
+                del run[vid]
+            else:
+                need_all -= pool.num_new_blocks  # its own block (if it needed one) leaves with it
+                pool.leave(vid)
+                need_all += pool.num_new_blocks
+            victim = running.pop(vid)
+            preempted.append(vid)
+            free += view.blocks_freed_by(vid)
+            self._waiting.add_front(victim)
+            self._left(victim)
+        if self.preemption == "restart":
+            return Decision(run, (), 1, restart=tuple(preempted), pool=True)
+        return Decision(run, tuple(preempted), 1, pool=True)
+
+    def _schedule_each(self, view: View, threshold: int) -> Decision:
         budget = self.max_num_batched_tokens
         free = view.num_free_blocks
         run: dict[int, int] = {}
         needs: dict[int, int] = {}
         preempted: list[int] = []
-        running = self._running
+        by_id = self._running
+        running = list(by_id.values())
         steady = True  # every scheduled request is a plain decode
         i = 0
         bs, held, la = view.block_size, view.block_counts, view.lookahead_tokens
-        threshold = self.long_prefill_token_threshold
-        if self.threshold_needs_two and len(running) + len(self._waiting) <= 1:
-            threshold = 0
         while i < len(running) and budget > 0:
             r = running[i]
             n = r.prompt_len + r.num_output_tokens - r.num_computed_tokens
@@ -134,6 +221,7 @@ class VLLMScheduler(Scheduler):
             while need > free:
                 victim = self._pick_victim(running)
                 vid = victim.request_id
+                del by_id[vid]
                 preempted.append(vid)
                 free += view.blocks_freed_by(vid)
                 if vid in run:  # PRIORITY policy may pick a request scheduled earlier
@@ -156,34 +244,41 @@ class VLLMScheduler(Scheduler):
 
         admitted = False
         if not preempted:
-            while len(self._waiting) and budget > 0 and len(running) < self.max_num_seqs:
-                r = self._waiting.peek()
-                # vLLM looks the prefix cache up before sizing the chunk.
-                n = r.num_tokens - r.num_computed_tokens - view.cached_tokens(r)
-                if threshold:
-                    n = min(n, threshold)
-                if not self.enable_chunked_prefill and n > budget:
-                    break
-                n = min(n, budget)
-                need = view.blocks_needed(r, n)
-                if self.reserve_full_sequence and view.blocks_needed(r, r.num_tokens - r.num_computed_tokens) > free:
-                    break
-                if need > free or not self._can_admit(r, view):
-                    break
-                self._waiting.pop()
-                running.append(r)
-                self._admitted(r)
-                run[r.request_id] = n
-                budget -= n
-                free -= need
-                admitted = True
+            admitted = self._admit(view, run, budget, free, threshold)
         # With nothing preempted or admitted and everyone decoding, the same decision
         # repeats until an arrival or a finish: admission stays blocked because free
         # memory only shrinks, and budget and max_num_seqs do not change.
-        repeat = STEADY if steady and not preempted and not admitted and len(run) == len(running) else 1
+        repeat = STEADY if steady and not preempted and not admitted and len(run) == len(by_id) else 1
         if self.preemption == "restart":
             return Decision(run, (), repeat, restart=tuple(preempted))
         return Decision(run, tuple(preempted), repeat)
+
+    def _admit(self, view: View, run: dict[int, int], budget: int, free: int, threshold: int) -> bool:
+        """Phase 2: admit waiting requests into `run`; whether any was admitted."""
+        admitted = False
+        running = self._running
+        while len(self._waiting) and budget > 0 and len(running) < self.max_num_seqs:
+            r = self._waiting.peek()
+            # vLLM looks the prefix cache up before sizing the chunk.
+            n = r.num_tokens - r.num_computed_tokens - view.cached_tokens(r)
+            if threshold:
+                n = min(n, threshold)
+            if not self.enable_chunked_prefill and n > budget:
+                break
+            n = min(n, budget)
+            need = view.blocks_needed(r, n)
+            if self.reserve_full_sequence and view.blocks_needed(r, r.num_tokens - r.num_computed_tokens) > free:
+                break
+            if need > free or not self._can_admit(r, view):
+                break
+            self._waiting.pop()
+            running[r.request_id] = r
+            self._admitted(r)
+            run[r.request_id] = n
+            budget -= n
+            free -= need
+            admitted = True
+        return admitted
 
     def _pick_victim(self, running: list[Request]) -> Request:
         if self.policy == "fcfs":

@@ -22,6 +22,13 @@ class SimBackend:
         self.cost_model = cost_model
         self.max_repeat = 1 << 30 if fast_forward else 1
 
+    @property
+    def supports_pool(self) -> bool:
+        """The decode pool may run members without listing them in `execute`'s batch: this
+        `execute` reads only the shape. A subclass that overrides it may read the batch, so
+        it gets every request in it."""
+        return type(self).execute is SimBackend.execute
+
     def execute(self, batch: Sequence[tuple[Request, int]], shape: BatchShape) -> float:
         return self.cost_model.step_time(shape)
 

@@ -37,11 +37,15 @@ def simulate(
     lookahead_tokens: int = 0,
     check_oracle: bool = False,
     prefix_caching: bool | None = None,
+    decode_pool: bool = True,
 ) -> Run:
     """Simulate `requests` under `scheduler`; the inputs are not mutated. `check_oracle`:
     a non-clairvoyant scheduler's reads of true output lengths raise (see `loop.run`).
     `prefix_caching`: automatic prefix caching in the KV model; None (default) follows the
-    scheduler's `enable_prefix_caching` (on for `vllm`, off for the other schedulers unless asked)."""
+    scheduler's `enable_prefix_caching` (on for `vllm`, off for the other schedulers unless asked).
+    `decode_pool`: advance decoding requests as a group for schedulers that opt in
+    (`kvsched.pool`); False visits every request every step, with the same results (kept
+    for tests and benchmarks)."""
     if prefix_caching is None:
         prefix_caching = bool(getattr(scheduler, "enable_prefix_caching", False))
     elif prefix_caching and not hasattr(scheduler, "enable_prefix_caching"):
@@ -51,7 +55,8 @@ def simulate(
                          "enable_prefix_caching option do: vllm, sjf, srpt, fcfs-static)")
     kv = make_kv_cache(capacity_tokens, block_size, prefix_caching=prefix_caching)
     return run(requests, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv, progress=progress,
-               max_steps=max_steps, lookahead_tokens=lookahead_tokens, check_oracle=check_oracle)
+               max_steps=max_steps, lookahead_tokens=lookahead_tokens, check_oracle=check_oracle,
+               decode_pool=decode_pool)
 
 
 def simulate_theory(

@@ -1,0 +1,233 @@
+"""The decode pool (kvsched.pool) against the per-request path: same requests, same steps.
+
+Every scheduler that opts in (`uses_pool`) is run twice on the same workload, once with
+`decode_pool=False` (every request visited every step) and once with the pool, and the
+two runs must agree exactly: every request field (times, counters, attempt log, KV
+area), every column of the steps table and the end time. Workloads are random
+(hypothesis, small KV capacities so that preemptions and restarts happen) and slices of
+the shipped traces, with and without prefix caching and lookahead slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvsched.kvcache import make_kv_cache
+from kvsched.loop import _Loop
+from kvsched.registry import COST_MODELS, SCHEDULERS
+from kvsched.request import Request
+from kvsched.sim.backend import SimBackend
+from kvsched.sim.cost import AffinePrefillCost
+from kvsched.traces import load_trace, scale_rate
+
+COST = AffinePrefillCost(d0_s=0.01, d1_s_per_token=1e-4, d2_s_per_prefill_token=1e-3)
+FIELDS = [f.name for f in dataclasses.fields(Request)]
+
+# (registry name, options, supports prefix caching)
+POOL_SCHEDULERS = [
+    ("vllm", {}, True),
+    ("vllm", {"policy": "priority"}, True),
+    ("vllm", {"preemption": "restart"}, True),
+    ("vllm", {"max_num_batched_tokens": 64, "max_num_seqs": 24, "long_prefill_token_threshold": 24}, True),
+    ("vllm", {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192}, True),
+    ("sjf", {"key": "remaining"}, True),
+    ("fcfs-static", {"predictor": "predicted"}, True),
+    ("sarathi", {"chunk_size": 64, "batch_size_cap": 8}, False),
+    ("sarathi", {}, False),
+    ("vidur-vllm", {}, False),
+    ("vidur-vllm", {"batch_size_cap": 6, "max_tokens_in_batch": 2048}, False),
+]
+
+
+def run_both(reqs, name, options, *, capacity, block_size, lookahead=0, prefix_caching=False, cost=COST,
+             check_oracle=False):
+    """(old run, pool run, pool counter at the end): both loops on copies of `reqs`."""
+    out = []
+    for pool in (False, True):
+        reqs_in = sorted((r.copy_fresh() for r in reqs), key=lambda r: (r.arrival_time, r.request_id))
+        kv = make_kv_cache(capacity, block_size, prefix_caching=prefix_caching)
+        loop = _Loop(reqs_in, SCHEDULERS.create(name, **options), SimBackend(cost), kv, None, 2048, 100_000,
+                     lookahead, check_oracle, pool)
+        out.append((loop.run(), loop.pool))
+    (old, _), (new, pool) = out
+    return old, new, pool
+
+
+def assert_same(old, new):
+    assert new.end_time == old.end_time
+    for col, values in old.steps.items():
+        assert new.steps[col] == values, col
+    assert len(new.requests) == len(old.requests)
+    for a, b in zip(old.requests, new.requests, strict=True):
+        for f in FIELDS:
+            assert getattr(b, f) == getattr(a, f), (a.request_id, f)
+
+
+def with_short_predictions(reqs):
+    """Predictions of about half the true length: fcfs-static then preempts too."""
+    return [Request(r.request_id, r.arrival_time, r.prompt_len, r.output_len, predicted_output_len=r.output_len // 2 + 1,
+                    prefix_block_ids=r.prefix_block_ids, prefix_block_size=r.prefix_block_size) for r in reqs]
+
+
+@st.composite
+def workloads(draw):
+    n = draw(st.integers(1, 30))
+    docs = draw(st.integers(1, 3))
+    reqs = []
+    for i in range(n):
+        prompt = draw(st.integers(1, 120))
+        output = draw(st.integers(1, 80))
+        ids = None
+        if draw(st.booleans()):  # a shared document prefix, maybe covering part of the output
+            doc = draw(st.integers(0, docs - 1))
+            ids = tuple(1000 * doc + k for k in range(draw(st.integers(1, (prompt + output) // 8 + 1))))
+        reqs.append(Request(i, draw(st.integers(0, 40)) / 8, prompt, output,
+                            predicted_output_len=draw(st.integers(1, 100)),
+                            prefix_block_ids=ids, prefix_block_size=8 if ids else 0))
+    return reqs
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=workloads(),
+    which=st.integers(0, len(POOL_SCHEDULERS) - 1),
+    block_size=st.sampled_from([1, 4, 8, 16]),
+    capacity_blocks=st.integers(14, 60),
+    lookahead=st.integers(0, 2),
+    prefix_caching=st.booleans(),
+    check_oracle=st.booleans(),
+)
+def test_pool_equals_per_request_path_on_random_workloads(reqs, which, block_size, capacity_blocks, lookahead,
+                                                          prefix_caching, check_oracle):
+    name, options, apc = POOL_SCHEDULERS[which]
+    capacity = max(capacity_blocks * block_size, 208)  # a few requests at once: preemption pressure
+    old, new, _ = run_both(reqs, name, options, capacity=capacity, block_size=block_size, lookahead=lookahead,
+                           prefix_caching=prefix_caching and apc, check_oracle=check_oracle)
+    assert_same(old, new)
+
+
+@pytest.mark.parametrize(("name", "options", "apc"), POOL_SCHEDULERS)
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_pool_equals_per_request_path_on_a_trace_slice(name, options, apc, prefix_caching):
+    if prefix_caching and not apc:
+        pytest.skip("no prefix caching for this scheduler")
+    # 600 Azure conversation requests at 4x their rate into a small cache: hundreds of
+    # preemptions, and long decode runs that the pool advances as a group.
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:600], 4.0))
+    old, new, pool = run_both(reqs, name, options, capacity=8_000, block_size=16,
+                              prefix_caching=prefix_caching, cost=COST_MODELS.create("llama2-7b-a100"))
+    assert_same(old, new)
+    assert sum(r.num_evictions for r in old.requests) > 0  # the slice does exercise preemption
+    assert pool is not None and pool.t > 0  # and the pool did run
+
+
+@pytest.mark.parametrize("name", ["vllm", "sarathi"])
+def test_pool_feeds_skew_aware_cost_models_the_same_decode_lengths(name):
+    """LLMServingSim's skew correction reads the longest and shortest decode KV of a step:
+    the pool gives them from its heaps, the per-request path from its scan."""
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:300], 4.0))
+    old, new, pool = run_both(reqs, name, {}, capacity=8_000, block_size=16,
+                              cost=COST_MODELS.create("llama3.1-8b-rtxpro6000"))
+    assert_same(old, new)
+    assert pool.t > 0
+
+
+def test_pool_with_shared_prefixes_from_a_trace():
+    """Mooncake's conversation prefix ids (shared documents): hits, evictions and the pool together."""
+    reqs = load_trace("mooncake-conv")[:300]
+    old, new, pool = run_both(reqs, "vllm", {}, capacity=30_000, block_size=16, prefix_caching=True,
+                              cost=COST_MODELS.create("llama2-7b-a100"))
+    assert_same(old, new)
+    assert sum(r.num_cached_tokens for r in old.requests) > 0
+    assert pool.t > 0
+
+
+def test_a_scheduler_that_does_not_opt_in_gets_no_pool():
+    reqs = [Request(i, 0.0, 10, 5, predicted_output_len=5) for i in range(4)]
+    old, new, pool = run_both(reqs, "mcsf", {}, capacity=400, block_size=4)
+    assert pool is None
+    assert_same(old, new)
+
+
+# --- the packed tables ----------------------------------------------------------------------
+
+
+class _Recorder:
+    """Wraps a scheduler and keeps every finished request object the loop reports."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.seen = inner, {}
+        self.uses_pool, self.clairvoyant = inner.uses_pool, inner.clairvoyant
+
+    def schedule(self, view):
+        for r in view.finished:
+            self.seen[r.request_id] = r
+        return self.inner.schedule(view)
+
+
+def test_packed_requests_equal_the_live_objects():
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:300], 4.0))
+    rec = _Recorder(SCHEDULERS.create("vllm"))
+    kv = make_kv_cache(8_000, 16)
+    res = _Loop(sorted(reqs, key=lambda r: (r.arrival_time, r.request_id)), rec,
+                SimBackend(COST_MODELS.create("llama2-7b-a100")), kv, None, 2048, None).run()
+    rebuilt = list(res.requests)
+    assert [r.request_id for r in rebuilt] == [r.request_id for r in sorted(reqs, key=lambda r: r.arrival_time)]
+    assert sum(r.num_evictions for r in rebuilt) > 0
+    for r in rebuilt:
+        live = rec.seen.get(r.request_id)
+        if live is None:  # finished in the last step: never reported to the scheduler
+            assert r.finish_time == res.end_time
+            continue
+        for f in FIELDS:
+            assert getattr(r, f) == getattr(live, f), (r.request_id, f)
+    assert res.requests[-1].request_id == rebuilt[-1].request_id and len(res.requests[:3]) == 3
+
+
+def test_step_table_widens_and_reads_back_exactly():
+    from kvsched.loop import STEP_COLUMNS, StepTable
+
+    t = StepTable()
+    t.append_row(tuple(range(12)), (0.1, 0.2, 0.3))
+    t.append_row((2**40, *range(11)), (1e-9, 2.5, 1e300))
+    assert t.num_rows == 2 and list(t) == list(STEP_COLUMNS)
+    assert t["step"] == [0, 2**40] and t["num_finished"] == [11, 10]
+    assert t["start_time"] == [0.1, 1e-9] and t["kv_token_seconds"] == [0.3, 1e300]
+    assert all(type(v) is int for v in t["kv_used_tokens"])
+
+
+def test_requests_frame_from_the_packed_arrays_equals_the_one_from_objects():
+    import pandas as pd
+
+    from kvsched import metrics
+    from kvsched.loop import Run
+
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:400], 4.0))
+    _old, new, _ = run_both(reqs, "vllm", {"preemption": "restart"}, capacity=3_000, block_size=16,
+                           cost=COST_MODELS.create("llama2-7b-a100"))
+    assert any(r.reject_reason for r in new.requests) and any(r.num_restarts for r in new.requests)
+    objects = Run(list(new.requests), new.steps, new.capacity_tokens, new.block_size, new.num_blocks, new.end_time)
+    pd.testing.assert_frame_equal(metrics.requests_frame(new), metrics.requests_frame(objects))
+    assert metrics.summarize(new) == metrics.summarize(objects) or str(metrics.summarize(new)) == str(
+        metrics.summarize(objects))  # NaN != NaN: compare the printed values then
+
+
+def test_request_table_grows_with_its_input_list():
+    from kvsched.request import RequestStatus
+    from kvsched.request_table import RequestTable
+
+    inputs = [Request(0, 0.0, 10, 3)]
+    table = RequestTable(inputs)
+    inputs.append(Request(7, 1.0, 5, 2))  # a driver that appends arrivals while the loop runs
+    late = inputs[1].copy_fresh()
+    late.status, late.finish_time, late.attempts = RequestStatus.FINISHED, 4.5, [(3, 2, "finish")]
+    table.pack(1, late)
+    got = table[1]
+    assert (got.request_id, got.status, got.finish_time, got.attempts) == (7, RequestStatus.FINISHED, 4.5,
+                                                                           [(3, 2, "finish")])
+    with pytest.raises(RuntimeError, match="has not left the run"):
+        table[0]
