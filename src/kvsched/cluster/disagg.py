@@ -76,14 +76,26 @@ def prefill_part(r: Request) -> Request:
                    r.predicted_output_interval, r.prefix_block_ids, r.prefix_block_size)
 
 
+class Prefilled(Request):
+    """A request whose prompt was computed elsewhere and whose first token was emitted.
+    The loop copies every request when it arrives (`copy_fresh`); the copy of this one keeps
+    that progress."""
+
+    __slots__ = ()
+
+    def copy_fresh(self) -> Prefilled:
+        d = Prefilled(self.request_id, self.arrival_time, self.prompt_len, self.output_len, self.predicted_output_len,
+                      self.predicted_output_interval)
+        d.num_computed_tokens = self.prompt_len
+        d.num_output_tokens = 1
+        return d
+
+
 def decode_part(r: Request, arrival_time: float) -> Request:
     """What a decode replica receives at `arrival_time`: the prompt's KV computed and the
     first output token emitted; output_len - 1 tokens left to generate."""
-    d = Request(r.request_id, arrival_time, r.prompt_len, r.output_len, r.predicted_output_len,
-                r.predicted_output_interval)
-    d.num_computed_tokens = r.prompt_len
-    d.num_output_tokens = 1
-    return d
+    return Prefilled(r.request_id, arrival_time, r.prompt_len, r.output_len, r.predicted_output_len,
+                     r.predicted_output_interval).copy_fresh()
 
 
 def merged_record(original: Request, pre: Request, dec: Request | None) -> Request:

@@ -14,8 +14,10 @@ So a replica that receives every request behaves exactly as `loop.run` on the sa
 or random routing, which read no replica state) equals `loop.run` on its share of the trace.
 
 This drives the loop through its internals (`reqs`, `next_arrival`, `_admit_arrivals`,
-`_schedule_and_apply`, `waiting`, `resident`, `now`, `num_done`, `finished`), the same two
-operations `run` and `OnlineLoop` share; the 1-replica equality test guards that contract.
+`_schedule_and_apply`, `waiting`, `resident`, `now`, `num_done`, `finished`, `table`,
+`steps`), the same two operations `run` and `OnlineLoop` share; the loop's request list
+may grow while it runs (its `RequestTable` grows with it). The 1-replica equality test
+guards that contract.
 The next arrival is announced by a placeholder at the end of the loop's request list, which
 the loop reads like any request (only its `arrival_time`) and never admits.
 """
@@ -49,12 +51,12 @@ class Replica:
 
     def __init__(self, index: int, scheduler: Scheduler, backend: Backend, kv: KVCache, *,
                  lookahead_tokens: int = 0, check_oracle: bool = False, max_steps: int | None = None,
-                 role: str = "mixed") -> None:
+                 role: str = "mixed", decode_pool: bool = True) -> None:
         self.index = index
         self.role = role
         self.scheduler = scheduler
         self.max_steps = max_steps
-        self.loop = _Loop([], scheduler, backend, kv, None, 0, max_steps, lookahead_tokens, check_oracle)
+        self.loop = _Loop([], scheduler, backend, kv, None, 0, max_steps, lookahead_tokens, check_oracle, decode_pool)
         # Called with the requests each step finished (the disaggregated coordinator hands
         # prefilled requests to the decode pool); None: nobody listens.
         self.on_finish: Callable[[list[Request]], None] | None = None
@@ -106,8 +108,9 @@ class Replica:
                                   f"{len(loop.reqs) - loop.num_done} requests unfinished")
 
     def result(self) -> Run:
+        """The replica's Run (after `drain`): its requests packed in the loop's RequestTable."""
         loop, kv = self.loop, self.loop.kv
-        return Run(loop.reqs, loop.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, loop.now)
+        return Run(loop.table, loop.steps, kv.capacity_tokens, kv.block_size, kv.num_blocks, loop.now)
 
     # --- what routers read -------------------------------------------------------------
     @property

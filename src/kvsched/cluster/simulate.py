@@ -94,6 +94,7 @@ def simulate_cluster(
     check_oracle: bool = False,
     prefix_caching: bool | None = None,
     disaggregation: Disaggregation | None = None,
+    decode_pool: bool = True,
 ) -> ClusterRun:
     """Simulate `requests` (copied, never mutated) on a cluster.
 
@@ -105,7 +106,8 @@ def simulate_cluster(
     read it as published every router_refresh_s seconds plus their own routing since
     (`routers.ClusterView`).
     seed: seeds the router's generator (random and power-of-two choices).
-    The other arguments are `kvsched.sim.simulate`'s, for every replica."""
+    The other arguments are `kvsched.sim.simulate`'s, for every replica (`decode_pool`
+    included)."""
     if lookahead_tokens < 0:
         raise ValueError(f"lookahead_tokens must be >= 0, got {lookahead_tokens}")
     reqs = sorted(requests, key=lambda r: (r.arrival_time, r.request_id))
@@ -121,7 +123,8 @@ def simulate_cluster(
         apc = _prefix_caching(scheduler, prefix_caching) and role != "decode"
         kv = make_kv_cache(capacity, block_size, prefix_caching=apc)
         return Replica(index, scheduler, SimBackend(cost_model, fast_forward=fast_forward), kv,
-                       lookahead_tokens=lookahead_tokens, check_oracle=check_oracle, max_steps=max_steps, role=role)
+                       lookahead_tokens=lookahead_tokens, check_oracle=check_oracle, max_steps=max_steps, role=role,
+                       decode_pool=decode_pool)
 
     if disaggregation is None:
         if num_replicas < 1:
