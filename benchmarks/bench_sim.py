@@ -19,7 +19,11 @@ reported as the ratio old / new. Both paths must give the same run (checked here
 3. batch        Wall time per loop iteration against the batch size: vllm with
                 max_num_seqs = 16, 64, 256 running and 1,000 / 10,000 requests waiting,
                 old and new path. The new path should be flat in the batch size.
-4. queue        Wall time per loop iteration with 1k, 10k and 100k requests waiting
+4. apc          The prefix-caching KV model: azure-conv x1 under vllm (decode pool on),
+                own block keys registered lazily (the default) against eagerly
+                (`PrefixCachingKVCache(lazy_own_keys=False)`) and prefix caching off, in
+                CPU seconds (`time.process_time`), interleaved; the same run is checked.
+5. queue        Wall time per loop iteration with 1k, 10k and 100k requests waiting
                 (vllm, sarathi, vidur-vllm, sjf, fcfs-static; new path): O(1) in the queue.
 
 All timings are `time.perf_counter` wall times of `kvsched.sim.simulate` (workload
@@ -46,9 +50,12 @@ import kvsched
 import kvsched.schedulers
 import kvsched.sim.cost
 from kvsched.decision import Decision, Scheduler, View
+from kvsched.kvcache import KVCache, PrefixCachingKVCache
+from kvsched.loop import run
 from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.sim import simulate
+from kvsched.sim.backend import SimBackend
 from kvsched.traces import load_trace, parse_synthetic, requests_from_arrays, scale_rate
 
 HERE = Path(__file__).resolve().parent
@@ -164,6 +171,47 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
             last.clear()
             gc.collect()
     return out
+
+
+# --- 4. the prefix-caching KV model --------------------------------------------------------
+APC_KINDS = ("lazy", "eager", "off")
+
+
+def apc_kv(kind: str):
+    if kind == "off":
+        return KVCache(CAPACITY_TOKENS, BLOCK_SIZE)
+    return PrefixCachingKVCache(CAPACITY_TOKENS, BLOCK_SIZE, lazy_own_keys=kind == "lazy")
+
+
+def bench_apc(repeats: int, log) -> dict:
+    reqs = load_trace("azure-conv")
+    cpu: dict[str, list[float]] = {k: [] for k in APC_KINDS}
+    last: dict[str, object] = {}
+    for i in range(repeats):
+        for kind in (APC_KINDS if i % 2 == 0 else APC_KINDS[::-1]):
+            last.pop(kind, None)
+            gc.collect()
+            t = time.process_time()
+            res = run(reqs, SCHEDULERS.create("vllm"), SimBackend(cost_model()), apc_kv(kind))
+            cpu[kind].append(time.process_time() - t)
+            last[kind] = res
+            del res
+    best = {k: min(v) for k, v in cpu.items()}
+    row = {"scheduler": "vllm", "trace": "azure-conv", "cpu_s": best, "cpu_s_all": cpu, "repeats": repeats,
+           "eager_over_lazy": best["eager"] / best["lazy"], "lazy_over_off": best["lazy"] / best["off"],
+           "same_results": same_run(last["eager"], last["lazy"])}
+    log(f"apc azure-conv x1 vllm CPU: lazy {best['lazy']:.2f} s, eager {best['eager']:.2f} s, off {best['off']:.2f} s; "
+        f"same results (lazy vs eager): {row['same_results']}")
+    return row
+
+
+def apc_table(a: dict) -> Table:
+    c = a["cpu_s"]
+    return (f"Prefix-caching KV model, azure-conv x1, vllm, CPU s (best of {a['repeats']})",
+            ["lazy own keys", "eager keys", "APC off", "eager / lazy", "lazy / off", "same run"],
+            [[f"{c['lazy']:.2f}", f"{c['eager']:.2f}", f"{c['off']:.2f}", f"{a['eager_over_lazy']:.2f}x",
+              f"{a['lazy_over_off']:.2f}x", str(a["same_results"])]],
+            "lazy = PrefixCachingKVCache default; eager = lazy_own_keys=False (the previous model); off = KVCache")
 
 
 # --- 2. a large synthetic workload ---------------------------------------------------------
@@ -482,6 +530,8 @@ def print_tables(results: dict) -> None:
         tables.append(batch_table(results["batch"]))
     if results.get("queue"):
         tables.append(queue_table(results["queue"]))
+    if results.get("apc"):
+        tables.append(apc_table(results["apc"]))
     try:
         from rich.console import Console
         from rich.table import Table as RichTable
@@ -531,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats, 100k synthetic requests (extrapolated)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
-    p.add_argument("--only", choices=("azure", "synthetic", "batch", "queue"), action="append",
+    p.add_argument("--only", choices=("azure", "synthetic", "batch", "queue", "apc"), action="append",
                    help="run only this part (repeatable)")
     p.add_argument("--child-synthetic", type=int, help=argparse.SUPPRESS)
     p.add_argument("--old", action="store_true", help=argparse.SUPPRESS)
@@ -539,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_synthetic:
         print(json.dumps(synthetic_child(args.child_synthetic, not args.old)))
         return 0
-    parts = args.only or ["azure", "synthetic", "batch", "queue"]
+    parts = args.only or ["azure", "synthetic", "batch", "queue", "apc"]
     t_all = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -557,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         results["batch"] = bench_batch(1 if args.quick else 2, log)
     if "azure" in parts:
         results["azure"] = bench_azure(2 if args.quick else 3, 2, log)
+    if "apc" in parts:
+        results["apc"] = bench_apc(2 if args.quick else 3, log)
     if "synthetic" in parts:  # child processes: this one's heap does not count
         results["synthetic"] = bench_synthetic(SYNTH_N_QUICK if args.quick else SYNTH_N_FULL, log)
     results["total_wall_s"] = time.perf_counter() - t_all

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvsched.kvcache import make_kv_cache
+from kvsched.kvcache import PrefixCachingKVCache, make_kv_cache
 from kvsched.loop import _Loop
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request
@@ -144,6 +144,95 @@ def test_pool_with_shared_prefixes_from_a_trace():
     assert_same(old, new)
     assert sum(r.num_cached_tokens for r in old.requests) > 0
     assert pool.t > 0
+
+
+# --- lazily keyed own blocks (PrefixCachingKVCache.lazy_own_keys) against eager keys ----------
+
+
+class _CheckedKV(PrefixCachingKVCache):
+    """Invariants after every mutation (its type keeps the loop on the per-request path)."""
+
+    __slots__ = ()
+
+    def allocate_many(self, totals, num_new_blocks):
+        PrefixCachingKVCache.allocate_many(self, totals, num_new_blocks)
+        self.check()
+
+    def free(self, request_id):
+        PrefixCachingKVCache.free(self, request_id)
+        self.check()
+
+
+def run_lazy_and_eager(reqs, name, options, *, capacity, block_size, lookahead=0, pool=False, checked=False,
+                       cost=COST):
+    """(eager run, lazy run, eager KV, lazy KV) on copies of `reqs`."""
+    out = []
+    for lazy in (False, True):
+        reqs_in = sorted((r.copy_fresh() for r in reqs), key=lambda r: (r.arrival_time, r.request_id))
+        cls = _CheckedKV if checked and lazy else PrefixCachingKVCache
+        kv = cls(capacity, block_size, lookahead_tokens=lookahead, lazy_own_keys=lazy)
+        loop = _Loop(reqs_in, SCHEDULERS.create(name, **options), SimBackend(cost), kv, None, 2048, 100_000,
+                     lookahead, False, pool)
+        out.append((loop.run(), kv))
+    (eager, kv_eager), (lazy, kv_lazy) = out
+    return eager, lazy, kv_eager, kv_lazy
+
+
+def assert_same_kv(a, b):
+    """Same block pool: free queue (block ids, LRU order), evictions, findable blocks, usage."""
+    assert b.free_queue() == a.free_queue()
+    assert b.num_evicted_blocks == a.num_evicted_blocks
+    assert b.num_cached_blocks == a.num_cached_blocks
+    assert (b.num_free_blocks, b.num_used_tokens) == (a.num_free_blocks, a.num_used_tokens)
+
+
+APC_SCHEDULERS = [(n, o) for n, o, apc in POOL_SCHEDULERS if apc]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=workloads(),
+    which=st.integers(0, len(APC_SCHEDULERS) - 1),
+    block_size=st.sampled_from([1, 4, 8, 16]),
+    capacity_blocks=st.integers(14, 60),
+    lookahead=st.integers(0, 2),
+    pool=st.booleans(),
+    drop_ids=st.booleans(),
+)
+def test_lazy_own_keys_equal_eager_keys_on_random_workloads(reqs, which, block_size, capacity_blocks, lookahead,
+                                                            pool, drop_ids):
+    """Preemption pressure, requests with and without prefix ids (all without when
+    `drop_ids`): the lazy KV model must give the same requests, steps and block pool."""
+    if drop_ids:
+        reqs = [Request(r.request_id, r.arrival_time, r.prompt_len, r.output_len,
+                        predicted_output_len=r.predicted_output_len) for r in reqs]
+    name, options = APC_SCHEDULERS[which]
+    capacity = max(capacity_blocks * block_size, 208)
+    eager, lazy, kv_eager, kv_lazy = run_lazy_and_eager(reqs, name, options, capacity=capacity,
+                                                        block_size=block_size, lookahead=lookahead, pool=pool,
+                                                        checked=not pool)
+    assert_same(eager, lazy)
+    assert_same_kv(kv_eager, kv_lazy)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_lazy_own_keys_equal_eager_keys_on_trace_slices(pool):
+    """Azure (no prefix ids, hundreds of preemptions and re-admission hits) and Mooncake (shared ids)."""
+    cost = COST_MODELS.create("llama2-7b-a100")
+    azure = with_short_predictions(scale_rate(load_trace("azure-conv")[:600], 4.0))
+    eager, lazy, kv_eager, kv_lazy = run_lazy_and_eager(azure, "vllm", {}, capacity=8_000, block_size=16,
+                                                        pool=pool, cost=cost)
+    assert_same(eager, lazy)
+    assert_same_kv(kv_eager, kv_lazy)
+    assert sum(r.num_evictions for r in eager.requests) > 0
+    assert sum(r.num_reused_tokens for r in eager.requests) > 0  # re-admissions hit their own blocks
+    assert kv_eager.num_evicted_blocks > 0
+    mooncake = load_trace("mooncake-conv")[:300]
+    eager, lazy, kv_eager, kv_lazy = run_lazy_and_eager(mooncake, "vllm", {}, capacity=30_000, block_size=16,
+                                                        pool=pool, cost=cost)
+    assert_same(eager, lazy)
+    assert_same_kv(kv_eager, kv_lazy)
+    assert sum(r.num_cached_tokens for r in eager.requests) > 0
 
 
 def test_a_scheduler_that_does_not_opt_in_gets_no_pool():

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from kvsched.request import RequestStatus
+
 
 class KVCapacityError(RuntimeError):
     """An allocation that does not fit: always a scheduler bug, never silently clipped."""
@@ -162,6 +164,19 @@ class KVCache:
 # --- automatic prefix caching (vLLM v1's block pool) ---------------------------------------
 
 
+class _Dead:
+    """The key of a free block a finished request filled with its own tokens: cached in the
+    eager model, but no lookup can ever ask for it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEAD"
+
+
+DEAD = _Dead()
+
+
 def block_key(request, j: int, block_size: int):
     """The identity of full block `j` (tokens [j*bs, (j+1)*bs)) of `request`, chained.
 
@@ -195,6 +210,17 @@ class PrefixCachingKVCache(KVCache):
     always computed); `admit` makes a request hold them before its first allocation.
     Two requests computing the same block at once both keep their copy, but only the
     first registered is findable (vLLM keeps both findable).
+
+    Own keys are registered lazily (`lazy_own_keys`, the default): a block keyed by the
+    request's own id (past its `prefix_block_ids`) can only be hit by the same request
+    after a preemption, so while a request that never held KV before is resident its own
+    blocks are only counted; they enter the key map when it is preempted or restarted
+    (exactly the keys eager registration would hold: no copy of its own keys can exist
+    before), and when it finishes they go to the free queue under the `DEAD` key, which
+    nothing can look up but which keeps their place in LRU order and their eviction
+    count. That makes a prefill and a finish O(blocks) list work without building or
+    hashing a key per block. `lazy_own_keys=False` is the eager path, kept for the test
+    that runs both.
     """
 
     prefix_caching = True
@@ -211,6 +237,17 @@ class PrefixCachingKVCache(KVCache):
     _reqs: dict = field(init=False, default_factory=dict)  # request id -> Request (for block keys)
     _num_keyed: dict[int, int] = field(init=False, default_factory=dict)  # request -> blocks registered
     num_evicted_blocks: int = field(init=False, default=0)
+    lazy_own_keys: bool = True
+    # Requests whose own keys are registered lazily now (resident, first residency) -> the
+    # index of their first own block; `_num_hidden`: lazily keyed blocks, held or DEAD in
+    # the queue (findable in the eager path, counted by num_cached_blocks).
+    _lazy: dict[int, int] = field(init=False, default_factory=dict)
+    _had_kv: set = field(init=False, default_factory=set)  # requests that held KV before
+    _num_hidden: int = field(init=False, default=0)
+    # Lazy mode: lookups memoised per waiting request, valid while the key map is unchanged
+    # (`_version` moves whenever a key may have been added or removed).
+    _version: int = field(init=False, default=0)
+    _memo: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         KVCache.__post_init__(self)
@@ -255,13 +292,29 @@ class PrefixCachingKVCache(KVCache):
     @property
     def num_cached_blocks(self) -> int:
         """Blocks findable by key (held or free)."""
-        return len(self._cached)
+        return len(self._cached) + self._num_hidden
 
     def lookup(self, request) -> list[int]:
         """The cached blocks a request with no KV would reuse: the longest run of its full
         blocks found by key, covering at most `num_tokens - 1` tokens."""
         cached, bs = self._cached, self.block_size
         out: list[int] = []
+        if self.lazy_own_keys:
+            rid = request.request_id
+            if not request.prefix_block_ids and rid not in self._had_kv:
+                return out  # only its own keys, and none can exist yet
+            got = self._memo.get(rid)
+            if got is not None and got[0] == self._version and got[1] == request.num_tokens:
+                return got[2]
+            self._memo[rid] = (self._version, request.num_tokens, out)
+            if not request.prefix_block_ids:  # block_key, inlined: only its own keys
+                own = -1 - rid
+                for end in range(bs, ((request.num_tokens - 1) // bs + 1) * bs, bs):
+                    blk = cached.get((own, end))
+                    if blk is None:
+                        break
+                    out.append(blk)
+                return out
         for j in range((request.num_tokens - 1) // bs):
             blk = cached.get(block_key(request, j, bs))
             if blk is None:
@@ -296,6 +349,11 @@ class PrefixCachingKVCache(KVCache):
             ref[b] += 1
         self._held[rid] = list(blocks)
         self._reqs[rid] = request
+        self._memo.pop(rid, None)
+        if self.lazy_own_keys and rid not in self._had_kv:
+            ids = request.prefix_block_ids
+            # Blocks ending past the ids are its own (block_key); a hit stops before them.
+            self._lazy[rid] = len(ids) * request.prefix_block_size // bs if ids else 0
         self._num_keyed[rid] = len(blocks)
         self._blocks[rid] = len(blocks)
         self._tokens[rid] = len(blocks) * bs
@@ -317,7 +375,7 @@ class PrefixCachingKVCache(KVCache):
         head = self.num_blocks
         bs, la, ref, keys, cached = self.block_size, self.lookahead_tokens, self._ref, self._key, self._cached
         held, tokens, blocks, keyed = self._held, self._tokens, self._blocks, self._num_keyed
-        nxt, prv = self._next, self._prev
+        nxt, prv, lazy = self._next, self._prev, self._lazy
         added = 0
         for rid, total in totals:
             mine = held[rid]  # KeyError: never admitted
@@ -332,8 +390,11 @@ class PrefixCachingKVCache(KVCache):
                     k = keys[b]
                     if k is not None:  # evict the least recently freed cached block
                         keys[b] = None
-                        if cached.get(k) == b:
+                        if k is DEAD:
+                            self._num_hidden -= 1
+                        elif cached.get(k) == b:
                             del cached[k]
+                            self._version += 1
                         self.num_evicted_blocks += 1
                     ref[b] = 1
                     mine.append(b)
@@ -346,7 +407,21 @@ class PrefixCachingKVCache(KVCache):
             full = (total - la) // bs
             done = keyed[rid]
             if full > done:
+                own_from = lazy.get(rid)
+                if own_from is not None:
+                    if own_from <= done:  # only own blocks: counted, keyed when it leaves
+                        self._num_hidden += full - done
+                        keyed[rid] = full
+                        continue
+                    if full > own_from:
+                        self._num_hidden += full - own_from
+                        full, lazy_full = own_from, full
+                    else:
+                        lazy_full = full
+                else:
+                    lazy_full = full
                 # block_key, inlined: this runs for every block a prefill fills.
+                self._version += 1
                 r = self._reqs[rid]
                 ids, pbs, own = r.prefix_block_ids, r.prefix_block_size, -1 - r.request_id
                 covered = len(ids) * pbs if ids is not None else 0
@@ -357,7 +432,7 @@ class PrefixCachingKVCache(KVCache):
                     if keys[b] is None and k not in cached:
                         cached[k] = b
                         keys[b] = k
-                keyed[rid] = full
+                keyed[rid] = lazy_full
         self._num_used_tokens += added
         self._num_used_blocks = self.num_blocks - self._num_free
 
@@ -366,6 +441,27 @@ class PrefixCachingKVCache(KVCache):
         if mine is None:
             raise KeyError(f"request {request_id} holds no KV blocks")
         ref, keys, bs = self._ref, self._key, self.block_size
+        own_from = self._lazy.pop(request_id, None)
+        if own_from == 0:
+            self._free_own(request_id, mine)
+            return
+        if own_from is not None:
+            r = self._reqs[request_id]
+            keyed = self._num_keyed[request_id]
+            if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
+                for j in range(own_from, keyed):
+                    keys[mine[j]] = DEAD
+            else:  # it may come back: its own keys, as eager registration made them
+                self._version += 1
+                self._num_hidden -= max(0, keyed - own_from)
+                cached, own = self._cached, -1 - request_id
+                for j in range(own_from, keyed):
+                    k = (own, (j + 1) * bs)
+                    b = mine[j]
+                    cached[k] = b
+                    keys[b] = k
+        if self._reqs[request_id].status is not RequestStatus.FINISHED:
+            self._had_kv.add(request_id)  # it may come back, and find its own keys
         still_shared = 0
         # Tail first: a request's last blocks are evicted first. Keyless blocks (never
         # findable) go to the head, to be reused first (vLLM: LIFO, for locality).
@@ -388,6 +484,52 @@ class PrefixCachingKVCache(KVCache):
         del self._blocks[request_id], self._reqs[request_id], self._num_keyed[request_id]
         self._num_used_blocks = self.num_blocks - self._num_free
 
+    def _free_own(self, request_id: int, mine: list[int]) -> None:
+        """`free` for a lazily keyed request holding only its own blocks (each held once):
+        the same queue, built as two chains. Keyless blocks (from `keyed` on) end up after
+        the head in block order, keyed ones before the tail, last block first."""
+        r, keyed = self._reqs.pop(request_id), self._num_keyed.pop(request_id)
+        ref, keys, nxt, prv = self._ref, self._key, self._next, self._prev
+        head, tail = self.num_blocks, self.num_blocks + 1
+        if len(mine) > keyed:
+            first, p = nxt[head], head
+            for b in mine[keyed:]:
+                ref[b] = 0
+                nxt[p] = b
+                prv[b] = p
+                p = b
+            nxt[p], prv[first] = first, p
+        if keyed:
+            p = prv[tail]
+            if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
+                for j in range(keyed - 1, -1, -1):
+                    b = mine[j]
+                    ref[b] = 0
+                    keys[b] = DEAD
+                    nxt[p] = b
+                    prv[b] = p
+                    p = b
+            else:  # it may come back: its own keys, as eager registration made them
+                self._version += 1
+                self._num_hidden -= keyed
+                cached, own, bs = self._cached, -1 - request_id, self.block_size
+                for j in range(keyed - 1, -1, -1):
+                    b = mine[j]
+                    ref[b] = 0
+                    k = (own, (j + 1) * bs)
+                    cached[k] = b
+                    keys[b] = k
+                    nxt[p] = b
+                    prv[b] = p
+                    p = b
+            nxt[p], prv[tail] = tail, p
+        if r.status is not RequestStatus.FINISHED:
+            self._had_kv.add(request_id)
+        self._num_free += len(mine)
+        self._num_used_tokens -= self._tokens.pop(request_id)
+        del self._blocks[request_id]
+        self._num_used_blocks = self.num_blocks - self._num_free
+
     def check(self) -> None:
         bs = self.block_size
         refs = [0] * self.num_blocks
@@ -407,6 +549,10 @@ class PrefixCachingKVCache(KVCache):
         assert self._num_used_tokens <= self._num_used_blocks * bs
         for k, b in self._cached.items():
             assert self._key[b] == k, (k, b)
+        dead = sum(1 for b in queue if self._key[b] is DEAD)
+        lazy_held = sum(max(0, self._num_keyed[rid] - j0) for rid, j0 in self._lazy.items())
+        assert self._num_hidden == dead + lazy_held, "hidden keys"
+        assert sum(1 for k in self._key if k is DEAD) == dead, "DEAD blocks are free"
 
 
 def make_kv_cache(capacity_tokens: int, block_size: int = 16, *, prefix_caching: bool = False,

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import heapq
 
-from kvsched.kvcache import block_key
+from kvsched.kvcache import DEAD, block_key
 from kvsched.request import Request
 
 
@@ -157,7 +157,11 @@ class DecodePool:
             kv._blocks[rid] = len(mine)
             full = c // bs
             done = kv._num_keyed[rid]
-            if full > done:
+            if full > done and rid in kv._lazy:  # own blocks only (try_join): counted, keyed later
+                kv._num_hidden += full - done
+                kv._num_keyed[rid] = full
+            elif full > done:
+                kv._version += 1
                 keys, cached = kv._key, kv._cached
                 for j in range(done, full):
                     key = block_key(r, j, bs)
@@ -236,8 +240,11 @@ class DecodePool:
                 key = keys[b]
                 if key is not None:
                     keys[b] = None
-                    if cached.get(key) == b:
+                    if key is DEAD:
+                        kv._num_hidden -= 1
+                    elif cached.get(key) == b:
                         del cached[key]
+                        kv._version += 1
                     kv.num_evicted_blocks += 1
                 ref[b] = 1
                 spare.append(b)
