@@ -355,6 +355,10 @@ def _json_summary(summary: dict, scheduler: str) -> dict:
 
 # --- commands -----------------------------------------------------------------------------
 def cmd_simulate(args) -> int:
+    from kvsched.cluster import cli as cluster_cli
+
+    if cluster_cli.requested(args):
+        return cluster_cli.cmd_simulate_cluster(args)
     reqs, workload = build_workload(args)
     options = _parse_options(args.opt)
     summary, _ = run_one(reqs, workload, args.scheduler, options, args)
@@ -1107,6 +1111,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE", help="scheduler option (repeatable)")
     _system_args(s)
     _prefix_caching_arg(s)
+    from kvsched.cluster import cli as cluster_cli
+
+    cluster_cli.add_simulate_args(s)
     s.set_defaults(func=cmd_simulate)
 
     c = sub.add_parser("compare", help="several schedulers on one workload, one table")
@@ -1299,6 +1306,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     be.add_argument("--no-progress", action="store_true")
     be.set_defaults(func=cmd_bench)
+    cluster_cli.add_routers_parser(sub)
     from kvsched import cli_sweep; cli_sweep.add_parser(sub)  # noqa: I001
     from kvsched import cli_report; cli_report.add_parser(sub)  # noqa: I001
     from kvsched import cli_reproduce; cli_reproduce.add_parser(sub)  # noqa: I001

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-GRID_FLAGS = ("schedulers", "trace", "rates", "capacities", "seeds", "num_requests", "cost_model", "block_size")
+GRID_FLAGS = ("schedulers", "trace", "rates", "capacities", "seeds", "num_requests", "cost_model", "block_size",
+              "replicas", "routers", "prefill_decode", "kv_link_gbps")
 
 
 def _split(text: str) -> list[str]:
@@ -30,6 +31,13 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rates", type=_numbers(float), help="arrival rates, req/s (default: the traces' own)")
     p.add_argument("--capacities", type=_numbers(int), help="KV capacities in tokens (default 137000)")
     p.add_argument("--seeds", type=_numbers(int), help="seeds (default 0)")
+    p.add_argument("--replicas", type=_numbers(int),
+                   help="cluster sizes: replicas behind a router, each running the cell's scheduler (docs/cluster.md)")
+    p.add_argument("--routers", type=_split, help="cluster routers (`kvsched routers`; default round-robin)")
+    p.add_argument("--prefill-decode", type=_split, metavar="P:D,...",
+                   help="prefill/decode disaggregation: replica splits, e.g. 2:6,3:5 (instead of --replicas)")
+    p.add_argument("--kv-link-gbps", type=_numbers(float), help="with --prefill-decode: KV link speeds, Gb/s "
+                                                                "(default 100)")
     p.add_argument("--num-requests", type=int, help="requests per workload (the first N, or a sample with --sample)")
     p.add_argument("--sample", action="store_true", help="with --num-requests: a seeded random sample")
     p.add_argument("--cost-model", help="registered cost model (default llama2-7b-a100)")
@@ -74,7 +82,8 @@ def build_grid(args):
             raise CLIError(f"{args.grid}: no such grid file") from None
         except tomllib.TOMLDecodeError as exc:
             raise CLIError(f"{args.grid}: not valid TOML: {exc}") from None
-    for key in ("schedulers", "rates", "capacities", "seeds", "cost_model", "block_size"):
+    for key in ("schedulers", "rates", "capacities", "seeds", "cost_model", "block_size", "replicas", "routers",
+                "prefill_decode", "kv_link_gbps"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     if args.theory:
@@ -173,6 +182,8 @@ def cmd_capacity(args) -> int:
         crit = Criterion(args.criterion, args.metric, args.slo)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.fewest_replicas:
+        return _cmd_fewest(args, grid, crit)
     table, _ = _run(lambda: _with_bar(args, "capacity search", 0, lambda progress: run_search(
         grid, crit, args.output, lo=args.lo, hi=args.hi, max_rate=args.max_rate, rel_tol=args.rel_tol,
         executor=_executor(args), progress=progress)), args.output)
@@ -184,13 +195,46 @@ def cmd_capacity(args) -> int:
                        + (f", {crit.metric} <= {crit.slo_s:g} s" if crit.slo_s is not None else "") + ")")
     for col in ("scheduler", "trace", "capacity (tokens)", "max rate (req/s)", "bracket", "probes"):
         view.add_column(col, justify="left" if col in ("scheduler", "trace") else "right")
+    cluster = "replicas" in table.columns
+    if cluster:
+        view.add_column("replicas", justify="right")
+        view.add_column("router")
     for r in table.itertuples():
         rate = "failed: " + r.error if r.status != "ok" else (
             f"< {r.bracket_hi:g}" if r.limit == "below lo" else f"{r.max_rate_per_s:.4g}")
         bracket = f"[{r.bracket_lo:.4g}, {r.bracket_hi:.4g})" if r.limit == "bisection" else str(r.limit)
-        view.add_row(r.label, r.trace, f"{r.capacity_tokens:,}", rate, bracket, str(r.num_probes))
+        view.add_row(r.label, r.trace, f"{r.capacity_tokens:,}", rate, bracket, str(r.num_probes),
+                     *((str(r.replicas), r.router) if cluster else ()))
     stdout_console().print(view)
     print(f"tables: {args.output / 'capacity.parquet'}, {args.output / 'probes.parquet'}")
+    return 1 if (table["status"] != "ok").any() else 0
+
+
+def _cmd_fewest(args, grid, crit) -> int:
+    """capacity-search --fewest-replicas: the fewest replicas meeting the criterion at each rate."""
+    from kvsched.cli import CLIError
+    from kvsched.experiments.capacity import run_fewest
+
+    if grid.replicas is not None or grid.prefill_decode is not None:
+        raise CLIError("--fewest-replicas searches the replica count itself; drop --replicas and --prefill-decode "
+                       "(use --max-replicas)")
+    table, _ = _run(lambda: _with_bar(args, "fewest replicas", 0, lambda progress: run_fewest(
+        grid, crit, args.output, max_replicas=args.max_replicas, executor=_executor(args), progress=progress)),
+        args.output)
+    from rich.table import Table
+
+    from kvsched.console import stdout_console
+
+    view = Table(title=f"fewest replicas ({crit.kind}"
+                       + (f", {crit.metric} <= {crit.slo_s:g} s" if crit.slo_s is not None else "") + ")")
+    for col in ("scheduler", "router", "trace", "rate (req/s)", "capacity (tokens)", "fewest replicas", "probes"):
+        view.add_column(col, justify="left" if col in ("scheduler", "router", "trace") else "right")
+    for r in table.itertuples():
+        answer = ("failed: " + r.error if r.status != "ok" else
+                  str(r.fewest_replicas) if r.limit == "found" else f"> {args.max_replicas}")
+        view.add_row(r.label, r.router, r.trace, f"{r.rate:g}", f"{r.capacity_tokens:,}", answer, str(r.num_probes))
+    stdout_console().print(view)
+    print(f"tables: {args.output / 'fewest.parquet'}, {args.output / 'probes.parquet'}")
     return 1 if (table["status"] != "ok").any() else 0
 
 
@@ -205,7 +249,8 @@ def add_parser(sub) -> None:
     sw.set_defaults(func=cmd_sweep)
 
     ca = sub.add_parser("capacity-search", help="the largest arrival rate each scheduler sustains under a latency "
-                                                "SLO or a stability criterion (bisection)")
+                                                "SLO or a stability criterion (bisection); or, with --fewest-"
+                                                "replicas, the fewest replicas that meet it at a rate")
     _grid_args(ca)
     ca.add_argument("--criterion", choices=("slo", "stable"), default="slo")
     ca.add_argument("--metric", default="e2e_p99", help="summary metric the SLO bounds (default e2e_p99)")
@@ -214,4 +259,8 @@ def add_parser(sub) -> None:
     ca.add_argument("--hi", type=float, default=4.0, help="first upper rate tried; doubled until it fails")
     ca.add_argument("--max-rate", type=float, default=1024.0, help="never try above this rate")
     ca.add_argument("--rel-tol", type=float, default=0.02, help="stop when the bracket is this narrow (relative)")
+    ca.add_argument("--fewest-replicas", action="store_true",
+                    help="instead of the largest rate: the fewest replicas (per scheduler and --routers) that meet "
+                         "the criterion at each of --rates (docs/cluster.md)")
+    ca.add_argument("--max-replicas", type=int, default=64, help="with --fewest-replicas: never try more (default 64)")
     ca.set_defaults(func=cmd_capacity)

@@ -1,7 +1,8 @@
 """Name -> factory registries for schedulers, traces and cost models.
 
 Adding a scheduler touches one file: decorate its class with
-`@SCHEDULERS.register("name")` in a module imported by `kvsched.schedulers`.
+`@SCHEDULERS.register("name")` in a module imported by `kvsched.schedulers`. Cluster
+routers register the same way with `@ROUTERS.register("name")` (`kvsched.cluster.routers`).
 
 A factory's keyword arguments are its options; `Registry.options` lists them (name, type
 from the annotation or the default, default) and `Registry.check_options` is the one
@@ -284,3 +285,4 @@ class Registry(Generic[T]):
 SCHEDULERS: Registry[Any] = Registry("scheduler")
 TRACES: Registry[Any] = Registry("trace")
 COST_MODELS: Registry[Any] = Registry("cost model")
+ROUTERS: Registry[Any] = Registry("router")  # kvsched.cluster.routers

@@ -354,6 +354,42 @@ def _latency_figure(name: str, ok: pd.DataFrame, labels: list[str], colors: dict
                         "the fluid benchmark's mean latency where the fluid model is stable. " + BAND_NOTE, png)
 
 
+def _replicas_blocks(ok: pd.DataFrame, gid: str, x: float | None) -> list:
+    """Latency vs replicas, one curve per scheduler and router (cluster sweeps, docs/cluster.md),
+    at one arrival rate: the report's --rate, else the highest rate every label ran at."""
+    if x is None:
+        return []
+    at = ok[np.isclose(ok["x"], x, rtol=1e-9, atol=1e-12)]
+    curves = list(dict.fromkeys(at["router_label"]))
+    colors = label_colors(curves)
+    panels = (("e2e_mean", "mean end-to-end latency (s)"), ("e2e_p99", "p99 end-to-end latency (s)"),
+              ("ttft_p99", "p99 TTFT (s)"))
+
+    def draw(axes):
+        for ax, (col, ylabel) in zip(axes[0], panels):
+            agg = at.groupby(["router_label", "replicas"], sort=True)[col].agg(["mean", "min", "max"]).reset_index()
+            for c in curves:
+                a = agg[agg["router_label"] == c].dropna(subset=["mean"])
+                if len(a):
+                    ax.plot(a["replicas"], a["mean"], marker="o", ms=3.5, color=colors[c], label=c)
+                    if (a["max"] > a["min"]).any():
+                        ax.fill_between(a["replicas"], a["min"], a["max"], color=colors[c], alpha=0.15, lw=0)
+            ax.set_xlabel("replicas")
+            ax.set_xscale("log", base=2)
+            counts = sorted(int(n) for n in at["replicas"].unique())
+            ax.set_xticks(counts, [str(n) for n in counts])
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+            _log_if_wide(ax)
+            ax.set_ylabel(ylabel)
+        _legend(axes[0][0])
+
+    png = _png(draw, 1, 3, (15, 4.4))
+    return [Heading("Latency vs replicas", 3),
+            Figure(f"{gid}-replicas", f"Latency vs the number of replicas at {_rate_text(ok, x)}, one curve per "
+                                      "scheduler and router (docs/cluster.md). " + BAND_NOTE, png)]
+
+
 def _throughput_figure(name: str, ok: pd.DataFrame, labels: list[str], colors: dict) -> Figure:
     def draw(axes):
         _draw_vs_rate(axes[0][0], ok, "throughput_tokens_per_s", labels, colors)
@@ -466,6 +502,8 @@ def _group_blocks(sweep_dir: Path, g: pd.DataFrame, gid: str, colors: dict, rate
     rates = sorted(ok["x"].unique())
     blocks.append(Para(f"{len(ok)} successful runs; labels: {', '.join(labels)}; "
                        f"rates: {', '.join(_rate_text(g, x) for x in rates)}."))
+    if "replicas" in ok and ok["replicas"].nunique() > 1:
+        blocks += _replicas_blocks(ok, gid, _pick_rate(ok, rate))
     blocks += [Heading("Latency vs arrival rate", 3), _latency_figure(f"{gid}-latency", ok, labels, colors),
                Heading("Throughput", 3), _throughput_figure(f"{gid}-throughput", ok, labels, colors),
                Heading("Preemptions and restarts", 3),

@@ -15,7 +15,14 @@ bracket [sustained, failed] until it is narrower than `rel_tol` times its lower 
 assumes a sustained rate stays sustained below: true of the metric's trend, not of every
 seed's noise, which is why all seeds must pass and every probe is kept for inspection.
 Each (scheduler, workload, capacity) search is one runner task, so searches run in
-parallel, on Ray, and resume like any sweep.
+parallel, on Ray, and resume like any sweep. A grid with cluster axes (`replicas`,
+`routers`) searches the largest rate of each (replicas, router) too.
+
+`run_fewest` asks the planning question the other way round (docs/cluster.md): at each of the
+grid's rates, the fewest replicas (behind each router) whose run meets the criterion. It
+doubles the replica count from 1 until a count passes (or `max_replicas` fails), then
+bisects between the last failing and the first passing count; it assumes that a count that
+passes keeps passing with more replicas, and keeps every probe.
 """
 
 from __future__ import annotations
@@ -62,13 +69,13 @@ class Criterion:
         return True
 
 
-def _probe(task: dict, rate: float, probes: list[dict]) -> bool:
+def _probe(task: dict, rate: float, probes: list[dict], **more) -> bool:
     crit = Criterion(**task["criterion"])
     ok = True
     for seed in task["seeds"]:
-        summary = run_cell({**task["cell"], "rate": rate, "seed": seed}, save_runs=False)
+        summary = run_cell({**task["cell"], "rate": rate, "seed": seed, **more}, save_runs=False)
         passed = crit.passes(summary)
-        probes.append({"rate": rate, "seed": seed, "passed": passed, crit.metric: summary.get(crit.metric),
+        probes.append({**more, "rate": rate, "seed": seed, "passed": passed, crit.metric: summary.get(crit.metric),
                        "stability_ratio": summary.get("stability_ratio"),
                        "completion_rate_per_s": summary.get("completion_rate_per_s")})
         ok = ok and passed
@@ -116,6 +123,81 @@ def search_tasks(grid: Grid, criterion: Criterion, *, lo: float, hi: float, max_
     return tasks
 
 
+def fewest(task: dict) -> dict:
+    """One fewest-replicas search (a runner task): the smallest replica count that meets the
+    criterion at the task's rate, or None when `max_replicas` does not."""
+    rate, max_n = task["rate"], task["max_replicas"]
+    probes: list[dict] = []
+    failed, passed, n = 0, None, 1
+    while True:
+        if _probe(task, rate, probes, replicas=n):
+            passed = n
+            break
+        failed = n
+        if n >= max_n:
+            break
+        n = min(2 * n, max_n)
+    if passed is not None:
+        while passed - failed > 1:
+            mid = (failed + passed) // 2
+            if _probe(task, rate, probes, replicas=mid):
+                passed = mid
+            else:
+                failed = mid
+    return {"fewest_replicas": passed, "limit": "found" if passed is not None else "above max_replicas",
+            "max_failing_replicas": failed, "num_probes": len(probes), "probes": probes}
+
+
+def fewest_tasks(grid: Grid, criterion: Criterion, *, max_replicas: int) -> list[dict]:
+    """One search per (workload, capacity, scheduler variant, router, rate); the grid's
+    replica counts are ignored, its rates are required."""
+    if max_replicas < 1:
+        raise ValueError(f"max_replicas must be >= 1, got {max_replicas}")
+    if None in grid.rates:
+        raise ValueError("the fewest-replicas search needs rates (req/s): the load to plan for")
+    if grid.prefill_decode is not None:
+        raise ValueError("the fewest-replicas search counts replicas of one kind; drop prefill_decode")
+    seen, tasks = set(), []
+    for cell in grid.cells():
+        base = {**cell, "replicas": None, "router": cell.get("router", "round-robin"), "rate": None, "seed": None}
+        key = repr((sorted(base.items(), key=lambda kv: kv[0]), cell["rate"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        tasks.append({"cell": base, "rate": cell["rate"], "seeds": list(grid.seeds), "criterion": asdict(criterion),
+                      "max_replicas": max_replicas})
+    return tasks
+
+
+def run_fewest(grid: Grid, criterion: Criterion, out: str | Path, *, max_replicas: int = 64,
+               executor: LocalExecutor | RayExecutor | None = None,
+               progress: ProgressFn | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every fewest-replicas search of the grid; writes fewest.parquet (one row per search),
+    probes.parquet (every run made) and search.json. Returns both tables."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = fewest_tasks(grid, criterion, max_replicas=max_replicas)
+    write_json(out / "search.json", {"grid": grid.to_dict(), "criterion": asdict(criterion), "question":
+                                     "fewest replicas", "max_replicas": max_replicas})
+    outcome = run_tasks(tasks, fewest, out=out, executor=executor, progress=progress)
+    rows, probe_rows = [], []
+    for task, tid, res, err in zip(tasks, outcome.task_ids, outcome.summaries, outcome.errors):
+        cell = task["cell"]
+        ident = {"search_id": tid, "scheduler": cell["scheduler"], "label": label(cell["scheduler"], cell["options"]),
+                 "router": cell["router"], "trace": cell["workload"]["trace"], "rate": task["rate"],
+                 "capacity_tokens": cell["capacity_tokens"]}
+        res = res or {}
+        rows.append({**ident, "status": "ok" if err is None else "failed", "error": err or "",
+                     **{k: res.get(k) for k in ("fewest_replicas", "limit", "max_failing_replicas", "num_probes")}})
+        probe_rows += [{**ident, **p} for p in res.get("probes", [])]
+    table = pd.DataFrame(rows)
+    table["fewest_replicas"] = pd.to_numeric(table["fewest_replicas"]).astype("Int64")
+    probes = pd.DataFrame(probe_rows)
+    table.to_parquet(out / "fewest.parquet", index=False)
+    probes.to_parquet(out / "probes.parquet", index=False)
+    return table, probes
+
+
 def run_search(grid: Grid, criterion: Criterion, out: str | Path, *, lo: float = 0.25, hi: float = 4.0,
                max_rate: float = 1024.0, rel_tol: float = 0.02,
                executor: LocalExecutor | RayExecutor | None = None,
@@ -133,6 +215,8 @@ def run_search(grid: Grid, criterion: Criterion, out: str | Path, *, lo: float =
         cell = task["cell"]
         ident = {"search_id": tid, "scheduler": cell["scheduler"], "label": label(cell["scheduler"], cell["options"]),
                  "trace": cell["workload"]["trace"], "capacity_tokens": cell["capacity_tokens"]}
+        if "replicas" in cell:
+            ident.update(replicas=cell["replicas"], router=cell["router"])
         res = res or {}
         rows.append({**ident, "status": "ok" if err is None else "failed", "error": err or "",
                      **{k: res.get(k) for k in ("max_rate_per_s", "bracket_lo", "bracket_hi", "limit", "num_probes")}})

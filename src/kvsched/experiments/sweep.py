@@ -19,6 +19,11 @@ gathers one row per cell, config and metrics, into `results.parquet`.
     [options.sarathi]                # list values are axes, scalars fixed
     chunk_size = [256, 512]
 
+    replicas = [1, 4, 16]            # optional: a cluster of replicas per cell (docs/cluster.md)
+    routers = ["round-robin", "least-outstanding"]   # with replicas; default round-robin
+    prefill_decode = ["2:6", "3:5"]  # optional: prefill:decode replicas instead of `replicas`
+    kv_link_gbps = [100.0]           # with prefill_decode: the KV link (default 100)
+
 Rates follow `kvsched.workload.build_workload`'s `target_rate`: the Poisson rate of a
 length-only trace or synthetic spec, the mean replay rate of a trace with real arrivals.
 
@@ -59,7 +64,9 @@ DEFAULT_COST_MODEL = "llama2-7b-a100"
 WORKLOAD_KEYS = ("trace", "num_requests", "sample", "rate_scale", "length_scale", "max_prompt_len",
                  "max_output_len", "predictions")
 CONFIG_COLUMNS = ("scheduler", "label", "options", "trace", "rate", "capacity_tokens", "seed", "cost_model",
-                  "block_size", "theory", "predictions", "workload")
+                  "block_size", "theory", "predictions", "workload", "replicas", "router", "router_label",
+                  "prefill_replicas", "decode_replicas", "kv_link_gbps")
+DEFAULT_ROUTER = "round-robin"
 
 
 class GridError(ValueError):
@@ -121,6 +128,13 @@ class Grid:
     capacities: tuple[int, ...] = (DEFAULT_CAPACITY_TOKENS,)
     seeds: tuple[int, ...] = (0,)
     options: dict = field(default_factory=dict)  # scheduler -> {key: value or list of values}
+    # Cluster axes (docs/cluster.md): replicas per cell and the router in front of them. None:
+    # one replica, the cell as before (and the same cell id, so old results still resume).
+    replicas: tuple[int, ...] | None = None
+    routers: tuple[str, ...] | None = None
+    # Prefill/decode disaggregation: "P:D" replica splits and KV link speeds (Gb/s).
+    prefill_decode: tuple[str, ...] | None = None
+    kv_link_gbps: tuple[float, ...] | None = None
     cost_model: str = DEFAULT_COST_MODEL
     block_size: int = 16
     theory: bool = False
@@ -149,11 +163,29 @@ class Grid:
             raise GridError(f"{where}: rates must be positive numbers, got {bad[0]!r}")
         if any(c < 1 for c in self.capacities) or self.block_size < 1:
             raise GridError(f"{where}: capacities and block_size must be >= 1")
+        if self.replicas is not None and any(n < 1 for n in self.replicas):
+            raise GridError(f"{where}: replicas must be >= 1, got {list(self.replicas)}")
+        if self.prefill_decode is not None:
+            if self.replicas is not None:
+                raise GridError(f"{where}: give replicas or prefill_decode, not both")
+            for split in self.prefill_decode:
+                _split_pd(split, where)
+        elif self.kv_link_gbps is not None:
+            raise GridError(f"{where}: kv_link_gbps needs prefill_decode")
+        if self.kv_link_gbps is not None and any(not (b > 0 and math.isfinite(b)) for b in self.kv_link_gbps):
+            raise GridError(f"{where}: kv_link_gbps must be finite numbers > 0, got {list(self.kv_link_gbps)}")
+        if self.routers is not None:
+            from kvsched.cluster.routers import ROUTERS
+
+            for name in self.routers:
+                if name not in ROUTERS:
+                    raise GridError(f"{where}: routers: unknown router {name!r}; see `kvsched routers`")
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "grid") -> Grid:
         known = {"name", "schedulers", "workloads", "workload", "rates", "capacities", "seeds", "options",
-                 "cost_model", "block_size", "theory", "fast_forward"}
+                 "cost_model", "block_size", "theory", "fast_forward", "replicas", "routers", "prefill_decode",
+                 "kv_link_gbps"}
         unknown = set(raw) - known
         if unknown:
             raise GridError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -172,6 +204,15 @@ class Grid:
             "options": {k: dict(v) if isinstance(v, dict) else v for k, v in raw.get("options", {}).items()},
             "source": source,
         }
+        if "replicas" in raw:
+            kw["replicas"] = _as_tuple(raw["replicas"], "replicas", int, source)
+        if "routers" in raw:
+            kw["routers"] = _as_tuple(raw["routers"], "routers", str, source)
+        if "prefill_decode" in raw:
+            kw["prefill_decode"] = _as_tuple(raw["prefill_decode"], "prefill_decode", str, source)
+        if "kv_link_gbps" in raw:
+            kw["kv_link_gbps"] = tuple(float(b) for b in _as_tuple(raw["kv_link_gbps"], "kv_link_gbps",
+                                                                   (int, float), source))
         for key, kind in (("name", str), ("cost_model", str), ("block_size", int), ("theory", bool),
                           ("fast_forward", bool)):
             if key in raw:
@@ -194,6 +235,9 @@ class Grid:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("source")
+        for key in ("replicas", "routers", "prefill_decode", "kv_link_gbps"):  # one-replica grids read as before
+            if d[key] is None:
+                d.pop(key)
         return d
 
     def variants(self, scheduler: str) -> list[dict]:
@@ -207,18 +251,45 @@ class Grid:
         fixed = {"cost_model": "unit" if self.theory else self.cost_model,
                  "block_size": 1 if self.theory else self.block_size, "theory": self.theory,
                  "fast_forward": self.fast_forward}
+        # Cluster keys only when asked for: a one-replica grid keeps its cells' ids.
+        routers = self.routers or (DEFAULT_ROUTER,)
+        if self.prefill_decode is not None:
+            clusters: list[dict] = []
+            for split, link, router in itertools.product(self.prefill_decode, self.kv_link_gbps or (100.0,),
+                                                          routers):
+                p, d = _split_pd(split, self.source)
+                clusters.append({"replicas": p + d, "router": router, "prefill_replicas": p, "decode_replicas": d,
+                                 "kv_link_gbps": link})
+        elif self.replicas is None and self.routers is None:
+            clusters = [{}]
+        else:
+            clusters = [{"replicas": n, "router": router} for n, router in
+                        itertools.product(self.replicas or (1,), self.routers or (DEFAULT_ROUTER,))]
         out = []
         for workload, capacity in itertools.product(self.workloads, self.capacities):
             for scheduler in self.schedulers:
-                for options, rate, seed in itertools.product(self.variants(scheduler), self.rates, self.seeds):
+                for cl, options, rate, seed in itertools.product(clusters, self.variants(scheduler), self.rates,
+                                                                 self.seeds):
                     out.append({"scheduler": scheduler, "options": options, "workload": workload, "rate": rate,
-                                "capacity_tokens": capacity, "seed": seed, **fixed})
+                                "capacity_tokens": capacity, "seed": seed, **fixed, **cl})
         return out
 
 
 def label(scheduler: str, options: dict) -> str:
     """The curve's name in tables and plots: the scheduler and the options it was given."""
     return " ".join([scheduler, *(f"{k}={v}" for k, v in sorted(options.items()))])
+
+
+def _split_pd(text: str, where: str) -> tuple[int, int]:
+    """"P:D" as (P, D), both >= 1."""
+    p, sep, d = str(text).partition(":")
+    try:
+        out = (int(p), int(d))
+    except ValueError:
+        out = (0, 0)
+    if not sep or min(out) < 1:
+        raise GridError(f"{where}: prefill_decode: {text!r} is not P:D with P, D >= 1 (e.g. \"3:7\")")
+    return out
 
 
 # --- one cell ------------------------------------------------------------------------------
@@ -255,6 +326,8 @@ def run_cell(cell: dict, *, save_runs: bool = True):
     cost = COST_MODELS.create(cell["cost_model"])
     lookahead = 1 if cell["theory"] else 0
     factory = SCHEDULERS.get(cell["scheduler"]).factory
+    if "replicas" in cell:
+        return _run_cluster_cell(cell, reqs, cost, factory, save_runs)
     scheduler = factory(**fill_design_options(factory, dict(cell["options"]), reqs, cost))
     run = simulate(reqs, scheduler, cost, capacity_tokens=cell["capacity_tokens"], block_size=cell["block_size"],
                    fast_forward=cell["fast_forward"], lookahead_tokens=lookahead)
@@ -271,6 +344,48 @@ def run_cell(cell: dict, *, save_runs: bool = True):
     return summary, {"requests": frame, "steps": steps_frame(run)}
 
 
+def _run_cluster_cell(cell: dict, reqs, cost, factory, save_runs: bool):
+    """A cell with `replicas` and `router`: `simulate_cluster`, every replica running the
+    cell's scheduler; the summary is `cluster_summary` (without the per-replica list)."""
+    from kvsched.bounds.runs import min_round_time, run_bound
+    from kvsched.cluster.metrics import cluster_requests_frame, cluster_steps_frame, cluster_summary
+    from kvsched.cluster.simulate import simulate_cluster
+    from kvsched.loop import Run
+    from kvsched.metrics import load_stats
+    from kvsched.schedulers.wait_common import fill_design_options
+
+    n = cell["replicas"]
+    lookahead = 1 if cell["theory"] else 0
+    dis = None
+    if "prefill_replicas" in cell:
+        from kvsched.cluster.disagg import Disaggregation, kv_bytes_per_token
+
+        per_token = kv_bytes_per_token(cell["cost_model"])
+        if per_token is None:
+            raise ValueError(f"cost model {cell['cost_model']!r} names no model to take KV bytes per token from")
+        dis = Disaggregation(cell["prefill_replicas"], cell["decode_replicas"], cell["kv_link_gbps"], per_token)
+    # A WAIT-family design is for the load one replica sees: every n-th request.
+    share = dis.num_decode if dis is not None else n
+    options = fill_design_options(factory, dict(cell["options"]), reqs[::share] or reqs, cost)
+    crun = simulate_cluster(reqs, lambda: factory(**options), cost, capacity_tokens=cell["capacity_tokens"],
+                            num_replicas=n, router=cell["router"], seed=cell["seed"], block_size=cell["block_size"],
+                            fast_forward=cell["fast_forward"], lookahead_tokens=lookahead, disaggregation=dis)
+    frame = cluster_requests_frame(crun)
+    summary = cluster_summary(crun, frame, per_replica=False)
+    run = crun.run
+    if dis is None:
+        pooled = Run(run.requests, run.steps, run.capacity_tokens * n, run.block_size, run.num_blocks * n,
+                     run.end_time)
+        bound = run_bound(pooled, min_round_time(cost), lookahead)  # the cluster's total KV (cluster/cli.py)
+        summary.update(bound)
+        done = summary["num_completed"]
+        summary["bound_mean_latency_s"] = bound["bound_total_latency_s"] / done if done else float("nan")
+    summary.update(load_stats(run))
+    if not save_runs:
+        return summary
+    return summary, {"requests": frame, "steps": cluster_steps_frame(crun)}
+
+
 # --- the whole sweep --------------------------------------------------------------------------
 def _row(cell: dict, tid: str, summary: dict | None, error: str | None) -> dict:
     w = cell["workload"]
@@ -281,7 +396,18 @@ def _row(cell: dict, tid: str, summary: dict | None, error: str | None) -> dict:
            "capacity_tokens": cell["capacity_tokens"], "seed": cell["seed"], "cost_model": cell["cost_model"],
            "block_size": cell["block_size"], "theory": cell["theory"],
            "predictions": w.get("predictions", "exact"), "workload": json.dumps(w, sort_keys=True)}
+    if "replicas" in cell:
+        # Curves vs rate are drawn per label: a cluster configuration is part of it.
+        size = (f"{cell['prefill_replicas']}P+{cell['decode_replicas']}D {cell['kv_link_gbps']:g}Gbps"
+                if "prefill_replicas" in cell else f"x{cell['replicas']}")
+        row.update(label=f"{row['label']} {size} {cell['router']}", replicas=cell["replicas"],
+                   router=cell["router"], router_label=f"{row['label']} / {cell['router']}")
+        if "prefill_replicas" in cell:
+            row.update(prefill_replicas=cell["prefill_replicas"], decode_replicas=cell["decode_replicas"],
+                       kv_link_gbps=cell["kv_link_gbps"])
     summary = dict(summary or {})
+    summary.pop("num_replicas", None)  # the axis is `replicas`
+    summary.pop("router", None)
     # The grid's capacity stays the axis; the run's own (rounded down to whole blocks) is kept beside it.
     if "capacity_tokens" in summary:
         row["effective_capacity_tokens"] = summary.pop("capacity_tokens")
