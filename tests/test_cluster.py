@@ -99,6 +99,44 @@ def test_stateless_routers_equal_independent_replicas(router):
         assert steps_frame(alone).equals(steps_frame(cluster.replica_runs[i]))
 
 
+@pytest.mark.parametrize("router", ["random", "least-outstanding"])
+def test_packed_merge_equals_the_object_merge(router):
+    """The merged run reads through the replicas' packed tables; it holds what merging them
+    into lists of Requests and of step values would (requests in replica order), and the
+    requests handed to the replicas uncopied are left as they were."""
+    from kvsched.loop import Run
+    from kvsched.metrics import load_stats, summarize
+
+    reqs = _azure(500, 6.0)
+    def values(rs):  # Request compares by identity
+        return [tuple(getattr(r, f.name) for f in dataclasses.fields(r)) for r in rs]
+
+    before = values(reqs)
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=8000, num_replicas=3,
+                            router=router, seed=3)
+    assert values(reqs) == before
+    runs = crun.replica_runs
+    objects = [r for run in runs for r in run.requests]
+    steps = {col: [v for run in runs for v in run.steps[col]] for col in runs[0].steps}
+    steps["replica"] = [i for i, run in enumerate(runs) for _ in range(len(run.steps["step"]))]
+    merged = Run(objects, steps, runs[0].capacity_tokens, runs[0].block_size, runs[0].num_blocks,
+                 max(run.end_time for run in runs))
+    packed = crun.run.requests
+    assert values(packed) == values(objects) and len(packed) == len(objects) == len(reqs)
+    assert values([packed[0], packed[-1], *packed[100:300:7]]) == values([objects[0], objects[-1],
+                                                                         *objects[100:300:7]])
+    assert {crun.replica_of[r.request_id] for r in packed[:len(runs[0].requests)]} == {0}
+    with pytest.raises(IndexError):
+        packed[len(objects)]
+    assert requests_frame(crun.run).equals(requests_frame(merged))
+    assert steps_frame(crun.run).equals(steps_frame(merged))
+    assert cluster_steps_frame(crun).equals(steps_frame(merged))
+    assert list(crun.run.steps) == list(steps) and crun.run.steps["duration"] == steps["duration"]
+    assert summarize(crun.run) == summarize(merged)
+    assert load_stats(crun.run) == load_stats(merged)
+    assert (packed.column("replica") == [crun.replica_of[r.request_id] for r in objects]).all()
+
+
 @pytest.mark.parametrize("name", ["round-robin", "random"])
 def test_routing_first_equals_routing_at_each_arrival(name):
     """A router that reads no state lets the coordinator route everything and then run the
