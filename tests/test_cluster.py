@@ -137,6 +137,23 @@ def test_packed_merge_equals_the_object_merge(router):
     assert (packed.column("replica") == [crun.replica_of[r.request_id] for r in objects]).all()
 
 
+def test_packed_merge_skips_a_slot_grown_for_the_next_arrival():
+    """A replica's table grows while the placeholder for the next global arrival sits in its
+    inputs (cluster/replica.py), so its arrays may hold a slot past its last request; the
+    merged columns hold the requests alone."""
+    from kvsched.metrics import summarize
+
+    reqs = _requests([(0.0, 50, 5), (0.0, 50, 5), (100.0, 50, 5)])
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=8000, num_replicas=2,
+                            router="least-outstanding")
+    packed = crun.run.requests
+    assert any(len(t._status) > len(t) for t in packed._tables)  # the case this test is about
+    for name in ("request_id", "status", "finish_time", "num_preemptions", "reject_reason", "replica"):
+        assert len(packed.column(name)) == len(packed) == 3, name
+    assert summarize(crun.run)["num_completed"] == 3
+    assert sorted(packed.column("request_id")) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("name", ["round-robin", "random"])
 def test_routing_first_equals_routing_at_each_arrival(name):
     """A router that reads no state lets the coordinator route everything and then run the
