@@ -507,6 +507,37 @@ def test_grid_prefill_decode_axis(tmp_path):
         _grid(kv_link_gbps=[10])
 
 
+def test_grid_router_refresh_axis(tmp_path):
+    """`router_refresh_s` is an axis of cluster cells: 0 is the live cell (same numbers as a
+    grid without the key, whose cells keep their ids), a number is simulate_cluster's refresh."""
+    from kvsched.experiments.sweep import GridError, run_sweep, task_id
+
+    live = _grid(rates=[16.0], replicas=[3], routers=["least-outstanding"])
+    grid = _grid(rates=[16.0], replicas=[3], routers=["least-outstanding"], router_refresh_s=[0, 2.0])
+    cells = grid.cells()
+    assert "router_refresh_s" not in live.cells()[0]
+    assert [c["router_refresh_s"] for c in cells] == [0.0, 2.0]
+    assert task_id(cells[0]) != task_id(live.cells()[0])
+    table, outcome = run_sweep(grid, tmp_path, save_runs=False)
+    assert not outcome.failed
+    base, _ = run_sweep(live, tmp_path / "live", save_runs=False)
+    assert list(table["router_refresh_s"]) == [0.0, 2.0]
+    assert list(table["router_label"]) == ["vllm / least-outstanding", "vllm / least-outstanding@2s"]
+    for key in ("e2e_mean", "ttft_p99", "num_steps", "request_imbalance"):
+        assert table[key].iloc[0] == base[key].iloc[0], key
+    # The stale cell is simulate_cluster with that refresh; at 2 s it routes differently from live.
+    reqs = build_workload(**grid.cells()[1]["workload"], target_rate=16.0)[0]
+    stale = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST_MODELS.create("llama2-7b-a100"),
+                             capacity_tokens=cells[1]["capacity_tokens"], num_replicas=3, router="least-outstanding",
+                             router_refresh_s=2.0)
+    assert table["e2e_mean"].iloc[1] == cluster_summary(stale)["e2e_mean"]
+    assert table["request_imbalance"].iloc[1] != table["request_imbalance"].iloc[0]
+    with pytest.raises(GridError, match="router_refresh_s needs a cluster"):
+        _grid(router_refresh_s=[0.1])
+    with pytest.raises(GridError, match="router_refresh_s must be finite numbers >= 0"):
+        _grid(replicas=[2], router_refresh_s=[-1])
+
+
 def test_fewest_replicas_is_the_boundary(tmp_path):
     from kvsched.experiments.capacity import Criterion, run_fewest
     from kvsched.experiments.sweep import run_cell
