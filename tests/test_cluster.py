@@ -99,6 +99,61 @@ def test_stateless_routers_equal_independent_replicas(router):
         assert steps_frame(alone).equals(steps_frame(cluster.replica_runs[i]))
 
 
+@pytest.mark.parametrize("router", ["random", "least-outstanding"])
+def test_packed_merge_equals_the_object_merge(router):
+    """The merged run reads through the replicas' packed tables; it holds what merging them
+    into lists of Requests and of step values would (requests in replica order), and the
+    requests handed to the replicas uncopied are left as they were."""
+    from kvsched.loop import Run
+    from kvsched.metrics import load_stats, summarize
+
+    reqs = _azure(500, 6.0)
+    def values(rs):  # Request compares by identity
+        return [tuple(getattr(r, f.name) for f in dataclasses.fields(r)) for r in rs]
+
+    before = values(reqs)
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=8000, num_replicas=3,
+                            router=router, seed=3)
+    assert values(reqs) == before
+    runs = crun.replica_runs
+    objects = [r for run in runs for r in run.requests]
+    steps = {col: [v for run in runs for v in run.steps[col]] for col in runs[0].steps}
+    steps["replica"] = [i for i, run in enumerate(runs) for _ in range(len(run.steps["step"]))]
+    merged = Run(objects, steps, runs[0].capacity_tokens, runs[0].block_size, runs[0].num_blocks,
+                 max(run.end_time for run in runs))
+    packed = crun.run.requests
+    assert values(packed) == values(objects) and len(packed) == len(objects) == len(reqs)
+    assert values([packed[0], packed[-1], *packed[100:300:7]]) == values([objects[0], objects[-1],
+                                                                         *objects[100:300:7]])
+    assert {crun.replica_of[r.request_id] for r in packed[:len(runs[0].requests)]} == {0}
+    with pytest.raises(IndexError):
+        packed[len(objects)]
+    assert requests_frame(crun.run).equals(requests_frame(merged))
+    assert steps_frame(crun.run).equals(steps_frame(merged))
+    assert cluster_steps_frame(crun).equals(steps_frame(merged))
+    assert list(crun.run.steps) == list(steps) and crun.run.steps["duration"] == steps["duration"]
+    assert summarize(crun.run) == summarize(merged)
+    assert load_stats(crun.run) == load_stats(merged)
+    assert (packed.column("replica") == [crun.replica_of[r.request_id] for r in objects]).all()
+
+
+def test_packed_merge_skips_a_slot_grown_for_the_next_arrival():
+    """A replica's table grows while the placeholder for the next global arrival sits in its
+    inputs (cluster/replica.py), so its arrays may hold a slot past its last request; the
+    merged columns hold the requests alone."""
+    from kvsched.metrics import summarize
+
+    reqs = _requests([(0.0, 50, 5), (0.0, 50, 5), (100.0, 50, 5)])
+    crun = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST, capacity_tokens=8000, num_replicas=2,
+                            router="least-outstanding")
+    packed = crun.run.requests
+    assert any(len(t._status) > len(t) for t in packed._tables)  # the case this test is about
+    for name in ("request_id", "status", "finish_time", "num_preemptions", "reject_reason", "replica"):
+        assert len(packed.column(name)) == len(packed) == 3, name
+    assert summarize(crun.run)["num_completed"] == 3
+    assert sorted(packed.column("request_id")) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("name", ["round-robin", "random"])
 def test_routing_first_equals_routing_at_each_arrival(name):
     """A router that reads no state lets the coordinator route everything and then run the
@@ -450,6 +505,37 @@ def test_grid_prefill_decode_axis(tmp_path):
         _grid(prefill_decode=["1:1"], replicas=[2])
     with pytest.raises(GridError, match="kv_link_gbps needs prefill_decode"):
         _grid(kv_link_gbps=[10])
+
+
+def test_grid_router_refresh_axis(tmp_path):
+    """`router_refresh_s` is an axis of cluster cells: 0 is the live cell (same numbers as a
+    grid without the key, whose cells keep their ids), a number is simulate_cluster's refresh."""
+    from kvsched.experiments.sweep import GridError, run_sweep, task_id
+
+    live = _grid(rates=[16.0], replicas=[3], routers=["least-outstanding"])
+    grid = _grid(rates=[16.0], replicas=[3], routers=["least-outstanding"], router_refresh_s=[0, 2.0])
+    cells = grid.cells()
+    assert "router_refresh_s" not in live.cells()[0]
+    assert [c["router_refresh_s"] for c in cells] == [0.0, 2.0]
+    assert task_id(cells[0]) != task_id(live.cells()[0])
+    table, outcome = run_sweep(grid, tmp_path, save_runs=False)
+    assert not outcome.failed
+    base, _ = run_sweep(live, tmp_path / "live", save_runs=False)
+    assert list(table["router_refresh_s"]) == [0.0, 2.0]
+    assert list(table["router_label"]) == ["vllm / least-outstanding", "vllm / least-outstanding@2s"]
+    for key in ("e2e_mean", "ttft_p99", "num_steps", "request_imbalance"):
+        assert table[key].iloc[0] == base[key].iloc[0], key
+    # The stale cell is simulate_cluster with that refresh; at 2 s it routes differently from live.
+    reqs = build_workload(**grid.cells()[1]["workload"], target_rate=16.0)[0]
+    stale = simulate_cluster(reqs, SCHEDULERS.get("vllm").factory, COST_MODELS.create("llama2-7b-a100"),
+                             capacity_tokens=cells[1]["capacity_tokens"], num_replicas=3, router="least-outstanding",
+                             router_refresh_s=2.0)
+    assert table["e2e_mean"].iloc[1] == cluster_summary(stale)["e2e_mean"]
+    assert table["request_imbalance"].iloc[1] != table["request_imbalance"].iloc[0]
+    with pytest.raises(GridError, match="router_refresh_s needs a cluster"):
+        _grid(router_refresh_s=[0.1])
+    with pytest.raises(GridError, match="router_refresh_s must be finite numbers >= 0"):
+        _grid(replicas=[2], router_refresh_s=[-1])
 
 
 def test_fewest_replicas_is_the_boundary(tmp_path):

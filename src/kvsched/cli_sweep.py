@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 GRID_FLAGS = ("schedulers", "trace", "rates", "capacities", "seeds", "num_requests", "cost_model", "block_size",
-              "replicas", "routers", "prefill_decode", "kv_link_gbps")
+              "replicas", "routers", "prefill_decode", "kv_link_gbps", "router_refresh_s")
 
 
 def _split(text: str) -> list[str]:
@@ -38,6 +38,9 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
                    help="prefill/decode disaggregation: replica splits, e.g. 2:6,3:5 (instead of --replicas)")
     p.add_argument("--kv-link-gbps", type=_numbers(float), help="with --prefill-decode: KV link speeds, Gb/s "
                                                                 "(default 100)")
+    p.add_argument("--router-refresh-s", type=_numbers(float),
+                   help="with a cluster: routers read replica state published every this many seconds; 0: live "
+                        "(default)")
     p.add_argument("--num-requests", type=int, help="requests per workload (the first N, or a sample with --sample)")
     p.add_argument("--sample", action="store_true", help="with --num-requests: a seeded random sample")
     p.add_argument("--cost-model", help="registered cost model (default llama2-7b-a100)")
@@ -83,7 +86,7 @@ def build_grid(args):
         except tomllib.TOMLDecodeError as exc:
             raise CLIError(f"{args.grid}: not valid TOML: {exc}") from None
     for key in ("schedulers", "rates", "capacities", "seeds", "cost_model", "block_size", "replicas", "routers",
-                "prefill_decode", "kv_link_gbps"):
+                "prefill_decode", "kv_link_gbps", "router_refresh_s"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     if args.theory:

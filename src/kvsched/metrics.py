@@ -42,7 +42,7 @@ def requests_frame(run: Run) -> pd.DataFrame:
 
 def _request_columns(run: Run) -> dict:
     """The columns of `requests_frame`, as numpy arrays (text columns as lists)."""
-    if isinstance(run.requests, RequestTable):
+    if isinstance(run.requests, RequestTable) or hasattr(run.requests, "column"):  # packed (cluster: concatenated)
         return _table_columns(run.requests)
     rows = sorted(run.requests, key=lambda r: r.request_id)
     nan = float("nan")
@@ -82,7 +82,7 @@ def _request_columns(run: Run) -> dict:
     return df
 
 
-def _table_columns(table: RequestTable) -> dict:
+def _table_columns(table) -> dict:
     """`_request_columns` read straight from a packed table's arrays (no Request objects):
     the same values, in request id order."""
     order = np.argsort(table.column("request_id"), kind="stable")

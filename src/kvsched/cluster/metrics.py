@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kvsched.cluster.simulate import ClusterRun
-from kvsched.metrics import _request_columns, summarize
+from kvsched.metrics import _request_columns, steps_frame, summarize
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,6 +62,8 @@ def _makespan(crun: ClusterRun) -> float:
     reqs = crun.run.requests
     if not reqs:
         return 0.0
+    if hasattr(reqs, "column"):  # packed: no Request built
+        return crun.run.end_time - float(reqs.column("arrival_time").min())
     return crun.run.end_time - min(r.arrival_time for r in reqs)
 
 
@@ -119,9 +121,7 @@ def cluster_requests_frame(crun: ClusterRun) -> pd.DataFrame:
 
 def cluster_steps_frame(crun: ClusterRun) -> pd.DataFrame:
     """Every replica's steps (`loop.STEP_COLUMNS`) with a `replica` column, replica by replica."""
-    import pandas as pd
-
-    return pd.DataFrame(crun.run.steps)
+    return steps_frame(crun.run)
 
 
 def save_cluster_run(crun: ClusterRun, out_dir: str | Path, config: dict, *, format: str = "parquet",

@@ -23,6 +23,7 @@ gathers one row per cell, config and metrics, into `results.parquet`.
     routers = ["round-robin", "least-outstanding"]   # with replicas; default round-robin
     prefill_decode = ["2:6", "3:5"]  # optional: prefill:decode replicas instead of `replicas`
     kv_link_gbps = [100.0]           # with prefill_decode: the KV link (default 100)
+    router_refresh_s = [0, 0.1]      # with a cluster: routers read state published every s seconds (0: live)
 
 Rates follow `kvsched.workload.build_workload`'s `target_rate`: the Poisson rate of a
 length-only trace or synthetic spec, the mean replay rate of a trace with real arrivals.
@@ -65,7 +66,7 @@ WORKLOAD_KEYS = ("trace", "num_requests", "sample", "rate_scale", "length_scale"
                  "max_output_len", "predictions")
 CONFIG_COLUMNS = ("scheduler", "label", "options", "trace", "rate", "capacity_tokens", "seed", "cost_model",
                   "block_size", "theory", "predictions", "workload", "replicas", "router", "router_label",
-                  "prefill_replicas", "decode_replicas", "kv_link_gbps")
+                  "prefill_replicas", "decode_replicas", "kv_link_gbps", "router_refresh_s")
 DEFAULT_ROUTER = "round-robin"
 
 
@@ -135,6 +136,8 @@ class Grid:
     # Prefill/decode disaggregation: "P:D" replica splits and KV link speeds (Gb/s).
     prefill_decode: tuple[str, ...] | None = None
     kv_link_gbps: tuple[float, ...] | None = None
+    # How stale the routers' view is: replica state published every s seconds; 0 reads it live.
+    router_refresh_s: tuple[float, ...] | None = None
     cost_model: str = DEFAULT_COST_MODEL
     block_size: int = 16
     theory: bool = False
@@ -174,6 +177,12 @@ class Grid:
             raise GridError(f"{where}: kv_link_gbps needs prefill_decode")
         if self.kv_link_gbps is not None and any(not (b > 0 and math.isfinite(b)) for b in self.kv_link_gbps):
             raise GridError(f"{where}: kv_link_gbps must be finite numbers > 0, got {list(self.kv_link_gbps)}")
+        if self.router_refresh_s is not None:
+            if self.replicas is None and self.routers is None and self.prefill_decode is None:
+                raise GridError(f"{where}: router_refresh_s needs a cluster (replicas, routers or prefill_decode)")
+            if any(not (b >= 0 and math.isfinite(b)) for b in self.router_refresh_s):
+                raise GridError(f"{where}: router_refresh_s must be finite numbers >= 0 (0: live), "
+                                f"got {list(self.router_refresh_s)}")
         if self.routers is not None:
             from kvsched.cluster.routers import ROUTERS
 
@@ -185,7 +194,7 @@ class Grid:
     def from_dict(cls, raw: dict, source: str = "grid") -> Grid:
         known = {"name", "schedulers", "workloads", "workload", "rates", "capacities", "seeds", "options",
                  "cost_model", "block_size", "theory", "fast_forward", "replicas", "routers", "prefill_decode",
-                 "kv_link_gbps"}
+                 "kv_link_gbps", "router_refresh_s"}
         unknown = set(raw) - known
         if unknown:
             raise GridError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -213,6 +222,9 @@ class Grid:
         if "kv_link_gbps" in raw:
             kw["kv_link_gbps"] = tuple(float(b) for b in _as_tuple(raw["kv_link_gbps"], "kv_link_gbps",
                                                                    (int, float), source))
+        if "router_refresh_s" in raw:
+            kw["router_refresh_s"] = tuple(float(b) for b in _as_tuple(raw["router_refresh_s"], "router_refresh_s",
+                                                                       (int, float), source))
         for key, kind in (("name", str), ("cost_model", str), ("block_size", int), ("theory", bool),
                           ("fast_forward", bool)):
             if key in raw:
@@ -235,7 +247,7 @@ class Grid:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("source")
-        for key in ("replicas", "routers", "prefill_decode", "kv_link_gbps"):  # one-replica grids read as before
+        for key in ("replicas", "routers", "prefill_decode", "kv_link_gbps", "router_refresh_s"):  # as before
             if d[key] is None:
                 d.pop(key)
         return d
@@ -265,6 +277,8 @@ class Grid:
         else:
             clusters = [{"replicas": n, "router": router} for n, router in
                         itertools.product(self.replicas or (1,), self.routers or (DEFAULT_ROUTER,))]
+        if self.router_refresh_s is not None:  # a key only when asked for: other cells keep their ids
+            clusters = [{**cl, "router_refresh_s": s} for cl in clusters for s in self.router_refresh_s]
         out = []
         for workload, capacity in itertools.product(self.workloads, self.capacities):
             for scheduler in self.schedulers:
@@ -369,6 +383,7 @@ def _run_cluster_cell(cell: dict, reqs, cost, factory, save_runs: bool):
     options = fill_design_options(factory, dict(cell["options"]), reqs[::share] or reqs, cost)
     crun = simulate_cluster(reqs, lambda: factory(**options), cost, capacity_tokens=cell["capacity_tokens"],
                             num_replicas=n, router=cell["router"], seed=cell["seed"], block_size=cell["block_size"],
+                            router_refresh_s=cell.get("router_refresh_s") or None,  # 0: live
                             fast_forward=cell["fast_forward"], lookahead_tokens=lookahead, disaggregation=dis)
     frame = cluster_requests_frame(crun)
     summary = cluster_summary(crun, frame, per_replica=False)
@@ -400,8 +415,13 @@ def _row(cell: dict, tid: str, summary: dict | None, error: str | None) -> dict:
         # Curves vs rate are drawn per label: a cluster configuration is part of it.
         size = (f"{cell['prefill_replicas']}P+{cell['decode_replicas']}D {cell['kv_link_gbps']:g}Gbps"
                 if "prefill_replicas" in cell else f"x{cell['replicas']}")
-        row.update(label=f"{row['label']} {size} {cell['router']}", replicas=cell["replicas"],
-                   router=cell["router"], router_label=f"{row['label']} / {cell['router']}")
+        router = cell["router"]
+        if cell.get("router_refresh_s"):  # 0 or absent: live reads, the router's plain name
+            router = f"{router}@{cell['router_refresh_s']:g}s"
+        row.update(label=f"{row['label']} {size} {router}", replicas=cell["replicas"],
+                   router=cell["router"], router_label=f"{row['label']} / {router}")
+        if "router_refresh_s" in cell:
+            row["router_refresh_s"] = float(cell["router_refresh_s"])
         if "prefill_replicas" in cell:
             row.update(prefill_replicas=cell["prefill_replicas"], decode_replicas=cell["decode_replicas"],
                        kv_link_gbps=cell["kv_link_gbps"])
