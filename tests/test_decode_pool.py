@@ -326,3 +326,27 @@ def test_request_table_grows_with_its_input_list():
                                                                            [(3, 2, "finish")])
     with pytest.raises(RuntimeError, match="has not left the run"):
         table[0]
+
+
+def test_request_table_columns_follow_a_shortened_input_list():
+    """A driver may append a placeholder to the inputs and take it off again (the cluster's
+    next-arrival marker): the arrays grown for it must not show in the table."""
+    from kvsched.request import RequestStatus
+    from kvsched.request_table import RequestTable
+
+    inputs = [Request(0, 0.0, 10, 3)]
+    table = RequestTable(inputs)
+    inputs.append(Request(1, 1.0, 5, 2))
+    inputs.append(Request(2, 9.0, 1, 1))  # the placeholder
+    done = inputs[1].copy_fresh()
+    done.status, done.finish_time = RequestStatus.FINISHED, 4.5
+    table.pack(1, done)
+    inputs.pop()
+    first = inputs[0].copy_fresh()
+    first.status, first.finish_time = RequestStatus.FINISHED, 2.0
+    table.pack(0, first)
+    assert len(table) == 2 and table.complete
+    for name in ("finish_time", "num_output_tokens", "status", "reject_reason", "request_id"):
+        assert len(table.column(name)) == 2, name
+    assert table.column("finish_time").tolist() == [2.0, 4.5]
+    assert table.indices(RequestStatus.FINISHED) == [0, 1]

@@ -142,7 +142,7 @@ class RequestTable(Sequence):
         """Table positions of the requests that left with `status`, without building the
         others (an unpacked position is included, so building it raises as iteration would)."""
         code, packed = _STATUS_CODE[status], self._packed
-        return [i for i, s in enumerate(self._status) if s == code or not packed[i]]
+        return [i for i, s in zip(range(len(self)), self._status) if s == code or not packed[i]]
 
     def input(self, i: int) -> Request:
         """The input request at position `i` (its identity and length fields; no progress)."""
@@ -150,13 +150,18 @@ class RequestTable(Sequence):
 
     def column(self, name: str) -> np.ndarray:
         """One field of every request, in table order, without building requests (times
-        NaN where None; `status` as the status values; `reject_reason` with "" for None)."""
+        NaN where None; `status` as the status values; `reject_reason` with "" for None).
+
+        The arrays may be longer than the table: they grow with the input list, which a
+        caller may shorten again (the cluster's placeholder for the next arrival)."""
+        n = len(self)
         if name in self._ints:
-            return np.frombuffer(self._ints[name], dtype=np.int64).copy()
+            return np.frombuffer(self._ints[name], dtype=np.int64)[:n].copy()
         if name in self._times:
-            return np.frombuffer(self._times[name], dtype=np.float64).copy()
+            return np.frombuffer(self._times[name], dtype=np.float64)[:n].copy()
         if name == "status":
-            return np.array([s.value for s in _STATUSES], dtype=object)[np.frombuffer(self._status, dtype=np.int8)]
+            codes = np.frombuffer(self._status, dtype=np.int8)[:n]
+            return np.array([s.value for s in _STATUSES], dtype=object)[codes]
         if name == "reject_reason":
             out = np.full(len(self), "", dtype=object)
             for i, reason in self._reasons.items():
@@ -171,4 +176,4 @@ class RequestTable(Sequence):
     @property
     def complete(self) -> bool:
         """Every request has left (the loop returned this table in a Run)."""
-        return all(self._packed)
+        return all(self._packed[:len(self)])

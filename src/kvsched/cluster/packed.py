@@ -53,9 +53,7 @@ class ConcatRequestTable(Sequence):
         table a request came from."""
         if name == "replica":
             return np.repeat(np.arange(len(self._tables), dtype=np.int64), [len(t) for t in self._tables])
-        # [:len(t)]: a replica's table grows while the placeholder for the next global arrival
-        # sits in its inputs (replica.advance_to), so its arrays can hold a slot past its last request.
-        cols = [t.column(name)[:len(t)] for t in self._tables]
+        cols = [t.column(name) for t in self._tables]
         return np.concatenate(cols) if cols else np.zeros(0)
 
     @property
