@@ -220,7 +220,9 @@ class PrefixCachingKVCache(KVCache):
     nothing can look up but which keeps their place in LRU order and their eviction
     count. That makes a prefill and a finish O(blocks) list work without building or
     hashing a key per block. `lazy_own_keys=False` is the eager path, kept for the test
-    that runs both.
+    that runs both. A finished request whose keys are all its own returns its blocks as
+    at most two run nodes of the free queue (`_push_run`), and fresh blocks are taken as
+    slices of them (`_take`): the same blocks in the same order, without a step per block.
     """
 
     prefix_caching = True
