@@ -270,12 +270,6 @@ class PrefixCachingKVCache(KVCache):
         self._num_free = n
         self._free_ids = []
 
-    def _unlink(self, b: int) -> None:
-        nxt, prv = self._next, self._prev
-        p, q = prv[b], nxt[b]
-        nxt[p], prv[q] = q, p
-        self._num_free -= 1
-
     def _push(self, b: int, front: bool) -> None:
         nxt, prv = self._next, self._prev
         if front:
@@ -400,6 +394,8 @@ class PrefixCachingKVCache(KVCache):
 
     def num_evictable(self, blocks: list[int]) -> int:
         """How many of `blocks` are free (cached, no holder): reusing them takes free blocks."""
+        if not blocks:
+            return 0
         ref = self._ref
         return sum(1 for b in blocks if ref[b] == 0)
 
@@ -417,11 +413,13 @@ class PrefixCachingKVCache(KVCache):
         rid = request.request_id
         if rid in self._held:
             raise ValueError(f"request {rid} already holds KV blocks")
-        ref, bs = self._ref, self.block_size
+        ref, bs, nxt, prv = self._ref, self.block_size, self._next, self._prev
         shared = 0
         for b in blocks:
-            if ref[b] == 0:
-                self._unlink(b)
+            if ref[b] == 0:  # a cached free block: out of the free queue (a single node)
+                p, q = prv[b], nxt[b]
+                nxt[p], prv[q] = q, p
+                self._num_free -= 1
             else:
                 shared += 1
             ref[b] += 1
