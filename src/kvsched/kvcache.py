@@ -426,12 +426,23 @@ class PrefixCachingKVCache(KVCache):
         self._held[rid] = list(blocks)
         self._reqs[rid] = request
         self._memo.pop(rid, None)
-        if self.lazy_own_keys and rid not in self._had_kv:
+        if self.lazy_own_keys:
             ids = request.prefix_block_ids
-            # Blocks ending past the ids are its own (block_key); a hit stops before them.
-            own_from = len(ids) * request.prefix_block_size // bs if ids else 0
-            if own_from or not blocks:  # (own_from 0 with a hit cannot come from lookup)
-                self._lazy[rid] = own_from
+            if rid not in self._had_kv:
+                # Blocks ending past the ids are its own (block_key); a hit stops before them.
+                own_from = len(ids) * request.prefix_block_size // bs if ids else 0
+                if own_from or not blocks:  # (own_from 0 with a hit cannot come from lookup)
+                    self._lazy[rid] = own_from
+            elif not ids:
+                # Back after a preemption, every key its own: lazily keyed past its hit again
+                # if no copy of those keys is still cached (as in its first residency).
+                cached, own = self._cached, -1 - rid
+                end = (request.prompt_len + request.output_len + self.lookahead_tokens) // bs * bs
+                for e in range((len(blocks) + 1) * bs, end + bs, bs):
+                    if (own, e) in cached:
+                        break
+                else:
+                    self._lazy[rid] = len(blocks)
         self._num_keyed[rid] = len(blocks)
         self._blocks[rid] = len(blocks)
         self._tokens[rid] = len(blocks) * bs
@@ -506,10 +517,10 @@ class PrefixCachingKVCache(KVCache):
         if own_from == 0:
             self._free_own(request_id, mine)
             return
-        if own_from is None and self.lazy_own_keys:
+        if self.lazy_own_keys:
             r = self._reqs[request_id]
             if r.status is RequestStatus.FINISHED and not r.prefix_block_ids:
-                self._free_finished_own(request_id, mine)
+                self._free_finished_own(request_id, mine, own_from)
                 return
         if own_from is not None:
             r = self._reqs[request_id]
@@ -584,30 +595,42 @@ class PrefixCachingKVCache(KVCache):
         del self._blocks[request_id]
         self._num_used_blocks = self.num_blocks - self._num_free
 
-    def _free_finished_own(self, request_id: int, mine: list[int]) -> None:
-        """`free` for a finished request without prefix ids that held KV before (its keys
-        were registered when it was preempted): every key it holds is its own, so only it
-        could hold its blocks (each once) and nothing can look them up any more. Its keyed
-        blocks become DEAD, as a finished lazily keyed request's: the queue gets the same
-        blocks in the same order as freeing block by block (keyless ones after the head in
-        block order, keyed ones before the tail, last block first), as two runs."""
+    def _free_finished_own(self, request_id: int, mine: list[int], own_from: int | None) -> None:
+        """`free` for a finished request without prefix ids that held KV before: every key
+        it holds is its own, so only it could hold its blocks (each once) and nothing can
+        look them up any more. Its keyed blocks (registered when it was preempted, or
+        lazily counted from `own_from` since it came back) become DEAD, as a finished
+        lazily keyed request's: the queue gets the same blocks in the same order as freeing
+        block by block (keyless ones after the head in block order, keyed ones before the
+        tail, last block first), as two runs."""
         ref, keys, cached = self._ref, self._key, self._cached
         keyless: list[int] = []
         dead: list[int] = []
-        for b in mine:
-            ref[b] = 0
-            k = keys[b]
-            if k is None:
-                keyless.append(b)
-            else:
+        if own_from is not None:  # [0, own_from) its hit, [own_from, keyed) counted, then keyless
+            keyed = self._num_keyed[request_id]
+            for b in mine:
+                ref[b] = 0
+            for b in mine[:own_from]:
+                del cached[keys[b]]
                 keys[b] = None
-                del cached[k]
-                dead.append(b)
+            keyless = mine[keyed:]
+            dead = mine[:keyed]
+            self._num_hidden += own_from
+        else:
+            for b in mine:
+                ref[b] = 0
+                k = keys[b]
+                if k is None:
+                    keyless.append(b)
+                else:
+                    keys[b] = None
+                    del cached[k]
+                    dead.append(b)
+            self._num_hidden += len(dead)
         if keyless:
             self._push_run(keyless, None, True)
         if dead:
             self._version += 1
-            self._num_hidden += len(dead)
             dead.reverse()
             self._push_run(dead, DEAD, False)
         self._num_free += len(mine)
