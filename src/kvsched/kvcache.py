@@ -223,6 +223,8 @@ class PrefixCachingKVCache(KVCache):
     that runs both. A finished request whose keys are all its own returns its blocks as
     at most two run nodes of the free queue (`_push_run`), and fresh blocks are taken as
     slices of them (`_take`): the same blocks in the same order, without a step per block.
+    A request without prefix ids that comes back after a preemption is lazily keyed again
+    from its hit on, when no copy of its later own keys is still cached.
     """
 
     prefix_caching = True
