@@ -220,7 +220,11 @@ class PrefixCachingKVCache(KVCache):
     nothing can look up but which keeps their place in LRU order and their eviction
     count. That makes a prefill and a finish O(blocks) list work without building or
     hashing a key per block. `lazy_own_keys=False` is the eager path, kept for the test
-    that runs both.
+    that runs both. A finished request whose keys are all its own returns its blocks as
+    at most two run nodes of the free queue (`_push_run`), and fresh blocks are taken as
+    slices of them (`_take`): the same blocks in the same order, without a step per block.
+    A request without prefix ids that comes back after a preemption is lazily keyed again
+    from its hit on, when no copy of its later own keys is still cached.
     """
 
     prefix_caching = True
@@ -248,6 +252,14 @@ class PrefixCachingKVCache(KVCache):
     # (`_version` moves whenever a key may have been added or removed).
     _version: int = field(init=False, default=0)
     _memo: dict = field(init=False, default_factory=dict)
+    # Run nodes of the free queue (linked-list nodes past the two sentinels): node -> [block
+    # ids in queue order, DEAD or None]. A finished lazily keyed request frees its blocks as
+    # at most two runs and a pop takes slices of them: the same blocks in the same order as
+    # one node per block, without a Python step per block. A request whose blocks are all
+    # its own (`_lazy` value 0, `_pure`) holds each once, and its reference counts stay 0 in
+    # `_ref` (implicitly 1) so that neither taking nor freeing its blocks touches them.
+    _runs: dict = field(init=False, default_factory=dict)
+    _free_nodes: list[int] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         KVCache.__post_init__(self)
@@ -259,12 +271,6 @@ class PrefixCachingKVCache(KVCache):
         self._prev = [n, *range(n - 1), -1, n - 1]
         self._num_free = n
         self._free_ids = []
-
-    def _unlink(self, b: int) -> None:
-        nxt, prv = self._next, self._prev
-        p, q = prv[b], nxt[b]
-        nxt[p], prv[q] = q, p
-        self._num_free -= 1
 
     def _push(self, b: int, front: bool) -> None:
         nxt, prv = self._next, self._prev
@@ -279,11 +285,77 @@ class PrefixCachingKVCache(KVCache):
 
     def free_queue(self) -> list[int]:
         """Free block ids, head (next evicted) first."""
-        out, nxt, b, end = [], self._next, self._next[self.num_blocks], self.num_blocks + 1
+        out, nxt, b, end, runs = [], self._next, self._next[self.num_blocks], self.num_blocks + 1, self._runs
         while b != end:
-            out.append(b)
+            if b > end:
+                out.extend(runs[b][0])
+            else:
+                out.append(b)
             b = nxt[b]
         return out
+
+    def _take(self, mine: list[int], need: int, setref: bool) -> None:
+        """Move the first `need` blocks of the free queue to the end of `mine`, evicting their
+        keys (the caller checked `need` against and took it off `_num_free`)."""
+        head, tail = self.num_blocks, self.num_blocks + 1
+        nxt, prv, keys, ref, runs = self._next, self._prev, self._key, self._ref, self._runs
+        b = nxt[head]
+        while need:
+            if b > tail:  # a run: a slice of it
+                run = runs[b]
+                ids = run[0]
+                t = len(ids)
+                if t > need:
+                    taken = ids[:need]
+                    del ids[:need]
+                    t = need
+                else:
+                    taken = ids
+                    del runs[b]
+                    self._free_nodes.append(b)
+                    b = nxt[b]
+                if run[1] is DEAD:
+                    self._num_hidden -= t
+                    self.num_evicted_blocks += t
+                if setref:
+                    for x in taken:
+                        ref[x] = 1
+                mine.extend(taken)
+                need -= t
+                continue
+            k = keys[b]
+            if k is not None:  # evict the least recently freed cached block
+                keys[b] = None
+                if k is DEAD:
+                    self._num_hidden -= 1
+                elif self._cached.get(k) == b:
+                    del self._cached[k]
+                    self._version += 1
+                self.num_evicted_blocks += 1
+            if setref:
+                ref[b] = 1
+            mine.append(b)
+            b = nxt[b]
+            need -= 1
+        nxt[head], prv[b] = b, head
+
+    def _push_run(self, ids: list[int], kind, front: bool) -> None:
+        """Put the blocks `ids` (in queue order, keyless or DEAD) in the free queue as one node."""
+        nxt, prv = self._next, self._prev
+        if self._free_nodes:
+            node = self._free_nodes.pop()
+        else:
+            node = len(nxt)
+            nxt.append(-1)
+            prv.append(-1)
+        self._runs[node] = [ids, kind]
+        if front:
+            p = self.num_blocks
+            q = nxt[p]
+        else:
+            q = self.num_blocks + 1
+            p = prv[q]
+        nxt[p], prv[node], nxt[node], prv[q] = node, p, q, node
 
     # --- queries -------------------------------------------------------------------
     def block_ids(self, request_id: int) -> list[int]:
@@ -324,11 +396,15 @@ class PrefixCachingKVCache(KVCache):
 
     def num_evictable(self, blocks: list[int]) -> int:
         """How many of `blocks` are free (cached, no holder): reusing them takes free blocks."""
+        if not blocks:
+            return 0
         ref = self._ref
         return sum(1 for b in blocks if ref[b] == 0)
 
     def num_freed_by(self, request_id: int) -> int:
         """Blocks that freeing `request_id` would return to the free queue (those it alone holds)."""
+        if self._lazy.get(request_id) == 0:
+            return len(self._held[request_id])  # each held once (reference counts left at 0)
         ref = self._ref
         return sum(1 for b in self._held.get(request_id, ()) if ref[b] == 1)
 
@@ -339,21 +415,36 @@ class PrefixCachingKVCache(KVCache):
         rid = request.request_id
         if rid in self._held:
             raise ValueError(f"request {rid} already holds KV blocks")
-        ref, bs = self._ref, self.block_size
+        ref, bs, nxt, prv = self._ref, self.block_size, self._next, self._prev
         shared = 0
         for b in blocks:
-            if ref[b] == 0:
-                self._unlink(b)
+            if ref[b] == 0:  # a cached free block: out of the free queue (a single node)
+                p, q = prv[b], nxt[b]
+                nxt[p], prv[q] = q, p
+                self._num_free -= 1
             else:
                 shared += 1
             ref[b] += 1
         self._held[rid] = list(blocks)
         self._reqs[rid] = request
         self._memo.pop(rid, None)
-        if self.lazy_own_keys and rid not in self._had_kv:
+        if self.lazy_own_keys:
             ids = request.prefix_block_ids
-            # Blocks ending past the ids are its own (block_key); a hit stops before them.
-            self._lazy[rid] = len(ids) * request.prefix_block_size // bs if ids else 0
+            if rid not in self._had_kv:
+                # Blocks ending past the ids are its own (block_key); a hit stops before them.
+                own_from = len(ids) * request.prefix_block_size // bs if ids else 0
+                if own_from or not blocks:  # (own_from 0 with a hit cannot come from lookup)
+                    self._lazy[rid] = own_from
+            elif not ids:
+                # Back after a preemption, every key its own: lazily keyed past its hit again
+                # if no copy of those keys is still cached (as in its first residency).
+                cached, own = self._cached, -1 - rid
+                end = (request.prompt_len + request.output_len + self.lookahead_tokens) // bs * bs
+                for e in range((len(blocks) + 1) * bs, end + bs, bs):
+                    if (own, e) in cached:
+                        break
+                else:
+                    self._lazy[rid] = len(blocks)
         self._num_keyed[rid] = len(blocks)
         self._blocks[rid] = len(blocks)
         self._tokens[rid] = len(blocks) * bs
@@ -372,10 +463,8 @@ class PrefixCachingKVCache(KVCache):
                 f"step needs {num_new_blocks} more blocks, only {self._num_free} of {self.num_blocks} free"
             )
         # Runs per scheduled request per step: locals and inlined list operations.
-        head = self.num_blocks
-        bs, la, ref, keys, cached = self.block_size, self.lookahead_tokens, self._ref, self._key, self._cached
-        held, tokens, blocks, keyed = self._held, self._tokens, self._blocks, self._num_keyed
-        nxt, prv, lazy = self._next, self._prev, self._lazy
+        bs, la, keys, cached = self.block_size, self.lookahead_tokens, self._key, self._cached
+        held, tokens, blocks, keyed, lazy = self._held, self._tokens, self._blocks, self._num_keyed, self._lazy
         added = 0
         for rid, total in totals:
             mine = held[rid]  # KeyError: never admitted
@@ -384,22 +473,7 @@ class PrefixCachingKVCache(KVCache):
                 if need > self._num_free:
                     raise KVCapacityError(f"request {rid} needs {need} more blocks, only {self._num_free} free")
                 self._num_free -= need
-                # Take the first `need` blocks of the free queue, then unlink them at once.
-                b = nxt[head]
-                for _ in range(need):
-                    k = keys[b]
-                    if k is not None:  # evict the least recently freed cached block
-                        keys[b] = None
-                        if k is DEAD:
-                            self._num_hidden -= 1
-                        elif cached.get(k) == b:
-                            del cached[k]
-                            self._version += 1
-                        self.num_evicted_blocks += 1
-                    ref[b] = 1
-                    mine.append(b)
-                    b = nxt[b]
-                nxt[head], prv[b] = b, head
+                self._take(mine, need, lazy.get(rid) != 0)
                 blocks[rid] = len(mine)
             added += total - tokens[rid]
             tokens[rid] = total
@@ -445,6 +519,11 @@ class PrefixCachingKVCache(KVCache):
         if own_from == 0:
             self._free_own(request_id, mine)
             return
+        if self.lazy_own_keys:
+            r = self._reqs[request_id]
+            if r.status is RequestStatus.FINISHED and not r.prefix_block_ids:
+                self._free_finished_own(request_id, mine, own_from)
+                return
         if own_from is not None:
             r = self._reqs[request_id]
             keyed = self._num_keyed[request_id]
@@ -485,44 +564,32 @@ class PrefixCachingKVCache(KVCache):
         self._num_used_blocks = self.num_blocks - self._num_free
 
     def _free_own(self, request_id: int, mine: list[int]) -> None:
-        """`free` for a lazily keyed request holding only its own blocks (each held once):
-        the same queue, built as two chains. Keyless blocks (from `keyed` on) end up after
-        the head in block order, keyed ones before the tail, last block first."""
+        """`free` for a lazily keyed request holding only its own blocks (each held once, its
+        reference counts left at 0): the same queue as freeing block by block. Keyless blocks
+        (from `keyed` on) end up after the head in block order, keyed ones before the tail,
+        last block first; a finished request's as two runs, without a step per block."""
         r, keyed = self._reqs.pop(request_id), self._num_keyed.pop(request_id)
-        ref, keys, nxt, prv = self._ref, self._key, self._next, self._prev
-        head, tail = self.num_blocks, self.num_blocks + 1
         if len(mine) > keyed:
-            first, p = nxt[head], head
-            for b in mine[keyed:]:
-                ref[b] = 0
-                nxt[p] = b
-                prv[b] = p
-                p = b
-            nxt[p], prv[first] = first, p
+            self._push_run(mine[keyed:], None, True)
         if keyed:
-            p = prv[tail]
             if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
-                for j in range(keyed - 1, -1, -1):
-                    b = mine[j]
-                    ref[b] = 0
-                    keys[b] = DEAD
-                    nxt[p] = b
-                    prv[b] = p
-                    p = b
+                dead = mine[keyed - 1::-1]
+                self._push_run(dead, DEAD, False)
             else:  # it may come back: its own keys, as eager registration made them
                 self._version += 1
                 self._num_hidden -= keyed
+                keys, nxt, prv, tail = self._key, self._next, self._prev, self.num_blocks + 1
+                p = prv[tail]
                 cached, own, bs = self._cached, -1 - request_id, self.block_size
                 for j in range(keyed - 1, -1, -1):
                     b = mine[j]
-                    ref[b] = 0
                     k = (own, (j + 1) * bs)
                     cached[k] = b
                     keys[b] = k
                     nxt[p] = b
                     prv[b] = p
                     p = b
-            nxt[p], prv[tail] = tail, p
+                nxt[p], prv[tail] = tail, p
         if r.status is not RequestStatus.FINISHED:
             self._had_kv.add(request_id)
         self._num_free += len(mine)
@@ -530,17 +597,67 @@ class PrefixCachingKVCache(KVCache):
         del self._blocks[request_id]
         self._num_used_blocks = self.num_blocks - self._num_free
 
+    def _free_finished_own(self, request_id: int, mine: list[int], own_from: int | None) -> None:
+        """`free` for a finished request without prefix ids that held KV before: every key
+        it holds is its own, so only it could hold its blocks (each once) and nothing can
+        look them up any more. Its keyed blocks (registered when it was preempted, or
+        lazily counted from `own_from` since it came back) become DEAD, as a finished
+        lazily keyed request's: the queue gets the same blocks in the same order as freeing
+        block by block (keyless ones after the head in block order, keyed ones before the
+        tail, last block first), as two runs."""
+        ref, keys, cached = self._ref, self._key, self._cached
+        keyless: list[int] = []
+        dead: list[int] = []
+        if own_from is not None:  # [0, own_from) its hit, [own_from, keyed) counted, then keyless
+            keyed = self._num_keyed[request_id]
+            for b in mine:
+                ref[b] = 0
+            for b in mine[:own_from]:
+                del cached[keys[b]]
+                keys[b] = None
+            keyless = mine[keyed:]
+            dead = mine[:keyed]
+            self._num_hidden += own_from
+        else:
+            for b in mine:
+                ref[b] = 0
+                k = keys[b]
+                if k is None:
+                    keyless.append(b)
+                else:
+                    keys[b] = None
+                    del cached[k]
+                    dead.append(b)
+            self._num_hidden += len(dead)
+        if keyless:
+            self._push_run(keyless, None, True)
+        if dead:
+            self._version += 1
+            dead.reverse()
+            self._push_run(dead, DEAD, False)
+        self._num_free += len(mine)
+        self._num_used_tokens -= self._tokens.pop(request_id)
+        del self._blocks[request_id], self._reqs[request_id], self._num_keyed[request_id]
+        self._num_used_blocks = self.num_blocks - self._num_free
+
     def check(self) -> None:
         bs = self.block_size
         refs = [0] * self.num_blocks
-        for mine in self._held.values():
+        for rid, mine in self._held.items():
             assert len(mine) == len(set(mine))
             for b in mine:
                 refs[b] += 1
-        assert refs == self._ref, "reference counts"
+        pure = [b for rid, mine in self._held.items() if self._lazy.get(rid) == 0 for b in mine]
+        assert all(refs[b] == 1 for b in pure), "blocks of a request holding only its own are held once"
+        stored = list(refs)
+        for b in pure:
+            stored[b] = 0
+        assert stored == self._ref, "reference counts"
         queue = self.free_queue()
         assert len(queue) == self._num_free
         assert set(queue) == {b for b in range(self.num_blocks) if refs[b] == 0}, "free queue"
+        assert all(self._key[b] is None for ids, kind in self._runs.values() for b in ids), "run blocks are keyless"
+        assert all(ids for ids, kind in self._runs.values()), "no empty run"
         assert self._num_used_blocks == self.num_blocks - self._num_free <= self.num_blocks
         for rid, mine in self._held.items():
             assert self._blocks[rid] == len(mine) == blocks_for(self._tokens[rid], bs) or self._tokens[rid] == 0, rid
@@ -549,10 +666,11 @@ class PrefixCachingKVCache(KVCache):
         assert self._num_used_tokens <= self._num_used_blocks * bs
         for k, b in self._cached.items():
             assert self._key[b] == k, (k, b)
-        dead = sum(1 for b in queue if self._key[b] is DEAD)
+        dead_keys = sum(1 for k in self._key if k is DEAD)
+        dead = dead_keys + sum(len(ids) for ids, kind in self._runs.values() if kind is DEAD)
         lazy_held = sum(max(0, self._num_keyed[rid] - j0) for rid, j0 in self._lazy.items())
         assert self._num_hidden == dead + lazy_held, "hidden keys"
-        assert sum(1 for k in self._key if k is DEAD) == dead, "DEAD blocks are free"
+        assert sum(1 for b in queue if self._key[b] is DEAD) == dead_keys, "DEAD blocks are free"
 
 
 def make_kv_cache(capacity_tokens: int, block_size: int = 16, *, prefix_caching: bool = False,

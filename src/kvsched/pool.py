@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import heapq
 
-from kvsched.kvcache import DEAD, block_key
+from kvsched.kvcache import block_key
 from kvsched.request import Request
 
 
@@ -152,8 +152,13 @@ class DecodePool:
             need = -(-total // bs) - len(mine)
             if need > 0:
                 spare = self._spare
-                mine.extend(spare[-need:])
+                given = spare[-need:]
                 del spare[-need:]
+                mine.extend(given)
+                if kv._lazy.get(rid) != 0:  # (a request holding only its own blocks keeps them at 0)
+                    ref = kv._ref
+                    for b in given:
+                        ref[b] = 1
             kv._blocks[rid] = len(mine)
             full = c // bs
             done = kv._num_keyed[rid]
@@ -233,23 +238,7 @@ class DecodePool:
             if num_new_blocks > kv._num_free:
                 raise AssertionError("decode pool allocation beyond free blocks (checked before)")
             kv._num_free -= num_new_blocks
-            head = kv.num_blocks
-            nxt, prv, keys, cached, ref, spare = kv._next, kv._prev, kv._key, kv._cached, kv._ref, self._spare
-            b = nxt[head]  # the first blocks of the free queue, unlinked at once below
-            for _ in range(num_new_blocks):
-                key = keys[b]
-                if key is not None:
-                    keys[b] = None
-                    if key is DEAD:
-                        kv._num_hidden -= 1
-                    elif cached.get(key) == b:
-                        del cached[key]
-                        kv._version += 1
-                    kv.num_evicted_blocks += 1
-                ref[b] = 1
-                spare.append(b)
-                b = nxt[b]
-            nxt[head], prv[b] = b, head
+            kv._take(self._spare, num_new_blocks, False)  # reference counts set when handed out
             kv._num_used_blocks = kv.num_blocks - kv._num_free
         elif not self._apc:
             kv._num_used_blocks += num_new_blocks
