@@ -46,21 +46,31 @@ def save_run(run: Run, out_dir: str | Path, config: dict, *, format: str = "parq
     """Write the run's files into `out_dir` (created) and return its summary.
 
     extra_summary: more headline numbers to store in summary.json (e.g. the bound ratio)."""
-    if format not in ("parquet", "csv"):
-        raise ValueError(f"format must be 'parquet' or 'csv', got {format!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_format(format)
     reqs = requests_frame(run)
     summary = summarize(run, reqs)
     summary.update(extra_summary or {})
-    for name, df in (("requests", reqs), ("steps", steps_frame(run))):
+    write_run_dir(out_dir, (("requests", reqs), ("steps", steps_frame(run))), summary, config, format=format)
+    return summary
+
+
+def check_format(format: str) -> None:
+    if format not in ("parquet", "csv"):
+        raise ValueError(f"format must be 'parquet' or 'csv', got {format!r}")
+
+
+def write_run_dir(out_dir: str | Path, tables, summary: dict, config: dict, *, format: str = "parquet") -> None:
+    """Write `(name, DataFrame)` tables, summary.json and config.json into `out_dir` (created)."""
+    check_format(format)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables:
         if format == "parquet":
             df.to_parquet(out / f"{name}.parquet", index=False, compression="zstd")
         else:
             df.to_csv(out / f"{name}.csv", index=False)
     write_json(out / "summary.json", summary)
     write_json(out / "config.json", config)
-    return summary
 
 
 def load_table(run_dir: str | Path, name: str) -> pd.DataFrame:

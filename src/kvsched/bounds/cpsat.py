@@ -34,7 +34,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from kvsched.bounds.instance import Instance, best_greedy_starts, evaluate_starts
+from kvsched.bounds.instance import Instance, evaluate_starts
 from kvsched.bounds.results import IPOptions, IPResult, IPStatus
 from kvsched.bounds.solvers import SolverUnavailable, native_stdout_to_stderr
 from kvsched.bounds.volume import sum_output_bound, volume_bound
@@ -80,7 +80,7 @@ def solve_cpsat(
     requests), `verbose`. `known_lower_bound`, a bound proven elsewhere (e.g. HiGHS), is
     added as `objective >= bound`; it is the caller's claim and is reported as such.
     """
-    from kvsched.bounds.ip import _ceil_bound, _horizons, canonical_starts
+    from kvsched.bounds.ip import _ceil_bound, _horizons, initial_incumbent
 
     opts = replace(options or IPOptions(), **overrides)  # type: ignore[arg-type]
     cp_model = _import_cp_model()
@@ -90,18 +90,7 @@ def solve_cpsat(
     a, s, o = inst.arrays()
     const = int((o - a).sum())
 
-    inc_starts: tuple[int, ...] | None = None
-    inc_tel: int | None = None
-    inc_source: str | None = None
-    if incumbent_starts is not None:
-        inc_tel, _ = evaluate_starts(inst, list(incumbent_starts))
-        inc_starts = canonical_starts(inst, incumbent_starts)
-        inc_source = "warm-start"
-    elif opts.greedy_incumbent and inst.n:
-        inc_starts = canonical_starts(inst, best_greedy_starts(inst))
-        inc_tel, _ = evaluate_starts(inst, inc_starts)
-        inc_source = "warm-start"
-        notes.append("incumbent from best_greedy_starts")
+    inc_starts, inc_tel, inc_source = initial_incumbent(inst, opts, incumbent_starts, notes)
     hz, kind, _, _ = _horizons(inst, replace(opts, horizon=None, horizon_margin=None), inc_tel, None)
 
     m = cp_model.CpModel()

@@ -100,6 +100,21 @@ def _horizons(
     return hz, kind, lb_others, beyond
 
 
+def initial_incumbent(inst, opts: IPOptions, incumbent_starts, notes: list[str]):
+    """(starts, TEL, source) of the schedule a solve starts from: the caller's, else the best
+    greedy one when `opts.greedy_incumbent`, else (None, None, None)."""
+    if incumbent_starts is not None:
+        tel, _ = evaluate_starts(inst, list(incumbent_starts))
+        return canonical_starts(inst, incumbent_starts), tel, "warm-start"
+    if opts.greedy_incumbent and inst.n:
+        from kvsched.bounds.instance import best_greedy_starts
+
+        starts = canonical_starts(inst, best_greedy_starts(inst))
+        notes.append("incumbent from best_greedy_starts")
+        return starts, evaluate_starts(inst, starts)[0], "warm-start"
+    return None, None, None
+
+
 def solve_ip(
     inst: Instance,
     options: IPOptions | None = None,
@@ -119,20 +134,7 @@ def solve_ip(
     lb_vol = volume_bound(inst)
     lb_sum = sum_output_bound(inst)
 
-    inc_starts: tuple[int, ...] | None = None
-    inc_tel: int | None = None
-    inc_source: str | None = None
-    if incumbent_starts is not None:
-        inc_tel, _ = evaluate_starts(inst, list(incumbent_starts))
-        inc_starts = canonical_starts(inst, incumbent_starts)
-        inc_source = "warm-start"
-    elif opts.greedy_incumbent and inst.n:
-        from kvsched.bounds.instance import best_greedy_starts
-
-        inc_starts = canonical_starts(inst, best_greedy_starts(inst))
-        inc_tel, _ = evaluate_starts(inst, inc_starts)
-        inc_source = "warm-start"
-        notes.append("incumbent from best_greedy_starts")
+    inc_starts, inc_tel, inc_source = initial_incumbent(inst, opts, incumbent_starts, notes)
 
     hz, kind, _, beyond = _horizons(
         inst, opts, inc_tel, None if inc_starts is None else makespan(inst, inc_starts)

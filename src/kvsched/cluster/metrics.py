@@ -128,24 +128,15 @@ def save_cluster_run(crun: ClusterRun, out_dir: str | Path, config: dict, *, for
                      extra_summary: dict | None = None) -> dict:
     """A run directory (`kvsched.results`) plus replicas.parquet (one row per replica); the
     requests and steps tables carry the routing columns. Returns the summary."""
-    from kvsched.results import write_json
+    from kvsched.results import check_format, write_run_dir
 
-    if format not in ("parquet", "csv"):
-        raise ValueError(f"format must be 'parquet' or 'csv', got {format!r}")
+    check_format(format)
     import pandas as pd
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     reqs = cluster_requests_frame(crun)
     summary = cluster_summary(crun, reqs)
     summary.update(extra_summary or {})
     tables = (("requests", reqs), ("steps", cluster_steps_frame(crun)),
               ("replicas", pd.DataFrame(summary["replicas"])))
-    for name, df in tables:
-        if format == "parquet":
-            df.to_parquet(out / f"{name}.parquet", index=False, compression="zstd")
-        else:
-            df.to_csv(out / f"{name}.csv", index=False)
-    write_json(out / "summary.json", summary)
-    write_json(out / "config.json", config)
+    write_run_dir(out_dir, tables, summary, config, format=format)
     return summary

@@ -225,20 +225,8 @@ class SarathiScheduler(_VidurBase):
             if n > 0:
                 run[r.request_id] = n
                 num_batch_tokens += n
-        admitted = False
         num_members = len(pool.members)
-        while self._queue and len(running) < cap and len(run) + num_members < cap:
-            r = self._queue[0]
-            if not self._fits_with_watermark(r, free, view):
-                break
-            n = min(r.num_tokens, self.chunk_size - num_batch_tokens)
-            if n <= 0:
-                break
-            self._admit(r)
-            run[r.request_id] = n
-            num_batch_tokens += n
-            free -= blocks_for(r.num_tokens + la, bs)
-            admitted = True
+        admitted = self._admit_waiting(view, run, num_batch_tokens, free, num_members)
         steady = not preempted and not partial and not admitted and len(run) + num_members == len(running)
         return Decision(run, tuple(preempted), STEADY if steady else 1, pool=True)
 
@@ -282,8 +270,18 @@ class SarathiScheduler(_VidurBase):
             if n > 0:
                 run[r.request_id] = n
                 num_batch_tokens += n
+        admitted = self._admit_waiting(view, run, num_batch_tokens, free, 0)
+        steady = not preempted and not partial and not admitted and len(run) == len(self._running)
+        return Decision(run, tuple(preempted), STEADY if steady else 1)
+
+    def _admit_waiting(self, view: View, run: dict[int, int], num_batch_tokens: int, free: int,
+                       num_members: int) -> bool:
+        """Admit from the queue head while the batch cap, the chunk budget and the watermark
+        allow (adding to `run`); `num_members` pool members also count against the cap.
+        True if any request was admitted."""
         admitted = False
-        while self._queue and len(self._running) < self.batch_size_cap and len(run) < self.batch_size_cap:
+        cap, bs, la = self.batch_size_cap, view.block_size, view.lookahead_tokens
+        while self._queue and len(self._running) < cap and len(run) + num_members < cap:
             r = self._queue[0]
             if not self._fits_with_watermark(r, free, view):
                 break
@@ -295,5 +293,4 @@ class SarathiScheduler(_VidurBase):
             num_batch_tokens += n
             free -= blocks_for(r.num_tokens + la, bs)
             admitted = True
-        steady = not preempted and not partial and not admitted and len(run) == len(self._running)
-        return Decision(run, tuple(preempted), STEADY if steady else 1)
+        return admitted
