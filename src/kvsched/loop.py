@@ -374,9 +374,18 @@ class _Loop:
         if not runs and not members:
             self._idle(decision)
             return
-        if self.apc and runs:
-            runs = self._admit_with_hits(runs, admitted)
-        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
+        if not runs:
+            # Only the pool decodes (most steps of a loaded run): what `_validate` returns
+            # for an empty `run`, without its per-request setup.
+            longest, shortest = pool.decode_kv_range()
+            batch = totals = ()
+            new_blocks = pool.num_new_blocks
+            shape = BatchShape(members, 0, members, pool.num_kv_tokens, 0, longest, shortest)
+            min_slack = min_left = 1 << 62
+        else:
+            if self.apc:
+                runs = self._admit_with_hits(runs, admitted)
+            batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
         pool_blocks = 0
         if members:
             pool_blocks = pool.num_new_blocks
@@ -412,7 +421,8 @@ class _Loop:
             # Allocate first: an engine writes the step's K/V into the blocks it is given.
             if members:
                 pool.allocate(1, pool_blocks)
-            kv.allocate_many(totals, new_blocks - pool_blocks)
+            if totals:  # (nothing to allocate otherwise: the pool's share is allocated)
+                kv.allocate_many(totals, new_blocks - pool_blocks)
             duration = self.backend.execute(batch, shape)
         used = kv.num_used_tokens
         # Time-weighted KV of the row. In a fast-forwarded run step i holds

@@ -40,8 +40,8 @@ from kvsched.request import Request
 class DecodePool:
     """Decoding requests advanced by a shared counter (see the module docstring)."""
 
-    __slots__ = ("_adm", "_apc", "_bs", "_cnt", "_heap", "_joins", "_kv", "_la", "_max_heap", "_min_heap", "_spare",
-                 "_sum_base", "members", "outside", "outside_view", "t")
+    __slots__ = ("_adm", "_apc", "_bs", "_cnt", "_heap", "_joins", "_kv", "_la", "_max_heap", "_min_heap", "_range",
+                 "_spare", "_sum_base", "members", "outside", "outside_view", "t")
 
     def __init__(self, kv, lookahead_tokens: int) -> None:
         self._kv = kv
@@ -58,6 +58,10 @@ class DecodePool:
         # (+-(c0 - T0), join number, id), stale entries dropped when they reach the top.
         self._max_heap: list[tuple[int, int, int]] = []
         self._min_heap: list[tuple[int, int, int]] = []
+        # (longest, shortest) c0 - T0 of the members, kept between membership changes that
+        # could move it (a join widens it in O(1); a leave at either end drops it): the
+        # heaps' tops are read only when it is None.
+        self._range: tuple[int, int] | None = None
         self._adm: dict[int, int] = {}  # resident id -> admission sequence number
         self._spare: list[int] = []  # prefix caching: fresh blocks popped for members, not yet handed out
         # Resident requests that are not members, in the order they became so: the
@@ -89,6 +93,7 @@ class DecodePool:
             self._heap.clear()
             self._max_heap.clear()
             self._min_heap.clear()
+            self._range = None
 
     # --- loop side -----------------------------------------------------------------------
     def admitted(self, r: Request, seq: int) -> None:
@@ -130,6 +135,9 @@ class DecodePool:
         heapq.heappush(self._heap, (t + r.output_len - r.num_output_tokens, self._adm[rid], rid, self._joins))
         heapq.heappush(self._max_heap, (-base, self._joins, rid))
         heapq.heappush(self._min_heap, (base, self._joins, rid))
+        rng = self._range
+        if rng is not None and (base > rng[0] or base < rng[1]):
+            self._range = (base if base > rng[0] else rng[0], base if base < rng[1] else rng[1])
 
     def leave(self, rid: int) -> Request:
         """Materialise member `rid` and make it an outside resident again."""
@@ -138,6 +146,9 @@ class DecodePool:
         c0 = r.num_computed_tokens
         la, bs = self._la, self._bs
         base = c0 - t0
+        rng = self._range
+        if rng is not None and (base == rng[0] or base == rng[1]):
+            self._range = None
         self._sum_base -= base
         self._cnt[(base + la) % bs] -= 1
         c = c0 + k
@@ -200,7 +211,10 @@ class DecodePool:
 
     def decode_kv_range(self) -> tuple[int, int]:
         """(longest, shortest) KV a member holds before the step (members exist)."""
-        return -self._top(self._max_heap) + self.t, self._top(self._min_heap) + self.t
+        rng = self._range
+        if rng is None:
+            rng = self._range = (-self._top(self._max_heap), self._top(self._min_heap))
+        return rng[0] + self.t, rng[1] + self.t
 
     def min_slack(self) -> int:
         """Smallest number of free KV slots a member holds beyond its tokens."""
