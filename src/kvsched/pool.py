@@ -137,7 +137,7 @@ class DecodePool:
         heapq.heappush(self._min_heap, (base, self._joins, rid))
         rng = self._range
         if rng is not None and (base > rng[0] or base < rng[1]):
-            self._range = (base if base > rng[0] else rng[0], base if base < rng[1] else rng[1])
+            self._range = (max(rng[0], base), min(rng[1], base))  # rare: only when it widens
 
     def leave(self, rid: int) -> Request:
         """Materialise member `rid` and make it an outside resident again."""
