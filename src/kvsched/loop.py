@@ -90,14 +90,17 @@ class StepTable(Mapping):
 
     def append_row(self, ints: tuple, floats: tuple) -> None:
         """One row: the _INT_COLUMNS values, then the _FLOAT_COLUMNS values."""
-        n = len(self._ints)
         try:
             self._ints.extend(ints)
         except OverflowError:
-            del self._ints[n:]  # the values before the one that overflowed went in
-            self._ints = array("q", self._ints)
-            self._ints.extend(ints)
+            self._widen(ints)
         self._floats.extend(floats)
+
+    def _widen(self, ints: tuple) -> None:
+        """The int row `ints` overflowed 32 bits (its floats not yet appended): to 64 bits."""
+        del self._ints[self.num_rows * len(_INT_COLUMNS):]  # the values before the one that overflowed went in
+        self._ints = array("q", self._ints)
+        self._ints.extend(ints)
 
     @property
     def num_rows(self) -> int:
@@ -276,8 +279,11 @@ class _Loop:
     def run(self) -> Run:
         n_total = len(self.reqs)
         last_report = 0
+        reqs, eps = self.reqs, TIME_EPS_S
         while self.num_done < n_total:
-            self._admit_arrivals()
+            i = self.next_arrival
+            if i < n_total and reqs[i].arrival_time <= self.now + eps:  # (most iterations: none due)
+                self._admit_arrivals()
             if not self.waiting and not self.resident:
                 if self.next_arrival < n_total:
                     self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)
@@ -640,12 +646,18 @@ class _Loop:
                 elif pool is not None:
                     pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
-        self.steps.append_row((
+        steps = self.steps
+        row = (
             self.step_index, num_steps, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
             num_preempted, num_finished,
-        ), (start, duration, kv_seconds))
+        )
+        try:  # StepTable.append_row, inlined: one row per iteration
+            steps._ints.extend(row)
+        except OverflowError:
+            steps._widen(row)
+        steps._floats.extend((start, duration, kv_seconds))
         self.step_index += num_steps
         self.now = end
 
