@@ -320,13 +320,21 @@ class _Loop:
 
     def _admit_arrivals(self) -> None:
         reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
-        index = self._index
+        index, waiting, arrived = self._index, self.waiting, self.arrived
+        kv, la = self.kv, self.lookahead
+        bs, num_blocks = kv.block_size, kv.num_blocks
         while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
             r = reqs[i].copy_fresh()  # inputs are never mutated
-            index[r.request_id] = i
+            rid = r.request_id
+            index[rid] = i
             i += 1
-            self.now = max(self.now, r.arrival_time)  # snap the clock: nothing may start before it arrived
-            self._arrive(r)
+            if r.arrival_time > self.now:
+                self.now = r.arrival_time  # snap the clock: nothing may start before it arrived
+            if -(-(r.prompt_len + r.output_len - 1 + la) // bs) > num_blocks:
+                self._arrive(r)  # rejected there (the check `_arrive` makes, inlined for the rest)
+            else:
+                waiting[rid] = r
+                arrived.append(r)
         self.next_arrival = i
 
     def _arrive(self, r: Request) -> None:
