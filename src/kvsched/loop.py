@@ -328,7 +328,7 @@ class _Loop:
             rid = r.request_id
             index[rid] = i
             i += 1
-            if r.arrival_time > self.now:
+            if r.arrival_time > self.now:  # noqa: PLR1730 (max() costs a call per arrival)
                 self.now = r.arrival_time  # snap the clock: nothing may start before it arrived
             if -(-(r.prompt_len + r.output_len - 1 + la) // bs) > num_blocks:
                 self._arrive(r)  # rejected there (the check `_arrive` makes, inlined for the rest)
