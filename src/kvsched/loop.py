@@ -373,10 +373,14 @@ class _Loop:
         if pool is not None and pool.members:
             # Members named one by one leave the pool first (their state becomes exact).
             inside = pool.members
-            for ids in (decision.preempt, decision.restart, runs):
-                for rid in ids:
-                    if rid in inside:
-                        pool.leave(rid)
+            if decision.preempt or decision.restart:
+                for ids in (decision.preempt, decision.restart):
+                    for rid in ids:
+                        if rid in inside:
+                            pool.leave(rid)
+            for rid in runs:
+                if rid in inside:
+                    pool.leave(rid)
             if decision.pool:
                 members = len(inside)
         if self.apc and runs:

@@ -184,8 +184,13 @@ class PiecewiseTokenCost(CostModel):
                 + self.d4_s_per_attn_token * attn)
 
     def step_time(self, shape: BatchShape) -> float:
-        linear = self._linear(shape.num_prefill_tokens + shape.num_decode_seqs)
-        return float(self._terms(linear, shape.num_kv_tokens, shape.num_seqs, shape.prefill_attn_tokens))
+        # _linear and _terms inlined, the same operations in the same order (so still bit for
+        # bit decode_times' values): this runs once per simulated step.
+        linear = self.linear_base_s + self.linear_s_per_token * (shape.num_prefill_tokens + shape.num_decode_seqs)
+        if not linear > self.linear_floor_s:  # max(floor, linear): floor on ties, as max() gives
+            linear = self.linear_floor_s
+        return float(linear + self.d0_s + self.d1_s_per_token * shape.num_kv_tokens + self.d3_s_per_seq * shape.num_seqs
+                     + self.d4_s_per_attn_token * shape.prefill_attn_tokens)
 
     def decode_times(self, num_seqs: int, num_kv_tokens: int, num_steps: int) -> np.ndarray:
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
