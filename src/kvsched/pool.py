@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import heapq
 
-from kvsched.kvcache import block_key
 from kvsched.request import Request
 
 
@@ -120,10 +119,12 @@ class DecodePool:
             # ... and none of those keys may survive from an earlier residency (registration
             # would then depend on when that copy is evicted).
             if r.num_preemptions or r.num_restarts:
-                cached = kv._cached
+                cached, own = kv._cached, -1 - rid
                 last = (r.prompt_len + r.output_len - 1) // bs
-                for j in range(keyed, last):
-                    if block_key(r, j, bs) in cached:
+                # block_key(r, j, bs) for j in [keyed, last), inlined: past the ids (checked
+                # above) every key is the request's own, (-1 - id, end of the block).
+                for end in range((keyed + 1) * bs, last * bs + 1, bs):
+                    if (own, end) in cached:
                         return
         t = self.t
         self._joins += 1
@@ -178,9 +179,9 @@ class DecodePool:
                 kv._num_keyed[rid] = full
             elif full > done:
                 kv._version += 1
-                keys, cached = kv._key, kv._cached
+                keys, cached, own = kv._key, kv._cached, -1 - rid
                 for j in range(done, full):
-                    key = block_key(r, j, bs)
+                    key = (own, (j + 1) * bs)  # block_key: a member fills only its own blocks (try_join)
                     b = mine[j]
                     keys[b] = key
                     cached[key] = b
