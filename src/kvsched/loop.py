@@ -132,6 +132,45 @@ class StepTable(Mapping):
 TIME_EPS_S = 1e-9
 
 
+# A fast-forwarded run ended by the next arrival within this many steps is summed in Python
+# (`_Loop._fast_forward_durations`); a longer one with numpy.
+_SHORT_RUN = 32
+
+
+def _sum(values) -> float:
+    """`float(numpy.sum(values))` of a numpy array or, bit for bit, of a list of floats: numpy
+    adds float64 in pairs (umath's pairwise sum: below 8 values in order from 0.0; up to 128
+    in 8 interleaved partial sums combined as ((0+1)+(2+3))+((4+5)+(6+7)), then the rest in
+    order; above that, two halves split at a multiple of 8). tests/test_loop.py compares it
+    with numpy."""
+    if isinstance(values, np.ndarray):
+        return float(values.sum())
+    return _pairwise(values, 0, len(values))
+
+
+def _pairwise(a: list[float], lo: int, n: int) -> float:
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r = a[lo:lo + 8]
+        i, whole = 8, n - n % 8
+        while i < whole:
+            for j in range(8):
+                r[j] += a[lo + i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            res += a[lo + i]
+            i += 1
+        return res
+    half = n // 2
+    half -= half % 8
+    return _pairwise(a, lo, half) + _pairwise(a, lo + half, n - half)
+
+
 class SchedulingError(RuntimeError):
     """A decision the loop cannot apply: always a scheduler bug."""
 
@@ -251,6 +290,7 @@ class _Loop:
                 and type(kv) in (KVCache, PrefixCachingKVCache) and not kv.track_block_ids):
             self.pool = DecodePool(kv, lookahead_tokens)
         self.num_admissions = 0
+        self._decode_time = getattr(backend, "decode_time", None)
         self._make_views()
 
     # --- main loop -------------------------------------------------------------------
@@ -447,7 +487,7 @@ class _Loop:
         # used - n*(k-1-i) tokens; sum_i (k-1-i)*d_i equals the sum of cum[:-1].
         kv_seconds = used * duration
         if num_steps > 1:
-            kv_seconds -= shape.num_seqs * float(durations[:-1].sum())
+            kv_seconds -= shape.num_seqs * _sum(durations[:-1])
         self._finish_step(batch, shape, num_steps, duration, len(decision.preempt) + len(decision.restart),
                           kv_seconds, members)
 
@@ -461,8 +501,26 @@ class _Loop:
         k = min(k, min_slack + kv.block_size * (kv.num_free_blocks // n))
         if k <= 1:
             return None  # a single step: the plain path is cheaper than numpy
+        pending = self.next_arrival < len(self.reqs)
+        decode_time = self._decode_time
+        if decode_time is not None and pending:
+            # Usually the next arrival ends the run within a few steps: add the steps in Python
+            # until it (numpy's cumsum and searchsorted, step by step: the same floats), and
+            # only a run that goes on past _SHORT_RUN steps takes the numpy path below.
+            until = self.reqs[self.next_arrival].arrival_time - self.now - TIME_EPS_S
+            n, kv_tokens = shape.num_seqs, shape.num_kv_tokens
+            cum: list[float] = []
+            c = 0.0
+            for i in range(min(k, _SHORT_RUN)):
+                d = decode_time(n, kv_tokens + i * n)
+                c = c + d if i else d
+                cum.append(c)
+                if c >= until:
+                    return cum
+            if k <= _SHORT_RUN:
+                return cum
         cum = self.backend.decode_durations(shape, k).cumsum()
-        if self.next_arrival < len(self.reqs):
+        if pending:
             gap = self.reqs[self.next_arrival].arrival_time - self.now
             # Stop at the first step that ends at or after the next arrival.
             j = int(cum.searchsorted(gap - TIME_EPS_S, side="left"))

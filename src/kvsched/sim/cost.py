@@ -102,6 +102,10 @@ class UnitCost(CostModel):
         _check_decode_args(num_seqs, num_kv_tokens, num_steps)
         return np.full(num_steps, float(self.step_time_s))
 
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return float(self.step_time_s)
+
 
 @dataclass(frozen=True)
 class AffineCost(CostModel):
@@ -120,6 +124,10 @@ class AffineCost(CostModel):
     def decode_times(self, num_seqs: int, num_kv_tokens: int, num_steps: int) -> np.ndarray:
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
         return self.d0_s + self.d1_s_per_token * kv
+
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return self.d0_s + self.d1_s_per_token * num_kv_tokens
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,10 @@ class AffinePrefillCost(CostModel):
     def decode_times(self, num_seqs: int, num_kv_tokens: int, num_steps: int) -> np.ndarray:
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
         return np.asarray(self._terms(kv, 0, num_seqs, 0), dtype=np.float64)
+
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return self._terms(num_kv_tokens, 0, num_seqs, 0)
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,10 @@ class PiecewiseTokenCost(CostModel):
     def decode_times(self, num_seqs: int, num_kv_tokens: int, num_steps: int) -> np.ndarray:
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
         return np.asarray(self._terms(self._linear(num_seqs), kv, num_seqs, 0), dtype=np.float64)
+
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return self._terms(self._linear(num_seqs), num_kv_tokens, num_seqs, 0)
 
 
 _KINDS: dict[str, type[CostModel]] = {
