@@ -469,12 +469,13 @@ class _Loop:
         if durations is not None:
             num_steps = len(durations)
             duration = float(durations[-1])  # cumulative
-            bs, held = kv.block_size, kv._blocks
-            totals = [(rid, total + num_steps - 1) for rid, total in totals]
-            new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
             if members:
                 pool.allocate(num_steps, pool.new_blocks_over(num_steps))
-            kv.allocate_many(totals, new_blocks)
+            if totals:  # (a pool-only run has none)
+                bs, held = kv.block_size, kv._blocks
+                totals = [(rid, total + num_steps - 1) for rid, total in totals]
+                new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
+                kv.allocate_many(totals, new_blocks)
         else:
             # Allocate first: an engine writes the step's K/V into the blocks it is given.
             if members:
