@@ -345,3 +345,36 @@ def test_shipped_tables_regenerate_identically(table, tmp_path):
     out = tmp_path / spec.path.name
     profiles.write_linear_table(VIDUR_DIR, out, table=spec)
     assert out.read_bytes() == spec.path.read_bytes()
+
+
+@given(st.integers(1, 512), st.integers(0, 2_000_000), st.integers(1, 40),
+       st.sampled_from(["unit", "affine", "affine-prefill", "piecewise"]))
+@settings(max_examples=200, deadline=None)
+def test_decode_time_is_decode_times_bit_for_bit(num_seqs, num_kv_tokens, num_steps, kind):
+    """The loop sums a short decode run with the scalar `decode_time` instead of numpy: each
+    value must be the one `decode_times` gives, and the backend offers it only for these
+    stock models."""
+    from kvsched.sim import SimBackend
+
+    model = {"unit": UnitCost(0.013), "affine": AffineCost(0.0071, 3.3e-7),
+             "affine-prefill": AffinePrefillCost(0.0042, 2.1e-7, 1.7e-5, 1.1e-4, 3e-10),
+             "piecewise": PiecewiseTokenCost(0.0061, 0.0013, 2.3e-5, 0.0021, 3.1e-7, 1.3e-5, 7e-10)}[kind]
+    want = model.decode_times(num_seqs, num_kv_tokens, num_steps)
+    got = [model.decode_time(num_seqs, num_kv_tokens + i * num_seqs) for i in range(num_steps)]
+    assert got == want.tolist()
+    assert SimBackend(model).decode_time is not None
+
+
+def test_decode_time_only_for_the_stock_models():
+    from kvsched.sim import SimBackend
+
+    class Slower(PiecewiseTokenCost):
+        def decode_times(self, num_seqs, num_kv_tokens, num_steps):
+            return 2 * super().decode_times(num_seqs, num_kv_tokens, num_steps)
+
+    class OwnDurations(SimBackend):
+        def decode_durations(self, shape, num_steps):
+            return super().decode_durations(shape, num_steps)
+
+    assert SimBackend(Slower(0.0061, 0.0013, 2.3e-5)).decode_time is None
+    assert OwnDurations(UnitCost()).decode_time is None

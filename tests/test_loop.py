@@ -1,7 +1,12 @@
 """The loop: token accounting conventions, decision validation, rejection, fast-forward."""
 
+import math
+
+import numpy as np
 import pytest
 from conftest import reqs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvsched.decision import Decision, Scheduler
 from kvsched.kvcache import KVCache
@@ -179,3 +184,47 @@ def test_an_arrival_on_a_step_boundary_counts_the_same_when_fast_forwarding():
         results.append([(r.request_id, r.num_evictions, r.finish_time) for r in run.requests])
     assert [x[:2] for x in results[0]] == [x[:2] for x in results[1]]
     assert [x[2] for x in results[0]] == pytest.approx([x[2] for x in results[1]], rel=1e-9)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_subnormal=True), max_size=300),
+       st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_python_sum_of_a_short_run_equals_numpys(values, cumulative):
+    """`loop._sum` adds a fast-forwarded run's durations in Python when the run was summed
+    without numpy: it must give numpy's float64 sum bit for bit (pairwise, not in order),
+    for every length (below 8, up to 128, split above), or kv_token_seconds would change."""
+    from kvsched.loop import _sum
+
+    arr = np.cumsum(values) if cumulative else np.asarray(values, dtype=np.float64)
+    want = float(arr.sum())
+    got = _sum(arr.tolist())
+    assert got == want and math.copysign(1.0, got) == math.copysign(1.0, want)
+    assert _sum(arr) == want
+
+
+def test_fast_forward_in_python_gives_the_numpy_run():
+    """A short fast-forwarded run (ended by the next arrival) summed in Python gives the same
+    run as the numpy path for every stock cost model (the Python path is off when the backend
+    has no `decode_time`)."""
+    from kvsched.sim.cost import AffinePrefillCost, PiecewiseTokenCost
+
+    rng = np.random.default_rng(3)
+    workload = [Request(i, float(t), int(p), int(o)) for i, (t, p, o) in enumerate(zip(
+        np.cumsum(rng.exponential(0.15, 400)), rng.integers(20, 400, 400), rng.integers(5, 120, 400), strict=True))]
+    models = [UnitCost(0.01), AffineCost(0.005, 1e-6), AffinePrefillCost(0.004, 2e-6, 1e-5, 1e-4, 1e-9),
+              PiecewiseTokenCost(0.006, 0.001, 2e-5, 0.002, 3e-7, 1e-5, 1e-9)]
+    for cost in models:
+        runs = []
+        for python_path in (True, False):
+            backend = SimBackend(cost)
+            assert backend.decode_time is not None
+            if not python_path:
+                backend.decode_time = None
+            kv = KVCache(40_000, 16)
+            runs.append(run(workload, SCHEDULERS.create("vllm", enable_prefix_caching=False), backend, kv))
+        fast, numpy_run = runs
+        assert fast.end_time == numpy_run.end_time
+        assert dict(fast.steps) == dict(numpy_run.steps)
+        assert [repr(r) for r in fast.requests] == [repr(r) for r in numpy_run.requests]
+        # runs were fast-forwarded, some past 8 steps (numpy sums those pairwise, not in order)
+        assert max(fast.steps["num_steps"]) > 8

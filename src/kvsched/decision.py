@@ -143,17 +143,20 @@ class PrefixHits:
     def blocks(self, request_id: int) -> list[int]:
         got = self._memo.get(request_id)
         if got is None:
-            blocks = self.kv.lookup(self._waiting[request_id])
-            got = self._memo[request_id] = (blocks, self.kv.num_evictable(blocks))
+            got = self._look_up(request_id)
         return got[0]
+
+    def _look_up(self, request_id: int) -> tuple[list[int], int]:
+        blocks = self.kv.lookup(self._waiting[request_id])
+        got = self._memo[request_id] = (blocks, self.kv.num_evictable(blocks) if blocks else 0)
+        return got
 
     def hit(self, request) -> tuple[int, int]:
         """(cached tokens, how many of those blocks are free) for a waiting request."""
         rid = request.request_id
         got = self._memo.get(rid)
         if got is None:
-            self.blocks(rid)
-            got = self._memo[rid]
+            got = self._look_up(rid)
         return len(got[0]) * self.kv.block_size, got[1]
 
 

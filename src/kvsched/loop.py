@@ -90,14 +90,17 @@ class StepTable(Mapping):
 
     def append_row(self, ints: tuple, floats: tuple) -> None:
         """One row: the _INT_COLUMNS values, then the _FLOAT_COLUMNS values."""
-        n = len(self._ints)
         try:
             self._ints.extend(ints)
         except OverflowError:
-            del self._ints[n:]  # the values before the one that overflowed went in
-            self._ints = array("q", self._ints)
-            self._ints.extend(ints)
+            self._widen(ints)
         self._floats.extend(floats)
+
+    def _widen(self, ints: tuple) -> None:
+        """The int row `ints` overflowed 32 bits (its floats not yet appended): to 64 bits."""
+        del self._ints[self.num_rows * len(_INT_COLUMNS):]  # the values before the one that overflowed went in
+        self._ints = array("q", self._ints)
+        self._ints.extend(ints)
 
     @property
     def num_rows(self) -> int:
@@ -127,6 +130,45 @@ class StepTable(Mapping):
 # another order than stepping does, and an arrival must not fall on different sides of a
 # boundary in the two.
 TIME_EPS_S = 1e-9
+
+
+# A fast-forwarded run ended by the next arrival within this many steps is summed in Python
+# (`_Loop._fast_forward_durations`); a longer one with numpy.
+_SHORT_RUN = 32
+
+
+def _sum(values) -> float:
+    """`float(numpy.sum(values))` of a numpy array or, bit for bit, of a list of floats: numpy
+    adds float64 in pairs (umath's pairwise sum: below 8 values in order from 0.0; up to 128
+    in 8 interleaved partial sums combined as ((0+1)+(2+3))+((4+5)+(6+7)), then the rest in
+    order; above that, two halves split at a multiple of 8). tests/test_loop.py compares it
+    with numpy."""
+    if isinstance(values, np.ndarray):
+        return float(values.sum())
+    return _pairwise(values, 0, len(values))
+
+
+def _pairwise(a: list[float], lo: int, n: int) -> float:
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r = a[lo:lo + 8]
+        i, whole = 8, n - n % 8
+        while i < whole:
+            for j in range(8):
+                r[j] += a[lo + i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            res += a[lo + i]
+            i += 1
+        return res
+    half = n // 2
+    half -= half % 8
+    return _pairwise(a, lo, half) + _pairwise(a, lo + half, n - half)
 
 
 class SchedulingError(RuntimeError):
@@ -248,6 +290,7 @@ class _Loop:
                 and type(kv) in (KVCache, PrefixCachingKVCache) and not kv.track_block_ids):
             self.pool = DecodePool(kv, lookahead_tokens)
         self.num_admissions = 0
+        self._decode_time = getattr(backend, "decode_time", None)
         self._make_views()
 
     # --- main loop -------------------------------------------------------------------
@@ -276,8 +319,11 @@ class _Loop:
     def run(self) -> Run:
         n_total = len(self.reqs)
         last_report = 0
+        reqs, eps = self.reqs, TIME_EPS_S
         while self.num_done < n_total:
-            self._admit_arrivals()
+            i = self.next_arrival
+            if i < n_total and reqs[i].arrival_time <= self.now + eps:  # (most iterations: none due)
+                self._admit_arrivals()
             if not self.waiting and not self.resident:
                 if self.next_arrival < n_total:
                     self.now = max(self.now, self.reqs[self.next_arrival].arrival_time)
@@ -314,13 +360,21 @@ class _Loop:
 
     def _admit_arrivals(self) -> None:
         reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
-        index = self._index
+        index, waiting, arrived = self._index, self.waiting, self.arrived
+        kv, la = self.kv, self.lookahead
+        bs, num_blocks = kv.block_size, kv.num_blocks
         while i < n and reqs[i].arrival_time <= self.now + TIME_EPS_S:
             r = reqs[i].copy_fresh()  # inputs are never mutated
-            index[r.request_id] = i
+            rid = r.request_id
+            index[rid] = i
             i += 1
-            self.now = max(self.now, r.arrival_time)  # snap the clock: nothing may start before it arrived
-            self._arrive(r)
+            if r.arrival_time > self.now:  # noqa: PLR1730 (max() costs a call per arrival)
+                self.now = r.arrival_time  # snap the clock: nothing may start before it arrived
+            if -(-(r.prompt_len + r.output_len - 1 + la) // bs) > num_blocks:
+                self._arrive(r)  # rejected there (the check `_arrive` makes, inlined for the rest)
+            else:
+                waiting[rid] = r
+                arrived.append(r)
         self.next_arrival = i
 
     def _arrive(self, r: Request) -> None:
@@ -359,10 +413,14 @@ class _Loop:
         if pool is not None and pool.members:
             # Members named one by one leave the pool first (their state becomes exact).
             inside = pool.members
-            for ids in (decision.preempt, decision.restart, runs):
-                for rid in ids:
-                    if rid in inside:
-                        pool.leave(rid)
+            if decision.preempt or decision.restart:
+                for ids in (decision.preempt, decision.restart):
+                    for rid in ids:
+                        if rid in inside:
+                            pool.leave(rid)
+            for rid in runs:
+                if rid in inside:
+                    pool.leave(rid)
             if decision.pool:
                 members = len(inside)
         if self.apc and runs:
@@ -374,9 +432,18 @@ class _Loop:
         if not runs and not members:
             self._idle(decision)
             return
-        if self.apc and runs:
-            runs = self._admit_with_hits(runs, admitted)
-        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
+        if not runs:
+            # Only the pool decodes (most steps of a loaded run): what `_validate` returns
+            # for an empty `run`, without its per-request setup.
+            longest, shortest = pool.decode_kv_range()
+            batch = totals = ()
+            new_blocks = pool.num_new_blocks
+            shape = BatchShape(members, 0, members, pool.num_kv_tokens, 0, longest, shortest)
+            min_slack = min_left = 1 << 62
+        else:
+            if self.apc:
+                runs = self._admit_with_hits(runs, admitted)
+            batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
         pool_blocks = 0
         if members:
             pool_blocks = pool.num_new_blocks
@@ -402,24 +469,26 @@ class _Loop:
         if durations is not None:
             num_steps = len(durations)
             duration = float(durations[-1])  # cumulative
-            bs, held = kv.block_size, kv._blocks
-            totals = [(rid, total + num_steps - 1) for rid, total in totals]
-            new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
             if members:
                 pool.allocate(num_steps, pool.new_blocks_over(num_steps))
-            kv.allocate_many(totals, new_blocks)
+            if totals:  # (a pool-only run has none)
+                bs, held = kv.block_size, kv._blocks
+                totals = [(rid, total + num_steps - 1) for rid, total in totals]
+                new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
+                kv.allocate_many(totals, new_blocks)
         else:
             # Allocate first: an engine writes the step's K/V into the blocks it is given.
             if members:
                 pool.allocate(1, pool_blocks)
-            kv.allocate_many(totals, new_blocks - pool_blocks)
+            if totals:  # (nothing to allocate otherwise: the pool's share is allocated)
+                kv.allocate_many(totals, new_blocks - pool_blocks)
             duration = self.backend.execute(batch, shape)
         used = kv.num_used_tokens
         # Time-weighted KV of the row. In a fast-forwarded run step i holds
         # used - n*(k-1-i) tokens; sum_i (k-1-i)*d_i equals the sum of cum[:-1].
         kv_seconds = used * duration
         if num_steps > 1:
-            kv_seconds -= shape.num_seqs * float(durations[:-1].sum())
+            kv_seconds -= shape.num_seqs * _sum(durations[:-1])
         self._finish_step(batch, shape, num_steps, duration, len(decision.preempt) + len(decision.restart),
                           kv_seconds, members)
 
@@ -433,8 +502,26 @@ class _Loop:
         k = min(k, min_slack + kv.block_size * (kv.num_free_blocks // n))
         if k <= 1:
             return None  # a single step: the plain path is cheaper than numpy
+        pending = self.next_arrival < len(self.reqs)
+        decode_time = self._decode_time
+        if decode_time is not None and pending:
+            # Usually the next arrival ends the run within a few steps: add the steps in Python
+            # until it (numpy's cumsum and searchsorted, step by step: the same floats), and
+            # only a run that goes on past _SHORT_RUN steps takes the numpy path below.
+            until = self.reqs[self.next_arrival].arrival_time - self.now - TIME_EPS_S
+            n, kv_tokens = shape.num_seqs, shape.num_kv_tokens
+            cum: list[float] = []
+            c = 0.0
+            for i in range(min(k, _SHORT_RUN)):
+                d = decode_time(n, kv_tokens + i * n)
+                c = c + d if i else d
+                cum.append(c)
+                if c >= until:
+                    return cum
+            if k <= _SHORT_RUN:
+                return cum
         cum = self.backend.decode_durations(shape, k).cumsum()
-        if self.next_arrival < len(self.reqs):
+        if pending:
             gap = self.reqs[self.next_arrival].arrival_time - self.now
             # Stop at the first step that ends at or after the next arrival.
             j = int(cum.searchsorted(gap - TIME_EPS_S, side="left"))
@@ -630,12 +717,18 @@ class _Loop:
                 elif pool is not None:
                     pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
-        self.steps.append_row((
+        steps = self.steps
+        row = (
             self.step_index, num_steps, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
             num_preempted, num_finished,
-        ), (start, duration, kv_seconds))
+        )
+        try:  # StepTable.append_row, inlined: one row per iteration
+            steps._ints.extend(row)
+        except OverflowError:
+            steps._widen(row)
+        steps._floats.extend((start, duration, kv_seconds))
         self.step_index += num_steps
         self.now = end
 

@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import heapq
 
-from kvsched.kvcache import block_key
 from kvsched.request import Request
 
 
 class DecodePool:
     """Decoding requests advanced by a shared counter (see the module docstring)."""
 
-    __slots__ = ("_adm", "_apc", "_bs", "_cnt", "_heap", "_joins", "_kv", "_la", "_max_heap", "_min_heap", "_spare",
-                 "_sum_base", "members", "outside", "outside_view", "t")
+    __slots__ = ("_adm", "_apc", "_bs", "_cnt", "_heap", "_joins", "_kv", "_la", "_max_heap", "_min_heap", "_range",
+                 "_spare", "_sum_base", "members", "outside", "outside_view", "t")
 
     def __init__(self, kv, lookahead_tokens: int) -> None:
         self._kv = kv
@@ -58,6 +57,10 @@ class DecodePool:
         # (+-(c0 - T0), join number, id), stale entries dropped when they reach the top.
         self._max_heap: list[tuple[int, int, int]] = []
         self._min_heap: list[tuple[int, int, int]] = []
+        # (longest, shortest) c0 - T0 of the members, kept between membership changes that
+        # could move it (a join widens it in O(1); a leave at either end drops it): the
+        # heaps' tops are read only when it is None.
+        self._range: tuple[int, int] | None = None
         self._adm: dict[int, int] = {}  # resident id -> admission sequence number
         self._spare: list[int] = []  # prefix caching: fresh blocks popped for members, not yet handed out
         # Resident requests that are not members, in the order they became so: the
@@ -89,6 +92,7 @@ class DecodePool:
             self._heap.clear()
             self._max_heap.clear()
             self._min_heap.clear()
+            self._range = None
 
     # --- loop side -----------------------------------------------------------------------
     def admitted(self, r: Request, seq: int) -> None:
@@ -115,10 +119,12 @@ class DecodePool:
             # ... and none of those keys may survive from an earlier residency (registration
             # would then depend on when that copy is evicted).
             if r.num_preemptions or r.num_restarts:
-                cached = kv._cached
+                cached, own = kv._cached, -1 - rid
                 last = (r.prompt_len + r.output_len - 1) // bs
-                for j in range(keyed, last):
-                    if block_key(r, j, bs) in cached:
+                # block_key(r, j, bs) for j in [keyed, last), inlined: past the ids (checked
+                # above) every key is the request's own, (-1 - id, end of the block).
+                for end in range((keyed + 1) * bs, last * bs + 1, bs):
+                    if (own, end) in cached:
                         return
         t = self.t
         self._joins += 1
@@ -130,6 +136,9 @@ class DecodePool:
         heapq.heappush(self._heap, (t + r.output_len - r.num_output_tokens, self._adm[rid], rid, self._joins))
         heapq.heappush(self._max_heap, (-base, self._joins, rid))
         heapq.heappush(self._min_heap, (base, self._joins, rid))
+        rng = self._range
+        if rng is not None and (base > rng[0] or base < rng[1]):
+            self._range = (max(rng[0], base), min(rng[1], base))  # rare: only when it widens
 
     def leave(self, rid: int) -> Request:
         """Materialise member `rid` and make it an outside resident again."""
@@ -138,6 +147,9 @@ class DecodePool:
         c0 = r.num_computed_tokens
         la, bs = self._la, self._bs
         base = c0 - t0
+        rng = self._range
+        if rng is not None and (base == rng[0] or base == rng[1]):
+            self._range = None
         self._sum_base -= base
         self._cnt[(base + la) % bs] -= 1
         c = c0 + k
@@ -167,9 +179,9 @@ class DecodePool:
                 kv._num_keyed[rid] = full
             elif full > done:
                 kv._version += 1
-                keys, cached = kv._key, kv._cached
+                keys, cached, own = kv._key, kv._cached, -1 - rid
                 for j in range(done, full):
-                    key = block_key(r, j, bs)
+                    key = (own, (j + 1) * bs)  # block_key: a member fills only its own blocks (try_join)
                     b = mine[j]
                     keys[b] = key
                     cached[key] = b
@@ -200,7 +212,10 @@ class DecodePool:
 
     def decode_kv_range(self) -> tuple[int, int]:
         """(longest, shortest) KV a member holds before the step (members exist)."""
-        return -self._top(self._max_heap) + self.t, self._top(self._min_heap) + self.t
+        rng = self._range
+        if rng is None:
+            rng = self._range = (-self._top(self._max_heap), self._top(self._min_heap))
+        return rng[0] + self.t, rng[1] + self.t
 
     def min_slack(self) -> int:
         """Smallest number of free KV slots a member holds beyond its tokens."""

@@ -40,6 +40,8 @@ class RequestTable(Sequence):
         self._inputs = inputs
         self._ints = {f: array("q", [0]) * n for f in _INT_FIELDS}
         self._times = {f: array("d", [math.nan]) * n for f in _TIME_FIELDS}
+        self._int_cols = tuple(self._ints.values())  # in _INT_FIELDS order, for pack
+        self._time_cols = tuple(self._times.values())
         self._status = array("b", [0]) * n
         self._packed = array("b", [0]) * n
         self._att_first = array("q", [0]) * n  # index of the request's first attempt in the flat log
@@ -53,36 +55,41 @@ class RequestTable(Sequence):
         """Store request `r` (the loop's copy of input `i`) for good."""
         if i >= len(self._status):
             self._grow()
-        ints, times = self._ints, self._times
-        # Field by field, not a loop over names: this runs once per request of the run.
-        ints["num_computed_tokens"][i] = r.num_computed_tokens
-        ints["num_output_tokens"][i] = r.num_output_tokens
-        ints["num_preemptions"][i] = r.num_preemptions
-        ints["num_restarts"][i] = r.num_restarts
-        ints["num_wasted_tokens"][i] = r.num_wasted_tokens
-        ints["num_discarded_tokens"][i] = r.num_discarded_tokens
-        ints["wasted_kv_area"][i] = r.wasted_kv_area
+        # Field by field from columns bound once (extended in place by _grow), not a loop over
+        # names or dict lookups: this runs once per request of the run.
+        (computed, output, preemptions, restarts, wasted, discarded, wasted_area, start_step, start_output,
+         kv_area, cached, reused) = self._int_cols
+        computed[i] = r.num_computed_tokens
+        output[i] = r.num_output_tokens
+        preemptions[i] = r.num_preemptions
+        restarts[i] = r.num_restarts
+        wasted[i] = r.num_wasted_tokens
+        discarded[i] = r.num_discarded_tokens
+        wasted_area[i] = r.wasted_kv_area
         step = r.attempt_start_step
-        ints["attempt_start_step"][i] = -1 if step is None else step
-        ints["attempt_start_output"][i] = r.attempt_start_output
-        ints["attempt_kv_area"][i] = r.attempt_kv_area
-        ints["num_cached_tokens"][i] = r.num_cached_tokens
-        ints["num_reused_tokens"][i] = r.num_reused_tokens
+        start_step[i] = -1 if step is None else step
+        start_output[i] = r.attempt_start_output
+        kv_area[i] = r.attempt_kv_area
+        cached[i] = r.num_cached_tokens
+        reused[i] = r.num_reused_tokens
+        admit, scheduled, first_token, finish = self._time_cols
         nan = math.nan
         v = r.admit_time
-        times["admit_time"][i] = nan if v is None else v
+        admit[i] = nan if v is None else v
         v = r.first_scheduled_time
-        times["first_scheduled_time"][i] = nan if v is None else v
+        scheduled[i] = nan if v is None else v
         v = r.first_token_time
-        times["first_token_time"][i] = nan if v is None else v
+        first_token[i] = nan if v is None else v
         v = r.finish_time
-        times["finish_time"][i] = nan if v is None else v
+        finish[i] = nan if v is None else v
         self._status[i] = _STATUS_CODE[r.status]
         self._packed[i] = 1
-        self._att_first[i] = len(self._att_start)
-        self._att_count[i] = len(r.attempts)
-        for start, tokens, kind in r.attempts:
-            self._att_start.append(start)
+        att_start = self._att_start
+        self._att_first[i] = len(att_start)
+        attempts = r.attempts
+        self._att_count[i] = len(attempts)
+        for start, tokens, kind in attempts:
+            att_start.append(start)
             self._att_tokens.append(tokens)
             self._att_kind.append(_KIND_CODE[kind])
         if r.reject_reason is not None:

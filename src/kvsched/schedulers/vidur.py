@@ -197,9 +197,11 @@ class SarathiScheduler(_VidurBase):
         if len(pool.members) + len(decoders) > cap:
             return None  # the cap cuts the decoders: the per-request pass decides who
         free = view.num_free_blocks
-        if partial:  # usually none: skip the sort and the generator (this runs every step)
-            partial.sort(key=_arrival_key)
-            free -= sum(blocks_for(r.num_tokens + la, bs) - held.get(r.request_id, 0) for r in partial)
+        if partial:  # usually one (the prompt being prefilled): no sort, a plain loop (this runs every step)
+            if len(partial) > 1:
+                partial.sort(key=_arrival_key)
+            for r in partial:
+                free -= -(-(r.prompt_len + r.num_output_tokens + la) // bs) - held.get(r.request_id, 0)
         need_all = pool.num_new_blocks + sum(decoders.values()) if decoders else pool.num_new_blocks
         preempted: list[int] = []
         running = self._running
@@ -220,8 +222,11 @@ class SarathiScheduler(_VidurBase):
         free -= need_all
         run = dict.fromkeys(sorted(decoders, key=lambda rid: _arrival_key(view.resident[rid])), 1) if decoders else {}
         num_batch_tokens = len(pool.members) + len(run)
+        chunk_size = self.chunk_size
         for r in partial:
-            n = min(r.num_tokens - r.num_computed_tokens, self.chunk_size - num_batch_tokens)
+            n = r.prompt_len + r.num_output_tokens - r.num_computed_tokens
+            if n > chunk_size - num_batch_tokens:  # noqa: PLR1730 (min() costs a call per step)
+                n = chunk_size - num_batch_tokens
             if n > 0:
                 run[r.request_id] = n
                 num_batch_tokens += n
@@ -281,16 +286,20 @@ class SarathiScheduler(_VidurBase):
         True if any request was admitted."""
         admitted = False
         cap, bs, la = self.batch_size_cap, view.block_size, view.lookahead_tokens
-        while self._queue and len(self._running) < cap and len(run) + num_members < cap:
-            r = self._queue[0]
-            if not self._fits_with_watermark(r, free, view):
+        queue, running = self._queue, self._running
+        while queue and len(running) < cap and len(run) + num_members < cap:
+            r = queue[0]
+            # _fits_with_watermark, inlined (this runs every step, mostly to find the head blocked)
+            watermark = int(self.watermark_fraction * view.num_blocks) if running else 0
+            num_tokens = r.prompt_len + r.num_output_tokens
+            if free - -(-(num_tokens + la) // bs) < watermark:
                 break
-            n = min(r.num_tokens, self.chunk_size - num_batch_tokens)
+            n = min(num_tokens, self.chunk_size - num_batch_tokens)
             if n <= 0:
                 break
             self._admit(r)
             run[r.request_id] = n
             num_batch_tokens += n
-            free -= blocks_for(r.num_tokens + la, bs)
+            free -= -(-(num_tokens + la) // bs)
             admitted = True
         return admitted

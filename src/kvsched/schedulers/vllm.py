@@ -257,16 +257,26 @@ class VLLMScheduler(Scheduler):
         """Phase 2: admit waiting requests into `run`; whether any was admitted."""
         admitted = False
         running = self._running
+        pc, held, bs, la = view.prefix_cache, view.block_counts, view.block_size, view.lookahead_tokens
         while len(self._waiting) and budget > 0 and len(running) < self.max_num_seqs:
             r = self._waiting.peek()
-            # vLLM looks the prefix cache up before sizing the chunk.
-            n = r.num_tokens - r.num_computed_tokens - view.cached_tokens(r)
+            # vLLM looks the prefix cache up before sizing the chunk. View.cached_tokens and
+            # View.blocks_needed inlined, from one lookup (this runs at every admission).
+            fresh = pc is not None and r.request_id not in held
+            hit, evictable = pc.hit(r) if fresh else (0, 0)
+            num_tokens = r.num_tokens
+            n = num_tokens - r.num_computed_tokens - hit
             if threshold:
                 n = min(n, threshold)
             if not self.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
-            need = view.blocks_needed(r, n)
+            if fresh:
+                need = -(-(min(hit + n, num_tokens) + la) // bs) - hit // bs + evictable
+            else:
+                need = -(-(r.num_computed_tokens + n + la) // bs) - held.get(r.request_id, 0)
+                if need < 0:  # noqa: PLR1730
+                    need = 0
             if self.reserve_full_sequence and view.blocks_needed(r, r.num_tokens - r.num_computed_tokens) > free:
                 break
             if need > free or not self._can_admit(r, view):

@@ -21,6 +21,14 @@ class SimBackend:
     def __init__(self, cost_model, *, fast_forward: bool = True) -> None:
         self.cost_model = cost_model
         self.max_repeat = 1 << 30 if fast_forward else 1
+        from kvsched.sim import cost
+
+        # One pure-decode step's duration as a Python float, equal bit for bit to the values
+        # `decode_durations` gives (the loop sums a short run with it instead of numpy); only
+        # for the stock models whose `decode_time` is that (a subclass may change either).
+        stock = type(cost_model) in (cost.UnitCost, cost.AffineCost, cost.AffinePrefillCost, cost.PiecewiseTokenCost)
+        own = type(self).decode_durations is SimBackend.decode_durations
+        self.decode_time = cost_model.decode_time if stock and own else None
 
     @property
     def supports_pool(self) -> bool:

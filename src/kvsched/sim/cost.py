@@ -102,6 +102,10 @@ class UnitCost(CostModel):
         _check_decode_args(num_seqs, num_kv_tokens, num_steps)
         return np.full(num_steps, float(self.step_time_s))
 
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return float(self.step_time_s)
+
 
 @dataclass(frozen=True)
 class AffineCost(CostModel):
@@ -120,6 +124,10 @@ class AffineCost(CostModel):
     def decode_times(self, num_seqs: int, num_kv_tokens: int, num_steps: int) -> np.ndarray:
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
         return self.d0_s + self.d1_s_per_token * kv
+
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return self.d0_s + self.d1_s_per_token * num_kv_tokens
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,10 @@ class AffinePrefillCost(CostModel):
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
         return np.asarray(self._terms(kv, 0, num_seqs, 0), dtype=np.float64)
 
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return self._terms(num_kv_tokens, 0, num_seqs, 0)
+
 
 @dataclass(frozen=True)
 class PiecewiseTokenCost(CostModel):
@@ -184,12 +196,21 @@ class PiecewiseTokenCost(CostModel):
                 + self.d4_s_per_attn_token * attn)
 
     def step_time(self, shape: BatchShape) -> float:
-        linear = self._linear(shape.num_prefill_tokens + shape.num_decode_seqs)
-        return float(self._terms(linear, shape.num_kv_tokens, shape.num_seqs, shape.prefill_attn_tokens))
+        # _linear and _terms inlined, the same operations in the same order (so still bit for
+        # bit decode_times' values): this runs once per simulated step.
+        linear = self.linear_base_s + self.linear_s_per_token * (shape.num_prefill_tokens + shape.num_decode_seqs)
+        if not linear > self.linear_floor_s:  # max(floor, linear): floor on ties, as max() gives
+            linear = self.linear_floor_s
+        return float(linear + self.d0_s + self.d1_s_per_token * shape.num_kv_tokens + self.d3_s_per_seq * shape.num_seqs
+                     + self.d4_s_per_attn_token * shape.prefill_attn_tokens)
 
     def decode_times(self, num_seqs: int, num_kv_tokens: int, num_steps: int) -> np.ndarray:
         kv = _decode_kv(num_seqs, num_kv_tokens, num_steps)
         return np.asarray(self._terms(self._linear(num_seqs), kv, num_seqs, 0), dtype=np.float64)
+
+    def decode_time(self, num_seqs: int, num_kv_tokens: int) -> float:
+        """One `decode_times` value (step with `num_kv_tokens`), bit for bit, without numpy."""
+        return self._terms(self._linear(num_seqs), num_kv_tokens, num_seqs, 0)
 
 
 _KINDS: dict[str, type[CostModel]] = {
