@@ -22,6 +22,17 @@ running set is cleared by `clearing` (LIFO down to (1 - reserve) M by default); 
 requests restart from scratch (`preemption="restart"`, the papers' model) or keep their
 tokens (`"recompute"`, vLLM's), and come back planned at least as long as they got.
 
+Decode pool (`kvsched.pool`, docs/architecture.md "Performance"): every running request
+runs every round, so all of them decode as a group and a step visits only admission
+candidates and requests that outlive their plan. The plan is then kept in absolute rounds
+(`AbsolutePlan`, round = `View.step`): a running request's entry (f - now, now + r) does
+not change between events, so it is updated on admit, finish and re-plan only, and gives
+the same `fits` answers as a `FuturePlan` built from every running request. A step on
+which clearing could trigger (the pool's new blocks exceed the free ones), and every step
+with prefix caching, flushes the pool and takes the per-request pass (`_schedule_each`,
+also the `decode_pool=False` path), which rebuilds the absolute plan. `a-min` with
+`refine="double"` does not opt in.
+
 Registered variants (one class, different defaults):
 - `mcsf`          order (length, arrival, prompt, id), point predictions.
 - `mc-benchmark`  the same check in FCFS order (arrival, id): isolates shortest-first.
