@@ -190,9 +190,14 @@ class AbsolutePlan:
     round c. In absolute time that is `base + A` at every absolute round A <= `end`, with
     base = f - now and end = now + r: both constant while the request runs and is not
     re-planned. So the plan changes only on events (admit, finish, clear, re-plan), and it
-    answers `FuturePlan.fits` for any later `now` without being rebuilt. Its arrays
-    (checkpoints at absolute ends, suffix sums, prefix maximum of m(A) + A) are rebuilt
-    lazily, only when a query follows a removal.
+    answers `FuturePlan.fits` for any later `now` without being rebuilt.
+
+    Arrays over the checkpoints (absolute ends, ascending): the suffix sums F(A) of base and
+    N(A) of requests, and v(A) = F(A) + A (N(A) + 1) = m(A) + A, the quantity whose maximum
+    over the checkpoints up to a candidate's end `FuturePlan.fits` bounds. An event updates
+    the checkpoints up to its end (one C-level pass per array); a checkpoint that has passed
+    (A <= now) is never read again, so a request leaving at or after its planned end costs
+    nothing and passed checkpoints are dropped from the front when met.
 
     A request that outlives its plan is re-planned one round at a time (end = now + 1 at
     every round): it goes to the `late` group, whose end is always the next round, so it
@@ -200,8 +205,8 @@ class AbsolutePlan:
     passed, for the caller to re-plan.
     """
 
-    __slots__ = ("_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum", "_pm",
-                 "_sum_f", "cap")
+    __slots__ = ("_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum", "_sum_f",
+                 "_v", "cap")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -213,8 +218,8 @@ class AbsolutePlan:
         self._ends: list[int] = []
         self._sum_f: list[int] = []
         self._count: list[int] = []
-        self._pm: list[int] = []
-        self._dirty = True  # the arrays are built at the first query
+        self._v: list[int] = []
+        self._dirty = True  # the arrays are built at the first query (bulk construction)
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._late)
@@ -234,25 +239,27 @@ class AbsolutePlan:
             slot[1][rid] = base
         if self._dirty:
             return
-        # The arrays are current: insert as FuturePlan.add does (in absolute time).
-        ends, sum_f, count = self._ends, self._sum_f, self._count
+        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
         k = bisect_left(ends, end)
         if k == len(ends) or ends[k] != end:
+            # A new checkpoint: the requests alive at it are those ending at or after it.
+            f, n = (sum_f[k], count[k]) if k < len(ends) else (0, 0)
             ends.insert(k, end)
-            sum_f.insert(k, sum_f[k] if k < len(sum_f) else 0)
-            count.insert(k, count[k] if k < len(count) else 0)
-        for j in range(k + 1):
-            sum_f[j] += base
-            count[j] += 1
-        self._refresh()
+            sum_f.insert(k, f)
+            count.insert(k, n)
+            v.insert(k, f + end * (n + 1))
+        k += 1
+        sum_f[:k] = [f + base for f in sum_f[:k]]
+        count[:k] = [n + 1 for n in count[:k]]
+        v[:k] = [x + base + a for x, a in zip(v[:k], ends[:k], strict=True)]
 
     def add_late(self, rid: int, base: int) -> None:
         """Plan `rid` one round at a time (it outlived its plan)."""
         self._late[rid] = base
         self._late_sum += base
 
-    def remove(self, rid: int) -> None:
-        """Take `rid` out of the plan (finished or cleared); absent ids are ignored."""
+    def remove(self, rid: int, now: int) -> None:
+        """Take `rid` out of the plan at round `now` (finished or cleared); absent ids are ignored."""
         base = self._late.pop(rid, None)
         if base is not None:
             self._late_sum -= base
@@ -263,11 +270,22 @@ class AbsolutePlan:
         base, end = entry
         slot = self._by_end[end]
         del slot[1][rid]
-        if slot[1]:
-            slot[0] -= base
-        else:
+        emptied = not slot[1]
+        if emptied:
             del self._by_end[end]
-        self._dirty = True
+        else:
+            slot[0] -= base
+        if self._dirty or end <= now:
+            return  # a passed checkpoint: never read again
+        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
+        k = bisect_left(ends, end)
+        if emptied:
+            del ends[k], sum_f[k], count[k], v[k]
+        else:
+            k += 1
+        sum_f[:k] = [f - base for f in sum_f[:k]]
+        count[:k] = [n - 1 for n in count[:k]]
+        v[:k] = [x - base - a for x, a in zip(v[:k], ends[:k], strict=True)]
 
     def due(self, now: int) -> list[tuple[int, int]]:
         """Remove and return (id, base) of the requests whose planned end is <= now."""
@@ -280,19 +298,7 @@ class AbsolutePlan:
             for rid, base in slot[1].items():
                 del self._entries[rid]
                 out.append((rid, base))
-            self._dirty = True
         return out
-
-    def _refresh(self) -> None:
-        ends, sum_f, count = self._ends, self._sum_f, self._count
-        pm: list[int] = []
-        best = -(1 << 62)
-        for k in range(len(ends)):
-            v = sum_f[k] + ends[k] * (count[k] + 1)  # m(A) + A, absolute
-            if v > best:  # noqa: PLR1730 (hot loop)
-                best = v
-            pm.append(best)
-        self._pm = pm
 
     def _rebuild(self) -> None:
         by_end = self._by_end
@@ -300,36 +306,43 @@ class AbsolutePlan:
         n = len(ends)
         sum_f = [0] * n
         count = [0] * n
+        v = [0] * n
         f_acc = n_acc = 0
         for k in range(n - 1, -1, -1):
-            slot = by_end[ends[k]]
+            a = ends[k]
+            slot = by_end[a]
             f_acc += slot[0]
             n_acc += len(slot[1])
             sum_f[k] = f_acc
             count[k] = n_acc
-        self._ends, self._sum_f, self._count = ends, sum_f, count
-        self._refresh()
+            v[k] = f_acc + a * (n_acc + 1)
+        self._ends, self._sum_f, self._count, self._v = ends, sum_f, count, v
         self._dirty = False
 
     def fits(self, footprint: int, rounds: int, now: int) -> bool:
-        """`FuturePlan.fits(footprint, rounds)` of the plan as seen from round `now` (every
-        end > now: call `due(now)` first)."""
+        """`FuturePlan.fits(footprint, rounds)` of the plan as seen from round `now` (call
+        `due(now)` first: every planned end is then > now)."""
         if self._dirty:
             self._rebuild()
         ends = self._ends
+        if ends and ends[0] <= now:  # passed checkpoints: drop them
+            i = bisect_right(ends, now)
+            del ends[:i], self._sum_f[:i], self._count[:i], self._v[:i]
+        sum_f, count = self._sum_f, self._count
         cap = self.cap - footprint
-        if self._late:
+        late = self._late
+        if late:
             # The first checkpoint (now + 1) holds every request, the late group included.
-            n_all = len(self._late) + (self._count[0] if ends else 0)
-            f_all = self._late_sum + (self._sum_f[0] if ends else 0)
+            n_all = len(late) + (count[0] if ends else 0)
+            f_all = self._late_sum + (sum_f[0] if ends else 0)
             if f_all + (now + 1) * (n_all + 1) - now > cap:
                 return False
         last = now + rounds
-        k = bisect_right(ends, last) - 1
-        if k >= 0 and self._pm[k] - now > cap:
+        k = bisect_right(ends, last)
+        if k and max(self._v[:k]) - now > cap:
             return False
         k = bisect_left(ends, last)
-        mem = self._sum_f[k] + last * self._count[k] if k < len(ends) else 0
-        if rounds == 1 and self._late:
-            mem += self._late_sum + last * len(self._late)
+        mem = sum_f[k] + last * count[k] if k < len(ends) else 0
+        if rounds == 1 and late:
+            mem += self._late_sum + last * len(late)
         return mem + rounds <= cap

@@ -186,7 +186,7 @@ class MCSFScheduler(Scheduler):
                 self._planned.pop(rid, None)
                 running.pop(rid, None)
                 if plan is not None:
-                    plan.remove(rid)
+                    plan.remove(rid, view.step)
                 if r.status is RequestStatus.ABORTED:  # a client disconnect (online loop)
                     aborted.add(rid)
             if aborted:  # it may have been waiting: drop it from the heap
