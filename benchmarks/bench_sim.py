@@ -138,6 +138,7 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
         reqs = base if scale == 1.0 else scale_rate(base, scale)
         for name in AZURE_SCHEDULERS:
             walls: dict[bool, list[float]] = {True: [], False: []}
+            cpus: dict[bool, list[float]] = {True: [], False: []}  # time.process_time: less load-sensitive
             last: dict[bool, object] = {}
             for i in range(max(repeats, old_repeats)):
                 # Interleaved, in alternating order: the machine's load and the other path's
@@ -148,9 +149,10 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
                     last.pop(pool, None)  # free the previous repeat's run before timing the next
                     gc.collect()
                     sched = SCHEDULERS.create(name)
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     res = run_sim(reqs, sched, decode_pool=pool)
                     walls[pool].append(time.perf_counter() - t)
+                    cpus[pool].append(time.process_time() - c)
                     last[pool] = res
                     del res
             new, old = last[True], last[False]
@@ -162,6 +164,8 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
                 "num_preemptions": sum(r.num_preemptions + r.num_restarts for r in new.requests),
                 "wall_s": wall, "wall_s_all": walls[True], "wall_old_s": wall_old, "wall_old_s_all": walls[False],
                 "repeats": repeats, "old_repeats": old_repeats, "old_over_new": wall_old / wall,
+                "cpu_s": min(cpus[True]), "cpu_old_s": min(cpus[False]),
+                "old_over_new_cpu": min(cpus[False]) / min(cpus[True]),
                 "same_results": same_run(old, new), "uses_pool": bool(getattr(SCHEDULERS.create(name), "uses_pool",
                                                                                False)),
                 "requests_per_s": len(reqs) / wall, "iterations": rows, "sim_steps": steps,
@@ -171,7 +175,8 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
             }
             out.append(row)
             log(f"azure-conv x{scale:g} {name}: new {wall:.2f} s, old {wall_old:.2f} s "
-                f"({row['old_over_new']:.1f}x), same results: {row['same_results']}")
+                f"({row['old_over_new']:.1f}x); CPU new {row['cpu_s']:.2f} s, old {row['cpu_old_s']:.2f} s "
+                f"({row['old_over_new_cpu']:.1f}x), same results: {row['same_results']}")
             last.clear()
             gc.collect()
     return out
@@ -455,14 +460,16 @@ Table = tuple[str, list[str], list[list[str]], str]  # title, header, rows, note
 def azure_table(azure: list[dict]) -> Table:
     rows = [[
         f"x{r['rate_scale']:g}", r["scheduler"], "yes" if r["uses_pool"] else "no", f"{r['wall_s']:.2f}",
-        f"{r['wall_old_s']:.2f}", f"{r['old_over_new']:.1f}x", "yes" if r["same_results"] else "NO",
+        f"{r['wall_old_s']:.2f}", f"{r['old_over_new']:.1f}x", f"{r['cpu_s']:.2f} / {r['cpu_old_s']:.2f}",
+        f"{r['old_over_new_cpu']:.1f}x", "yes" if r["same_results"] else "NO",
         f"{r['iterations']:,}", f"{r['sim_steps']:,}", f"{r['num_preemptions']:,}", f"{r['us_per_iteration']:.0f}",
         f"{r['ratio_to_target']:.2f}x",
     ] for r in azure]
     return (
         (f"1. azure-conv, whole trace ({COST_MODEL}, {CAPACITY_TOKENS:,} tokens, block {BLOCK_SIZE}; "
          f"new best of {azure[0]['repeats']}, old best of {azure[0]['old_repeats']})"),
-        ["rate", "scheduler", "pool", "new s", "old s", "old/new", "same run", "iterations", "sim steps",
+        ["rate", "scheduler", "pool", "new s", "old s", "old/new", "CPU s new / old", "old/new CPU", "same run",
+         "iterations", "sim steps",
          "evictions", "us/iter new", f"new / target ({AZURE_TARGET_S:g} s)"],
         rows,
         ("old = decode_pool=False (every request visited every step), interleaved with new in the same run. "
