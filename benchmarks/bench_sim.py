@@ -16,9 +16,10 @@ reported as the ratio old / new. Both paths must give the same run (checked here
                 under vllm, each path in a fresh process: wall and peak RSS. Targets:
                 < 30 s and < 1 GB. The old path runs 100,000 requests (the 1M run takes
                 minutes on it): the ratio is at 100k.
-3. batch        Wall time per loop iteration against the batch size: vllm with
-                max_num_seqs = 16, 64, 256 running and 1,000 / 10,000 requests waiting,
-                old and new path. The new path should be flat in the batch size.
+3. batch        Wall time per loop iteration against the batch size: vllm and mcsf
+                (oracle lengths) with max_num_seqs = 16, 64, 256 running and 1,000 /
+                10,000 requests waiting, old and new path. The new path should be flat
+                in the batch size (mcsf: up to its plan's O(distinct ends) per event).
 4. apc          The prefix-caching KV model: azure-conv x1 under vllm (decode pool on),
                 own block keys registered lazily (the default) against eagerly
                 (`PrefixCachingKVCache(lazy_own_keys=False)`) and prefix caching off, in
@@ -96,6 +97,9 @@ BATCH_SIZES = (16, 64, 256)
 BATCH_WAITING = (1_000, 10_000)
 BATCH_CAPACITY_TOKENS = 4_000_000  # memory never binds: the batch size is max_num_seqs
 BATCH_WINDOW = 400  # scheduler calls timed once the running set is full
+# (registry name, options): max_num_seqs is set to the batch size. MC-SF plans with true
+# lengths (the synthetic requests carry no predictions); memory never binds.
+BATCH_SCHEDULERS = (("vllm", {}), ("mcsf", {"predictor": "oracle"}))
 
 
 def run_sim(reqs, scheduler: Scheduler, progress=None, decode_pool=True, capacity_tokens=CAPACITY_TOKENS):
@@ -134,6 +138,7 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
         reqs = base if scale == 1.0 else scale_rate(base, scale)
         for name in AZURE_SCHEDULERS:
             walls: dict[bool, list[float]] = {True: [], False: []}
+            cpus: dict[bool, list[float]] = {True: [], False: []}  # time.process_time: less load-sensitive
             last: dict[bool, object] = {}
             for i in range(max(repeats, old_repeats)):
                 # Interleaved, in alternating order: the machine's load and the other path's
@@ -144,9 +149,10 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
                     last.pop(pool, None)  # free the previous repeat's run before timing the next
                     gc.collect()
                     sched = SCHEDULERS.create(name)
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     res = run_sim(reqs, sched, decode_pool=pool)
                     walls[pool].append(time.perf_counter() - t)
+                    cpus[pool].append(time.process_time() - c)
                     last[pool] = res
                     del res
             new, old = last[True], last[False]
@@ -158,6 +164,8 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
                 "num_preemptions": sum(r.num_preemptions + r.num_restarts for r in new.requests),
                 "wall_s": wall, "wall_s_all": walls[True], "wall_old_s": wall_old, "wall_old_s_all": walls[False],
                 "repeats": repeats, "old_repeats": old_repeats, "old_over_new": wall_old / wall,
+                "cpu_s": min(cpus[True]), "cpu_old_s": min(cpus[False]),
+                "old_over_new_cpu": min(cpus[False]) / min(cpus[True]),
                 "same_results": same_run(old, new), "uses_pool": bool(getattr(SCHEDULERS.create(name), "uses_pool",
                                                                                False)),
                 "requests_per_s": len(reqs) / wall, "iterations": rows, "sim_steps": steps,
@@ -167,7 +175,8 @@ def bench_azure(repeats: int, old_repeats: int, log) -> list[dict]:
             }
             out.append(row)
             log(f"azure-conv x{scale:g} {name}: new {wall:.2f} s, old {wall_old:.2f} s "
-                f"({row['old_over_new']:.1f}x), same results: {row['same_results']}")
+                f"({row['old_over_new']:.1f}x); CPU new {row['cpu_s']:.2f} s, old {row['cpu_old_s']:.2f} s "
+                f"({row['old_over_new_cpu']:.1f}x), same results: {row['same_results']}")
             last.clear()
             gc.collect()
     return out
@@ -297,32 +306,38 @@ def bench_batch(repeats: int, log) -> list[dict]:
     prompts = rng.integers(32, 1024, size=n_max, endpoint=True)
     outputs = rng.integers(16, 512, size=n_max, endpoint=True)  # finishes spread: an admission every few steps
     out = []
-    for waiting in BATCH_WAITING:
-        for size in BATCH_SIZES:
-            n = waiting + size
-            reqs = requests_from_arrays(np.zeros(n), prompts[:n], outputs[:n])
-            row = {"num_running": size, "num_waiting": waiting}
-            for pool in (False, True):
-                best = None
-                for _ in range(repeats):
-                    timer = BatchTimer(SCHEDULERS.create("vllm", max_num_seqs=size), size, BATCH_WINDOW)
-                    try:
-                        run_sim(reqs, timer, decode_pool=pool, capacity_tokens=BATCH_CAPACITY_TOKENS)
-                    except _StopBatch:
-                        pass
-                    if timer.t_end is None:
-                        raise RuntimeError(f"batch {size}, {waiting} waiting: the run ended before the window did")
-                    it = (timer.t_end - timer.t_start) / BATCH_WINDOW
-                    if best is None or it < best[0]:
-                        best = (it, timer.step_end - timer.step_start)
-                key = "new" if pool else "old"
-                row[f"us_per_iteration_{key}"] = 1e6 * best[0]
-                row[f"sim_steps_{key}"] = best[1]
-            row["old_over_new"] = row["us_per_iteration_old"] / row["us_per_iteration_new"]
-            out.append(row)
-            log(f"batch {size} running / {waiting:,} waiting: old {row['us_per_iteration_old']:.0f} us, "
-                f"new {row['us_per_iteration_new']:.0f} us per iteration ({row['old_over_new']:.1f}x)")
+    for name, options in BATCH_SCHEDULERS:
+        for waiting in BATCH_WAITING:
+            for size in BATCH_SIZES:
+                out.append(_batch_row(name, options, size, waiting, prompts, outputs, repeats, log))
     return out
+
+
+def _batch_row(name: str, options: dict, size: int, waiting: int, prompts, outputs, repeats: int, log) -> dict:
+    """One row of section 3: µs per iteration of `name` with `size` running and `waiting` queued, both paths."""
+    n = waiting + size
+    reqs = requests_from_arrays(np.zeros(n), prompts[:n], outputs[:n])
+    row = {"scheduler": name, "num_running": size, "num_waiting": waiting}
+    for pool in (False, True):
+        best = None
+        for _ in range(repeats):
+            timer = BatchTimer(SCHEDULERS.create(name, max_num_seqs=size, **options), size, BATCH_WINDOW)
+            try:
+                run_sim(reqs, timer, decode_pool=pool, capacity_tokens=BATCH_CAPACITY_TOKENS)
+            except _StopBatch:
+                pass
+            if timer.t_end is None:
+                raise RuntimeError(f"batch {size}, {waiting} waiting: the run ended before the window did")
+            it = (timer.t_end - timer.t_start) / BATCH_WINDOW
+            if best is None or it < best[0]:
+                best = (it, timer.step_end - timer.step_start)
+        key = "new" if pool else "old"
+        row[f"us_per_iteration_{key}"] = 1e6 * best[0]
+        row[f"sim_steps_{key}"] = best[1]
+    row["old_over_new"] = row["us_per_iteration_old"] / row["us_per_iteration_new"]
+    log(f"batch {name} {size} running / {waiting:,} waiting: old {row['us_per_iteration_old']:.0f} us, "
+        f"new {row['us_per_iteration_new']:.0f} us per iteration ({row['old_over_new']:.1f}x)")
+    return row
 
 
 # --- 4. per-step cost against the waiting-queue length ---------------------------------------
@@ -445,18 +460,20 @@ Table = tuple[str, list[str], list[list[str]], str]  # title, header, rows, note
 def azure_table(azure: list[dict]) -> Table:
     rows = [[
         f"x{r['rate_scale']:g}", r["scheduler"], "yes" if r["uses_pool"] else "no", f"{r['wall_s']:.2f}",
-        f"{r['wall_old_s']:.2f}", f"{r['old_over_new']:.1f}x", "yes" if r["same_results"] else "NO",
+        f"{r['wall_old_s']:.2f}", f"{r['old_over_new']:.1f}x", f"{r['cpu_s']:.2f} / {r['cpu_old_s']:.2f}",
+        f"{r['old_over_new_cpu']:.1f}x", "yes" if r["same_results"] else "NO",
         f"{r['iterations']:,}", f"{r['sim_steps']:,}", f"{r['num_preemptions']:,}", f"{r['us_per_iteration']:.0f}",
         f"{r['ratio_to_target']:.2f}x",
     ] for r in azure]
     return (
         (f"1. azure-conv, whole trace ({COST_MODEL}, {CAPACITY_TOKENS:,} tokens, block {BLOCK_SIZE}; "
          f"new best of {azure[0]['repeats']}, old best of {azure[0]['old_repeats']})"),
-        ["rate", "scheduler", "pool", "new s", "old s", "old/new", "same run", "iterations", "sim steps",
+        ["rate", "scheduler", "pool", "new s", "old s", "old/new", "CPU s new / old", "old/new CPU", "same run",
+         "iterations", "sim steps",
          "evictions", "us/iter new", f"new / target ({AZURE_TARGET_S:g} s)"],
         rows,
         ("old = decode_pool=False (every request visited every step), interleaved with new in the same run. "
-         "pool = the scheduler opts in to the decode pool; mcsf does not (its ratio shows the loop's overhead)."),
+         "pool = the scheduler opts in to the decode pool (all three do)."),
     )
 
 
@@ -484,13 +501,14 @@ def synthetic_table(s: dict) -> Table:
 
 
 def batch_table(batch: list[dict]) -> Table:
-    rows = [[f"{r['num_running']}", f"{r['num_waiting']:,}", f"{r['us_per_iteration_old']:.0f}",
+    rows = [[r.get("scheduler", "vllm"), f"{r['num_running']}", f"{r['num_waiting']:,}",
+             f"{r['us_per_iteration_old']:.0f}",
              f"{r['us_per_iteration_new']:.0f}", f"{r['old_over_new']:.1f}x",
              f"{r['sim_steps_old']} / {r['sim_steps_new']}"] for r in batch]
     return (
-        (f"3. cost per loop iteration vs batch size (vllm, max_num_seqs = batch, all at t=0, "
+        (f"3. cost per loop iteration vs batch size (max_num_seqs = batch, all at t=0, "
          f"{BATCH_WINDOW} calls once the batch is full)"),
-        ["running", "waiting", "us/iter old", "us/iter new", "old/new", "sim steps old / new"],
+        ["scheduler", "running", "waiting", "us/iter old", "us/iter new", "old/new", "sim steps old / new"],
         rows,
         "An iteration = one scheduler call + the loop applying it. New should stay flat as the batch grows.",
     )

@@ -26,6 +26,7 @@ that to promise how long their decision stays unchanged (`Decision.repeat`).
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
@@ -179,3 +180,169 @@ def brute_force_fits(cap: int, alive: Iterable[tuple[int, int]], footprint: int,
     alive = list(alive) + [(footprint, rounds)]
     horizon = max(r for _, r in alive)
     return all(sum(f + c for f, r in alive if r >= c) <= cap for c in range(1, horizon + 1))
+
+
+class AbsolutePlan:
+    """`FuturePlan` kept across steps in absolute round time, for a scheduler whose running
+    requests all run every round (MC-SF with the decode pool, `kvsched.pool`).
+
+    Seen from round `now`, a request with footprint f and r rounds left holds f + c after
+    round c. In absolute time that is `base + A` at every absolute round A <= `end`, with
+    base = f - now and end = now + r: both constant while the request runs and is not
+    re-planned. So the plan changes only on events (admit, finish, clear, re-plan), and it
+    answers `FuturePlan.fits` for any later `now` without being rebuilt.
+
+    Arrays over the checkpoints (absolute ends, ascending): the suffix sums F(A) of base and
+    N(A) of requests, and v(A) = F(A) + A (N(A) + 1) = m(A) + A, the quantity whose maximum
+    over the checkpoints up to a candidate's end `FuturePlan.fits` bounds. An event updates
+    the checkpoints up to its end (one C-level pass per array); a checkpoint that has passed
+    (A <= now) is never read again, so a request leaving at or after its planned end costs
+    nothing and passed checkpoints are dropped from the front when met.
+
+    A request that outlives its plan is re-planned one round at a time (end = now + 1 at
+    every round): it goes to the `late` group, whose end is always the next round, so it
+    counts only at the first checkpoint. `due(now)` hands out the requests whose end has
+    passed, for the caller to re-plan.
+    """
+
+    __slots__ = ("_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum", "_sum_f",
+                 "_v", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._entries: dict[int, tuple[int, int]] = {}  # id -> (base, end)
+        self._by_end: dict[int, list] = {}  # end -> [sum of base, {id: base}]
+        self._end_heap: list[int] = []  # ends ever used (stale ones skipped)
+        self._late: dict[int, int] = {}  # id -> base, end = now + 1 at every round
+        self._late_sum = 0
+        self._ends: list[int] = []
+        self._sum_f: list[int] = []
+        self._count: list[int] = []
+        self._v: list[int] = []
+        self._dirty = True  # the arrays are built at the first query (bulk construction)
+
+    def __len__(self) -> int:
+        return len(self._entries) + len(self._late)
+
+    def __contains__(self, rid: int) -> bool:
+        return rid in self._entries or rid in self._late
+
+    def add(self, rid: int, base: int, end: int) -> None:
+        """Plan request `rid` to hold base + A at every absolute round A <= end."""
+        self._entries[rid] = (base, end)
+        slot = self._by_end.get(end)
+        if slot is None:
+            self._by_end[end] = [base, {rid: base}]
+            heapq.heappush(self._end_heap, end)
+        else:
+            slot[0] += base
+            slot[1][rid] = base
+        if self._dirty:
+            return
+        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
+        k = bisect_left(ends, end)
+        if k == len(ends) or ends[k] != end:
+            # A new checkpoint: the requests alive at it are those ending at or after it.
+            f, n = (sum_f[k], count[k]) if k < len(ends) else (0, 0)
+            ends.insert(k, end)
+            sum_f.insert(k, f)
+            count.insert(k, n)
+            v.insert(k, f + end * (n + 1))
+        k += 1
+        sum_f[:k] = [f + base for f in sum_f[:k]]
+        count[:k] = [n + 1 for n in count[:k]]
+        v[:k] = [x + base + a for x, a in zip(v[:k], ends[:k], strict=True)]
+
+    def add_late(self, rid: int, base: int) -> None:
+        """Plan `rid` one round at a time (it outlived its plan)."""
+        self._late[rid] = base
+        self._late_sum += base
+
+    def remove(self, rid: int, now: int) -> None:
+        """Take `rid` out of the plan at round `now` (finished or cleared); absent ids are ignored."""
+        base = self._late.pop(rid, None)
+        if base is not None:
+            self._late_sum -= base
+            return
+        entry = self._entries.pop(rid, None)
+        if entry is None:
+            return
+        base, end = entry
+        slot = self._by_end[end]
+        del slot[1][rid]
+        emptied = not slot[1]
+        if emptied:
+            del self._by_end[end]
+        else:
+            slot[0] -= base
+        if self._dirty or end <= now:
+            return  # a passed checkpoint: never read again
+        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
+        k = bisect_left(ends, end)
+        if emptied:
+            del ends[k], sum_f[k], count[k], v[k]
+        else:
+            k += 1
+        sum_f[:k] = [f - base for f in sum_f[:k]]
+        count[:k] = [n - 1 for n in count[:k]]
+        v[:k] = [x - base - a for x, a in zip(v[:k], ends[:k], strict=True)]
+
+    def due(self, now: int) -> list[tuple[int, int]]:
+        """Remove and return (id, base) of the requests whose planned end is <= now."""
+        heap, by_end = self._end_heap, self._by_end
+        out: list[tuple[int, int]] = []
+        while heap and heap[0] <= now:
+            slot = by_end.pop(heapq.heappop(heap), None)
+            if slot is None:
+                continue  # emptied earlier
+            for rid, base in slot[1].items():
+                del self._entries[rid]
+                out.append((rid, base))
+        return out
+
+    def _rebuild(self) -> None:
+        by_end = self._by_end
+        ends = sorted(by_end)
+        n = len(ends)
+        sum_f = [0] * n
+        count = [0] * n
+        v = [0] * n
+        f_acc = n_acc = 0
+        for k in range(n - 1, -1, -1):
+            a = ends[k]
+            slot = by_end[a]
+            f_acc += slot[0]
+            n_acc += len(slot[1])
+            sum_f[k] = f_acc
+            count[k] = n_acc
+            v[k] = f_acc + a * (n_acc + 1)
+        self._ends, self._sum_f, self._count, self._v = ends, sum_f, count, v
+        self._dirty = False
+
+    def fits(self, footprint: int, rounds: int, now: int) -> bool:
+        """`FuturePlan.fits(footprint, rounds)` of the plan as seen from round `now` (call
+        `due(now)` first: every planned end is then > now)."""
+        if self._dirty:
+            self._rebuild()
+        ends = self._ends
+        if ends and ends[0] <= now:  # passed checkpoints: drop them
+            i = bisect_right(ends, now)
+            del ends[:i], self._sum_f[:i], self._count[:i], self._v[:i]
+        sum_f, count = self._sum_f, self._count
+        cap = self.cap - footprint
+        late = self._late
+        if late:
+            # The first checkpoint (now + 1) holds every request, the late group included.
+            n_all = len(late) + (count[0] if ends else 0)
+            f_all = self._late_sum + (sum_f[0] if ends else 0)
+            if f_all + (now + 1) * (n_all + 1) - now > cap:
+                return False
+        last = now + rounds
+        k = bisect_right(ends, last)
+        if k and max(self._v[:k]) - now > cap:
+            return False
+        k = bisect_left(ends, last)
+        mem = sum_f[k] + last * count[k] if k < len(ends) else 0
+        if rounds == 1 and late:
+            mem += self._late_sum + last * len(late)
+        return mem + rounds <= cap

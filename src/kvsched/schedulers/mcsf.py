@@ -22,6 +22,17 @@ running set is cleared by `clearing` (LIFO down to (1 - reserve) M by default); 
 requests restart from scratch (`preemption="restart"`, the papers' model) or keep their
 tokens (`"recompute"`, vLLM's), and come back planned at least as long as they got.
 
+Decode pool (`kvsched.pool`, docs/architecture.md "Performance"): every running request
+runs every round, so all of them decode as a group and a step visits only admission
+candidates and requests that outlive their plan. The plan is then kept in absolute rounds
+(`AbsolutePlan`, round = `View.step`): a running request's entry (f - now, now + r) does
+not change between events, so it is updated on admit, finish and re-plan only, and gives
+the same `fits` answers as a `FuturePlan` built from every running request. A step on
+which clearing could trigger (the pool's new blocks exceed the free ones), and every step
+with prefix caching, flushes the pool and takes the per-request pass (`_schedule_each`,
+also the `decode_pool=False` path), which rebuilds the absolute plan. `a-min` with
+`refine="double"` does not opt in.
+
 Registered variants (one class, different defaults):
 - `mcsf`          order (length, arrival, prompt, id), point predictions.
 - `mc-benchmark`  the same check in FCFS order (arrival, id): isolates shortest-first.
@@ -46,7 +57,7 @@ from kvsched.predictors import make_predictor
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.clearing import check_clearing, clear, next_round_blocks
-from kvsched.schedulers.future_plan import FuturePlan, ledger_pad
+from kvsched.schedulers.future_plan import AbsolutePlan, FuturePlan, ledger_pad
 
 STEADY = 1 << 30
 ORDER_FIELDS = ("length", "arrival", "prompt", "id", "volume")
@@ -101,13 +112,22 @@ class MCSFScheduler(Scheduler):
             raise ValueError("aging, max_num_seqs and max_num_batched_tokens must be >= 0")
         self._rng = np.random.default_rng(self.seed)
         self._heap: list[tuple] = []
-        self._running: list[Request] = []  # in admission order (LIFO clearing pops the end)
+        # Running requests by id, in admission order (LIFO clearing takes the last ones).
+        self._running: dict[int, Request] = {}
         self._planned: dict[int, int] = {}  # request id -> planned total output length
+        # With the decode pool: the running requests' plan in absolute rounds (None when
+        # it must be rebuilt by the per-request pass).
+        self._abs: AbsolutePlan | None = None
 
     @property
     def clairvoyant(self) -> bool:
         """Only the oracle predictor reads true lengths; the others see predictions."""
         return self.predictor == "oracle"
+
+    @property
+    def uses_pool(self) -> bool:
+        """Running requests decode as a group (`kvsched.pool`); see `_schedule_pool`."""
+        return True
 
     def config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -148,8 +168,8 @@ class MCSFScheduler(Scheduler):
             return view.capacity_tokens
         return math.floor((1.0 - self.reserve) * view.capacity_tokens)
 
-    def _victims(self, view: View) -> list[Request]:
-        return clear(view, self._running, self.clearing, target_tokens=self._clear_target(view),
+    def _victims(self, view: View, running: list[Request]) -> list[Request]:
+        return clear(view, running, self.clearing, target_tokens=self._clear_target(view),
                      beta=self.beta, rng=self._rng, who=type(self).__name__)
 
     # --- the step -------------------------------------------------------------------------
@@ -160,38 +180,59 @@ class MCSFScheduler(Scheduler):
             self._push(r)
         if view.finished:
             aborted = set()
+            running, plan = self._running, self._abs
             for r in view.finished:
-                self._planned.pop(r.request_id, None)
+                rid = r.request_id
+                self._planned.pop(rid, None)
+                running.pop(rid, None)
+                if plan is not None:
+                    plan.remove(rid, view.step)
                 if r.status is RequestStatus.ABORTED:  # a client disconnect (online loop)
-                    aborted.add(r.request_id)
+                    aborted.add(rid)
             if aborted:  # it may have been waiting: drop it from the heap
                 self._heap = [e for e in self._heap if e[-1].request_id not in aborted]
                 heapq.heapify(self._heap)
-            self._running = [r for r in self._running if not r.is_finished]
+        pool = view.pool
+        if pool is not None:
+            # Every running request is a pool member decoding one token (the plan is
+            # non-preemptive), so the next round needs the blocks held now plus the
+            # pool's new ones: clearing can trigger only if those exceed the free blocks.
+            # With prefix caching (shared blocks) or a resident outside the pool, or on
+            # such a step, every request's exact state is needed: the per-request pass.
+            if (self._abs is not None and not pool.outside and view.prefix_cache is None
+                    and pool.num_new_blocks <= view.num_free_blocks):
+                return self._schedule_pool(view)
+            pool.flush()
+        return self._schedule_each(view)
 
-        victims = self._victims(view) if self._running else []
-        if victims:
-            gone = {v.request_id for v in victims}
-            self._running = [r for r in self._running if r.request_id not in gone]
-            for v in victims:
-                # It ran g tokens without finishing, so it needs at least g + 1.
-                rid = v.request_id
-                self._planned[rid] = max(self._planned[rid], v.num_output_tokens + 1)
-                self._push(v)
-
+    def _schedule_pool(self, view: View) -> Decision:
+        """The step with every running request in the decode pool: the plan is kept in
+        absolute rounds (`AbsolutePlan`), so nothing is visited per running request; only
+        re-planned requests and admission candidates are. The same decision as
+        `_schedule_each` (tests/test_decode_pool.py runs both)."""
+        plan, now, running = self._abs, view.step, self._running
         pad = ledger_pad(view)
-        cap = math.floor((1.0 - self.reserve) * capacity)
-        alive = []
-        for r in self._running:
-            length = self._replan_outlived(r)
-            g = r.num_output_tokens
-            alive.append((r.prompt_len + g + pad, length - g))
-        plan = FuturePlan(cap, alive)
+        due = plan.due(now)
+        if due:
+            # They reached their planned end without finishing: planned = g + 1 from now on
+            # (`_replan_outlived`), one round at a time.
+            planned = self._planned
+            for rid, base in due:
+                planned[rid] = base + now - running[rid].prompt_len - pad + 1
+                plan.add_late(rid, base)
+        run: dict[int, int] = {}
+        n_run = num_tokens = len(running)  # every running request decodes one token
+        admitted = self._admit(view, plan, now, pad, run, n_run, num_tokens, ())
+        steady = not self._heap and not admitted
+        return Decision(run, repeat=STEADY if steady else 1, pool=True)
 
-        run = {r.request_id: r.num_tokens - r.num_computed_tokens for r in self._running}
-        num_tokens = sum(run.values())
+    def _admit(self, view: View, plan, now: int, pad: int, run: dict[int, int], n_run: int, num_tokens: int,
+               cleared: tuple[int, ...]) -> int:
+        """Admit waiting requests in key order while the plan fits (MC-SF's rule); each
+        goes into `run`, `self._running` and the plan. `plan` is a FuturePlan seen from
+        now, or an AbsolutePlan with `now` the absolute round. Returns how many."""
         restart = self.preemption == "restart"
-        cleared = tuple(v.request_id for v in victims)
+        absolute = isinstance(plan, AbsolutePlan)
         skipped = []
         admitted = 0
         heap = self._heap
@@ -208,12 +249,12 @@ class MCSFScheduler(Scheduler):
                 n = r.num_tokens - r.num_computed_tokens
             footprint = r.prompt_len + g + pad
             rounds = max(1, self._planned[rid] - g)
-            if self.max_num_seqs and len(run) >= self.max_num_seqs:
+            if self.max_num_seqs and n_run >= self.max_num_seqs:
                 break
-            if self.max_num_batched_tokens and run and num_tokens + n > self.max_num_batched_tokens:
+            if self.max_num_batched_tokens and n_run and num_tokens + n > self.max_num_batched_tokens:
                 break
-            fits = plan.fits(footprint, rounds)
-            if not fits and not run:
+            fits = plan.fits(footprint, rounds, now) if absolute else plan.fits(footprint, rounds)
+            if not fits and not n_run:
                 # Nothing runs: the request fits the cache alone (the loop rejects the rest)
                 # but not the plan (reserve or block padding). Run it alone, else it waits forever.
                 fits = True
@@ -223,15 +264,62 @@ class MCSFScheduler(Scheduler):
                 skipped.append(heapq.heappop(heap))
                 continue
             heapq.heappop(heap)
-            plan.add(footprint, rounds)
-            self._running.append(r)
+            if absolute:
+                plan.add(rid, footprint - now, now + rounds)
+            else:
+                plan.add(footprint, rounds)
+            self._running[rid] = r
             run[rid] = n
             num_tokens += n
+            n_run += 1
             admitted += 1
         for entry in skipped:
             heapq.heappush(heap, entry)
+        return admitted
 
-        steady = not heap and not victims and not admitted
+    def _schedule_each(self, view: View) -> Decision:
+        """The step visiting every running request (the reference path)."""
+        running = list(self._running.values())
+        victims = self._victims(view, running) if running else []
+        if victims:
+            gone = {v.request_id for v in victims}
+            running = [r for r in running if r.request_id not in gone]
+            for v in victims:
+                # It ran g tokens without finishing, so it needs at least g + 1.
+                rid = v.request_id
+                del self._running[rid]
+                self._planned[rid] = max(self._planned[rid], v.num_output_tokens + 1)
+                self._push(v)
+
+        pad = ledger_pad(view)
+        cap = math.floor((1.0 - self.reserve) * view.capacity_tokens)
+        alive = []
+        for r in running:
+            length = self._replan_outlived(r)
+            g = r.num_output_tokens
+            alive.append((r.prompt_len + g + pad, length - g))
+        plan = FuturePlan(cap, alive)
+
+        run = {r.request_id: r.num_tokens - r.num_computed_tokens for r in running}
+        restart = self.preemption == "restart"
+        cleared = tuple(v.request_id for v in victims)
+        n_before = len(run)
+        admitted = self._admit(view, plan, 0, pad, run, len(run), sum(run.values()), cleared)
+        if view.pool is not None:
+            # The plan in absolute rounds for the pool steps that follow: the same entries.
+            now = view.step
+            self._abs = absolute = AbsolutePlan(cap)
+            ids = list(run)
+            for (footprint, rounds), rid in zip(alive, ids[:n_before], strict=True):
+                absolute.add(rid, footprint - now, now + rounds)
+            for rid in ids[n_before:]:
+                r = self._running[rid]
+                g = 0 if (restart and rid in cleared) else r.num_output_tokens
+                absolute.add(rid, r.prompt_len + g + pad - now, now + max(1, self._planned[rid] - g))
+        else:
+            self._abs = None
+
+        steady = not self._heap and not victims and not admitted
         return Decision(
             run,
             preempt=() if restart else cleared,
@@ -304,6 +392,12 @@ class AMinScheduler(MCSFScheduler):
             raise ValueError(f"refine must be 'increment' or 'double', got {self.refine!r}")
         super().__post_init__()
 
+    @property
+    def uses_pool(self) -> bool:
+        # Doubling re-plans an outlived request from its previous bound at every round, so
+        # its plan is not one round at a time: only "increment" keeps the pool's plan exact.
+        return self.refine == "increment"
+
     def _replan_outlived(self, r: Request) -> int:
         g, length = r.num_output_tokens, self._planned[r.request_id]
         if g >= length:
@@ -319,20 +413,20 @@ class AMinScheduler(MCSFScheduler):
             self._planned[r.request_id] = length
         return length
 
-    def _victims(self, view: View) -> list[Request]:
-        need = [next_round_blocks(view, r) for r in self._running]
+    def _victims(self, view: View, running: list[Request]) -> list[Request]:
+        need = [next_round_blocks(view, r) for r in running]
         total = sum(need)
         if total <= view.num_blocks:
             return []
-        for r in self._running:
+        for r in running:
             self._replan_outlived(r)
-        ties = self._rng.permutation(len(self._running))
-        order = sorted(range(len(self._running)), key=lambda i: (self._planned[self._running[i].request_id], ties[i]))
+        ties = self._rng.permutation(len(running))
+        order = sorted(range(len(running)), key=lambda i: (self._planned[running[i].request_id], ties[i]))
         victims = []
         for i in order:
             if total <= view.num_blocks:
                 break
-            victims.append(self._running[i])
+            victims.append(running[i])
             total -= need[i]
         return victims
 
