@@ -298,6 +298,7 @@ def test_own_runs_equal_eager_keys_under_repeated_preemption(prompts, ops, block
         for a, b in zip(*reqs, strict=True):
             if a.status is RequestStatus.WAITING:
                 assert lazy.lookup(b) == eager.lookup(a), a.request_id
+                assert lazy.lookup_hit(b) == eager.lookup_hit(a), a.request_id
 
 
 def test_a_scheduler_that_does_not_opt_in_gets_no_pool():

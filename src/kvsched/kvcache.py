@@ -469,6 +469,18 @@ class PrefixCachingKVCache(KVCache):
             out.append(blk)
         return out
 
+    def lookup_hit(self, request) -> tuple[list[int], int]:
+        """`lookup(request)` and how many of its blocks are free (`num_evictable`) at once: an
+        own run's blocks all are, so that case needs no step per block."""
+        node = self._own_runs.get(request.request_id)
+        if node is not None:
+            ids = self._runs[node][0]
+            cap = (request.num_tokens - 1) // self.block_size
+            blocks = ids[:cap] if cap < len(ids) else ids[:]
+            return blocks, len(blocks)
+        blocks = self.lookup(request)
+        return blocks, self.num_evictable(blocks) if blocks else 0
+
     def num_evictable(self, blocks: list[int]) -> int:
         """How many of `blocks` are free (cached, no holder): reusing them takes free blocks."""
         if not blocks:
@@ -662,7 +674,14 @@ class PrefixCachingKVCache(KVCache):
         last block first, as two runs without a step per block: DEAD for a finished request,
         its own run for a preempted one."""
         r, keyed = self._reqs.pop(request_id), self._num_keyed.pop(request_id)
-        if len(mine) > keyed:
+        n = len(mine)
+        if n == keyed + 1:  # one keyless block (the usual partial last one): a single node
+            b = mine[keyed]
+            nxt, prv = self._next, self._prev
+            p = self.num_blocks
+            q = nxt[p]
+            nxt[p], prv[b], nxt[b], prv[q] = b, p, q, b
+        elif n > keyed:
             self._push_run(mine[keyed:], None, True)
         if keyed:
             if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
@@ -674,7 +693,7 @@ class PrefixCachingKVCache(KVCache):
                 self._own_runs[request_id] = node
         if r.status is not RequestStatus.FINISHED:
             self._had_kv.add(request_id)
-        self._num_free += len(mine)
+        self._num_free += n
         self._num_used_tokens -= self._tokens.pop(request_id)
         del self._blocks[request_id]
         self._num_used_blocks = self.num_blocks - self._num_free
