@@ -328,6 +328,7 @@ class PrefixCachingKVCache(KVCache):
         head, tail = self.num_blocks, self.num_blocks + 1
         nxt, prv, keys, ref, runs = self._next, self._prev, self._key, self._ref, self._runs
         b = nxt[head]
+        evicted = hidden = 0
         while need:
             if b > tail:  # a run: a slice of it
                 run = runs[b]
@@ -354,8 +355,7 @@ class PrefixCachingKVCache(KVCache):
                     self._free_nodes.append(b)
                     b = nxt[b]
                 if kind is not None:  # DEAD or OWN: evicted keys (counted as hidden)
-                    self._num_hidden -= t
-                    self.num_evicted_blocks += t
+                    hidden += t
                 if setref:
                     for x in taken:
                         ref[x] = 1
@@ -366,17 +366,21 @@ class PrefixCachingKVCache(KVCache):
             if k is not None:  # evict the least recently freed cached block
                 keys[b] = None
                 if k is DEAD:
-                    self._num_hidden -= 1
-                elif self._cached.get(k) == b:
-                    del self._cached[k]
-                    self._version += 1
-                self.num_evicted_blocks += 1
+                    hidden += 1
+                else:
+                    evicted += 1
+                    if self._cached.get(k) == b:
+                        del self._cached[k]
+                        self._version += 1
             if setref:
                 ref[b] = 1
             mine.append(b)
             b = nxt[b]
             need -= 1
         nxt[head], prv[b] = b, head
+        if hidden or evicted:
+            self._num_hidden -= hidden
+            self.num_evicted_blocks += hidden + evicted
 
     def _push_run(self, ids: list[int], kind, front: bool) -> int:
         """Put the blocks `ids` (in queue order, keyless or DEAD) in the free queue as one node."""
@@ -472,7 +476,10 @@ class PrefixCachingKVCache(KVCache):
     def lookup_hit(self, request) -> tuple[list[int], int]:
         """`lookup(request)` and how many of its blocks are free (`num_evictable`) at once: an
         own run's blocks all are, so that case needs no step per block."""
-        node = self._own_runs.get(request.request_id)
+        rid = request.request_id
+        if self.lazy_own_keys and not request.prefix_block_ids and rid not in self._had_kv:
+            return [], 0  # (lookup's first case)
+        node = self._own_runs.get(rid)
         if node is not None:
             ids = self._runs[node][0]
             cap = (request.num_tokens - 1) // self.block_size
@@ -502,6 +509,16 @@ class PrefixCachingKVCache(KVCache):
         if rid in self._held:
             raise ValueError(f"request {rid} already holds KV blocks")
         ref, bs, nxt, prv = self._ref, self.block_size, self._next, self._prev
+        if not blocks and self.lazy_own_keys and rid not in self._had_kv:
+            # First residency, no hit (the usual admission): the general path below, shortened.
+            ids = request.prefix_block_ids
+            self._held[rid] = []
+            self._reqs[rid] = request
+            self._memo.pop(rid, None)
+            self._lazy[rid] = len(ids) * request.prefix_block_size // bs if ids else 0
+            self._num_keyed[rid] = self._blocks[rid] = self._tokens[rid] = 0
+            self._num_used_blocks = self.num_blocks - self._num_free
+            return
         if rid in self._own_runs:
             if blocks == self._runs[self._own_runs[rid]][0]:
                 # Its whole own run: no copy of its keys is left, so it holds only its own
