@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from kvsched.kvcache import PrefixCachingKVCache, make_kv_cache
 from kvsched.loop import _Loop
 from kvsched.registry import COST_MODELS, SCHEDULERS
-from kvsched.request import Request
+from kvsched.request import Request, RequestStatus
 from kvsched.sim.backend import SimBackend
 from kvsched.sim.cost import AffinePrefillCost
 from kvsched.traces import load_trace, scale_rate
@@ -291,6 +291,72 @@ def test_lazy_own_keys_equal_eager_keys_on_trace_slices(pool):
     assert_same(eager, lazy)
     assert_same_kv(kv_eager, kv_lazy)
     assert sum(r.num_cached_tokens for r in eager.requests) > 0
+
+
+def _step_own_keys(kv, r, kind, amount):
+    """One operation of `test_own_runs_equal_eager_keys_under_repeated_preemption` on one model."""
+    bs, la = kv.block_size, kv.lookahead_tokens
+    rid = r.request_id
+    if r.status is RequestStatus.FINISHED:
+        return
+    most = r.prompt_len + r.output_len - 1 + la  # the loop never allocates past this
+    if rid not in kv.block_counts:  # admit with its hit (kind 3: a cut of it), then compute
+        hit = kv.lookup(r)
+        if kind == 3:
+            hit = hit[:amount % (len(hit) + 1)]
+        kv.admit(r, hit)
+        r.status = RequestStatus.RUNNING
+        amount += 1
+    elif kind == 1:  # preempted: keeps its output, comes back with the same token count
+        r.status = RequestStatus.WAITING
+        kv.free(rid)
+        return
+    elif kind == 2:  # restarted: its output is dropped, so its hit is capped below its keys
+        r.status = RequestStatus.WAITING
+        r.num_output_tokens = 0
+        kv.free(rid)
+        return
+    elif kind == 3 and amount < 4:  # finished (rarely: the others are what is tested)
+        r.status = RequestStatus.FINISHED
+        kv.free(rid)
+        return
+    have = kv.num_tokens_of(rid)
+    room = (kv.num_blocks_of(rid) + kv.num_free_blocks) * bs
+    total = min(have + amount, most, room)
+    if total > have:
+        kv.allocate(rid, total)
+        r.num_output_tokens = max(r.num_output_tokens, min(r.output_len, total - la - r.prompt_len + 1))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prompts=st.lists(st.integers(1, 60), min_size=5, max_size=5),
+    ops=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 40)), min_size=30, max_size=120),
+    block_size=st.sampled_from([1, 4, 16]),
+    capacity_blocks=st.integers(4, 24),
+    lookahead=st.integers(0, 2),
+)
+def test_own_runs_equal_eager_keys_under_repeated_preemption(prompts, ops, block_size, capacity_blocks, lookahead):
+    """The KV model driven directly: requests without prefix ids (the last one with ids shorter
+    than a block when blocks are larger) grow, are preempted, partly evicted by the others'
+    growth, restarted (a hit capped below their cached keys), re-admitted with their hit or a
+    cut of it, again and again, or finish. Lazy own keys and own runs against eager keys."""
+    models, reqs = [], []
+    for lazy in (False, True):
+        models.append(PrefixCachingKVCache(capacity_blocks * block_size, block_size, lookahead_tokens=lookahead,
+                                           lazy_own_keys=lazy))
+        reqs.append([Request(i, 0.0, p, 50, prefix_block_ids=(7,) if i == 4 else None,
+                             prefix_block_size=1 if i == 4 else 0) for i, p in enumerate(prompts)])
+    eager, lazy = models
+    for kind, i, amount in ops:
+        for kv, rs in zip(models, reqs, strict=True):
+            _step_own_keys(kv, rs[i], kind, amount)
+        lazy.check()
+        assert_same_kv(eager, lazy)
+        for a, b in zip(*reqs, strict=True):
+            if a.status is RequestStatus.WAITING:
+                assert lazy.lookup(b) == eager.lookup(a), a.request_id
+                assert lazy.lookup_hit(b) == eager.lookup_hit(a), a.request_id
 
 
 def test_a_scheduler_that_does_not_opt_in_gets_no_pool():

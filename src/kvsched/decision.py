@@ -147,8 +147,7 @@ class PrefixHits:
         return got[0]
 
     def _look_up(self, request_id: int) -> tuple[list[int], int]:
-        blocks = self.kv.lookup(self._waiting[request_id])
-        got = self._memo[request_id] = (blocks, self.kv.num_evictable(blocks) if blocks else 0)
+        got = self._memo[request_id] = self.kv.lookup_hit(self._waiting[request_id])
         return got
 
     def hit(self, request) -> tuple[int, int]:

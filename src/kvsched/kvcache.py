@@ -177,6 +177,18 @@ class _Dead:
 DEAD = _Dead()
 
 
+class _Own:
+    """The kind of a preempted request's own run in the free queue (see PrefixCachingKVCache)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "OWN"
+
+
+OWN = _Own()
+
+
 def block_key(request, j: int, block_size: int):
     """The identity of full block `j` (tokens [j*bs, (j+1)*bs)) of `request`, chained.
 
@@ -225,6 +237,16 @@ class PrefixCachingKVCache(KVCache):
     slices of them (`_take`): the same blocks in the same order, without a step per block.
     A request without prefix ids that comes back after a preemption is lazily keyed again
     from its hit on, when no copy of its later own keys is still cached.
+
+    A preempted request that held only its own blocks leaves its keyed blocks as one "own
+    run" node (`_own_runs`), last block first as block-by-block freeing would, with its keys
+    counted but not in the key map. Nothing is inserted into the middle of the queue and
+    only this request can look its keys up, so the run stays contiguous and evictions from
+    the head take its highest blocks first: what is still cached is always its blocks
+    [0, m). `lookup` is then a slice, and an `admit` of the whole run unlinks one node and
+    makes the request a holder of only its own blocks again (no copy of its keys is left).
+    Any other hit (capped at `num_tokens - 1` tokens, or none) first turns the run into
+    keyed single nodes in its place, the eager state, and goes the general way.
     """
 
     prefix_caching = True
@@ -260,6 +282,11 @@ class PrefixCachingKVCache(KVCache):
     # `_ref` (implicitly 1) so that neither taking nor freeing its blocks touches them.
     _runs: dict = field(init=False, default_factory=dict)
     _free_nodes: list[int] = field(init=False, default_factory=list)
+    # Preempted own runs: request id -> its run node, [its keyed blocks in block order (the
+    # queue holds them last block first), OWN, request id]. Their keys are not in `_cached`
+    # (counted in `_num_hidden`); evictions take the highest blocks, so what is left is
+    # always blocks [0, m) of the request, and `lookup`/`admit` take it whole.
+    _own_runs: dict[int, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         KVCache.__post_init__(self)
@@ -288,7 +315,8 @@ class PrefixCachingKVCache(KVCache):
         out, nxt, b, end, runs = [], self._next, self._next[self.num_blocks], self.num_blocks + 1, self._runs
         while b != end:
             if b > end:
-                out.extend(runs[b][0])
+                run = runs[b]
+                out.extend(reversed(run[0]) if run[1] is OWN else run[0])
             else:
                 out.append(b)
             b = nxt[b]
@@ -300,12 +328,24 @@ class PrefixCachingKVCache(KVCache):
         head, tail = self.num_blocks, self.num_blocks + 1
         nxt, prv, keys, ref, runs = self._next, self._prev, self._key, self._ref, self._runs
         b = nxt[head]
+        evicted = hidden = 0
         while need:
             if b > tail:  # a run: a slice of it
                 run = runs[b]
-                ids = run[0]
+                ids, kind = run[0], run[1]
                 t = len(ids)
-                if t > need:
+                if kind is OWN:  # block order: its highest blocks are next in the queue
+                    if t > need:
+                        taken = ids[-need:]
+                        del ids[-need:]
+                        t = need
+                    else:
+                        taken = ids
+                        del runs[b], self._own_runs[run[2]]
+                        self._free_nodes.append(b)
+                        b = nxt[b]
+                    taken.reverse()
+                elif t > need:
                     taken = ids[:need]
                     del ids[:need]
                     t = need
@@ -314,9 +354,8 @@ class PrefixCachingKVCache(KVCache):
                     del runs[b]
                     self._free_nodes.append(b)
                     b = nxt[b]
-                if run[1] is DEAD:
-                    self._num_hidden -= t
-                    self.num_evicted_blocks += t
+                if kind is not None:  # DEAD or OWN: evicted keys (counted as hidden)
+                    hidden += t
                 if setref:
                     for x in taken:
                         ref[x] = 1
@@ -327,19 +366,23 @@ class PrefixCachingKVCache(KVCache):
             if k is not None:  # evict the least recently freed cached block
                 keys[b] = None
                 if k is DEAD:
-                    self._num_hidden -= 1
-                elif self._cached.get(k) == b:
-                    del self._cached[k]
-                    self._version += 1
-                self.num_evicted_blocks += 1
+                    hidden += 1
+                else:
+                    evicted += 1
+                    if self._cached.get(k) == b:
+                        del self._cached[k]
+                        self._version += 1
             if setref:
                 ref[b] = 1
             mine.append(b)
             b = nxt[b]
             need -= 1
         nxt[head], prv[b] = b, head
+        if hidden or evicted:
+            self._num_hidden -= hidden
+            self.num_evicted_blocks += hidden + evicted
 
-    def _push_run(self, ids: list[int], kind, front: bool) -> None:
+    def _push_run(self, ids: list[int], kind, front: bool) -> int:
         """Put the blocks `ids` (in queue order, keyless or DEAD) in the free queue as one node."""
         nxt, prv = self._next, self._prev
         if self._free_nodes:
@@ -356,6 +399,37 @@ class PrefixCachingKVCache(KVCache):
             q = self.num_blocks + 1
             p = prv[q]
         nxt[p], prv[node], nxt[node], prv[q] = node, p, q, node
+        return node
+
+    def _unlink_own_run(self, rid: int) -> list[int]:
+        """Take request `rid`'s own run out of the free queue; its blocks in block order."""
+        node = self._own_runs.pop(rid)
+        ids = self._runs.pop(node)[0]
+        nxt, prv = self._next, self._prev
+        p, q = prv[node], nxt[node]
+        nxt[p], prv[q] = q, p
+        self._free_nodes.append(node)
+        return ids
+
+    def _key_own_run(self, rid: int) -> None:
+        """Turn request `rid`'s own run into single keyed nodes in its place: the eager state."""
+        node = self._own_runs.pop(rid)
+        ids = self._runs.pop(node)[0]
+        nxt, prv, keys, cached = self._next, self._prev, self._key, self._cached
+        p, q = prv[node], nxt[node]
+        own, bs = -1 - rid, self.block_size
+        for j in range(len(ids) - 1, -1, -1):
+            b = ids[j]
+            k = (own, (j + 1) * bs)
+            cached[k] = b
+            keys[b] = k
+            nxt[p] = b
+            prv[b] = p
+            p = b
+        nxt[p], prv[q] = q, p
+        self._free_nodes.append(node)
+        self._num_hidden -= len(ids)
+        self._version += 1
 
     # --- queries -------------------------------------------------------------------
     def block_ids(self, request_id: int) -> list[int]:
@@ -375,6 +449,11 @@ class PrefixCachingKVCache(KVCache):
             rid = request.request_id
             if not request.prefix_block_ids and rid not in self._had_kv:
                 return out  # only its own keys, and none can exist yet
+            node = self._own_runs.get(rid)
+            if node is not None:  # its cached keys: blocks [0, m) of its own run
+                ids = self._runs[node][0]
+                cap = (request.num_tokens - 1) // bs
+                return ids[:cap] if cap < len(ids) else ids[:]
             got = self._memo.get(rid)
             if got is not None and got[0] == self._version and got[1] == request.num_tokens:
                 return got[2]
@@ -394,12 +473,26 @@ class PrefixCachingKVCache(KVCache):
             out.append(blk)
         return out
 
+    def lookup_hit(self, request) -> tuple[list[int], int]:
+        """`lookup(request)` and how many of its blocks are free (`num_evictable`) at once: an
+        own run's blocks all are, so that case needs no step per block."""
+        rid = request.request_id
+        if self.lazy_own_keys and not request.prefix_block_ids and rid not in self._had_kv:
+            return [], 0  # (lookup's first case)
+        node = self._own_runs.get(rid)
+        if node is not None:
+            ids = self._runs[node][0]
+            cap = (request.num_tokens - 1) // self.block_size
+            blocks = ids[:cap] if cap < len(ids) else ids[:]
+            return blocks, len(blocks)
+        blocks = self.lookup(request)
+        return blocks, self.num_evictable(blocks) if blocks else 0
+
     def num_evictable(self, blocks: list[int]) -> int:
         """How many of `blocks` are free (cached, no holder): reusing them takes free blocks."""
         if not blocks:
             return 0
-        ref = self._ref
-        return sum(1 for b in blocks if ref[b] == 0)
+        return list(map(self._ref.__getitem__, blocks)).count(0)  # (no Python step per block)
 
     def num_freed_by(self, request_id: int) -> int:
         """Blocks that freeing `request_id` would return to the free queue (those it alone holds)."""
@@ -416,6 +509,34 @@ class PrefixCachingKVCache(KVCache):
         if rid in self._held:
             raise ValueError(f"request {rid} already holds KV blocks")
         ref, bs, nxt, prv = self._ref, self.block_size, self._next, self._prev
+        if not blocks and self.lazy_own_keys and rid not in self._had_kv:
+            # First residency, no hit (the usual admission): the general path below, shortened.
+            ids = request.prefix_block_ids
+            self._held[rid] = []
+            self._reqs[rid] = request
+            self._memo.pop(rid, None)
+            self._lazy[rid] = len(ids) * request.prefix_block_size // bs if ids else 0
+            self._num_keyed[rid] = self._blocks[rid] = self._tokens[rid] = 0
+            self._num_used_blocks = self.num_blocks - self._num_free
+            return
+        if rid in self._own_runs:
+            if blocks == self._runs[self._own_runs[rid]][0]:
+                # Its whole own run: no copy of its keys is left, so it holds only its own
+                # blocks again, each once (reference counts left at 0), lazily keyed.
+                mine = self._unlink_own_run(rid)
+                n = len(mine)
+                self._num_free -= n
+                self._held[rid] = mine
+                self._reqs[rid] = request
+                self._memo.pop(rid, None)
+                self._lazy[rid] = 0
+                self._num_keyed[rid] = n
+                self._blocks[rid] = n
+                self._tokens[rid] = n * bs
+                self._num_used_blocks = self.num_blocks - self._num_free
+                self._num_used_tokens += n * bs
+                return
+            self._key_own_run(rid)  # a copy past the hit survives: the eager state, keys and all
         shared = 0
         for b in blocks:
             if ref[b] == 0:  # a cached free block: out of the free queue (a single node)
@@ -567,32 +688,29 @@ class PrefixCachingKVCache(KVCache):
         """`free` for a lazily keyed request holding only its own blocks (each held once, its
         reference counts left at 0): the same queue as freeing block by block. Keyless blocks
         (from `keyed` on) end up after the head in block order, keyed ones before the tail,
-        last block first; a finished request's as two runs, without a step per block."""
+        last block first, as two runs without a step per block: DEAD for a finished request,
+        its own run for a preempted one."""
         r, keyed = self._reqs.pop(request_id), self._num_keyed.pop(request_id)
-        if len(mine) > keyed:
+        n = len(mine)
+        if n == keyed + 1:  # one keyless block (the usual partial last one): a single node
+            b = mine[keyed]
+            nxt, prv = self._next, self._prev
+            p = self.num_blocks
+            q = nxt[p]
+            nxt[p], prv[b], nxt[b], prv[q] = b, p, q, b
+        elif n > keyed:
             self._push_run(mine[keyed:], None, True)
         if keyed:
             if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
                 dead = mine[keyed - 1::-1]
                 self._push_run(dead, DEAD, False)
-            else:  # it may come back: its own keys, as eager registration made them
-                self._version += 1
-                self._num_hidden -= keyed
-                keys, nxt, prv, tail = self._key, self._next, self._prev, self.num_blocks + 1
-                p = prv[tail]
-                cached, own, bs = self._cached, -1 - request_id, self.block_size
-                for j in range(keyed - 1, -1, -1):
-                    b = mine[j]
-                    k = (own, (j + 1) * bs)
-                    cached[k] = b
-                    keys[b] = k
-                    nxt[p] = b
-                    prv[b] = p
-                    p = b
-                nxt[p], prv[tail] = tail, p
+            else:  # it may come back: its keyed blocks as its own run, last block first
+                node = self._push_run(mine if keyed == len(mine) else mine[:keyed], OWN, False)
+                self._runs[node].append(request_id)
+                self._own_runs[request_id] = node
         if r.status is not RequestStatus.FINISHED:
             self._had_kv.add(request_id)
-        self._num_free += len(mine)
+        self._num_free += n
         self._num_used_tokens -= self._tokens.pop(request_id)
         del self._blocks[request_id]
         self._num_used_blocks = self.num_blocks - self._num_free
@@ -656,8 +774,8 @@ class PrefixCachingKVCache(KVCache):
         queue = self.free_queue()
         assert len(queue) == self._num_free
         assert set(queue) == {b for b in range(self.num_blocks) if refs[b] == 0}, "free queue"
-        assert all(self._key[b] is None for ids, kind in self._runs.values() for b in ids), "run blocks are keyless"
-        assert all(ids for ids, kind in self._runs.values()), "no empty run"
+        assert all(self._key[b] is None for ids, *_ in self._runs.values() for b in ids), "run blocks are keyless"
+        assert all(run[0] for run in self._runs.values()), "no empty run"
         assert self._num_used_blocks == self.num_blocks - self._num_free <= self.num_blocks
         for rid, mine in self._held.items():
             assert self._blocks[rid] == len(mine) == blocks_for(self._tokens[rid], bs) or self._tokens[rid] == 0, rid
@@ -667,9 +785,16 @@ class PrefixCachingKVCache(KVCache):
         for k, b in self._cached.items():
             assert self._key[b] == k, (k, b)
         dead_keys = sum(1 for k in self._key if k is DEAD)
-        dead = dead_keys + sum(len(ids) for ids, kind in self._runs.values() if kind is DEAD)
+        dead = dead_keys + sum(len(run[0]) for run in self._runs.values() if run[1] is DEAD)
         lazy_held = sum(max(0, self._num_keyed[rid] - j0) for rid, j0 in self._lazy.items())
-        assert self._num_hidden == dead + lazy_held, "hidden keys"
+        own_run = sum(len(self._runs[node][0]) for node in self._own_runs.values())
+        assert self._num_hidden == dead + lazy_held + own_run, "hidden keys"
+        for rid, node in self._own_runs.items():
+            assert self._runs[node][1:] == [OWN, rid] and rid not in self._held, rid
+        assert sum(1 for run in self._runs.values() if run[1] is OWN) == len(self._own_runs), "own runs"
+        # No copy of an own run's keys (nor of a request's holding only its own blocks) is keyed.
+        no_copies = set(self._own_runs) | {rid for rid, j0 in self._lazy.items() if j0 == 0}
+        assert not any(k[0] < 0 and -1 - k[0] in no_copies for k in self._cached), "own keys outside the run"
         assert sum(1 for b in queue if self._key[b] is DEAD) == dead_keys, "DEAD blocks are free"
 
 

@@ -118,7 +118,8 @@ class DecodePool:
                 return
             # ... and none of those keys may survive from an earlier residency (registration
             # would then depend on when that copy is evicted).
-            if r.num_preemptions or r.num_restarts:
+            # (A lazily keyed request has none: kvcache admits it so only when none is left.)
+            if (r.num_preemptions or r.num_restarts) and rid not in kv._lazy:
                 cached, own = kv._cached, -1 - rid
                 last = (r.prompt_len + r.output_len - 1) // bs
                 # block_key(r, j, bs) for j in [keyed, last), inlined: past the ids (checked
