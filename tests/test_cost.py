@@ -255,6 +255,35 @@ def test_fit_hinge_recovers_synthetic():
     assert fit.knee_tokens == pytest.approx(100.0)
 
 
+def _fit_hinge_reference(n, y):
+    """fit_hinge as first written: every split's products computed on its own subset."""
+    w = 1.0 / y
+    best = None
+    for k in np.unique(n)[:-2]:
+        low = n <= k
+        high = ~low
+        floor = float(np.sum(y[low] * w[low] ** 2) / np.sum(w[low] ** 2))
+        design = np.column_stack([np.ones(high.sum()), n[high]]) * w[high, None]
+        (base, slope), *_ = np.linalg.lstsq(design, y[high] * w[high], rcond=None)
+        sse = float(np.sum(((np.maximum(floor, base + slope * n) - y) * w) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, floor, float(base), float(slope))
+    return best[1:]
+
+
+@pytest.mark.parametrize("table", sorted(profiles.LINEAR_TABLES))
+def test_fit_hinge_is_bit_identical_to_the_per_split_reference(table):
+    # fit_hinge computes the per-point products once; the coefficients every cost model is
+    # derived from must not move by one bit, on the shipped tables and on shuffled noisy ones.
+    rng = np.random.default_rng(5)
+    for device in sorted(profiles.LINEAR_TABLES[table].devices):
+        n, y = profiles.load_linear_table(device, table=profiles.LINEAR_TABLES[table])
+        perm = rng.permutation(len(n))
+        for nn, yy in ((n, y), (n[perm], y[perm] * rng.uniform(0.9, 1.1, len(n)))):
+            fit = profiles.fit_hinge(nn, yy)
+            assert (fit.floor_s, fit.base_s, fit.slope_s_per_token) == _fit_hinge_reference(nn, yy)
+
+
 # ---------------------------------------------------------------- llama2-70b-a100-tp2
 
 SPLITWISE_PERF = Path("/work/shared/data/profiles/splitwise_sim/perf_model.csv")

@@ -247,3 +247,18 @@ def test_load_stats_by_hand():
     assert growing["offered_rate_per_s"] == pytest.approx(4.0)
     assert growing["completion_rate_per_s"] == pytest.approx(1.0)
     assert growing["stability_ratio"] == pytest.approx(5.875 / 2.875)
+
+
+def test_summary_reads_a_step_table_as_its_mapping_of_lists():
+    # summarize reads a StepTable's typed arrays directly; a run whose steps are the same
+    # columns as plain lists (a saved or concatenated run) must give the same numbers, bit for
+    # bit (the KV mean is a left-to-right float sum either way). Preemptions and fast-forward
+    # rows make every steps column non-trivial.
+    from dataclasses import replace
+
+    run = _sim(reqs(*((0.1 * i, 3 + i % 5, 2 + i % 7) for i in range(40))), 30, fast_forward=True,
+               step_time_s=0.37)
+    assert hasattr(run.steps, "array") and len(run.steps["duration"]) > 1
+    as_lists = replace(run, steps={c: run.steps[c] for c in STEP_COLUMNS})
+    assert summarize(run) == summarize(as_lists)
+    assert summarize(run)["num_preemptions"] > 0

@@ -316,3 +316,14 @@ def test_copies_equal_copy_fresh_then_replace(spec):
         assert dataclasses.astuple(g) == dataclasses.astuple(want)
         assert type(g.predicted_output_len) in (int, type(None))
         assert g.predicted_output_interval is None or all(type(v) is int for v in g.predicted_output_interval)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_assign_sets_what_apply_copies(spec):
+    # build_workload sets predictions in place on its own requests (assign) instead of copying
+    # them (apply): the same predictions from the same draws.
+    reqs = workload([1 + (i * 37) % 900 for i in range(80)])
+    copied = attach(reqs, spec, 7)
+    model = parse_predictions(spec)
+    model.assign(reqs, np.random.default_rng(7))
+    assert snapshot(reqs) == snapshot(copied)

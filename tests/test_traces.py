@@ -539,3 +539,17 @@ def test_seventeen_digit_decimals_parse_like_pandas():
         cells.append(s if k == 0 else (s[:-k] or "0") + "." + s[-k:])
     slow = pd.read_csv(io.StringIO("x\n" + "\n".join(cells) + "\n"))["x"].to_numpy(np.float64)
     assert np.array_equal(np.array(cells).astype(np.float64), slow)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 50)), min_size=0, max_size=30), st.integers(0, 40))
+def test_head_is_the_first_n_of_the_renumbered_trace(rows, n):
+    # head copies only the kept requests; the same requests as renumbering the whole trace
+    # (stable arrival order, ties in list order) and keeping its first n. Unsorted input with ties.
+    from kvsched.request import Request
+    from kvsched.traces.transforms import _renumbered
+
+    reqs = [Request(100 + i, float(t), p, 1 + i, predicted_output_len=i + 1) for i, (t, p) in enumerate(rows)]
+    fields = ("request_id", "arrival_time", "prompt_len", "output_len", "predicted_output_len")
+    got = [tuple(getattr(r, f) for f in fields) for r in head(reqs, n)]
+    assert got == [tuple(getattr(r, f) for f in fields) for r in _renumbered(_renumbered(reqs)[:n])]

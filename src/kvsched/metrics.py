@@ -138,6 +138,12 @@ def _ratio(df: dict, num: str, den: str) -> float:
     return _total(df, num) / total if total else 0.0
 
 
+def _step_column(steps, name: str, dtype) -> np.ndarray:
+    """A steps column as an array: read straight from a StepTable's typed storage (no list of
+    boxed numbers in between), or converted from a mapping of lists."""
+    return steps.array(name) if hasattr(steps, "array") else np.asarray(steps[name], dtype=dtype)
+
+
 def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
     """The headline numbers of a run (all JSON-serialisable); numpy only, so that the JSON
     summary of `kvsched simulate` never imports pandas (a given frame is read as arrays)."""
@@ -149,10 +155,11 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
     finished = np.asarray(df["status"] == RequestStatus.FINISHED.value, dtype=bool)
     done = {k: v[finished] for k, v in df.items()}
     steps = run.steps
-    durations = np.asarray(steps["duration"], dtype=np.float64)
-    kv_tokens = np.asarray(steps["kv_used_tokens"], dtype=np.float64)
+    durations = _step_column(steps, "duration", np.float64)
+    kv_tokens = _step_column(steps, "kv_used_tokens", np.float64)
+    kv_blocks = _step_column(steps, "kv_used_blocks", np.int64)
     busy_time = float(durations.sum())
-    ends = np.asarray(steps["start_time"], dtype=np.float64) + durations
+    ends = _step_column(steps, "start_time", np.float64) + durations
     makespan = float(ends.max() - np.nanmin(df["arrival_time"])) if len(ends) else 0.0
     completed_tokens = int(_sum(done["output_len"]))
     summary = {
@@ -180,13 +187,15 @@ def summarize(run: Run, requests: pd.DataFrame | None = None) -> dict:
         "prefix_hit_rate": _ratio(done, "num_cached_tokens", "prompt_len"),
         "num_cached_tokens": _total(df, "num_cached_tokens"),
         "num_reused_tokens": _total(df, "num_reused_tokens"),
-        "num_prefill_tokens_computed": int(sum(steps["num_prefill_tokens"])),
+        "num_prefill_tokens_computed": int(_step_column(steps, "num_prefill_tokens", np.int64).sum()),
         "peak_kv_tokens": int(kv_tokens.max()) if len(kv_tokens) else 0,
-        "peak_kv_blocks": int(max(steps["kv_used_blocks"], default=0)),
-        "mean_kv_tokens": float(sum(steps["kv_token_seconds"]) / busy_time) if busy_time > 0 else 0.0,
+        "peak_kv_blocks": int(kv_blocks.max()) if len(kv_blocks) else 0,
+        # Python's left-to-right float sum (numpy's pairwise sum would round differently).
+        "mean_kv_tokens": (float(sum(_step_column(steps, "kv_token_seconds", np.float64).tolist()) / busy_time)
+                           if busy_time > 0 else 0.0),
         "capacity_tokens": int(run.num_blocks * run.block_size),
         "block_size": int(run.block_size),
-        "num_steps": int(sum(steps["num_steps"])),
+        "num_steps": int(_step_column(steps, "num_steps", np.int64).sum()),
         "makespan_s": float(makespan),
         "busy_time_s": busy_time,
     }

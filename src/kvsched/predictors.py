@@ -148,6 +148,26 @@ class PredictionModel:
 
     def apply(self, requests: Sequence[Request], rng: np.random.Generator) -> list[Request]:
         """Copies of `requests` carrying this model's predictions (inputs untouched)."""
+        points, intervals = self._predict(requests, rng)
+        # One constructor call per request (what copy_fresh + replace built, field for field):
+        # this runs once per simulated request before the run starts.
+        return [
+            Request(r.request_id, r.arrival_time, r.prompt_len, r.output_len, p, iv, r.prefix_block_ids,
+                    r.prefix_block_size)
+            for r, p, iv in zip(requests, points, intervals)
+        ]
+
+    def assign(self, requests: Sequence[Request], rng: np.random.Generator) -> None:
+        """Set this model's predictions on `requests` themselves: the same values (and draws)
+        as `apply`, for requests that nobody else holds (a freshly built workload), without
+        building every request a second time."""
+        points, intervals = self._predict(requests, rng)
+        for r, p, iv in zip(requests, points, intervals):
+            r.predicted_output_len = p
+            r.predicted_output_interval = iv
+
+    def _predict(self, requests: Sequence[Request], rng: np.random.Generator) -> tuple[list, list]:
+        """(point predictions, interval predictions) of `requests`, None where this model gives none."""
         o = np.array([r.output_len for r in requests], dtype=np.int64)
         n = len(o)
         point = interval = None
@@ -176,16 +196,10 @@ class PredictionModel:
                         f"interval [{lo_v}, {hi_v}] of {self.spec}"
                     )
             interval = (np.full(n, lo_v), np.full(n, hi_v))
-        # One constructor call per request (what copy_fresh + replace built, field for field):
-        # this runs once per simulated request before the run starts.
         points = [None] * n if point is None else list(map(int, point.tolist()))
         intervals = [None] * n if interval is None else list(zip(map(int, interval[0].tolist()),
                                                                map(int, interval[1].tolist())))
-        return [
-            Request(r.request_id, r.arrival_time, r.prompt_len, r.output_len, p, iv, r.prefix_block_ids,
-                    r.prefix_block_size)
-            for r, p, iv in zip(requests, points, intervals)
-        ]
+        return points, intervals
 
 
 _KINDS = ("exact", "relative", "overestimate", "interval-ratio", "interval-common")

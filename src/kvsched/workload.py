@@ -63,7 +63,7 @@ def build_workload(trace: str, *, rate: float | None = None, target_rate: float 
     """The requests and a JSON description that rebuilds them.
 
     Raises ValueError (TraceError) naming the trace and the setting that is wrong."""
-    from kvsched.predictors import with_predictions
+    from kvsched.predictors import parse_predictions
     from kvsched.traces import clip_lengths, head, scale_lengths, scale_rate
     from kvsched.traces import sample as sample_requests
 
@@ -82,7 +82,9 @@ def build_workload(trace: str, *, rate: float | None = None, target_rate: float 
         reqs = scale_lengths(reqs, length_scale, length_scale)
     if max_prompt_len is not None or max_output_len is not None:
         reqs = clip_lengths(reqs, max_prompt_len, max_output_len)
-    reqs = with_predictions(reqs, predictions, np.random.default_rng([seed, 1]))
+    # Every request here is this call's own (load_trace builds new ones, each transform copies):
+    # the predictions are set on them rather than on a second copy of the whole workload.
+    parse_predictions(predictions).assign(reqs, np.random.default_rng([seed, 1]))
     desc = {
         "trace": trace, "rate": rate, "target_rate": target_rate, "rate_scale": rate_scale,
         "num_requests": num_requests, "sample": sample, "seed": seed, "length_scale": length_scale,

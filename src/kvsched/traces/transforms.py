@@ -42,7 +42,11 @@ def head(reqs: Sequence[Request], n: int) -> list[Request]:
     """The first `n` requests in arrival order (all of them when fewer exist); times unchanged."""
     if n < 0:
         raise TraceError(f"head: n must be >= 0, got {n}")
-    return _renumbered(_renumbered(reqs)[:n])
+    # Only the kept requests are copied (what `_renumbered(_renumbered(reqs)[:n])` gives, without
+    # copying the whole trace to keep one request): the stable arrival order, then its first n.
+    times = [r.arrival_time for r in reqs]
+    order = sorted(range(len(reqs)), key=times.__getitem__)[:n]
+    return _renumbered([reqs[i] for i in order])
 
 
 def sample(reqs: Sequence[Request], n: int, rng: np.random.Generator, *, rebase: bool = True) -> list[Request]:
