@@ -144,7 +144,7 @@ def requests_from_arrays(
     prompts = np.asarray(prompt_lens, dtype=np.int64)[order].tolist()
     outputs = np.asarray(output_lens, dtype=np.int64)[order].tolist()
     if prefix_block_ids is None:
-        return [Request(i, t, p, o) for i, (t, p, o) in enumerate(zip(times.tolist(), prompts, outputs))]
+        return list(map(Request, range(len(prompts)), times.tolist(), prompts, outputs))
     ids = [prefix_block_ids[k] for k in order.tolist()]
     return [Request(i, t, p, o, prefix_block_ids=h, prefix_block_size=prefix_block_size)
             for i, (t, p, o, h) in enumerate(zip(times.tolist(), prompts, outputs, ids))]
