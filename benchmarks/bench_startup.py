@@ -77,9 +77,10 @@ def main() -> None:
              ("kvsched simulate (azure-conv read, 1 request)", SHIPPED)]
     for label, cmd in cases:
         res = best_of(cmd, args.runs, srcs)
-        line = f"{label:<48} {res[0][0]:.3f} s wall ({res[0][0] / bare:.1f}x python -c pass)"
+        line = f"{label:<48} {res[0][0]:.3f} s wall ({res[0][0] / bare:.1f}x python -c pass), {res[0][1]:.3f} s CPU"
         if args.against:
-            line += f"; baseline {res[1][0]:.3f} s, ratio {res[0][0] / res[1][0]:.2f}"
+            line += (f"; baseline {res[1][0]:.3f} s wall, {res[1][1]:.3f} s CPU, "
+                     f"ratio {res[0][0] / res[1][0]:.2f} wall, {res[0][1] / res[1][1]:.2f} CPU")
         print(line)
     if args.whole:
         res = best_of(WHOLE, args.runs, srcs)

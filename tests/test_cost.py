@@ -284,6 +284,33 @@ def test_fit_hinge_is_bit_identical_to_the_per_split_reference(table):
             assert (fit.floor_s, fit.base_s, fit.slope_s_per_token) == _fit_hinge_reference(nn, yy)
 
 
+@pytest.mark.parametrize("table", sorted(profiles.LINEAR_TABLES))
+def test_stored_hinge_fits_equal_fresh_fits(table):
+    # fit_table reads the shipped fits (no numpy.linalg at start-up); they must be the fits of
+    # the shipped tables, bit for bit (regenerate: python -c "from kvsched.sim import profiles;
+    # profiles.write_fit_cache()").
+    t = profiles.LINEAR_TABLES[table]
+    for device in t.devices:
+        stored = profiles._cached_fit(t, device)
+        assert stored is not None and stored == profiles._fresh_fit(t, device)
+        assert profiles.fit_table(table, device) == stored
+
+
+def test_a_stored_fit_of_another_table_file_is_not_used(tmp_path):
+    # A table edited after its fit was stored: the stamp differs, so the fit is made afresh.
+    import dataclasses
+
+    t = profiles.LLAMA2_7B_TP1
+    edited = tmp_path / "table.csv"
+    edited.write_text(t.path.read_text().replace("a100,1,", "a100,1,9", 1))
+    other = dataclasses.replace(t, path=edited)
+    assert profiles._cached_fit(t, "a100") is not None
+    assert profiles._cached_fit(other, "a100") is None
+    cache = tmp_path / "fits.json"
+    profiles.write_fit_cache(cache)
+    assert profiles._cached_fit(t, "h100", cache) == profiles._fresh_fit(t, "h100")
+
+
 # ---------------------------------------------------------------- llama2-70b-a100-tp2
 
 SPLITWISE_PERF = Path("/work/shared/data/profiles/splitwise_sim/perf_model.csv")

@@ -28,14 +28,19 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import sys
-from dataclasses import dataclass
+import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 DATA_DIR = Path(__file__).parent / "data"
 LINEAR_TABLE_PATH = DATA_DIR / "vidur_llama2_7b_tp1_linear_ops.csv"
+# The hinge fits of the shipped linear tables, each stamped with the table file it came from
+# (`fit_table` reads them; `write_fit_cache` rewrites them).
+FIT_CACHE_PATH = DATA_DIR / "linear_ops_hinge_fits.json"
 
 # Vidur's per-decoder-layer operators (its ExecutionTime sums these once per layer, `add`
 # included); `emb` runs once per step. Vidur leaves the embedding out of its model time;
@@ -269,8 +274,43 @@ def write_linear_table(vidur_dir: Path | str, path: Path | str | None = None,
 
 @functools.cache
 def fit_table(table_name: str, device: str) -> HingeFit:
-    """Hinge fit of the shipped linear-operator table `table_name` for `device` (cached)."""
-    return fit_hinge(*load_linear_table(device, table=LINEAR_TABLES[table_name]))
+    """Hinge fit of the shipped linear-operator table `table_name` for `device` (cached).
+
+    Read from FIT_CACHE_PATH when that fit was written from this very table file (same size
+    and CRC-32), else fitted: fitting imports numpy.linalg and solves one least-squares problem
+    per split, ~35 ms of every `kvsched simulate` start. Tests check that the shipped fits equal
+    fresh ones bit for bit."""
+    table = LINEAR_TABLES[table_name]
+    cached = _cached_fit(table, device)
+    return _fresh_fit(table, device) if cached is None else cached
+
+
+def _fresh_fit(table: LinearOpsTable, device: str) -> HingeFit:
+    return fit_hinge(*load_linear_table(device, table=table))
+
+
+def _table_stamp(path: Path) -> str:
+    """Size and CRC-32 of a table file: which file a stored fit was made from."""
+    data = Path(path).read_bytes()
+    return f"{len(data)}:{zlib.crc32(data):08x}"
+
+
+def _cached_fit(table: LinearOpsTable, device: str, path: Path = FIT_CACHE_PATH) -> HingeFit | None:
+    """The stored fit of `table` for `device`, or None when none was stored from this table file."""
+    try:
+        entry = json.loads(Path(path).read_text()).get(table.name, {}).get(device)
+    except FileNotFoundError:
+        return None
+    if entry is None or entry["table"] != _table_stamp(table.path):
+        return None
+    return HingeFit(**entry["fit"])
+
+
+def write_fit_cache(path: Path | str = FIT_CACHE_PATH) -> None:
+    """Store the hinge fit of every shipped table and device (JSON floats round-trip exactly)."""
+    entries = {t.name: {d: {"table": _table_stamp(t.path), "fit": asdict(_fresh_fit(t, d))} for d in t.devices}
+               for t in LINEAR_TABLES.values()}
+    Path(path).write_text(json.dumps(entries, indent=1) + "\n")
 
 
 def fit_device(device: str) -> HingeFit:
@@ -351,7 +391,11 @@ def main(argv: list[str]) -> None:
         table = LINEAR_TABLES[name]
         write_linear_table(argv[0], table=table)
         print(f"wrote {table.path}")
-        fit_table.cache_clear()
+    write_fit_cache()
+    print(f"wrote {FIT_CACHE_PATH}")
+    fit_table.cache_clear()
+    for name in argv[1:] or LINEAR_TABLES:
+        table = LINEAR_TABLES[name]
         for device in table.devices:
             d = derive(table, device)
             print(table.name, device, d.coefficients, d.fit)
