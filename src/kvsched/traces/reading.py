@@ -74,7 +74,7 @@ def read_simple_csv(path: str | Path) -> tuple[list[str], list[list[str]]] | Non
         return None
     rows = [line.split(",") for line in lines[1:]]
     width = len(header)
-    if any(len(row) != width for row in rows):
+    if set(map(len, rows)) != {width}:
         return None
     return header, rows
 
