@@ -283,6 +283,8 @@ class Registry(Generic[T]):
 
 
 SCHEDULERS: Registry[Any] = Registry("scheduler")
+# A trace factory returns new Request objects on every call: `build_workload` sets the
+# predictions on the requests it loads instead of copying them.
 TRACES: Registry[Any] = Registry("trace")
 COST_MODELS: Registry[Any] = Registry("cost model")
 ROUTERS: Registry[Any] = Registry("router")  # kvsched.cluster.routers

@@ -25,7 +25,8 @@ def load_trace(name_or_path: str, *, rng: np.random.Generator | None = None,
     """Requests for a registered trace name, a `synthetic:` spec or a CSV path.
 
     `rng` and `rate` are needed only where arrivals are drawn (length-only traces);
-    a synthetic spec carries its own rate, so passing `rate` with one is an error.
+    a synthetic spec carries its own rate, so passing `rate` with one is an error. The
+    requests are new on every call (the caller may set their predictions in place).
     """
     if name_or_path.startswith(SYNTHETIC_PREFIX):
         if rate is not None:
