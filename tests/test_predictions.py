@@ -327,3 +327,17 @@ def test_assign_sets_what_apply_copies(spec):
     model = parse_predictions(spec)
     model.assign(reqs, np.random.default_rng(7))
     assert snapshot(reqs) == snapshot(copied)
+
+
+def test_workloads_built_with_predictions_share_no_request():
+    # build_workload sets predictions in place on the requests it loaded: a second build of the
+    # same trace must not touch the first one's requests.
+    from kvsched.workload import build_workload
+
+    first, _ = build_workload("azure-conv", num_requests=20, predictions="exact")
+    before = snapshot(first)
+    second, _ = build_workload("azure-conv", num_requests=20, predictions="overestimate:alpha=3", seed=4)
+    assert snapshot(first) == before
+    assert not {id(r) for r in first} & {id(r) for r in second}
+    assert [r.predicted_output_len for r in first] == [r.output_len for r in first]
+    assert any(r.predicted_output_len > r.output_len for r in second)
