@@ -4,7 +4,8 @@ source trees (a change against its base) run it once per tree, in fresh processe
     PYTHONPATH=BASE/src python benchmarks/bench_cpu.py vllm      # base tree
     PYTHONPATH=src python benchmarks/bench_cpu.py vllm           # this tree
 
-Configs: `vllm` (azure-conv x1, prefix caching on, its default), `vllm-noapc`, `sarathi`, and
+Configs: `vllm` (azure-conv x1, prefix caching on, its default), `vllm-noapc`, `sarathi`, `mcsf`
+(exact predictions), and
 `synthetic:N` (N requests of bench_sim.py's synthetic spec, seed 0, vllm). It prints the CPU
 seconds (`time.process_time`, best of REPEATS runs in this process), the number of step rows,
 the peak RSS, and a sha256 over the end time, every steps column and every request (`repr`):
@@ -23,17 +24,18 @@ import numpy as np
 
 import kvsched.schedulers
 import kvsched.sim.cost  # noqa: F401  (registers the cost models)
+from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.sim import simulate
 from kvsched.traces import load_trace, parse_synthetic
 
 SYNTH_SPEC = "synthetic:n={n},arrival=poisson,rate=10,prompt=lognormal(5.5,0.5),output=uniform(50,350)"
-AZURE = {"vllm": ("vllm", None), "vllm-noapc": ("vllm", False), "sarathi": ("sarathi", None)}
+AZURE = {"vllm": ("vllm", None), "vllm-noapc": ("vllm", False), "sarathi": ("sarathi", None), "mcsf": ("mcsf", None)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config", help="vllm | vllm-noapc | sarathi | synthetic:N")
+    p.add_argument("config", help="vllm | vllm-noapc | sarathi | mcsf | synthetic:N")
     p.add_argument("repeats", nargs="?", type=int, default=1)
     args = p.parse_args()
     if args.config.startswith("synthetic:"):
@@ -43,6 +45,8 @@ def main() -> None:
     elif args.config in AZURE:
         reqs = load_trace("azure-conv")
         name, apc = AZURE[args.config]
+        if name == "mcsf":  # MC-SF reads predicted lengths: exact ones, as bench_sim.py
+            reqs = with_predictions(reqs, "exact", np.random.default_rng(0))
     else:
         p.error(f"config must be one of {sorted(AZURE)} or synthetic:N, got {args.config!r}")
     best = float("inf")
