@@ -7,8 +7,12 @@
     python benchmarks/bench_ip.py --model 1 2 --instances 20 --time-limit 60 600 --configs default cpsat best
 
 `default` is HiGHS on the time-indexed IP with kvsched's defaults; `cpsat` is OR-Tools
-CP-SAT on the interval model (`kvsched.bounds.cpsat`); `best` gives CP-SAT a third of the
-limit and HiGHS, warm-started with CP-SAT's schedule, the rest. Each limit in
+CP-SAT on the interval model (`kvsched.bounds.cpsat`); `best` runs a short CP-SAT probe, then HiGHS
+warm-started with the best schedule, then CP-SAT again (`kvsched.bounds.hindsight`).
+`sparse` is `default` on the cumulative-start formulation (`kvsched.bounds.sparse`, same
+LP, fewer nonzeros); `chain`/`chain6` add 3/6 completion-chain families
+(`kvsched.bounds.chain`) as rows; `cpsat-chain`/`best-chain` add them to CP-SAT as
+no-overlap constraints on the tails (and the chain bound as an objective row). Each limit in
 `--time-limit` is a separate run of every configuration.
 
 Every configuration solves the very same instances (the MC-SF paper's synthetic-study generators, seeded by
@@ -95,8 +99,16 @@ CONFIGS: dict[str, tuple[dict[str, object], bool]] = {
     # Solver comparison (kvsched.bounds.hindsight): same options, another method.
     "cpsat": ({}, True),
     "best": ({}, True),
+    # Issue 19: the cumulative-start formulation (kvsched.bounds.sparse, same LP) and the
+    # completion-chain cuts (kvsched.bounds.chain) in HiGHS, CP-SAT and both.
+    "sparse": ({"formulation": "sparse"}, True),
+    "chain": ({"chain_cuts": 3}, True),
+    "chain6": ({"chain_cuts": 6}, True),
+    "sparse+chain": ({"formulation": "sparse", "chain_cuts": 3}, True),
+    "cpsat-chain": ({"chain_cuts": 3}, True),
+    "best-chain": ({"chain_cuts": 3}, True),
 }
-METHOD = {"cpsat": "cpsat", "best": "best"}  # every other configuration: HiGHS (solve_ip)
+METHOD = {"cpsat": "cpsat", "best": "best", "cpsat-chain": "cpsat", "best-chain": "best"}  # every other configuration: HiGHS (solve_ip)
 DEFAULT_CONFIGS = ("plain", "+aggregate", "+warm+tighten", "+threshold1", "default", "everything")
 
 

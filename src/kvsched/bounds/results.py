@@ -20,7 +20,9 @@ class IPOptions:
     horizon_margin: int | None = None  # heuristic horizon = incumbent makespan + margin
     cardinality_cuts: bool = False  # at most K requests alive at any epoch
     threshold_cuts: int = 1  # q = 1..this: at most q alive with footprint > M/(q+1)
-    objective_cut: bool = False  # objective >= LB_vol as an explicit row
+    chain_cuts: int = 0  # completion-chain families (kvsched.bounds.chain): one tail per epoch
+    objective_cut: bool = False  # objective >= the best closed-form bound (LB_vol, chain) as a row
+    formulation: str = "dense"  # "dense": start columns; "sparse": cumulative starts (same LP)
     symmetry_cuts: bool = False  # order identical requests (only without aggregation)
     greedy_incumbent: bool = True  # no incumbent given: use best_greedy_starts
     pass_warm_start: bool = True  # give the incumbent to the solver (else: bounds and horizons only)
