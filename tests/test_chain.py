@@ -179,3 +179,20 @@ def test_cpsat_with_chain_constraints_finds_the_brute_force_optimum(inst: Instan
     res = solve_cpsat(inst, chain_cuts=6, time_limit_s=20)
     check_result(inst, res)
     assert (res.status, res.objective) == ("optimal", brute_force_optimum(inst))
+
+
+@needs_highs
+def test_certificate_recomputes_a_chain_bound() -> None:
+    import dataclasses
+
+    from kvsched.bounds import CertificateError
+
+    inst = Instance.from_triples([(0, 1, 3), (0, 1, 3), (0, 1, 3), (0, 2, 1)], 4)
+    lb = chain_bound(inst)
+    solved = solve_ip(inst, chain_cuts=2, time_limit_s=10)
+    assert volume_bound(inst) < lb <= solved.objective
+    res = dataclasses.replace(solved, lower_bound=lb, lower_bound_source="chain", lower_bound_solver="closed-form",
+                              status="optimal" if lb == solved.objective else "bounded")
+    check_result(inst, res)
+    with pytest.raises(CertificateError, match="claims chain"):
+        check_result(inst, dataclasses.replace(res, lower_bound=lb + 1, status="bounded"))
