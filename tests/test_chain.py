@@ -27,6 +27,7 @@ from kvsched.bounds.chain import (
     family_bound,
     family_for_threshold,
     srpt_completions,
+    throughput_bound,
 )
 from kvsched.bounds.cpsat import cpsat_available, solve_cpsat
 from kvsched.bounds.model import build_model
@@ -85,6 +86,7 @@ def test_every_feasible_schedule_keeps_each_familys_tails_apart(inst: Instance) 
 def test_chain_bound_is_valid_and_at_least_lb_vol(inst: Instance) -> None:
     opt = brute_force_optimum(inst)
     assert volume_bound(inst) <= chain_bound(inst) <= opt
+    assert throughput_bound(inst) <= opt
 
 
 def test_chain_bound_beats_lb_vol_when_tall_requests_must_queue() -> None:
