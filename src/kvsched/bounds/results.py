@@ -46,7 +46,7 @@ class IPResult:
     status: IPStatus
     objective: int | None  # TEL of the incumbent (upper bound), None without one
     lower_bound: int  # proven lower bound on the optimal TEL
-    lower_bound_source: str  # "ip-dual", "volume", "sum-output" or "horizon-check"
+    lower_bound_source: str  # "ip-dual", "cpsat-bound", "volume", "sum-output", "chain" or "horizon-check"
     upper_bound: int | None
     gap: float | None  # (upper - lower) / upper
     starts: tuple[int, ...] | None
@@ -66,7 +66,7 @@ class IPResult:
     notes: tuple[str, ...] = field(default=())
     formulation: str = "time-indexed"  # "time-indexed" (HiGHS) or "intervals" (CP-SAT)
     # Who proved `lower_bound`: "highspy"/"scipy" (the MIP's dual bound), "cpsat",
-    # "closed-form" (volume/sum-output, recomputed by `certify.check_result`) or "caller".
+    # "closed-form" (volume/sum-output/chain, recomputed by `certify.check_result`) or "caller".
     lower_bound_solver: str = ""
     # Each part of a combined answer (`hindsight.solve_hindsight(method="best")`).
     parts: tuple[dict[str, object], ...] = field(default=())
