@@ -4,7 +4,7 @@
 
 * the incumbent's start epochs replay (pure-Python `evaluate_starts`: arrivals, memory at
   every epoch) to exactly the reported upper bound;
-* a lower bound from a closed form ("volume", "sum-output") equals that bound recomputed,
+* a lower bound from a closed form ("volume", "sum-output", "chain" from `kvsched.bounds.chain`) equals that bound recomputed,
   and no reported lower bound is below them (the code always keeps the strongest);
 * the lower bound names who proved it (`lower_bound_solver`) and does not exceed the
   upper bound, and "optimal" means the two meet.
