@@ -5,10 +5,16 @@
     python benchmarks/bench_ip.py --size medium --instances 12 --time-limit 30   # instances HiGHS closes
     # the issue's solver comparison (HiGHS time-indexed IP, CP-SAT intervals, both in turn):
     python benchmarks/bench_ip.py --model 1 2 --instances 20 --time-limit 60 600 --configs default cpsat best
+    # root LP only: value and time per formulation / cuts
+    python benchmarks/bench_ip.py --lp --model 1 2 --instances 5 --time-limit 60 --configs default chain sparse
 
 `default` is HiGHS on the time-indexed IP with kvsched's defaults; `cpsat` is OR-Tools
-CP-SAT on the interval model (`kvsched.bounds.cpsat`); `best` gives CP-SAT a third of the
-limit and HiGHS, warm-started with CP-SAT's schedule, the rest. Each limit in
+CP-SAT on the interval model (`kvsched.bounds.cpsat`); `best` runs a short CP-SAT probe, then HiGHS
+warm-started with the best schedule, then CP-SAT again (`kvsched.bounds.hindsight`).
+`sparse` is `default` on the cumulative-start formulation (`kvsched.bounds.sparse`, same
+LP, fewer nonzeros); `chain`/`chain6` add 3/6 completion-chain families
+(`kvsched.bounds.chain`) as rows; `cpsat-chain`/`best-chain` add them to CP-SAT as
+no-overlap constraints on the tails (and the chain bound as an objective row). Each limit in
 `--time-limit` is a separate run of every configuration.
 
 Every configuration solves the very same instances (the MC-SF paper's synthetic-study generators, seeded by
@@ -47,8 +53,10 @@ from kvsched.bounds import (
     evaluate_starts,
     solve_hindsight,
     solve_ip,
+    solve_lp,
     volume_bound,
 )
+from kvsched.bounds.chain import chain_bound
 from kvsched.experiments.mcsf_instances import (
     instance_rng,
     model1_instance,
@@ -95,8 +103,18 @@ CONFIGS: dict[str, tuple[dict[str, object], bool]] = {
     # Solver comparison (kvsched.bounds.hindsight): same options, another method.
     "cpsat": ({}, True),
     "best": ({}, True),
+    # Issue 19: the cumulative-start formulation (kvsched.bounds.sparse, same LP) and the
+    # completion-chain cuts (kvsched.bounds.chain) in HiGHS, CP-SAT and both.
+    "sparse": ({"formulation": "sparse"}, True),
+    "chain": ({"chain_cuts": 3}, True),
+    "chain6": ({"chain_cuts": 6}, True),
+    # Without presolve HiGHS finishes the chain-strengthened root at paper size within 30 s.
+    "chain-nopresolve": ({"chain_cuts": 3, "presolve": False}, True),
+    "sparse+chain": ({"formulation": "sparse", "chain_cuts": 3}, True),
+    "cpsat-chain": ({"chain_cuts": 3}, True),
+    "best-chain": ({"chain_cuts": 3}, True),
 }
-METHOD = {"cpsat": "cpsat", "best": "best"}  # every other configuration: HiGHS (solve_ip)
+METHOD = {"cpsat": "cpsat", "best": "best", "cpsat-chain": "cpsat", "best-chain": "best"}  # every other configuration: HiGHS (solve_ip)
 DEFAULT_CONFIGS = ("plain", "+aggregate", "+warm+tighten", "+threshold1", "default", "everything")
 
 
@@ -130,8 +148,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             inst = make_instance(model, args.seed, index, args.size)
             source, warm = heuristic_starts(inst)
             warm_tel, _ = evaluate_starts(inst, warm)
+            lb_chain = chain_bound(inst)
             log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} safe horizon={inst.safe_horizon()} "
-                f"LB_vol={volume_bound(inst)} {source}={warm_tel}")
+                f"LB_vol={volume_bound(inst)} chain={lb_chain} {source}={warm_tel}")
             for limit in args.time_limit:
                 for name in configs:
                     overrides, use_warm = CONFIGS[name]
@@ -151,7 +170,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                         "solve_time_s": res.solve_time_s, "wall_s": wall, "num_vars": res.num_vars,
                         "num_rows": res.num_rows, "num_nonzeros": res.num_nonzeros, "horizon": res.horizon,
                         "horizon_kind": res.horizon_kind, "heuristic": source, "heuristic_tel": warm_tel,
-                        "volume_bound": volume_bound(inst), "certificate": res.certificate(),
+                        "volume_bound": volume_bound(inst), "chain_bound": lb_chain,
+                        "certificate": res.certificate(),
                     })
                     log(f"  {name:15s} {limit:5g}s {res.status:9s} obj={res.objective} lb={res.lower_bound} "
                         f"({res.lower_bound_source}/{res.lower_bound_solver}) t={res.solve_time_s:6.2f}s")
@@ -161,6 +181,43 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             sel = [r for r in rows if r["model"] == model and r["time_limit_s"] == limit]
             for s in summarize(sel, configs, limit):
                 summary.append({"model": model, "time_limit_s": limit, **s})
+    return {"rows": rows, "summary": summary}
+
+
+def run_lp(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """`--lp`: the root LP only (safe horizon, each configuration's formulation and cuts)."""
+    rows: list[dict] = []
+    for model in args.model:
+        for index in range(args.instances):
+            inst = make_instance(model, args.seed, index, args.size)
+            lb_vol = volume_bound(inst)
+            log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} LB_vol={lb_vol}")
+            for limit in args.time_limit:
+                for name in args.configs:
+                    o = IPOptions(**CONFIGS[name][0])  # type: ignore[arg-type]
+                    lp = solve_lp(inst, aggregate=o.aggregate, threshold_cuts=o.threshold_cuts,
+                                  cardinality_cuts=o.cardinality_cuts, chain_cuts=o.chain_cuts,
+                                  formulation=o.formulation, time_limit_s=limit, threads=args.threads)
+                    rows.append({"model": model, "instance": index, "config": name, "time_limit_s": limit,
+                                 "lp_value": lp.value, "lp_status": lp.status, "solve_time_s": lp.solve_time_s,
+                                 "num_nonzeros": lp.num_nonzeros, "volume_bound": lb_vol})
+                    log(f"  {name:15s} {limit:5g}s LP={lp.value} ({lp.status}) t={lp.solve_time_s:6.2f}s "
+                        f"nnz={lp.num_nonzeros:,}")
+    summary = []
+    for model in args.model:
+        for limit in args.time_limit:
+            for name in args.configs:
+                sel = [r for r in rows if r["model"] == model and r["time_limit_s"] == limit and r["config"] == name]
+                done = [r for r in sel if r["lp_value"] is not None]
+                summary.append({
+                    "model": model, "time_limit_s": limit, "config": name, "instances": len(sel),
+                    "solved": len(done),
+                    "median_time_s": statistics.median(r["solve_time_s"] if r["lp_value"] is not None else limit
+                                                       for r in sel),
+                    "mean_lp_over_lb_vol": float(np.mean([r["lp_value"] / r["volume_bound"] for r in done]))
+                    if done else None,
+                    "median_nonzeros": int(statistics.median(r["num_nonzeros"] for r in sel)),
+                })
     return {"rows": rows, "summary": summary}
 
 
@@ -250,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(DEFAULT_CONFIGS))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--lp", action="store_true", help="solve only the root LP of each configuration's model")
     args = p.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -257,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    result = run(args, log)
+    result = run_lp(args, log) if args.lp else run(args, log)
     cmd = "python benchmarks/bench_ip.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result.update({
         "command": cmd.strip(),
@@ -270,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if args.lp:
+        for s in result["summary"]:
+            ratio = "-" if s["mean_lp_over_lb_vol"] is None else f"{s['mean_lp_over_lb_vol']:.3f}"
+            print(f"model {s['model']} limit {s['time_limit_s']:g}s {s['config']:14s} LP solved "
+                  f"{s['solved']}/{s['instances']}  median {s['median_time_s']:.2f}s  LP/LB_vol {ratio}  "
+                  f"nonzeros {s['median_nonzeros']:,}")
+        print(f"{result['total_wall_s']:.0f} s in all; results in {args.out}")
+        return 0
     print_table(
         result["summary"],
         f"hindsight optimum, size {args.size}, {args.instances} instances per model, seed {args.seed}, "

@@ -29,6 +29,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from kvsched.bounds.chain import chain_bound, chain_families
 from kvsched.bounds.instance import Instance, evaluate_starts, makespan
 from kvsched.bounds.model import build_model
 from kvsched.bounds.results import IPOptions, IPResult, IPStatus, LPResult
@@ -133,6 +134,7 @@ def solve_ip(
     notes: list[str] = []
     lb_vol = volume_bound(inst)
     lb_sum = sum_output_bound(inst)
+    lb_chain = chain_bound(inst) if opts.chain_cuts or opts.objective_cut else lb_vol
 
     inc_starts, inc_tel, inc_source = initial_incumbent(inst, opts, incumbent_starts, notes)
 
@@ -146,7 +148,9 @@ def solve_ip(
         cardinality_cuts=opts.cardinality_cuts,
         threshold_cuts=opts.threshold_cuts,
         symmetry_cuts=opts.symmetry_cuts,
-        objective_lower_bound=lb_vol if opts.objective_cut else None,
+        objective_lower_bound=max(lb_vol, lb_chain) if opts.objective_cut else None,
+        chain_families=chain_families(inst, opts.chain_cuts),
+        formulation=opts.formulation,
     )
     start_x = None if inc_starts is None or not opts.pass_warm_start else model.vector_from_starts(inc_starts)
     if inc_starts is not None and opts.pass_warm_start and start_x is None:
@@ -192,7 +196,7 @@ def solve_ip(
     if inc_tel is not None and out.outcome == "optimal" and inc_source == "solver":
         model_lb = max(model_lb, float(inc_tel))
     proven = min(model_lb, beyond)
-    candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum))]
+    candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum)), ("chain", float(lb_chain))]
     if math.isfinite(proven):
         candidates.insert(0, ("ip-dual" if model_lb <= beyond else "horizon-check", proven))
     source, lower = max(candidates, key=lambda kv: kv[1])
@@ -261,6 +265,8 @@ def solve_lp(
     aggregate: bool = True,
     cardinality_cuts: bool = False,
     threshold_cuts: int = 0,
+    chain_cuts: int = 0,
+    formulation: str = "dense",
     time_limit_s: float | None = 60.0,
     solver: SolverName = "auto",
     threads: int = 1,
@@ -275,7 +281,8 @@ def solve_lp(
     t = safe if horizon is None else max(int(horizon), 0)
     hz = np.maximum(np.full(inst.n, t, dtype=np.int64), np.asarray(inst.arrival, dtype=np.int64))
     model = build_model(
-        inst, hz, aggregate=aggregate, cardinality_cuts=cardinality_cuts, threshold_cuts=threshold_cuts
+        inst, hz, aggregate=aggregate, cardinality_cuts=cardinality_cuts, threshold_cuts=threshold_cuts,
+        chain_families=chain_families(inst, chain_cuts), formulation=formulation,
     )
     out = solve_model(model, integral=False, solver=solver, time_limit_s=time_limit_s, threads=threads)
     value = out.dual_bound

@@ -21,10 +21,12 @@ removed at the end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from kvsched.bounds.chain import ChainFamily
 from kvsched.bounds.instance import Instance
 
 
@@ -54,6 +56,14 @@ class TimeIndexedModel:
     # Epoch (>= 1) of each kept row that is a memory row, 0 for every other row: where the
     # LP's memory duals become Lagrangian prices (`kvsched.bounds.certify`).
     memory_row_epoch: np.ndarray | None = None
+    # Sparse formulation (`kvsched.bounds.sparse`): the class columns hold cumulative starts
+    # z_{c,t} = #starts at epochs <= t, and columns past class_first_col[-1] are running sums
+    # w_{c,t} = sum_{j=1..o_c} z_{c,t-j} (class `aux_class`, epoch `aux_time`).
+    cumulative: bool = False
+    aux_class: np.ndarray | None = None
+    aux_time: np.ndarray | None = None
+    class_output_len: np.ndarray | None = None
+    integer_vars: int | None = None  # the first this many columns are integer (None: all)
 
     @property
     def num_vars(self) -> int:
@@ -86,12 +96,39 @@ class TimeIndexedModel:
                 if p < t0 or p > int(self.class_horizon[c]):
                     return None
                 x[first + p - t0] += 1.0
+        if self.cumulative:
+            x = self._cumulative_from_counts(x)
         return x
+
+    def _cumulative_from_counts(self, counts: np.ndarray) -> np.ndarray:
+        """Sparse layout: per-column start counts -> z (cumulative) and w (running sums)."""
+        assert self.aux_class is not None and self.aux_time is not None and self.class_output_len is not None
+        out = np.zeros(self.num_vars, dtype=np.float64)
+        n_z = int(self.class_first_col[-1])
+        zs: list[np.ndarray] = []
+        for c in range(len(self.class_members)):
+            lo, hi = int(self.class_first_col[c]), int(self.class_first_col[c + 1])
+            zs.append(np.cumsum(counts[lo:hi]))
+            out[lo:hi] = zs[-1]
+        for col in range(n_z, self.num_vars):
+            c, t = int(self.aux_class[col - n_z]), int(self.aux_time[col - n_z])
+            lo = int(self.class_first_col[c])
+            t0, h, o = int(self.col_time[lo]), int(self.class_horizon[c]), int(self.class_output_len[c])
+            ages = np.arange(t - o, t)  # z at epochs t-o..t-1, clipped to the class's range
+            ages = ages[ages >= t0]
+            out[col] = float(zs[c][np.minimum(ages, h) - t0].sum())
+        return out
 
     def starts_from_vector(self, x: np.ndarray) -> tuple[int, ...]:
         """Per-request starts from column values; within a class the earliest starts go
         to the lowest request ids (members are stored in id order)."""
         counts = np.rint(np.asarray(x, dtype=np.float64)).astype(np.int64)
+        if self.cumulative:
+            z = counts
+            counts = np.zeros_like(z)
+            for c in range(len(self.class_members)):
+                lo, hi = int(self.class_first_col[c]), int(self.class_first_col[c + 1])
+                counts[lo:hi] = np.diff(z[lo:hi], prepend=0)
         n = sum(len(m) for m in self.class_members)
         starts = [0] * n
         for c, members in enumerate(self.class_members):
@@ -137,14 +174,28 @@ def build_model(
     threshold_cuts: int = 0,
     symmetry_cuts: bool = False,
     objective_lower_bound: int | None = None,
+    chain_families: Sequence[ChainFamily] = (),
+    formulation: str = "dense",
 ) -> TimeIndexedModel:
     """Build the model with per-request last-start epochs `horizon[i] >= arrival[i]`.
 
     `objective_lower_bound` adds the row `objective >= bound` (a valid cut when the bound
     is proven, e.g. LB_vol). `symmetry_cuts` only applies when `aggregate` is False: it
-    orders identical requests, `p_i <= p_j` for consecutive ids. The matrix is the same for
+    orders identical requests, `p_i <= p_j` for consecutive ids. `chain_families`
+    (`kvsched.bounds.chain`) add, per family and epoch, "at most one member's tail covers
+    the epoch". The matrix is the same for
     the IP and its LP relaxation: integrality is a flag of the solve, not of the model.
     """
+    if formulation == "sparse":
+        from kvsched.bounds.sparse import build_sparse_model
+
+        return build_sparse_model(
+            inst, horizon, aggregate=aggregate, threshold_cuts=threshold_cuts, cardinality_cuts=cardinality_cuts,
+            symmetry_cuts=symmetry_cuts, objective_lower_bound=objective_lower_bound,
+            chain_families=chain_families,
+        )
+    if formulation != "dense":
+        raise ValueError(f"unknown formulation {formulation!r}; use 'dense' or 'sparse'")
     a, s, o = inst.arrays()
     horizon = np.asarray(horizon, dtype=np.int64)
     if horizon.shape != a.shape or np.any(horizon < a):
@@ -192,7 +243,15 @@ def build_model(
     thr_base = card_base + (n_epochs if cardinality_cuts else 0)
     # Threshold q: q+1 footprints of at least M//(q+1)+1 exceed M, so at most q such alive.
     thresholds = [inst.capacity // (q + 1) + 1 for q in range(1, threshold_cuts + 1)]
-    extra_base = thr_base + n_epochs * len(thresholds)
+    chain_base = thr_base + n_epochs * len(thresholds)
+    # Tail length per (family, class); 0 = not a member. Identical requests share peaks and
+    # hence membership and tails, so the class representative decides.
+    chain_tail = np.zeros((len(chain_families), n_cls), dtype=np.int64)
+    for f, fam in enumerate(chain_families):
+        tails = dict(zip(fam.members, fam.tail_len, strict=True))
+        for c in range(n_cls):
+            chain_tail[f, c] = tails.get(int(rep[c]), 0)
+    extra_base = chain_base + n_epochs * len(chain_families)
     n_rows_full = extra_base + len(extra_lower)
 
     idx_parts: list[np.ndarray] = []
@@ -212,6 +271,12 @@ def build_model(
             if jq.size:
                 blocks_i.append(thr_base + q * n_epochs + k + jq - 1)
                 blocks_v.append(np.ones((m, jq.size)))
+        for f in range(len(chain_families)):
+            h = int(chain_tail[f, c])
+            if h:  # ages o-h+1..o: the tail (C - h, C]
+                jq = j[:, int(co[c]) - h :]
+                blocks_i.append(chain_base + f * n_epochs + k + jq - 1)
+                blocks_v.append(np.ones((m, h)))
         for row, sign in extra_rows[c]:
             blocks_i.append(np.full((m, 1), extra_base + row, dtype=np.int64))
             blocks_v.append(sign * k.astype(np.float64))  # coefficient: the start epoch
@@ -231,6 +296,7 @@ def build_model(
         row_upper[card_base:thr_base] = max_alive(inst)
     for q in range(len(thresholds)):
         row_upper[thr_base + q * n_epochs : thr_base + (q + 1) * n_epochs] = q + 1
+    row_upper[chain_base:extra_base] = 1
     row_lower[extra_base:] = extra_lower
     row_upper[extra_base:] = extra_upper
 
@@ -241,7 +307,8 @@ def build_model(
         "assignment": used[:n_cls].sum(),
         "memory": used[mem_base:card_base].sum(),
         "cardinality": used[card_base:thr_base].sum(),
-        "threshold": used[thr_base:extra_base].sum(),
+        "threshold": used[thr_base:chain_base].sum(),
+        "chain": used[chain_base:extra_base].sum(),
         "ordering": n_sym,
         "objective-cut": n_obj,
     }

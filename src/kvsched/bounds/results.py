@@ -20,7 +20,9 @@ class IPOptions:
     horizon_margin: int | None = None  # heuristic horizon = incumbent makespan + margin
     cardinality_cuts: bool = False  # at most K requests alive at any epoch
     threshold_cuts: int = 1  # q = 1..this: at most q alive with footprint > M/(q+1)
-    objective_cut: bool = False  # objective >= LB_vol as an explicit row
+    chain_cuts: int = 0  # completion-chain families (kvsched.bounds.chain): one tail per epoch
+    objective_cut: bool = False  # objective >= the best closed-form bound (LB_vol, chain) as a row
+    formulation: str = "dense"  # "dense": start columns; "sparse": cumulative starts (same LP)
     symmetry_cuts: bool = False  # order identical requests (only without aggregation)
     greedy_incumbent: bool = True  # no incumbent given: use best_greedy_starts
     pass_warm_start: bool = True  # give the incumbent to the solver (else: bounds and horizons only)
@@ -44,7 +46,7 @@ class IPResult:
     status: IPStatus
     objective: int | None  # TEL of the incumbent (upper bound), None without one
     lower_bound: int  # proven lower bound on the optimal TEL
-    lower_bound_source: str  # "ip-dual", "volume", "sum-output" or "horizon-check"
+    lower_bound_source: str  # "ip-dual", "cpsat-bound", "volume", "sum-output", "chain" or "horizon-check"
     upper_bound: int | None
     gap: float | None  # (upper - lower) / upper
     starts: tuple[int, ...] | None
@@ -64,7 +66,7 @@ class IPResult:
     notes: tuple[str, ...] = field(default=())
     formulation: str = "time-indexed"  # "time-indexed" (HiGHS) or "intervals" (CP-SAT)
     # Who proved `lower_bound`: "highspy"/"scipy" (the MIP's dual bound), "cpsat",
-    # "closed-form" (volume/sum-output, recomputed by `certify.check_result`) or "caller".
+    # "closed-form" (volume/sum-output/chain, recomputed by `certify.check_result`) or "caller".
     lower_bound_solver: str = ""
     # Each part of a combined answer (`hindsight.solve_hindsight(method="best")`).
     parts: tuple[dict[str, object], ...] = field(default=())

@@ -192,7 +192,10 @@ def _solve_highspy(
     lp.a_matrix_.index_ = model.a_index
     lp.a_matrix_.value_ = model.a_value
     if integral:
-        lp.integrality_ = [highspy.HighsVarType.kInteger] * model.num_vars
+        n_int = model.num_vars if model.integer_vars is None else model.integer_vars
+        lp.integrality_ = [highspy.HighsVarType.kInteger] * n_int + [highspy.HighsVarType.kContinuous] * (
+            model.num_vars - n_int
+        )
     status = h.passModel(lp)
     if status == highspy.HighsStatus.kError:
         raise RuntimeError("highspy rejected the model (passModel returned kError)")
@@ -228,6 +231,12 @@ def _solve_highspy(
     return SolveOutcome("highspy", outcome, h.modelStatusToString(ms), x, objective, dual, elapsed, row_dual)
 
 
+def _integrality(model: TimeIndexedModel) -> np.ndarray:
+    out = np.zeros(model.num_vars)
+    out[: model.num_vars if model.integer_vars is None else model.integer_vars] = 1
+    return out
+
+
 def _solve_scipy(
     model: TimeIndexedModel,
     integral: bool,
@@ -251,7 +260,7 @@ def _solve_scipy(
     res = milp(
         model.cost,
         constraints=LinearConstraint(a, model.row_lower, model.row_upper),
-        integrality=np.ones(model.num_vars) if integral else np.zeros(model.num_vars),
+        integrality=_integrality(model) if integral else np.zeros(model.num_vars),
         bounds=Bounds(model.col_lower, model.col_upper),
         options=options,
     )

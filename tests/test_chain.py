@@ -1,0 +1,200 @@
+"""Completion-chain bounds and the cumulative-start formulation against brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.sparse import csc_matrix
+
+from kvsched.bounds import (
+    InfeasibleSchedule,
+    Instance,
+    canonical_starts,
+    check_result,
+    evaluate_starts,
+    solve_ip,
+    solve_lp,
+    solver_available,
+    volume_bound,
+)
+from kvsched.bounds.chain import (
+    chain_bound,
+    chain_families,
+    family_bound,
+    family_for_threshold,
+    srpt_completions,
+    throughput_bound,
+)
+from kvsched.bounds.cpsat import cpsat_available, solve_cpsat
+from kvsched.bounds.model import build_model
+
+needs_highs = pytest.mark.skipif(not solver_available(), reason="needs HiGHS")
+
+
+def feasible_schedules(inst: Instance):
+    """Every feasible start vector with starts up to the safe horizon, with its TEL."""
+    horizon = inst.safe_horizon()
+    for starts in itertools.product(*(range(a, horizon + 1) for a in inst.arrival)):
+        try:
+            tel, _ = evaluate_starts(inst, starts)
+        except InfeasibleSchedule:
+            continue
+        yield starts, tel
+
+
+def brute_force_optimum(inst: Instance) -> int:
+    return min(tel for _, tel in feasible_schedules(inst))
+
+
+@st.composite
+def tiny_instances(draw: st.DrawFn) -> Instance:
+    # Outputs up to M - s, as in the MC-SF paper's model 1: tall requests are the point.
+    capacity = draw(st.integers(3, 9))
+    n = draw(st.integers(2, 4))
+    rows = []
+    for _ in range(n):
+        s = draw(st.integers(0, min(3, capacity - 1)))
+        o = draw(st.integers(1, min(5, capacity - s)))
+        rows.append((draw(st.integers(0, 2)), s, o))
+    return Instance.from_triples(rows, capacity)
+
+
+small = tiny_instances().filter(lambda i: (i.safe_horizon() + 1) ** i.n <= 20_000)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small)
+def test_every_feasible_schedule_keeps_each_familys_tails_apart(inst: Instance) -> None:
+    _, s, o = inst.arrays()
+    fams = [family_for_threshold(inst, int(t)) for t in np.unique(s + o)]
+    for starts, _ in feasible_schedules(inst):
+        for fam in fams:
+            covered: set[int] = set()
+            for k, h in zip(fam.members, fam.tail_len, strict=True):
+                end = starts[k] + inst.output_len[k]
+                tail = set(range(end - h + 1, end + 1))
+                assert not tail & covered, (fam, starts)
+                covered |= tail
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small)
+def test_chain_bound_is_valid_and_at_least_lb_vol(inst: Instance) -> None:
+    opt = brute_force_optimum(inst)
+    assert volume_bound(inst) <= chain_bound(inst) <= opt
+    assert throughput_bound(inst) <= opt
+
+
+def test_chain_bound_beats_lb_vol_when_tall_requests_must_queue() -> None:
+    # Three requests that each fill memory at their peak: they run one after another,
+    # TEL = 3 + 6 + 9 = 18; LB_vol lets their areas (9 each) share epochs: 3 + 5 + 7.
+    inst = Instance.from_triples([(0, 1, 3), (0, 1, 3), (0, 1, 3)], 4)
+    assert brute_force_optimum(inst) == 18
+    assert volume_bound(inst) == 15
+    assert chain_bound(inst) == 18
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(1, 4)), min_size=1, max_size=5))
+def test_srpt_completes_no_later_than_any_order_rank_by_rank(jobs: list[tuple[int, int]]) -> None:
+    release = np.array([r for r, _ in jobs])
+    length = np.array([p for _, p in jobs])
+    srpt = srpt_completions(release, length)
+    for order in itertools.permutations(range(len(jobs))):
+        t, done = 0, []
+        for j in order:  # non-preemptive, each job as early as the order allows
+            t = max(t, int(release[j])) + int(length[j])
+            done.append(t)
+        assert np.all(srpt <= np.sort(done))
+
+
+def test_families_are_ranked_and_distinct() -> None:
+    inst = Instance.from_triples([(0, 1, 8), (0, 2, 7), (0, 1, 5), (0, 0, 9), (0, 3, 2)], 10)
+    fams = chain_families(inst, 10)
+    assert len({f.members for f in fams}) == len(fams) >= 1
+    assert all(len(f.members) >= 2 and min(f.tail_len) >= 1 for f in fams)
+    assert chain_bound(inst) >= max(family_bound(inst, f) for f in fams)
+    assert chain_families(inst, 0) == []
+
+
+@needs_highs
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small, st.booleans())
+def test_both_formulations_with_every_cut_find_the_brute_force_optimum(inst: Instance, aggregate: bool) -> None:
+    opt = brute_force_optimum(inst)
+    for formulation in ("dense", "sparse"):
+        res = solve_ip(inst, formulation=formulation, aggregate=aggregate, chain_cuts=4, threshold_cuts=2,
+                       cardinality_cuts=True, symmetry_cuts=not aggregate, objective_cut=True, time_limit_s=20)
+        check_result(inst, res)
+        assert (res.status, res.objective) == ("optimal", opt)
+
+
+@needs_highs
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small)
+def test_sparse_formulation_has_the_same_lp_value(inst: Instance) -> None:
+    for cuts in ({}, {"threshold_cuts": 1, "chain_cuts": 3}):
+        dense = solve_lp(inst, **cuts)
+        sparse = solve_lp(inst, formulation="sparse", **cuts)
+        assert sparse.value == pytest.approx(dense.value, rel=1e-7, abs=1e-7)
+    # Without cuts the memory rows carry every price: the sparse LP's duals certify its value too.
+    plain = solve_lp(inst, formulation="sparse")
+    assert plain.certified_value == pytest.approx(plain.value, abs=1e-6)
+
+
+@needs_highs
+def test_sparse_model_is_sparser_and_round_trips_a_schedule() -> None:
+    from kvsched.experiments.mcsf_instances import generate
+
+    inst = generate(2, 0, 2)  # paper size, n = 22, M = 33: outputs long enough for the difference to show
+    hz = np.full(inst.n, inst.safe_horizon())
+    dense, sparse = build_model(inst, hz), build_model(inst, hz, formulation="sparse")
+    assert sparse.num_nonzeros < dense.num_nonzeros
+    # Identical requests may swap starts; canonical order keeps lower ids first.
+    starts = canonical_starts(inst, [a + 3 * i for i, a in enumerate(inst.arrival)])  # any start vector within the horizon
+    x = sparse.vector_from_starts(starts)
+    assert sparse.starts_from_vector(x) == starts
+    rows = csc_matrix((sparse.a_value, sparse.a_index, sparse.a_start), shape=(sparse.num_rows, sparse.num_vars)) @ x
+    memory = sparse.memory_row_epoch > 0
+    # Every other row holds exactly; the memory rows equal the replayed memory profile.
+    assert np.all(rows[~memory] >= sparse.row_lower[~memory] - 1e-9)
+    assert np.all(rows[~memory] <= sparse.row_upper[~memory] + 1e-9)
+    roomy = Instance(inst.arrival, inst.prompt_len, inst.output_len, 10**6, inst.request_ids)
+    _, profile = evaluate_starts(roomy, starts)
+    epochs = sparse.memory_row_epoch[memory]
+    assert np.allclose(rows[memory], [profile[t - 1] if t <= len(profile) else 0 for t in epochs])
+
+
+def test_unknown_formulation_is_refused() -> None:
+    inst = Instance.from_triples([(0, 1, 2)], 4)
+    with pytest.raises(ValueError, match="unknown formulation 'wide'"):
+        build_model(inst, np.array([3]), formulation="wide")
+
+
+@pytest.mark.skipif(not cpsat_available(), reason="needs ortools")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small)
+def test_cpsat_with_chain_constraints_finds_the_brute_force_optimum(inst: Instance) -> None:
+    res = solve_cpsat(inst, chain_cuts=6, time_limit_s=20)
+    check_result(inst, res)
+    assert (res.status, res.objective) == ("optimal", brute_force_optimum(inst))
+
+
+@needs_highs
+def test_certificate_recomputes_a_chain_bound() -> None:
+    import dataclasses
+
+    from kvsched.bounds import CertificateError
+
+    inst = Instance.from_triples([(0, 1, 3), (0, 1, 3), (0, 1, 3), (0, 2, 1)], 4)
+    lb = chain_bound(inst)
+    solved = solve_ip(inst, chain_cuts=2, time_limit_s=10)
+    assert volume_bound(inst) < lb <= solved.objective
+    res = dataclasses.replace(solved, lower_bound=lb, lower_bound_source="chain", lower_bound_solver="closed-form",
+                              status="optimal" if lb == solved.objective else "bounded")
+    check_result(inst, res)
+    with pytest.raises(CertificateError, match="claims chain"):
+        check_result(inst, dataclasses.replace(res, lower_bound=lb + 1, status="bounded"))
