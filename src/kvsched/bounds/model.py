@@ -165,6 +165,21 @@ def max_alive(inst: Instance) -> int:
     return int(np.searchsorted(need, inst.capacity, side="right"))
 
 
+def class_arrays(inst: Instance, horizon: np.ndarray, aggregate: bool) -> tuple:
+    """(classes, size, arrival, prompt, output, last start) per request class, the arrays both
+    formulations index by class; ValueError if `horizon` lets a request start before it arrives."""
+    a, s, o = inst.arrays()
+    horizon = np.asarray(horizon, dtype=np.int64)
+    if horizon.shape != a.shape or np.any(horizon < a):
+        raise ValueError("horizon must give every request a last start epoch >= its arrival")
+    classes = request_classes(inst, aggregate)
+    rep = np.array([m[0] for m in classes], dtype=np.int64)  # representative request
+    size = np.array([len(m) for m in classes], dtype=np.int64)
+    # Identical requests have identical valid horizons; take the smallest to be safe.
+    ch = np.array([int(horizon[list(m)].min()) for m in classes], dtype=np.int64)
+    return classes, size, a[rep], s[rep], o[rep], ch
+
+
 def build_model(
     inst: Instance,
     horizon: np.ndarray,
@@ -196,17 +211,8 @@ def build_model(
         )
     if formulation != "dense":
         raise ValueError(f"unknown formulation {formulation!r}; use 'dense' or 'sparse'")
-    a, s, o = inst.arrays()
-    horizon = np.asarray(horizon, dtype=np.int64)
-    if horizon.shape != a.shape or np.any(horizon < a):
-        raise ValueError("horizon must give every request a last start epoch >= its arrival")
-    classes = request_classes(inst, aggregate)
+    classes, size, ca, cs, co, ch = class_arrays(inst, horizon, aggregate)
     n_cls = len(classes)
-    rep = np.array([m[0] for m in classes], dtype=np.int64)  # representative request
-    size = np.array([len(m) for m in classes], dtype=np.int64)
-    ca, cs, co = a[rep], s[rep], o[rep]
-    # Identical requests have identical valid horizons; take the smallest to be safe.
-    ch = np.array([int(horizon[list(m)].min()) for m in classes], dtype=np.int64)
     ncols = ch - ca + 1
     first_col = np.concatenate([[0], np.cumsum(ncols)]).astype(np.int64)
     num_vars = int(first_col[-1])
@@ -228,6 +234,7 @@ def build_model(
                 extra_upper.append(0.0)
                 n_sym += 1
             last_of[key] = c
+    a, _, o = inst.arrays()
     offset = float((o - a).sum())
     n_obj = 0
     if objective_lower_bound is not None:
@@ -250,7 +257,7 @@ def build_model(
     for f, fam in enumerate(chain_families):
         tails = dict(zip(fam.members, fam.tail_len, strict=True))
         for c in range(n_cls):
-            chain_tail[f, c] = tails.get(int(rep[c]), 0)
+            chain_tail[f, c] = tails.get(classes[c][0], 0)
     extra_base = chain_base + n_epochs * len(chain_families)
     n_rows_full = extra_base + len(extra_lower)
 

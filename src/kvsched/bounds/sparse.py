@@ -46,18 +46,10 @@ def build_sparse_model(
     """`kvsched.bounds.model.build_model(..., formulation="sparse")`; same arguments."""
     from scipy.sparse import coo_matrix
 
-    from kvsched.bounds.model import TimeIndexedModel, max_alive, request_classes
+    from kvsched.bounds.model import TimeIndexedModel, class_arrays, max_alive
 
-    a, s, o = inst.arrays()
-    horizon = np.asarray(horizon, dtype=np.int64)
-    if horizon.shape != a.shape or np.any(horizon < a):
-        raise ValueError("horizon must give every request a last start epoch >= its arrival")
-    classes = request_classes(inst, aggregate)
+    classes, size, ca, cs, co, ch = class_arrays(inst, horizon, aggregate)
     n_cls = len(classes)
-    rep = np.array([m[0] for m in classes], dtype=np.int64)
-    size = np.array([len(m) for m in classes], dtype=np.int64)
-    ca, cs, co = a[rep], s[rep], o[rep]
-    ch = np.array([int(horizon[list(m)].min()) for m in classes], dtype=np.int64)
     nz = ch - ca + 1
     z_first = np.concatenate([[0], np.cumsum(nz)]).astype(np.int64)
     n_z = int(z_first[-1])
@@ -146,7 +138,7 @@ def build_sparse_model(
         tails = dict(zip(fam.members, fam.tail_len, strict=True))
         base = epoch_rows("chain", 1.0)
         for c in range(n_cls):
-            h = tails.get(int(rep[c]), 0)
+            h = tails.get(classes[c][0], 0)
             if h:
                 window(base, c, int(co[c]) - h + 1, int(co[c]))
 
@@ -155,6 +147,7 @@ def build_sparse_model(
     for c in range(n_cls):
         cost[z_first[c] : z_first[c + 1] - 1] = -1.0
         cost[z_first[c + 1] - 1] = float(ch[c])
+    a, _, o = inst.arrays()
     offset = float((o - a).sum())
     if symmetry_cuts and not aggregate:
         # p_i <= p_j for consecutive identical requests  <=>  z_i(t) >= z_j(t) for every t.
