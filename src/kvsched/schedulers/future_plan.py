@@ -182,6 +182,11 @@ def brute_force_fits(cap: int, alive: Iterable[tuple[int, int]], footprint: int,
     return all(sum(f + c for f, r in alive if r >= c) <= cap for c in range(1, horizon + 1))
 
 
+# Checkpoints from which `AbsolutePlan` keeps its arrays in numpy (set from `bench_sim.py --only batch`):
+# below it a list comprehension over the prefix beats a numpy call's fixed cost.
+NUMPY_FROM_CHECKPOINTS = 128
+
+
 class AbsolutePlan:
     """`FuturePlan` kept across steps in absolute round time, for a scheduler whose running
     requests all run every round (MC-SF with the decode pool, `kvsched.pool`).
@@ -205,10 +210,10 @@ class AbsolutePlan:
     passed, for the caller to re-plan.
     """
 
-    __slots__ = ("_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum", "_sum_f",
-                 "_v", "cap")
+    __slots__ = ("_arr", "_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum",
+                 "_numpy_from", "_sum_f", "_v", "cap")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, numpy_from: int = NUMPY_FROM_CHECKPOINTS) -> None:
         self.cap = cap
         self._entries: dict[int, tuple[int, int]] = {}  # id -> (base, end)
         self._by_end: dict[int, list] = {}  # end -> [sum of base, {id: base}]
@@ -219,6 +224,11 @@ class AbsolutePlan:
         self._sum_f: list[int] = []
         self._count: list[int] = []
         self._v: list[int] = []
+        # With at least `numpy_from` checkpoints the three arrays live in `_arr` instead of the lists:
+        # rows sum_f, count, v, end over columns [:len(_ends)] (spare columns after), so a prefix
+        # update is a few vectorised passes; below it, list comprehensions are cheaper than numpy calls.
+        self._numpy_from = numpy_from
+        self._arr: np.ndarray | None = None
         self._dirty = True  # the arrays are built at the first query (bulk construction)
 
     def __len__(self) -> int:
@@ -226,6 +236,18 @@ class AbsolutePlan:
 
     def __contains__(self, rid: int) -> bool:
         return rid in self._entries or rid in self._late
+
+    def _to_numpy(self) -> None:
+        n = len(self._ends)
+        arr = np.zeros((4, max(2 * n, 4)), dtype=np.int64)
+        arr[:, :n] = (self._sum_f, self._count, self._v, self._ends)
+        self._arr = arr
+        self._sum_f, self._count, self._v = [], [], []
+
+    def _to_lists(self) -> None:
+        arr, n = self._arr, len(self._ends)
+        self._sum_f, self._count, self._v = arr[0, :n].tolist(), arr[1, :n].tolist(), arr[2, :n].tolist()
+        self._arr = None
 
     def add(self, rid: int, base: int, end: int) -> None:
         """Plan request `rid` to hold base + A at every absolute round A <= end."""
@@ -239,9 +261,30 @@ class AbsolutePlan:
             slot[1][rid] = base
         if self._dirty:
             return
-        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
+        ends = self._ends
         k = bisect_left(ends, end)
-        if k == len(ends) or ends[k] != end:
+        new = k == len(ends) or ends[k] != end
+        if new and self._arr is None and len(ends) + 1 >= self._numpy_from:
+            self._to_numpy()
+        arr = self._arr
+        if arr is not None:
+            if new:
+                n = len(ends)
+                if n == arr.shape[1]:
+                    arr = self._arr = np.concatenate((arr, np.zeros_like(arr)), axis=1)
+                f, c = (int(arr[0, k]), int(arr[1, k])) if k < n else (0, 0)
+                arr[:, k + 1:n + 1] = arr[:, k:n]
+                arr[:, k] = (f, c, f + end * (c + 1), end)
+                ends.insert(k, end)
+            k += 1
+            arr[0, :k] += base
+            arr[1, :k] += 1
+            v = arr[2, :k]
+            v += arr[3, :k]
+            v += base
+            return
+        sum_f, count, v = self._sum_f, self._count, self._v
+        if new:
             # A new checkpoint: the requests alive at it are those ending at or after it.
             f, n = (sum_f[k], count[k]) if k < len(ends) else (0, 0)
             ends.insert(k, end)
@@ -277,8 +320,23 @@ class AbsolutePlan:
             slot[0] -= base
         if self._dirty or end <= now:
             return  # a passed checkpoint: never read again
-        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
+        ends = self._ends
         k = bisect_left(ends, end)
+        arr = self._arr
+        if arr is not None:
+            if emptied:
+                n = len(ends)
+                arr[:, k:n - 1] = arr[:, k + 1:n]
+                del ends[k]
+            else:
+                k += 1
+            arr[0, :k] -= base
+            arr[1, :k] -= 1
+            v = arr[2, :k]
+            v -= arr[3, :k]
+            v -= base
+            return
+        sum_f, count, v = self._sum_f, self._count, self._v
         if emptied:
             del ends[k], sum_f[k], count[k], v[k]
         else:
@@ -317,6 +375,9 @@ class AbsolutePlan:
             count[k] = n_acc
             v[k] = f_acc + a * (n_acc + 1)
         self._ends, self._sum_f, self._count, self._v = ends, sum_f, count, v
+        self._arr = None
+        if n >= self._numpy_from:
+            self._to_numpy()
         self._dirty = False
 
     def fits(self, footprint: int, rounds: int, now: int) -> bool:
@@ -325,24 +386,43 @@ class AbsolutePlan:
         if self._dirty:
             self._rebuild()
         ends = self._ends
+        arr = self._arr
         if ends and ends[0] <= now:  # passed checkpoints: drop them
             i = bisect_right(ends, now)
-            del ends[:i], self._sum_f[:i], self._count[:i], self._v[:i]
-        sum_f, count = self._sum_f, self._count
+            if arr is None:
+                del ends[:i], self._sum_f[:i], self._count[:i], self._v[:i]
+            else:
+                n = len(ends)
+                arr[:, :n - i] = arr[:, i:n]
+                del ends[:i]
+                if 2 * len(ends) < self._numpy_from:  # halfway below, so a plan near it does not flip every event
+                    self._to_lists()
+                    arr = None
         cap = self.cap - footprint
         late = self._late
+        last = now + rounds
+        if arr is None:
+            sum_f, count = self._sum_f, self._count
+            f0, n0 = (sum_f[0], count[0]) if ends else (0, 0)
+            k = bisect_right(ends, last)
+            v_max = max(self._v[:k]) if k else None
+            k = bisect_left(ends, last)
+            f_k, n_k = (sum_f[k], count[k]) if k < len(ends) else (0, 0)
+        else:
+            f0, n0 = (int(arr[0, 0]), int(arr[1, 0])) if ends else (0, 0)
+            k = bisect_right(ends, last)
+            v_max = int(arr[2, :k].max()) if k else None
+            k = bisect_left(ends, last)
+            f_k, n_k = (int(arr[0, k]), int(arr[1, k])) if k < len(ends) else (0, 0)
         if late:
             # The first checkpoint (now + 1) holds every request, the late group included.
-            n_all = len(late) + (count[0] if ends else 0)
-            f_all = self._late_sum + (sum_f[0] if ends else 0)
+            n_all = len(late) + n0
+            f_all = self._late_sum + f0
             if f_all + (now + 1) * (n_all + 1) - now > cap:
                 return False
-        last = now + rounds
-        k = bisect_right(ends, last)
-        if k and max(self._v[:k]) - now > cap:
+        if v_max is not None and v_max - now > cap:
             return False
-        k = bisect_left(ends, last)
-        mem = sum_f[k] + last * count[k] if k < len(ends) else 0
+        mem = f_k + last * n_k
         if rounds == 1 and late:
             mem += self._late_sum + last * len(late)
         return mem + rounds <= cap
