@@ -182,8 +182,11 @@ def brute_force_fits(cap: int, alive: Iterable[tuple[int, int]], footprint: int,
     return all(sum(f + c for f, r in alive if r >= c) <= cap for c in range(1, horizon + 1))
 
 
-# Checkpoints from which `AbsolutePlan` keeps its arrays in numpy (set from `bench_sim.py --only batch`):
-# below it a list comprehension over the prefix beats a numpy call's fixed cost.
+# Checkpoints from which `AbsolutePlan` keeps its arrays in numpy. An event there costs a
+# fixed ~10 us (a handful of numpy calls) where the lists cost ~0.1 us per checkpoint of the
+# prefix; a query (`fits`) is a little dearer in numpy for short prefixes, and MC-SF asks
+# several per event on azure-conv (64-96 checkpoints there: at 64, bench_cpu.py mcsf was 2%
+# slower), so the switch is at 128, where bench_sim.py's 256-running rows gain.
 NUMPY_FROM_CHECKPOINTS = 128
 
 
@@ -225,7 +228,7 @@ class AbsolutePlan:
         self._count: list[int] = []
         self._v: list[int] = []
         # With at least `numpy_from` checkpoints the three arrays live in `_arr` instead of the lists:
-        # rows sum_f, count, v, end over columns [:len(_ends)] (spare columns after), so a prefix
+        # rows sum_f, v, end, count over columns [:len(_ends)] (spare columns after), so a prefix
         # update is a few vectorised passes; below it, list comprehensions are cheaper than numpy calls.
         self._numpy_from = numpy_from
         self._arr: np.ndarray | None = None
@@ -240,13 +243,13 @@ class AbsolutePlan:
     def _to_numpy(self) -> None:
         n = len(self._ends)
         arr = np.zeros((4, max(2 * n, 4)), dtype=np.int64)
-        arr[:, :n] = (self._sum_f, self._count, self._v, self._ends)
+        arr[:, :n] = (self._sum_f, self._v, self._ends, self._count)
         self._arr = arr
         self._sum_f, self._count, self._v = [], [], []
 
     def _to_lists(self) -> None:
         arr, n = self._arr, len(self._ends)
-        self._sum_f, self._count, self._v = arr[0, :n].tolist(), arr[1, :n].tolist(), arr[2, :n].tolist()
+        self._sum_f, self._v, self._count = arr[0, :n].tolist(), arr[1, :n].tolist(), arr[3, :n].tolist()
         self._arr = None
 
     def add(self, rid: int, base: int, end: int) -> None:
@@ -263,28 +266,15 @@ class AbsolutePlan:
             return
         ends = self._ends
         k = bisect_left(ends, end)
-        new = k == len(ends) or ends[k] != end
-        if new and self._arr is None and len(ends) + 1 >= self._numpy_from:
-            self._to_numpy()
-        arr = self._arr
-        if arr is not None:
-            if new:
-                n = len(ends)
-                if n == arr.shape[1]:
-                    arr = self._arr = np.concatenate((arr, np.zeros_like(arr)), axis=1)
-                f, c = (int(arr[0, k]), int(arr[1, k])) if k < n else (0, 0)
-                arr[:, k + 1:n + 1] = arr[:, k:n]
-                arr[:, k] = (f, c, f + end * (c + 1), end)
-                ends.insert(k, end)
-            k += 1
-            arr[0, :k] += base
-            arr[1, :k] += 1
-            v = arr[2, :k]
-            v += arr[3, :k]
-            v += base
+        if self._arr is not None:
+            self._add_numpy(k, base, end)
             return
         sum_f, count, v = self._sum_f, self._count, self._v
-        if new:
+        if k == len(ends) or ends[k] != end:
+            if len(ends) + 1 >= self._numpy_from:
+                self._to_numpy()
+                self._add_numpy(k, base, end)
+                return
             # A new checkpoint: the requests alive at it are those ending at or after it.
             f, n = (sum_f[k], count[k]) if k < len(ends) else (0, 0)
             ends.insert(k, end)
@@ -295,6 +285,22 @@ class AbsolutePlan:
         sum_f[:k] = [f + base for f in sum_f[:k]]
         count[:k] = [n + 1 for n in count[:k]]
         v[:k] = [x + base + a for x, a in zip(v[:k], ends[:k], strict=True)]
+
+    def _add_numpy(self, k: int, base: int, end: int) -> None:
+        """`add`'s checkpoint update over the numpy arrays (k = bisect_left(ends, end)): the same steps."""
+        ends, arr = self._ends, self._arr
+        n = len(ends)
+        if k == n or ends[k] != end:
+            if n == arr.shape[1]:
+                arr = self._arr = np.concatenate((arr, np.zeros_like(arr)), axis=1)
+            f, c = (int(arr[0, k]), int(arr[3, k])) if k < n else (0, 0)
+            arr[:, k + 1:n + 1] = arr[:, k:n]
+            arr[:, k] = (f, f + end * (c + 1), end, c)
+            ends.insert(k, end)
+        k += 1
+        arr[:2, :k] += base  # sum_f and v
+        arr[1, :k] += arr[2, :k]
+        arr[3, :k] += 1
 
     def add_late(self, rid: int, base: int) -> None:
         """Plan `rid` one round at a time (it outlived its plan)."""
@@ -330,11 +336,9 @@ class AbsolutePlan:
                 del ends[k]
             else:
                 k += 1
-            arr[0, :k] -= base
-            arr[1, :k] -= 1
-            v = arr[2, :k]
-            v -= arr[3, :k]
-            v -= base
+            arr[:2, :k] -= base
+            arr[1, :k] -= arr[2, :k]
+            arr[3, :k] -= 1
             return
         sum_f, count, v = self._sum_f, self._count, self._v
         if emptied:
@@ -398,31 +402,43 @@ class AbsolutePlan:
                 if 2 * len(ends) < self._numpy_from:  # halfway below, so a plan near it does not flip every event
                     self._to_lists()
                     arr = None
+        if arr is not None:
+            return self._fits_numpy(arr, footprint, rounds, now)
+        sum_f, count = self._sum_f, self._count
         cap = self.cap - footprint
         late = self._late
-        last = now + rounds
-        if arr is None:
-            sum_f, count = self._sum_f, self._count
-            f0, n0 = (sum_f[0], count[0]) if ends else (0, 0)
-            k = bisect_right(ends, last)
-            v_max = max(self._v[:k]) if k else None
-            k = bisect_left(ends, last)
-            f_k, n_k = (sum_f[k], count[k]) if k < len(ends) else (0, 0)
-        else:
-            f0, n0 = (int(arr[0, 0]), int(arr[1, 0])) if ends else (0, 0)
-            k = bisect_right(ends, last)
-            v_max = int(arr[2, :k].max()) if k else None
-            k = bisect_left(ends, last)
-            f_k, n_k = (int(arr[0, k]), int(arr[1, k])) if k < len(ends) else (0, 0)
         if late:
             # The first checkpoint (now + 1) holds every request, the late group included.
-            n_all = len(late) + n0
-            f_all = self._late_sum + f0
+            n_all = len(late) + (count[0] if ends else 0)
+            f_all = self._late_sum + (sum_f[0] if ends else 0)
             if f_all + (now + 1) * (n_all + 1) - now > cap:
                 return False
-        if v_max is not None and v_max - now > cap:
+        last = now + rounds
+        k = bisect_right(ends, last)
+        if k and max(self._v[:k]) - now > cap:
             return False
-        mem = f_k + last * n_k
+        k = bisect_left(ends, last)
+        mem = sum_f[k] + last * count[k] if k < len(ends) else 0
+        if rounds == 1 and late:
+            mem += self._late_sum + last * len(late)
+        return mem + rounds <= cap
+
+    def _fits_numpy(self, arr: np.ndarray, footprint: int, rounds: int, now: int) -> bool:
+        """`fits` over the numpy arrays (passed checkpoints already dropped): the same steps."""
+        ends = self._ends
+        cap = self.cap - footprint
+        late = self._late
+        if late:
+            n_all = len(late) + (int(arr[3, 0]) if ends else 0)
+            f_all = self._late_sum + (int(arr[0, 0]) if ends else 0)
+            if f_all + (now + 1) * (n_all + 1) - now > cap:
+                return False
+        last = now + rounds
+        k = bisect_right(ends, last)
+        if k and int(arr[1, :k].max()) - now > cap:
+            return False
+        k = bisect_left(ends, last)
+        mem = int(arr[0, k]) + last * int(arr[3, k]) if k < len(ends) else 0
         if rounds == 1 and late:
             mem += self._late_sum + last * len(late)
         return mem + rounds <= cap
