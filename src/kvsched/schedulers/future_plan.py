@@ -203,7 +203,8 @@ class AbsolutePlan:
     Arrays over the checkpoints (absolute ends, ascending): the suffix sums F(A) of base and
     N(A) of requests, and v(A) = F(A) + A (N(A) + 1) = m(A) + A, the quantity whose maximum
     over the checkpoints up to a candidate's end `FuturePlan.fits` bounds. An event updates
-    the checkpoints up to its end (one C-level pass per array); a checkpoint that has passed
+    the checkpoints up to its end (one list comprehension per array, or from
+    `NUMPY_FROM_CHECKPOINTS` checkpoints a few numpy calls); a checkpoint that has passed
     (A <= now) is never read again, so a request leaving at or after its planned end costs
     nothing and passed checkpoints are dropped from the front when met.
 
