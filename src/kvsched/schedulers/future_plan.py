@@ -217,7 +217,7 @@ class AbsolutePlan:
     __slots__ = ("_arr", "_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum",
                  "_numpy_from", "_sum_f", "_v", "cap")
 
-    def __init__(self, cap: int, numpy_from: int = NUMPY_FROM_CHECKPOINTS) -> None:
+    def __init__(self, cap: int, numpy_from: int | None = None) -> None:
         self.cap = cap
         self._entries: dict[int, tuple[int, int]] = {}  # id -> (base, end)
         self._by_end: dict[int, list] = {}  # end -> [sum of base, {id: base}]
@@ -231,7 +231,7 @@ class AbsolutePlan:
         # With at least `numpy_from` checkpoints the three arrays live in `_arr` instead of the lists:
         # rows sum_f, v, end, count over columns [:len(_ends)] (spare columns after), so a prefix
         # update is a few vectorised passes; below it, list comprehensions are cheaper than numpy calls.
-        self._numpy_from = numpy_from
+        self._numpy_from = NUMPY_FROM_CHECKPOINTS if numpy_from is None else numpy_from
         self._arr: np.ndarray | None = None
         self._dirty = True  # the arrays are built at the first query (bulk construction)
 
