@@ -4,7 +4,7 @@ FuturePlan built afresh from the same requests at every round, as the per-reques
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvsched.schedulers.future_plan import AbsolutePlan, FuturePlan
@@ -13,22 +13,29 @@ from kvsched.schedulers.future_plan import AbsolutePlan, FuturePlan
 # or let rounds pass; after each, every candidate is asked of both plans.
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("admit"), st.integers(1, 60), st.integers(1, 12)),
+        st.tuples(st.just("admit"), st.integers(1, 60), st.integers(1, 20)),
         st.tuples(st.just("finish"), st.integers(0, 30), st.just(0)),
         st.tuples(st.just("wait"), st.integers(1, 5), st.just(0)),
     ),
-    max_size=40,
+    max_size=60,
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(ops=ops, cap=st.integers(20, 400), candidates=st.lists(st.tuples(st.integers(1, 60), st.integers(1, 15)),
                                                               min_size=1, max_size=6),
-       bulk=st.booleans())
-def test_absolute_plan_answers_as_a_fresh_future_plan(ops, cap, candidates, bulk):
+       bulk=st.booleans(), numpy_from=st.sampled_from([1, 4, 8, 10**9]))
+# Many distinct ends, then rounds passing and finishes: the numpy arrays grow, and fall back to lists.
+@example(ops=[("admit", 3, r) for r in range(1, 21)] + [("wait", 4, 0), ("finish", 5, 0)] * 4, cap=400,
+         candidates=[(5, 3)], bulk=False, numpy_from=1)
+@example(ops=[("admit", 3, r) for r in range(20, 0, -1)] + [("wait", 4, 0), ("finish", 2, 0)] * 4, cap=300,
+         candidates=[(5, 3)], bulk=True, numpy_from=8)
+def test_absolute_plan_answers_as_a_fresh_future_plan(ops, cap, candidates, bulk, numpy_from):
+    # numpy_from: the numpy arrays always (1), lists only (10**9), or switching both ways as the
+    # number of planned ends crosses 4 or 8 (up and down, and at bulk rebuilds).
     now = 0
     running: dict[int, tuple[int, int]] = {}  # id -> (base, planned end); late ones re-planned every round
-    plan = AbsolutePlan(cap)
+    plan = AbsolutePlan(cap, numpy_from)
     next_id = 0
 
     def check() -> None:
@@ -63,7 +70,7 @@ def test_absolute_plan_answers_as_a_fresh_future_plan(ops, cap, candidates, bulk
             # The per-request pass rebuilds the plan from every running request.
             for rid, base in plan.due(now):
                 plan.add_late(rid, base)
-            plan = AbsolutePlan(cap)
+            plan = AbsolutePlan(cap, numpy_from)
             for rid, (base, end) in running.items():
                 plan.add(rid, base, max(end, now + 1))
         check()

@@ -20,6 +20,7 @@ from kvsched.kvcache import PrefixCachingKVCache, make_kv_cache
 from kvsched.loop import _Loop
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request, RequestStatus
+from kvsched.schedulers import future_plan
 from kvsched.sim.backend import SimBackend
 from kvsched.sim.cost import AffinePrefillCost
 from kvsched.traces import load_trace, scale_rate
@@ -181,6 +182,21 @@ def test_pool_equals_per_request_path_on_a_trace_slice(name, options, apc, prefi
     if not never_overflows(name, options):
         assert sum(r.num_evictions for r in old.requests) > 0  # the slice does exercise preemption
     assert pool is not None and pool.t > 0  # and the pool did run
+
+
+@pytest.mark.parametrize(("name", "options"), [("mcsf", {}), ("mcsf", {"predictor": "oracle"}), ("a-min", {})])
+def test_mcsf_pool_with_the_numpy_plan_equals_per_request_path(name, options, monkeypatch):
+    """The absolute plan's numpy arrays (normally from 128 planned ends, here from 4) give
+    the same run as the per-request pass's FuturePlan."""
+    monkeypatch.setattr(future_plan, "NUMPY_FROM_CHECKPOINTS", 4)
+    switches = []
+    to_numpy = future_plan.AbsolutePlan._to_numpy
+    monkeypatch.setattr(future_plan.AbsolutePlan, "_to_numpy", lambda plan: switches.append(1) or to_numpy(plan))
+    reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:600], 4.0))
+    old, new, pool = run_both(reqs, name, options, capacity=8_000, block_size=16,
+                              cost=COST_MODELS.create("llama2-7b-a100"))
+    assert_same(old, new)
+    assert switches and pool is not None and pool.t > 0  # the numpy plan and the pool did run
 
 
 @pytest.mark.parametrize("name", ["vllm", "sarathi"])

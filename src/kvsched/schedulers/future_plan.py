@@ -182,6 +182,14 @@ def brute_force_fits(cap: int, alive: Iterable[tuple[int, int]], footprint: int,
     return all(sum(f + c for f, r in alive if r >= c) <= cap for c in range(1, horizon + 1))
 
 
+# Checkpoints from which `AbsolutePlan` keeps its arrays in numpy. An event there costs a
+# fixed ~10 us (a handful of numpy calls) where the lists cost ~0.1 us per checkpoint of the
+# prefix; a query (`fits`) is a little dearer in numpy for short prefixes, and MC-SF asks
+# several per event on azure-conv (64-96 checkpoints there: at 64, bench_cpu.py mcsf was 2%
+# slower), so the switch is at 128, where bench_sim.py's 256-running rows gain.
+NUMPY_FROM_CHECKPOINTS = 128
+
+
 class AbsolutePlan:
     """`FuturePlan` kept across steps in absolute round time, for a scheduler whose running
     requests all run every round (MC-SF with the decode pool, `kvsched.pool`).
@@ -195,7 +203,8 @@ class AbsolutePlan:
     Arrays over the checkpoints (absolute ends, ascending): the suffix sums F(A) of base and
     N(A) of requests, and v(A) = F(A) + A (N(A) + 1) = m(A) + A, the quantity whose maximum
     over the checkpoints up to a candidate's end `FuturePlan.fits` bounds. An event updates
-    the checkpoints up to its end (one C-level pass per array); a checkpoint that has passed
+    the checkpoints up to its end (one list comprehension per array, or from
+    `NUMPY_FROM_CHECKPOINTS` checkpoints a few numpy calls); a checkpoint that has passed
     (A <= now) is never read again, so a request leaving at or after its planned end costs
     nothing and passed checkpoints are dropped from the front when met.
 
@@ -205,10 +214,10 @@ class AbsolutePlan:
     passed, for the caller to re-plan.
     """
 
-    __slots__ = ("_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum", "_sum_f",
-                 "_v", "cap")
+    __slots__ = ("_arr", "_by_end", "_count", "_dirty", "_end_heap", "_ends", "_entries", "_late", "_late_sum",
+                 "_numpy_from", "_sum_f", "_v", "cap")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, numpy_from: int | None = None) -> None:
         self.cap = cap
         self._entries: dict[int, tuple[int, int]] = {}  # id -> (base, end)
         self._by_end: dict[int, list] = {}  # end -> [sum of base, {id: base}]
@@ -219,6 +228,11 @@ class AbsolutePlan:
         self._sum_f: list[int] = []
         self._count: list[int] = []
         self._v: list[int] = []
+        # With at least `numpy_from` checkpoints the three arrays live in `_arr` instead of the lists:
+        # rows sum_f, v, end, count over columns [:len(_ends)] (spare columns after), so a prefix
+        # update is a few vectorised passes; below it, list comprehensions are cheaper than numpy calls.
+        self._numpy_from = NUMPY_FROM_CHECKPOINTS if numpy_from is None else numpy_from
+        self._arr: np.ndarray | None = None
         self._dirty = True  # the arrays are built at the first query (bulk construction)
 
     def __len__(self) -> int:
@@ -226,6 +240,18 @@ class AbsolutePlan:
 
     def __contains__(self, rid: int) -> bool:
         return rid in self._entries or rid in self._late
+
+    def _to_numpy(self) -> None:
+        n = len(self._ends)
+        arr = np.zeros((4, max(2 * n, 4)), dtype=np.int64)
+        arr[:, :n] = (self._sum_f, self._v, self._ends, self._count)
+        self._arr = arr
+        self._sum_f, self._count, self._v = [], [], []
+
+    def _to_lists(self) -> None:
+        arr, n = self._arr, len(self._ends)
+        self._sum_f, self._v, self._count = arr[0, :n].tolist(), arr[1, :n].tolist(), arr[3, :n].tolist()
+        self._arr = None
 
     def add(self, rid: int, base: int, end: int) -> None:
         """Plan request `rid` to hold base + A at every absolute round A <= end."""
@@ -239,9 +265,17 @@ class AbsolutePlan:
             slot[1][rid] = base
         if self._dirty:
             return
-        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
+        ends = self._ends
         k = bisect_left(ends, end)
+        if self._arr is not None:
+            self._add_numpy(k, base, end)
+            return
+        sum_f, count, v = self._sum_f, self._count, self._v
         if k == len(ends) or ends[k] != end:
+            if len(ends) + 1 >= self._numpy_from:
+                self._to_numpy()
+                self._add_numpy(k, base, end)
+                return
             # A new checkpoint: the requests alive at it are those ending at or after it.
             f, n = (sum_f[k], count[k]) if k < len(ends) else (0, 0)
             ends.insert(k, end)
@@ -252,6 +286,22 @@ class AbsolutePlan:
         sum_f[:k] = [f + base for f in sum_f[:k]]
         count[:k] = [n + 1 for n in count[:k]]
         v[:k] = [x + base + a for x, a in zip(v[:k], ends[:k], strict=True)]
+
+    def _add_numpy(self, k: int, base: int, end: int) -> None:
+        """`add`'s checkpoint update over the numpy arrays (k = bisect_left(ends, end)): the same steps."""
+        ends, arr = self._ends, self._arr
+        n = len(ends)
+        if k == n or ends[k] != end:
+            if n == arr.shape[1]:
+                arr = self._arr = np.concatenate((arr, np.zeros_like(arr)), axis=1)
+            f, c = (int(arr[0, k]), int(arr[3, k])) if k < n else (0, 0)
+            arr[:, k + 1:n + 1] = arr[:, k:n]
+            arr[:, k] = (f, f + end * (c + 1), end, c)
+            ends.insert(k, end)
+        k += 1
+        arr[:2, :k] += base  # sum_f and v
+        arr[1, :k] += arr[2, :k]
+        arr[3, :k] += 1
 
     def add_late(self, rid: int, base: int) -> None:
         """Plan `rid` one round at a time (it outlived its plan)."""
@@ -277,8 +327,21 @@ class AbsolutePlan:
             slot[0] -= base
         if self._dirty or end <= now:
             return  # a passed checkpoint: never read again
-        ends, sum_f, count, v = self._ends, self._sum_f, self._count, self._v
+        ends = self._ends
         k = bisect_left(ends, end)
+        arr = self._arr
+        if arr is not None:
+            if emptied:
+                n = len(ends)
+                arr[:, k:n - 1] = arr[:, k + 1:n]
+                del ends[k]
+            else:
+                k += 1
+            arr[:2, :k] -= base
+            arr[1, :k] -= arr[2, :k]
+            arr[3, :k] -= 1
+            return
+        sum_f, count, v = self._sum_f, self._count, self._v
         if emptied:
             del ends[k], sum_f[k], count[k], v[k]
         else:
@@ -317,6 +380,9 @@ class AbsolutePlan:
             count[k] = n_acc
             v[k] = f_acc + a * (n_acc + 1)
         self._ends, self._sum_f, self._count, self._v = ends, sum_f, count, v
+        self._arr = None
+        if n >= self._numpy_from:
+            self._to_numpy()
         self._dirty = False
 
     def fits(self, footprint: int, rounds: int, now: int) -> bool:
@@ -325,9 +391,20 @@ class AbsolutePlan:
         if self._dirty:
             self._rebuild()
         ends = self._ends
+        arr = self._arr
         if ends and ends[0] <= now:  # passed checkpoints: drop them
             i = bisect_right(ends, now)
-            del ends[:i], self._sum_f[:i], self._count[:i], self._v[:i]
+            if arr is None:
+                del ends[:i], self._sum_f[:i], self._count[:i], self._v[:i]
+            else:
+                n = len(ends)
+                arr[:, :n - i] = arr[:, i:n]
+                del ends[:i]
+                if 2 * len(ends) < self._numpy_from:  # halfway below, so a plan near it does not flip every event
+                    self._to_lists()
+                    arr = None
+        if arr is not None:
+            return self._fits_numpy(arr, footprint, rounds, now)
         sum_f, count = self._sum_f, self._count
         cap = self.cap - footprint
         late = self._late
@@ -343,6 +420,26 @@ class AbsolutePlan:
             return False
         k = bisect_left(ends, last)
         mem = sum_f[k] + last * count[k] if k < len(ends) else 0
+        if rounds == 1 and late:
+            mem += self._late_sum + last * len(late)
+        return mem + rounds <= cap
+
+    def _fits_numpy(self, arr: np.ndarray, footprint: int, rounds: int, now: int) -> bool:
+        """`fits` over the numpy arrays (passed checkpoints already dropped): the same steps."""
+        ends = self._ends
+        cap = self.cap - footprint
+        late = self._late
+        if late:
+            n_all = len(late) + (int(arr[3, 0]) if ends else 0)
+            f_all = self._late_sum + (int(arr[0, 0]) if ends else 0)
+            if f_all + (now + 1) * (n_all + 1) - now > cap:
+                return False
+        last = now + rounds
+        k = bisect_right(ends, last)
+        if k and int(arr[1, :k].max()) - now > cap:
+            return False
+        k = bisect_left(ends, last)
+        mem = int(arr[0, k]) + last * int(arr[3, k]) if k < len(ends) else 0
         if rounds == 1 and late:
             mem += self._late_sum + last * len(late)
         return mem + rounds <= cap
