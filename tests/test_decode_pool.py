@@ -168,11 +168,12 @@ def test_mcsf_family_pool_equals_per_request_path(reqs, which, block_size, capac
     assert pool is not None
 
 
-@pytest.mark.parametrize(("name", "options", "apc"), POOL_SCHEDULERS)
-@pytest.mark.parametrize("prefix_caching", [False, True])
-def test_pool_equals_per_request_path_on_a_trace_slice(name, options, apc, prefix_caching):
-    if prefix_caching and not apc:
-        pytest.skip("no prefix caching for this scheduler")
+# Each configuration without prefix caching, and with it where the scheduler supports it.
+TRACE_SLICE_CASES = [(n, o, pc) for n, o, apc in POOL_SCHEDULERS for pc in ((False, True) if apc else (False,))]
+
+
+@pytest.mark.parametrize(("name", "options", "prefix_caching"), TRACE_SLICE_CASES)
+def test_pool_equals_per_request_path_on_a_trace_slice(name, options, prefix_caching):
     # 600 Azure conversation requests at 4x their rate into a small cache: hundreds of
     # preemptions, and long decode runs that the pool advances as a group.
     reqs = with_short_predictions(scale_rate(load_trace("azure-conv")[:600], 4.0))
