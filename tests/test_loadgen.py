@@ -52,6 +52,9 @@ from kvsched.results import json_safe
 
 DELAY_S = 0.02  # the test server's sleep before every token
 MODEL = "test-model"
+# Streams asking for GATE_TOKENS tokens are held until GATE_SIZE of them are in flight (or
+# GATE_TIMEOUT_S passes, which the server logs): an event to synchronise on, not a clock.
+GATE_TOKENS, GATE_SIZE, GATE_TIMEOUT_S = 17, 4, 30.0
 
 
 # --- a real OpenAI-style streaming server -------------------------------------------------
@@ -63,6 +66,8 @@ def _event(obj) -> list[bytes]:
 
 
 def _make_app(log: list) -> Starlette:
+    gate = {"arrived": 0, "open": asyncio.Event()}
+
     async def models(request: HTTPRequest):
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}, {"id": "other"}]})
 
@@ -84,9 +89,19 @@ def _make_app(log: list) -> Starlette:
             return {"object": "text_completion", "model": MODEL,
                     "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
 
+        if n == GATE_TOKENS:
+            gate["arrived"] += 1
+            if gate["arrived"] >= GATE_SIZE:
+                gate["open"].set()
+
         async def stream():
             if n == 11:
                 await asyncio.sleep(5)
+            if n == GATE_TOKENS:
+                try:
+                    await asyncio.wait_for(gate["open"].wait(), GATE_TIMEOUT_S)
+                except TimeoutError:
+                    log.append({"gate_timed_out": True})
             if chat:  # vLLM's first chat chunk: the role and empty content, not a token
                 for part in _event({"object": "chat.completion.chunk", "model": MODEL,
                                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}):
@@ -361,17 +376,22 @@ def test_chat_endpoint_skips_the_role_chunk(server):
 
 
 def test_open_loop_sends_on_schedule_and_concurrency_cap_serialises(server):
-    # Each response takes about 10 x 20 ms, far longer than the 40 ms between arrivals.
-    reqs = [Request(i, 0.04 * i, 8, 10) for i in range(4)]
+    # The server holds these streams until all four requests are in flight: an open loop sends
+    # each at its arrival time without waiting for the others' responses; a client that waited
+    # would leave the gate shut until it timed out.
+    reqs = [Request(i, 0.04 * i, 8, GATE_TOKENS) for i in range(GATE_SIZE)]
     calls = []
     result = asyncio.run(run_benchmark(reqs, BenchConfig(url=server.url, model=MODEL), on_record=calls.append))
     recs = result.records
     assert len(calls) == 4 and all(r.success for r in recs)
+    assert not any(e.get("gate_timed_out") for e in server.log)  # all four were in flight together
+    assert max(r.send_time for r in recs) < min(r.first_token_time for r in recs)
     for r in recs:
-        assert r.arrival_time <= r.send_time < r.arrival_time + 0.04  # sent on time, not when others finish
-    assert recs[3].send_time < recs[0].end_time  # all four were in flight together
-    assert result.summary["max_send_lag_ms"] < 40
+        assert r.send_time >= r.arrival_time  # never before its arrival time
+        assert r.send_lag_s == pytest.approx(r.send_time - r.arrival_time)
 
+    # Each response takes at least 10 x 20 ms, far longer than the 40 ms between arrivals.
+    reqs = [Request(i, 0.04 * i, 8, 10) for i in range(4)]
     capped = _bench(reqs, url=server.url, model=MODEL, max_concurrency=1).records
     for prev, nxt in itertools.pairwise(capped):
         assert nxt.send_time >= prev.end_time - 1e-3  # one at a time
