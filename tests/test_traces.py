@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -124,17 +123,6 @@ def test_trace_stats_match_data_readme(name):
         assert stats["rate_per_s"] == pytest.approx(rate, abs=0.006)
         assert stats["interarrival_cv"] == pytest.approx(cv, abs=0.006)
         assert stats["span_time_s"] == pytest.approx(rows / stats["rate_per_s"])
-
-
-def test_load_azure_conv_is_fast():
-    best_s = min(_timed(lambda: load_trace("azure-conv")) for _ in range(3))
-    assert best_s < 0.5
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def test_length_only_trace_needs_rate_and_rng_and_is_seeded():
