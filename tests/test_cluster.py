@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -621,3 +622,16 @@ def test_a_router_instance_is_not_shared_between_pools():
                                    router=RoundRobin(), disaggregation=Disaggregation(2, 2, 10.0, 1000))
     assert by_name.replica_of == by_instance.replica_of
     assert by_name.decode_replica_of == by_instance.decode_replica_of
+
+
+def test_report_of_a_cluster_sweep_plots_latency_against_replicas(tmp_path):
+    from kvsched.experiments.sweep import run_sweep
+    from kvsched.report import render_report
+
+    grid = _grid(rates=[8.0], replicas=[1, 2], routers=["round-robin", "least-kv"], seeds=[0, 1])
+    _, outcome = run_sweep(grid, tmp_path / "sweep", save_runs=False)
+    assert not outcome.failed
+    md = render_report(tmp_path / "sweep", tmp_path / "r.md", fmt="md").read_text()
+    assert "### Latency vs replicas" in md
+    png = re.search(r"!\[[^\]]*\]\(([^)]*replicas[^)]*\.png)\)", md)
+    assert png and (tmp_path / png.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -383,7 +383,9 @@ class PrefixCachingKVCache(KVCache):
             self.num_evicted_blocks += hidden + evicted
 
     def _push_run(self, ids: list[int], kind, front: bool) -> int:
-        """Put the blocks `ids` (in queue order, keyless or DEAD) in the free queue as one node."""
+        """Put the blocks `ids` in the free queue as one node of `kind` and return it: keyless
+        (None) or DEAD blocks in queue order, an OWN run in block order (queue order reversed).
+        The linking repeats `_push`'s, inlined there because it runs once per freed block."""
         nxt, prv = self._next, self._prev
         if self._free_nodes:
             node = self._free_nodes.pop()

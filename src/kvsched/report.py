@@ -294,6 +294,13 @@ def _over_seeds(ok: pd.DataFrame, col: str) -> pd.DataFrame:
     return ok.groupby(["label", "x"], sort=True)[col].agg(["mean", "min", "max"]).reset_index()
 
 
+def _mean_band(ax, x, agg, color, label: str) -> None:
+    """The mean over seeds as a curve, with the min-max band where the seeds differ."""
+    ax.plot(x, agg["mean"], marker="o", ms=3.5, color=color, label=label)
+    if (agg["max"] > agg["min"]).any():
+        ax.fill_between(x, agg["min"], agg["max"], color=color, alpha=0.15, lw=0)
+
+
 def _draw_vs_rate(ax, ok: pd.DataFrame, col: str, labels: list[str], colors: dict) -> None:
     """One curve per label against the rate (band: min-max over seeds), or bars with
     min-max error bars when the group has a single rate."""
@@ -307,9 +314,7 @@ def _draw_vs_rate(ax, ok: pd.DataFrame, col: str, labels: list[str], colors: dic
     for lab in labels:
         a = agg[agg["label"] == lab].dropna(subset=["mean"])
         if len(a):
-            ax.plot(a["x"], a["mean"], marker="o", ms=3.5, color=colors[lab], label=lab)
-            if (a["max"] > a["min"]).any():
-                ax.fill_between(a["x"], a["min"], a["max"], color=colors[lab], alpha=0.15, lw=0)
+            _mean_band(ax, a["x"], a, colors[lab], lab)
     ax.set_xlabel("arrival rate (req/s)")
     ax.grid(alpha=0.3)
 
@@ -371,9 +376,7 @@ def _replicas_blocks(ok: pd.DataFrame, gid: str, x: float | None) -> list:
             for c in curves:
                 a = agg[agg["router_label"] == c].dropna(subset=["mean"])
                 if len(a):
-                    ax.plot(a["replicas"], a["mean"], marker="o", ms=3.5, color=colors[c], label=c)
-                    if (a["max"] > a["min"]).any():
-                        ax.fill_between(a["replicas"], a["min"], a["max"], color=colors[c], alpha=0.15, lw=0)
+                    _mean_band(ax, a["replicas"], a, colors[c], c)
             ax.set_xlabel("replicas")
             ax.set_xscale("log", base=2)
             counts = sorted(int(n) for n in at["replicas"].unique())
