@@ -388,7 +388,6 @@ def test_open_loop_sends_on_schedule_and_concurrency_cap_serialises(server):
     assert max(r.send_time for r in recs) < min(r.first_token_time for r in recs)
     for r in recs:
         assert r.send_time >= r.arrival_time  # never before its arrival time
-        assert r.send_lag_s == pytest.approx(r.send_time - r.arrival_time)
 
     # Each response takes at least 10 x 20 ms, far longer than the 40 ms between arrivals.
     reqs = [Request(i, 0.04 * i, 8, 10) for i in range(4)]
