@@ -18,7 +18,6 @@ X | None, list[X]) and a value of the wrong type names the option, its type and 
 
 from __future__ import annotations
 
-import difflib
 import enum
 import importlib
 import inspect
@@ -121,6 +120,8 @@ def options_of(factory: Callable[..., Any]) -> tuple[Option, ...] | None:
 
 def _did_you_mean(name: str, names) -> str:
     """ "; did you mean 'x'?" with the closest of `names`, else ";" (the caller's text follows)."""
+    import difflib  # only for an error: not imported by every start
+
     close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ";"
 
