@@ -63,8 +63,9 @@ def test_simulate_imports_only_the_scheduler_module_it_runs():
     assert len(modules) > 5  # the check below means something
     assert _imported_after(argv, modules) == ["kvsched.schedulers.vllm"]
     # ... nor the WAIT family's helpers and the fluid model, which only WAIT schedulers use, nor
-    # difflib, which only an error's "did you mean" uses, nor numpy.ma (np.percentile's import)
-    unused = ("kvsched.schedulers.wait_common", "kvsched.bounds.fluid", "difflib", "numpy.ma")
+    # difflib, which only an error's "did you mean" uses, nor numpy.ma (np.percentile's import) and
+    # numpy.typing (annotations)
+    unused = ("kvsched.schedulers.wait_common", "kvsched.bounds.fluid", "difflib", "numpy.ma", "numpy.typing")
     assert _imported_after(argv, unused) == []
     # A WAIT scheduler still gets its design options from the run (they land in its config).
     wait = ["simulate", "--trace", "synthetic:n=20,rate=1,prompt=8,output=2", "--scheduler", "wait", "--json",
