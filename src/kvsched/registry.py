@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Entry(Generic[T]):
+    """A registered name, its factory and its one-line description."""
+
     name: str
     factory: Callable[..., T]
     description: str
@@ -49,6 +51,8 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 @dataclass(frozen=True, slots=True)
 class Option:
+    """One keyword option of a factory: name, type and default (see `options_of`)."""
+
     name: str
     type: Any  # the resolved annotation, the default's type, or None (anything goes)
     default: Any = _NO_DEFAULT
