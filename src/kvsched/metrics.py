@@ -116,9 +116,10 @@ def steps_frame(run: Run) -> pd.DataFrame:
 
 def percentiles(values: np.ndarray, q=PERCENTILES) -> np.ndarray:
     """`np.percentile(values, q)` of a 1-D float array without NaN, bit for bit: numpy's own
-    'linear' steps (its `_get_indexes`, `_get_gamma` and `_lerp`), on a sorted copy instead of a
-    partition, without the `np.unique` of the partition points, which imports numpy.ma (~8 ms
-    of every `kvsched simulate`). tests/test_metrics.py compares the two."""
+    'linear' steps (its `_get_indexes`, `_get_gamma` and `_lerp`) on a copy partitioned at the
+    same points (ties such as 0.0 and -0.0 land where numpy's partition puts them), with the
+    points' `np.unique` done in Python: numpy's imports numpy.ma (~8 ms of every `kvsched
+    simulate`). tests/test_metrics.py compares the two."""
     n = len(values)
     virtual = (n - 1) * np.true_divide(np.asarray(q), 100)
     previous = np.floor(virtual)
@@ -127,7 +128,8 @@ def percentiles(values: np.ndarray, q=PERCENTILES) -> np.ndarray:
     previous[above] = -1
     following[above] = -1
     previous, following = previous.astype(np.intp), following.astype(np.intp)
-    ordered = np.sort(values)
+    ordered = values.flatten()
+    ordered.partition(np.array(sorted({0, -1, *previous.tolist(), *following.tolist()}), dtype=np.intp))
     gamma = np.asanyarray(virtual - previous, dtype=virtual.dtype)
     a, b = ordered[previous], ordered[following]
     diff = b - a
