@@ -77,6 +77,7 @@ def test_a_hint_that_misses_falls_back_to_every_module_in_sorted_order(plug):
 
 
 def test_an_unknown_name_imports_everything_and_its_error_lists_every_name(plug):
+    assert "alpha.beta" not in plug.THINGS  # not a module name: no hint, no error
     assert "nope" not in plug.THINGS
     assert sorted(plug.LOADED) == sorted(MODULES)
     with pytest.raises(KeyError) as exc:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import enum
 import importlib
+import importlib.util
 import inspect
-import pkgutil
 import types
 import typing
 from collections.abc import Callable
@@ -282,6 +282,8 @@ class Registry(Generic[T]):
         package = importlib.import_module(self.home)
         if not hasattr(package, "__path__"):  # a plain module registers everything it holds
             return [self.home]
+        import pkgutil  # only for a listing or a miss: not imported by every start
+
         return sorted(f"{self.home}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
 
     def _import_all(self) -> None:
@@ -294,12 +296,13 @@ class Registry(Generic[T]):
         entry = self._entries.get(name)
         if entry is not None or self._complete:
             return entry
-        modules = self.home_modules()
-        for stem in dict.fromkeys((name.replace("-", "_"), name.split("-")[0])):
-            if f"{self.home}.{stem}" in modules:
-                importlib.import_module(f"{self.home}.{stem}")
-                if name in self._entries:
-                    return self._entries[name]
+        if hasattr(importlib.import_module(self.home), "__path__"):
+            for stem in dict.fromkeys((name.replace("-", "_"), name.split("-")[0])):
+                module = f"{self.home}.{stem}"
+                if stem.isidentifier() and importlib.util.find_spec(module) is not None:
+                    importlib.import_module(module)
+                    if name in self._entries:
+                        return self._entries[name]
         self._import_all()
         return self._entries.get(name)
 
