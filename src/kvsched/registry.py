@@ -4,8 +4,8 @@ Adding a scheduler touches one file: decorate its class with
 `@SCHEDULERS.register("name")` in a module of the `kvsched.schedulers` package. Nothing
 imports that module for the registration: `SCHEDULERS` imports its home package's modules
 itself, when a name it does not hold is asked for (the module named like the scheduler
-first, then all of them) or when all names are listed, so a run imports only the scheduler
-it runs. Cluster routers register the same way with `@ROUTERS.register("name")`
+first, then all of them) or when all names are listed, so a `vllm` run imports only
+`schedulers/vllm.py` (and what it imports). Cluster routers register the same way with `@ROUTERS.register("name")`
 (`kvsched.cluster.routers`).
 
 A factory's keyword arguments are its options; `Registry.options` lists them (name, type
