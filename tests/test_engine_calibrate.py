@@ -9,7 +9,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import kvsched.schedulers  # noqa: F401  (registration)
 from kvsched.engine.calibrate import FIDELITY_KEYS, calibrate, profile_steps, validate
 from kvsched.engine.model import Llama, LlamaConfig, init_random_
 from kvsched.request import Request

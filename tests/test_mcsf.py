@@ -19,7 +19,6 @@ from conftest import Recorder, reqs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kvsched.schedulers  # noqa: F401  (registration)
 from kvsched.predictors import with_predictions
 from kvsched.registry import SCHEDULERS
 from kvsched.request import Request

@@ -17,9 +17,11 @@ import math
 import numpy as np
 import pytest
 from conftest import reqs
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from kvsched.loop import STEP_COLUMNS
-from kvsched.metrics import requests_frame, steps_frame, summarize
+from kvsched.metrics import PERCENTILES, percentiles, requests_frame, steps_frame, summarize
 from kvsched.registry import SCHEDULERS
 from kvsched.sim import simulate
 from kvsched.sim.cost import UnitCost
@@ -262,3 +264,28 @@ def test_summary_reads_a_step_table_as_its_mapping_of_lists():
     as_lists = replace(run, steps={c: run.steps[c] for c in STEP_COLUMNS})
     assert summarize(run) == summarize(as_lists)
     assert summarize(run)["num_preemptions"] > 0
+
+
+_FLOATS = st.floats(allow_nan=False, allow_infinity=True, width=64)
+
+
+@settings(max_examples=400, deadline=None)
+@example([0.0] * 8 + [-0.0], [94.0]).via("ties of 0.0 and -0.0: where the partition puts them")
+@example([0.0, -0.0, 0.0, -0.0, 5.0], [0.0, 50.0])
+@given(st.lists(st.one_of(_FLOATS, st.sampled_from([0.0, -0.0, 1.0, 1e-300, 2.5])), min_size=1, max_size=60),
+       st.lists(st.one_of(st.floats(0, 100), st.sampled_from(PERCENTILES)), min_size=1, max_size=5))
+def test_percentiles_equal_numpys_bit_for_bit(values, q):
+    # The summary's percentiles (metrics.percentiles, which imports no numpy.ma) are numpy's.
+    values = np.array(values, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN in both
+        expected = np.percentile(values, q)
+        got = percentiles(values, q)
+        assert got.tobytes() == expected.tobytes()
+        assert percentiles(values).tobytes() == np.percentile(values, PERCENTILES).tobytes()
+
+
+def test_percentiles_of_latencies_equal_numpys():
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 10, 101, 19_366):
+        values = rng.lognormal(0.0, 2.0, n)
+        assert percentiles(values).tobytes() == np.percentile(values, PERCENTILES).tobytes()

@@ -541,3 +541,35 @@ def test_head_is_the_first_n_of_the_renumbered_trace(rows, n):
     fields = ("request_id", "arrival_time", "prompt_len", "output_len", "predicted_output_len")
     got = [tuple(getattr(r, f) for f in fields) for r in head(reqs, n)]
     assert got == [tuple(getattr(r, f) for f in fields) for r in _renumbered(_renumbered(reqs)[:n])]
+
+
+def _fields(reqs) -> list[tuple]:
+    import dataclasses
+
+    return [tuple(getattr(r, f.name) for f in dataclasses.fields(r)) for r in reqs]
+
+
+# Real arrivals; drawn arrivals; real arrivals with prefix ids (Mooncake's hash ids).
+@pytest.mark.parametrize("trace", [t for t in SHIPPED_TRACES if t.name in ("azure-conv", "arxiv-summarization",
+                                                                          "mooncake-conv")], ids=lambda t: t.name)
+def test_the_first_n_of_a_load_are_its_head_after_the_same_draws(trace):
+    # load_trace(first=N) builds only N requests (what --num-requests N runs): the whole load's head.
+    rate = 5.0 if trace.name in LENGTH_ONLY else None
+    rng = np.random.default_rng(4)
+    whole = load_trace(trace.name, rng=rng, rate=rate)
+    next_draw = rng.random()
+    for n in (1, 7, trace.num_requests):
+        rng = np.random.default_rng(4)
+        assert _fields(load_trace(trace.name, rng=rng, rate=rate, first=n)) == _fields(head(whole, n)), n
+        assert rng.random() == next_draw
+
+
+def test_the_first_n_of_a_csv_file_and_a_synthetic_spec_are_their_head(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_time,prompt_len,output_len\n0.5,10,2\n1,20,3\n1,30,4\n3,5,1\n")
+    for name in (str(path), "synthetic:n=20,rate=3,prompt=uniform(1,50),output=4"):
+        whole = load_trace(name, rng=np.random.default_rng(1))
+        for n in (0, 2, 3, 30):
+            assert _fields(load_trace(name, rng=np.random.default_rng(1), first=n)) == _fields(head(whole, n))
+    with pytest.raises(TraceError, match="head: n must be >= 0, got -1"):
+        load_trace(str(path), first=-1)

@@ -49,7 +49,8 @@ def require_engine(command: str, *more: str) -> None:
 
 
 def _load_plugins() -> None:
-    import kvsched.schedulers
+    # Schedulers are not loaded here: SCHEDULERS imports a scheduler's module when its name is
+    # asked for (registry.py), so a run imports only the scheduler it runs.
     import kvsched.sim.cost
     import kvsched.traces  # noqa: F401
 
@@ -89,10 +90,13 @@ def make_scheduler(name: str, options: dict):
 
 def _design_options(name: str, options: dict, reqs, cost) -> dict:
     """WAIT-family schedulers get the workload and the design time model from the run itself."""
+    if name not in SCHEDULERS or "kvsched.schedulers.wait_common" not in sys.modules:
+        # A WAIT-family class derives from wait_common.WaitFamily, so while that module is not
+        # loaded the factory is none: any other scheduler's run skips loading it (and the fluid
+        # model it needs), and gets its options unchanged as fill_design_options would give them.
+        return options
     from kvsched.schedulers.wait_common import fill_design_options
 
-    if name not in SCHEDULERS:
-        return options
     try:
         return fill_design_options(SCHEDULERS.get(name).factory, options, reqs, cost)
     except ValueError as exc:
@@ -1098,12 +1102,45 @@ def _list_of(kind: type):
 _floats, _ints = _list_of(float), _list_of(int)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Ignored:
+    """A subcommand's parser while the CLI builds only the one being run: every call on it
+    (add_argument, groups, set_defaults, nested subparsers) is accepted and does nothing."""
+
+    def __getattr__(self, name: str):
+        return self._ignore
+
+    def _ignore(self, *args, **kwargs) -> _Ignored:
+        return self
+
+
+class _OnlySubcommand:
+    """The subparsers action as the subcommand builders see it when the command line names its
+    subcommand. Every subcommand is still registered, in the same order, with its name and help,
+    so the top-level usage, help and invalid-choice errors stay as they are; only the named one
+    gets a parser, the others an `_Ignored` that argparse keeps but never calls (building all 23
+    parsers and their ~350 arguments took ~5 ms of every start)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, command: str) -> None:
+        self._command, self._wanted, self._parser_class = command, False, type(parser)
+        self._sub = parser.add_subparsers(dest="command", required=True, parser_class=self._parser)
+
+    def _parser(self, **kwargs):
+        return self._parser_class(**kwargs) if self._wanted else _Ignored()
+
+    def add_parser(self, name: str, **kwargs):
+        self._wanted = name == self._command
+        return self._sub.add_parser(name, **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with `command`, only that subcommand's parser gets its arguments (the
+    others are registered by name and help: the parser for a command line whose first word is
+    `command`, which parses it as the full parser does)."""
     from kvsched.cli_args import Parser
 
     p = Parser(prog="kvsched", description="LLM inference scheduling under KV-cache limits")
     p.add_argument("--version", action="version", version=f"kvsched {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True) if command is None else _OnlySubcommand(p, command)
 
     s = sub.add_parser("simulate", help="simulate one scheduler on a workload")
     _workload_args(s)
@@ -1331,7 +1368,11 @@ def _resolve_capacity(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _load_plugins()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The first word, when it is not an option, is the subcommand argparse will run (top-level
+    # options are only --help and --version): build that one's arguments alone.
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     try:
         _resolve_capacity(args)
         return args.func(args)

@@ -10,7 +10,6 @@ argparse has no `suggest_on_error`; this is that, for every parser of the CLI.
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import re
 
@@ -18,6 +17,8 @@ _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
 
 def closest(word: str, candidates) -> str | None:
+    import difflib  # only for an error: not imported by every start
+
     found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return found[0] if found else None
 

@@ -1,8 +1,12 @@
 """Name -> factory registries for schedulers, traces and cost models.
 
 Adding a scheduler touches one file: decorate its class with
-`@SCHEDULERS.register("name")` in a module imported by `kvsched.schedulers`. Cluster
-routers register the same way with `@ROUTERS.register("name")` (`kvsched.cluster.routers`).
+`@SCHEDULERS.register("name")` in a module of the `kvsched.schedulers` package. Nothing
+imports that module for the registration: `SCHEDULERS` imports its home package's modules
+itself, when a name it does not hold is asked for (the module named like the scheduler
+first, then all of them) or when all names are listed, so a `vllm` run imports only
+`schedulers/vllm.py` (and what it imports). Cluster routers register the same way with `@ROUTERS.register("name")`
+(`kvsched.cluster.routers`).
 
 A factory's keyword arguments are its options; `Registry.options` lists them (name, type
 from the annotation or the default, default) and `Registry.check_options` is the one
@@ -14,8 +18,9 @@ X | None, list[X]) and a value of the wrong type names the option, its type and 
 
 from __future__ import annotations
 
-import difflib
 import enum
+import importlib
+import importlib.util
 import inspect
 import types
 import typing
@@ -29,6 +34,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Entry(Generic[T]):
+    """A registered name, its factory and its one-line description."""
+
     name: str
     factory: Callable[..., T]
     description: str
@@ -44,6 +51,8 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 @dataclass(frozen=True, slots=True)
 class Option:
+    """One keyword option of a factory: name, type and default (see `options_of`)."""
+
     name: str
     type: Any  # the resolved annotation, the default's type, or None (anything goes)
     default: Any = _NO_DEFAULT
@@ -115,6 +124,8 @@ def options_of(factory: Callable[..., Any]) -> tuple[Option, ...] | None:
 
 def _did_you_mean(name: str, names) -> str:
     """ "; did you mean 'x'?" with the closest of `names`, else ";" (the caller's text follows)."""
+    import difflib  # only for an error: not imported by every start
+
     close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ";"
 
@@ -237,9 +248,21 @@ def check_options(what: str, factory: Callable[..., Any], options: dict[str, Any
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    """Names -> factories of one kind.
+
+    `home` names the package whose modules register this kind. Its modules are imported on
+    demand, never by its `__init__`: a name not yet registered first imports the module named
+    like it (`wait-cp` -> `wait_cp`, then `wait`, the part before the first dash), and if that
+    does not register it, every module of the package in sorted order; a listing (`names`,
+    `entries`) and an unknown name's error import them all, so they see every name. The hint
+    only saves imports: a miss falls back to importing everything, so what a name resolves to
+    never depends on it. Without `home`, the registry holds what was registered, as imported."""
+
+    def __init__(self, kind: str, home: str | None = None) -> None:
         self.kind = kind
+        self.home = home
         self._entries: dict[str, Entry[T]] = {}
+        self._complete = home is None  # every module of `home` imported
 
     def register(self, name: str, description: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
@@ -252,12 +275,43 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def home_modules(self) -> list[str]:
+        """The modules of `home` (full names, sorted): what a complete registry has imported."""
+        if self.home is None:
+            return []
+        package = importlib.import_module(self.home)
+        if not hasattr(package, "__path__"):  # a plain module registers everything it holds
+            return [self.home]
+        import pkgutil  # only for a listing or a miss: not imported by every start
+
+        return sorted(f"{self.home}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
+
+    def _import_all(self) -> None:
+        if not self._complete:
+            for module in self.home_modules():
+                importlib.import_module(module)
+            self._complete = True
+
+    def _find(self, name: str) -> Entry[T] | None:
+        entry = self._entries.get(name)
+        if entry is not None or self._complete:
+            return entry
+        if hasattr(importlib.import_module(self.home), "__path__"):
+            for stem in dict.fromkeys((name.replace("-", "_"), name.split("-")[0])):
+                module = f"{self.home}.{stem}"
+                if stem.isidentifier() and importlib.util.find_spec(module) is not None:
+                    importlib.import_module(module)
+                    if name in self._entries:
+                        return self._entries[name]
+        self._import_all()
+        return self._entries.get(name)
+
     def get(self, name: str) -> Entry[T]:
-        try:
-            return self._entries[name]
-        except KeyError:
+        entry = self._find(name)
+        if entry is None:
             known = ", ".join(sorted(self._entries))
-            raise KeyError(f"unknown {self.kind} {name!r}{_did_you_mean(name, self._entries)} known: {known}") from None
+            raise KeyError(f"unknown {self.kind} {name!r}{_did_you_mean(name, self._entries)} known: {known}")
+        return entry
 
     def create(self, name: str, **kwargs: Any) -> T:
         return self.get(name).factory(**kwargs)
@@ -271,18 +325,18 @@ class Registry(Generic[T]):
         return check_options(f"{self.kind} {name!r}", self.get(name).factory, options,
                              listing=f"`kvsched {self.kind.replace(' ', '-')}s {name}`")
 
-
     def names(self) -> list[str]:
+        self._import_all()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry[T]]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return self._find(name) is not None
 
 
-SCHEDULERS: Registry[Any] = Registry("scheduler")
+SCHEDULERS: Registry[Any] = Registry("scheduler", home="kvsched.schedulers")
 # A trace factory returns new Request objects on every call: `build_workload` sets the
 # predictions on the requests it loads instead of copying them.
 TRACES: Registry[Any] = Registry("trace")

@@ -38,8 +38,8 @@ def _with_synthetic_rate(spec: str, rate: float) -> str:
 
 
 def _load(trace: str, rng: np.random.Generator, rate: float | None,
-          target_rate: float | None) -> tuple[list[Request], bool]:
-    """(requests, whether they still need rescaling to target_rate)."""
+          target_rate: float | None, first: int | None) -> tuple[list[Request], bool]:
+    """(requests, whether they still need rescaling to target_rate); `first`: see `load_trace`."""
     from kvsched.traces import TraceError, load_trace
 
     if target_rate is not None:
@@ -48,12 +48,12 @@ def _load(trace: str, rng: np.random.Generator, rate: float | None,
         if not (np.isfinite(target_rate) and target_rate > 0):
             raise ValueError(f"{trace!r}: target_rate must be a positive number, got {target_rate!r}")
         if trace.startswith(SYNTHETIC_PREFIX):
-            return load_trace(_with_synthetic_rate(trace, target_rate), rng=rng), False
+            return load_trace(_with_synthetic_rate(trace, target_rate), rng=rng, first=first), False
         try:  # a timed trace loads without a rate and is rescaled after the selection
-            return load_trace(trace, rng=rng), True
+            return load_trace(trace, rng=rng, first=first), True
         except TraceError:  # a length-only trace (refused before any draw): Poisson at the target
-            return load_trace(trace, rng=rng, rate=target_rate), False
-    return load_trace(trace, rng=rng, rate=rate), False
+            return load_trace(trace, rng=rng, rate=target_rate, first=first), False
+    return load_trace(trace, rng=rng, rate=rate, first=first), False
 
 
 def build_workload(trace: str, *, rate: float | None = None, target_rate: float | None = None,
@@ -64,13 +64,14 @@ def build_workload(trace: str, *, rate: float | None = None, target_rate: float 
 
     Raises ValueError (TraceError) naming the trace and the setting that is wrong."""
     from kvsched.predictors import parse_predictions
-    from kvsched.traces import clip_lengths, head, scale_lengths, scale_rate
+    from kvsched.traces import clip_lengths, scale_lengths, scale_rate
     from kvsched.traces import sample as sample_requests
 
     rng = np.random.default_rng(seed)  # the load's draws, then the sample's
-    reqs, rescale = _load(trace, rng, rate, target_rate)
-    if num_requests is not None:
-        reqs = sample_requests(reqs, num_requests, rng) if sample else head(reqs, num_requests)
+    # The head is taken by the load (`first`), which builds only the requests it keeps.
+    reqs, rescale = _load(trace, rng, rate, target_rate, None if sample else num_requests)
+    if num_requests is not None and sample:
+        reqs = sample_requests(reqs, num_requests, rng)
     if rescale:
         native = mean_rate(reqs)
         if not (np.isfinite(native) and native > 0):

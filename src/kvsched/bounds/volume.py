@@ -14,10 +14,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from numpy.typing import ArrayLike
 
 from kvsched.bounds.instance import Instance
+
+if TYPE_CHECKING:  # an annotation only: numpy.typing is not imported by every `simulate`
+    from numpy.typing import ArrayLike
 
 
 def request_volumes(prompt_len: np.ndarray, output_len: np.ndarray) -> np.ndarray:

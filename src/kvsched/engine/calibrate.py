@@ -142,8 +142,6 @@ def calibrate(model, *, block_size: int = 16, repeats: int = 3, device: str = "c
     """The fitted cost model and the points it was fitted to: the profiling grid plus,
     with `with_run`, every step of a calibration run (a different seed and workload from
     anything `validate` is asked to check)."""
-    import kvsched.schedulers  # noqa: F401  (registration, for run_steps)
-
     points = profile_steps(model, block_size=block_size, repeats=repeats, device=device, progress=progress)
     if with_run:
         points += run_steps(model, block_size=block_size, device=device, progress=progress)

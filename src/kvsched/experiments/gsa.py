@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import kvsched.schedulers  # registers the schedulers
 import kvsched.sim  # noqa: F401  (registers the cost models)
 from kvsched import __version__
 from kvsched.bounds.batch import batch_bounds, exact_optimum, job_size_ratio, regime

@@ -29,7 +29,6 @@ from kvsched.experiments.study import Executor, rows_frame, run_study
 from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request, RequestStatus
-from kvsched.schedulers import SCHEDULERS as _REGISTERED  # noqa: F401  (registers the schedulers)
 
 PAPER = {
     "synthetic": {

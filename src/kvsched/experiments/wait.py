@@ -47,7 +47,6 @@ from kvsched.experiments.study import Executor, rows_frame, run_study
 from kvsched.metrics import COMPLETION_TOLERANCE, STABLE_RATIO, load_stats
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request, RequestStatus
-from kvsched.schedulers import SCHEDULERS as _REGISTERED  # noqa: F401  (registers the schedulers)
 from kvsched.schedulers.wait_common import WaitFamily, fill_design_options, format_types
 
 CAPACITY_TOKENS = 137_000

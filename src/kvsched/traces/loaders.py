@@ -311,26 +311,28 @@ def table_to_requests(
     rate: float | None = None,
     arrival: str = "poisson",
     cv: float | None = None,
+    first: int | None = None,
 ) -> list[Request]:
     """Requests from a table: real times if it has them, else drawn from the arrival process.
 
     A rate for a timed trace is an error rather than silently ignored: replaying a
-    real trace faster is `transforms.scale_rate`.
+    real trace faster is `transforms.scale_rate`. With `first`, only the first `first`
+    requests in arrival order (`requests_from_arrays`), after the same draws.
     """
     if table.arrival_times_s is not None:
         if rate is not None:
             raise TraceError(f"{table.source}: has real arrival times, so rate={rate} does not apply; "
                              "to replay it faster use --rate-scale (kvsched.traces.scale_rate in Python)")
         return requests_from_arrays(table.arrival_times_s, table.prompt_lens, table.output_lens,
-                                    table.prefix_block_ids, table.prefix_block_size)
+                                    table.prefix_block_ids, table.prefix_block_size, first=first)
     times_s = arrival_times(arrival, len(table), rate=rate, cv=cv, rng=rng, what=table.source)
-    return requests_from_arrays(times_s, table.prompt_lens, table.output_lens)
+    return requests_from_arrays(times_s, table.prompt_lens, table.output_lens, first=first)
 
 
 def load_csv(path: str | Path, *, rng: np.random.Generator | None = None, rate: float | None = None,
-             arrival: str = "poisson", cv: float | None = None) -> list[Request]:
-    """Load a CSV of any accepted format, detected from its header."""
-    return table_to_requests(read_any(path), rng=rng, rate=rate, arrival=arrival, cv=cv)
+             arrival: str = "poisson", cv: float | None = None, first: int | None = None) -> list[Request]:
+    """Load a CSV of any accepted format, detected from its header (`first`: see `table_to_requests`)."""
+    return table_to_requests(read_any(path), rng=rng, rate=rate, arrival=arrival, cv=cv, first=first)
 
 
 def load_azure_csv(path: str | Path) -> list[Request]:

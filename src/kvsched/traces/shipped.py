@@ -7,6 +7,7 @@ Origins, licences and citations: NOTICE at the repository root and docs/traces.m
 Factories take keyword arguments only. Timed traces take `rng=None, rate=None`
 (they need neither; a rate is refused, see `loaders.table_to_requests`).
 Length-only traces need `rng` and `rate`, and may pick `arrival="gamma", cv=...`.
+Both take `first=N` to build only the first N requests in arrival order (`load_trace`).
 """
 
 from __future__ import annotations
@@ -72,16 +73,17 @@ def read_shipped(name: str) -> TraceTable:
 
 
 def _timed_factory(name: str) -> Callable[..., list[Request]]:
-    def factory(*, rng: np.random.Generator | None = None, rate: float | None = None) -> list[Request]:
-        return table_to_requests(read_shipped(name), rng=rng, rate=rate)
+    def factory(*, rng: np.random.Generator | None = None, rate: float | None = None,
+                first: int | None = None) -> list[Request]:
+        return table_to_requests(read_shipped(name), rng=rng, rate=rate, first=first)
 
     return factory
 
 
 def _length_only_factory(name: str) -> Callable[..., list[Request]]:
     def factory(*, rng: np.random.Generator | None = None, rate: float | None = None,
-                arrival: str = "poisson", cv: float | None = None) -> list[Request]:
-        return table_to_requests(read_shipped(name), rng=rng, rate=rate, arrival=arrival, cv=cv)
+                arrival: str = "poisson", cv: float | None = None, first: int | None = None) -> list[Request]:
+        return table_to_requests(read_shipped(name), rng=rng, rate=rate, arrival=arrival, cv=cv, first=first)
 
     return factory
 

@@ -315,7 +315,6 @@ def real_latencies(run: RealRun) -> dict[str, np.ndarray]:
 
 def simulate_run(run: RealRun, s: Settings):
     """The run replayed in the simulator under vLLM's scheduler rules; returns the Run."""
-    import kvsched.schedulers  # noqa: F401  (registers "vllm" when called from Python, not the CLI)
     from kvsched.registry import COST_MODELS, SCHEDULERS
     from kvsched.request import Request
     from kvsched.sim import simulate

@@ -94,7 +94,6 @@ class PolicyConfig:
 
     def check(self) -> dict[str, Any]:
         """The options, validated and coerced; raises PluginConfigError (one line)."""
-        import kvsched.schedulers  # noqa: F401  (registration)
         from kvsched.registry import SCHEDULERS, OptionError
 
         name = self.scheduler
