@@ -49,15 +49,24 @@ import numpy as np
 from kvsched.bounds import Instance, best_greedy_starts, evaluate_starts, greedy_starts, solve_ip, solve_lp
 from kvsched.bounds.chain import chain_bound
 from kvsched.bounds.volume import volume_bound
+from kvsched.experiments.mcsf_instances import instance_rng, model1_instance, model2_instance
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_ip import SIZES, heuristic_starts, make_instance
+from bench_ip import heuristic_starts
+from bench_ip import make_instance as bench_ip_instance
 
 DEFAULT_OUT = HERE / "results" / "bench_configlp.json"
-# The "small" scale for this question (n 10-20 would be too slow for the IP; n 10-14 here).
-SIZES["wide"] = {1: {"capacity_range": (15, 30), "n_range": (10, 14), "prompt_max": 3},
-                 2: {"capacity_range": (15, 30), "epochs_range": (6, 9), "prompt_max": 3}}
+# Larger capacities than bench_ip's medium family (the n ~ 10-20, M ~ 15-30).
+WIDE = {1: {"capacity_range": (15, 30), "n_range": (10, 14), "prompt_max": 3},
+        2: {"capacity_range": (15, 30), "epochs_range": (6, 9), "prompt_max": 3}}
+
+
+def make_instance(model: int, seed: int, index: int, size: str) -> Instance:
+    if size != "wide":
+        return bench_ip_instance(model, seed, index, size)
+    rng = instance_rng(seed, model, index)
+    return model1_instance(rng, **WIDE[1]) if model == 1 else model2_instance(rng, **WIDE[2])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- pricing
