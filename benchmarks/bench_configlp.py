@@ -1,7 +1,13 @@
 """Configuration LP (Dantzig-Wolfe per epoch) for the hindsight TEL: how much of the LP's gap it closes.
 
-    python benchmarks/bench_configlp.py --size medium --model 1 2 --instances 5     # known optima
-    python benchmarks/bench_configlp.py --size paper --model 1 --instances 2 --time-limit 150
+    python benchmarks/bench_configlp.py --size medium --model 2 --instances 5        # known optima
+    python benchmarks/bench_configlp.py --size small --model 1 2 --instances 5 --cg  # + column generation
+    python benchmarks/bench_configlp.py --size paper --model 2 --first 2 --instances 1 --method cg --time-limit 150
+
+The measured answer (docs/bounds.md, "The configuration LP"): on medium instances with
+n >= 9 it closes 3-14 % of the gap between the LP with threshold cuts and the optimum,
+less than the chain rows, so it is not part of `kvsched.bounds`; at paper size none of
+the three methods below finishes in a few minutes.
 
 Issue 19 asks whether a configuration LP beats the time-indexed LP relaxation of the
 MC-SF paper's hindsight IP. The model (theory mode: a start at `p` holds `s + t - p` at
@@ -17,8 +23,13 @@ epochs `p+1..p+o`):
 
 So the configuration LP is the time-indexed LP with each epoch's memory row replaced by
 the convex hull of that epoch's multiple-choice knapsack (it contains every per-epoch
-cut: threshold, cover, clique). Column generation prices configurations per epoch with an
-exact multiple-choice knapsack DP (all epochs at once in numpy).
+cut: threshold, cover, clique). Three ways to compute it:
+
+* `config_lp_flow`: compact and exact, each epoch's hull as a unit flow through the
+  knapsack's DP network (HiGHS interior point);
+* `config_lp`: column generation, pricing one exact multiple-choice knapsack DP per epoch
+  (all epochs at once in numpy), optionally smoothed around the LP's prices;
+* `lagrangian_ascent`: subgradient steps on the bound below, from the LP's prices.
 
 The bound used is never the restricted master's value but the Lagrangian one: for any
 prices `pi[i,a,tau] >= 0` on the linking rows,
