@@ -171,6 +171,12 @@ class Scheduler:
     # Addresses decoding requests as a group (`View.pool`, `Decision.pool`); a scheduler
     # without it sees every request's state exact, as always.
     uses_pool: bool = False
+    # With `uses_pool`: a decision that only decodes the pool (empty `run`, nothing preempted,
+    # `repeat` > 1) is the one `schedule` would return at the next step too while nothing
+    # arrives or finishes, the members' next blocks fit in the free blocks and (with prefix
+    # caching) no key is added to or removed from the cache's key map. The loop then applies
+    # it again without calling `schedule` (no View is built); without the flag every step calls it.
+    reuse_steady_pool: bool = False
 
     def schedule(self, view: View) -> Decision:  # pragma: no cover - interface
         raise NotImplementedError

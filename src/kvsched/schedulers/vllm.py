@@ -66,6 +66,12 @@ class VLLMScheduler(Scheduler):
 
     clairvoyant = False  # a class attribute, not an option
     uses_pool = True  # decoders as a group (docs/architecture.md, Performance)
+    # A steady pool-only decision holds until an arrival, a finish, a block shortage or a
+    # change of the prefix cache's key map: phase 1 is the pool alone, and admission stays
+    # blocked since free memory only shrinks while the queue head's need cannot fall faster
+    # (its hit is unchanged; an own run, outside the key map, loses its highest blocks first,
+    # each eviction taking one free block and lowering its need by at most one).
+    reuse_steady_pool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
