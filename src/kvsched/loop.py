@@ -445,7 +445,8 @@ class _Loop:
                     pool.leave(rid)
             if decision.pool:
                 members = len(inside)
-        if self.apc and runs:
+        admitted = None  # with nothing preempted, every waiting request in `runs` was waiting then
+        if self.apc and runs and (decision.preempt or decision.restart):
             admitted = [rid for rid in runs if rid in self.waiting]  # waiting when the view was built
         for rid in decision.preempt:
             self._preempt(rid)
@@ -531,17 +532,17 @@ class _Loop:
             num_steps = 1
             pool.allocate(1, new_blocks)
             duration = self.backend.execute((), shape)
-            kv_seconds = kv.num_used_tokens * duration
+            kv_seconds = kv._num_used_tokens * duration
         else:
             num_steps = len(durations)
             duration = float(durations[-1])  # cumulative
             pool.allocate(num_steps, pool.new_blocks_over(num_steps))
-            kv_seconds = kv.num_used_tokens * duration  # as `_apply` computes it
+            kv_seconds = kv._num_used_tokens * duration  # as `_apply` computes it
             if num_steps > 1:
                 kv_seconds -= members * _sum(durations[:-1])
         start = self.now
         end = start + duration
-        used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
+        used_tokens, used_blocks = kv._num_used_tokens, kv._num_used_blocks  # (a stock KV model: a pool runs)
         num_finished = 0
         for r in pool.advance(num_steps):  # as in `_finish_step`
             rid = r.request_id
@@ -606,12 +607,13 @@ class _Loop:
             cum = cum[: min(j + 1, k)]
         return cum
 
-    def _admit_with_hits(self, runs, admitted: list[int]):
+    def _admit_with_hits(self, runs, admitted: list[int] | None):
         """Prefix caching: every request the decision admits holds its cached prefix (as the
         view reported it) before the step, and computes only the rest. A request preempted
         by this same decision is re-admitted without a hit. Returns `runs`, with a request's
         token count cut to what is left after its hit (a scheduler that sized it without
-        looking at the cache asked for too many)."""
+        looking at the cache asked for too many). `admitted`: the ids in `runs` that were
+        waiting when the view was built (None when nothing was preempted: every waiting one)."""
         kv, hits, waiting = self.kv, self.hits, self.waiting
         clipped = None
         for rid in runs:
@@ -620,7 +622,7 @@ class _Loop:
                 continue
             if r.num_computed_tokens:
                 raise SchedulingError(f"step {self.step_index}: waiting request {rid} holds computed tokens")
-            blocks = hits.blocks(rid) if rid in admitted else []
+            blocks = hits.blocks(rid) if admitted is None or rid in admitted else []
             kv.admit(r, blocks)
             if blocks:
                 hit = len(blocks) * kv.block_size
