@@ -294,6 +294,8 @@ class _Loop:
         self._reuse_steady = self.pool is not None and getattr(scheduler, "reuse_steady_pool", False)
         self._steady: Decision | None = None
         self._steady_version = 0  # the prefix cache's key version when it was decided
+        self._steady_waiting = False  # whether requests were waiting when it was decided
+        self._steady_past_arrivals = self._reuse_steady and getattr(scheduler, "steady_past_arrivals", False)
         self._decode_time = getattr(backend, "decode_time", None)
         self._make_views()
 
@@ -350,13 +352,17 @@ class _Loop:
         steady = self._steady
         if steady is not None:
             # The scheduler's last decision only decoded the pool and promised to repeat; it
-            # opted in (`reuse_steady_pool`) to that promise holding, without a call, while
-            # nothing arrives or finishes, the pool's next blocks fit and no key a lookup can
-            # find was added or removed (then its admission stays blocked: free memory only shrank).
-            kv = self.kv
-            if (not self.arrived and not self.finished and self.pool.num_new_blocks <= kv.num_free_blocks
+            # opted in (`Scheduler.reuse_steady_pool`) to that promise holding without a call
+            # while the members' next blocks fit, no key a lookup can find was added or removed,
+            # and nothing arrived (or, with `steady_past_arrivals`, others were waiting then)
+            # or finished (or nothing is waiting). Arrived and finished requests wait in
+            # `arrived` and `finished` for the next call.
+            pool, kv = self.pool, self.kv
+            if (pool.members and pool.num_new_blocks <= kv.num_free_blocks
+                    and (not self.arrived or self._steady_waiting and self._steady_past_arrivals)
+                    and (not self.finished or not self.waiting)
                     and (not self.apc or kv._version == self._steady_version)):
-                self._pool_step(steady, len(self.pool.members))
+                self._pool_step(steady, len(pool.members))
                 return
             self._steady = None
         arrived, finished, wrap, kv = self.arrived, self.finished, self.wrap, self.kv
@@ -376,6 +382,7 @@ class _Loop:
         if (self._reuse_steady and not decision.run and decision.pool and decision.repeat > 1
                 and not decision.preempt and not decision.restart and self.pool.members):
             self._steady = decision
+            self._steady_waiting = bool(self.waiting)
             if self.apc:
                 self._steady_version = kv._version
         self._apply(decision)

@@ -66,11 +66,13 @@ class VLLMScheduler(Scheduler):
 
     clairvoyant = False  # a class attribute, not an option
     uses_pool = True  # decoders as a group (docs/architecture.md, Performance)
-    # A steady pool-only decision holds until an arrival, a finish, a block shortage or a
-    # change of the prefix cache's key map: phase 1 is the pool alone, and admission stays
-    # blocked since free memory only shrinks while the queue head's need cannot fall faster
-    # (its hit is unchanged; an own run, outside the key map, loses its highest blocks first,
-    # each eviction taking one free block and lowering its need by at most one).
+    # A steady pool-only decision holds until a block shortage, a change of the prefix cache's
+    # key map, an arrival into an empty queue or a finish with requests waiting: phase 1 is
+    # the pool alone, and admission stays blocked (or has no one to admit) since free memory
+    # only shrinks while the queue head's need cannot fall faster (its hit is unchanged; an
+    # own run, outside the key map, loses its highest blocks first, each eviction taking one
+    # free block and lowering its need by at most one). Arrivals behind a blocked head change
+    # nothing in FIFO order (`steady_past_arrivals`), unlike a priority queue's.
     reuse_steady_pool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +90,10 @@ class VLLMScheduler(Scheduler):
 
     def config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+    @property
+    def steady_past_arrivals(self) -> bool:
+        return isinstance(self._waiting, FCFSQueue)
 
     # --- hooks for the policies built on these mechanics ------------------------------
     def _make_queue(self):
