@@ -184,6 +184,13 @@ class Scheduler:
     # admitted); the loop reports them in the next call's `View.arrived`.
     steady_past_arrivals: bool = False
 
+    def pool_decision_when_idle(self, pool: DecodePool) -> Decision | None:
+        """With `reuse_steady_pool`: the decision `schedule` would return now that no request is
+        waiting and every resident request is a member of `pool` whose next blocks fit (the
+        loop has not yet reported requests that finished since the last call), or None to be
+        called. The loop applies it without calling `schedule`."""
+        return None
+
     def schedule(self, view: View) -> Decision:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -349,21 +349,26 @@ class _Loop:
 
     def _schedule_and_apply(self) -> None:
         """One scheduling call and the step (or idling) it decides."""
-        steady = self._steady
-        if steady is not None:
-            # The scheduler's last decision only decoded the pool and promised to repeat; it
-            # opted in (`Scheduler.reuse_steady_pool`) to that promise holding without a call
-            # while the members' next blocks fit, no key a lookup can find was added or removed,
-            # and nothing arrived (or, with `steady_past_arrivals`, others were waiting then)
-            # or finished (or nothing is waiting). Arrived and finished requests wait in
-            # `arrived` and `finished` for the next call.
+        if self._reuse_steady:
+            # The scheduler opted in (`Scheduler.reuse_steady_pool`) to a pool-only step without
+            # a call while the members' next blocks fit: its last decision if that was steady
+            # and no key a lookup can find was added or removed, and nothing arrived (or, with
+            # `steady_past_arrivals`, others were waiting then) or finished (or nothing waits);
+            # or, with nothing waiting and every resident a member, `pool_decision_when_idle`.
+            # Arrived and finished requests stay in `arrived` and `finished` for the next call.
             pool, kv = self.pool, self.kv
-            if (pool.members and pool.num_new_blocks <= kv.num_free_blocks
-                    and (not self.arrived or self._steady_waiting and self._steady_past_arrivals)
-                    and (not self.finished or not self.waiting)
-                    and (not self.apc or kv._version == self._steady_version)):
-                self._pool_step(steady, len(pool.members))
-                return
+            if pool.members and pool.num_new_blocks <= kv.num_free_blocks:
+                steady = self._steady
+                if not self.waiting and not pool.outside:
+                    if steady is None:
+                        steady = self.scheduler.pool_decision_when_idle(pool)
+                elif steady is not None and not (
+                        (not self.arrived or self._steady_waiting and self._steady_past_arrivals)
+                        and not self.finished and (not self.apc or kv._version == self._steady_version)):
+                    steady = None
+                if steady is not None:
+                    self._pool_step(steady, len(pool.members))
+                    return
             self._steady = None
         arrived, finished, wrap, kv = self.arrived, self.finished, self.wrap, self.kv
         if wrap is not None:

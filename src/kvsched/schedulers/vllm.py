@@ -37,6 +37,7 @@ from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.queues import FCFSQueue, PriorityQueue
 
 STEADY = 1 << 30  # Decision.repeat when the same decode decision holds until an event
+_POOL_STEADY = Decision({}, (), STEADY, pool=True)  # every member decodes, nothing else (never mutated)
 
 
 @SCHEDULERS.register("vllm", "vLLM v1: token budget, chunked prefill, tail-victim recompute preemption")
@@ -94,6 +95,11 @@ class VLLMScheduler(Scheduler):
     @property
     def steady_past_arrivals(self) -> bool:
         return isinstance(self._waiting, FCFSQueue)
+
+    def pool_decision_when_idle(self, pool) -> Decision | None:
+        # `_schedule_pool` with no request outside the pool and none waiting: the members alone,
+        # steady, unless they exceed the token budget (then the per-request pass decides).
+        return _POOL_STEADY if len(pool.members) <= self.max_num_batched_tokens else None
 
     # --- hooks for the policies built on these mechanics ------------------------------
     def _make_queue(self):
