@@ -28,6 +28,7 @@ predictor are clairvoyant exactly when that predictor is the oracle.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.kvcache import blocks_for
@@ -37,7 +38,7 @@ from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.queues import FCFSQueue, PriorityQueue
 
 STEADY = 1 << 30  # Decision.repeat when the same decode decision holds until an event
-_POOL_STEADY = Decision({}, (), STEADY, pool=True)  # every member decodes, nothing else (never mutated)
+_POOL_STEADY = Decision(MappingProxyType({}), (), STEADY, pool=True)  # every member decodes, nothing else
 
 
 @SCHEDULERS.register("vllm", "vLLM v1: token budget, chunked prefill, tail-victim recompute preemption")
