@@ -352,10 +352,11 @@ class _Loop:
         if self._reuse_steady:
             # The scheduler opted in (`Scheduler.reuse_steady_pool`) to a pool-only step without
             # a call while the members' next blocks fit: its last decision if that was steady
-            # and no key a lookup can find was added or removed, and nothing arrived (or, with
-            # `steady_past_arrivals`, others were waiting then) or finished (or nothing waits);
-            # or, with nothing waiting and every resident a member, `pool_decision_when_idle`.
-            # Arrived and finished requests stay in `arrived` and `finished` for the next call.
+            # (so every resident was a member) and, if requests wait, nothing finished, nothing
+            # arrived (or, with `steady_past_arrivals`, others were waiting then) and no key a
+            # lookup can find was added or removed; or, with nothing waiting and every resident
+            # a member, `pool_decision_when_idle`. Arrived and finished requests stay in
+            # `arrived` and `finished` for the next call.
             pool, kv = self.pool, self.kv
             if pool.members and pool.num_new_blocks <= kv.num_free_blocks:
                 steady = self._steady
