@@ -238,6 +238,66 @@ class _CheckedKV(PrefixCachingKVCache):
         self.check()
 
 
+def run_reuse_on_and_off(reqs, name, options, *, capacity, block_size, lookahead=0, prefix_caching=False,
+                         cost=COST):
+    """(run calling `schedule` every step, run reusing steady pool-only decisions, calls made in
+    each): the pool path twice, `reuse_steady_pool` turned off on the first scheduler."""
+    out = []
+    for reuse in (False, True):
+        reqs_in = sorted((r.copy_fresh() for r in reqs), key=lambda r: (r.arrival_time, r.request_id))
+        kv = make_kv_cache(capacity, block_size, prefix_caching=prefix_caching)
+        scheduler = SCHEDULERS.create(name, **options)
+        scheduler.reuse_steady_pool = reuse
+        calls = [0]
+
+        def counted(view, schedule=scheduler.schedule, calls=calls):
+            calls[0] += 1
+            return schedule(view)
+
+        scheduler.schedule = counted
+        loop = _Loop(reqs_in, scheduler, SimBackend(cost), kv, None, 2048, 100_000, lookahead, False, True)
+        out.append((loop.run(), calls[0]))
+    (every, every_calls), (reused, reused_calls) = out
+    return every, reused, every_calls, reused_calls
+
+
+REUSE_SCHEDULERS = [(n, o) for n, o, _ in POOL_SCHEDULERS if SCHEDULERS.create(n, **o).reuse_steady_pool]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=workloads(),
+    which=st.integers(0, len(REUSE_SCHEDULERS) - 1),
+    block_size=st.sampled_from([1, 4, 8, 16]),
+    capacity_blocks=st.integers(14, 60),
+    lookahead=st.integers(0, 2),
+    prefix_caching=st.booleans(),
+)
+def test_reused_steady_decisions_equal_calling_the_scheduler(reqs, which, block_size, capacity_blocks, lookahead,
+                                                             prefix_caching):
+    """A scheduler with `reuse_steady_pool` gives the same run whether the loop reapplies its
+    steady pool-only decision or asks it every step (preemptions, prefix hits and evictions
+    of cached blocks between the two: the loop must notice each)."""
+    name, options = REUSE_SCHEDULERS[which]
+    capacity = max(capacity_blocks * block_size, 208)
+    every, reused, every_calls, reused_calls = run_reuse_on_and_off(
+        reqs, name, options, capacity=capacity, block_size=block_size, lookahead=lookahead,
+        prefix_caching=prefix_caching)
+    assert_same(every, reused)
+    assert reused_calls <= every_calls
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_reused_steady_decisions_on_a_trace_slice(prefix_caching):
+    reqs = scale_rate(load_trace("azure-conv")[:600], 4.0)
+    every, reused, every_calls, reused_calls = run_reuse_on_and_off(
+        reqs, "vllm", {}, capacity=8_000, block_size=16, prefix_caching=prefix_caching,
+        cost=COST_MODELS.create("llama2-7b-a100"))
+    assert_same(every, reused)
+    assert every_calls == every.steps.num_rows  # one call per row without reuse
+    assert reused_calls < every_calls - 100  # the reuse did happen, and often
+
+
 def run_lazy_and_eager(reqs, name, options, *, capacity, block_size, lookahead=0, pool=False, checked=False,
                        cost=COST):
     """(eager run, lazy run, eager KV, lazy KV) on copies of `reqs`."""

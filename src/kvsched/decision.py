@@ -171,6 +171,25 @@ class Scheduler:
     # Addresses decoding requests as a group (`View.pool`, `Decision.pool`); a scheduler
     # without it sees every request's state exact, as always.
     uses_pool: bool = False
+    # With `uses_pool`: a decision that only decodes the pool (empty `run`, nothing preempted,
+    # `repeat` > 1) is the one `schedule` would return at every later step while the members'
+    # next blocks fit in the free blocks, (with prefix caching) no key is added to or removed
+    # from the cache's key map, nothing arrives, and nothing finishes unless no request is
+    # waiting. The loop then applies it again without calling `schedule` (no View is built)
+    # and reports what finished in the next call's `View.finished`; without the flag every
+    # step calls it.
+    reuse_steady_pool: bool = False
+    # With `reuse_steady_pool`: arrivals do not change such a decision either when requests
+    # were waiting when it was made (FIFO admission: they queue behind a head that cannot be
+    # admitted); the loop reports them in the next call's `View.arrived`.
+    steady_past_arrivals: bool = False
+
+    def pool_decision_when_idle(self, pool: DecodePool) -> Decision | None:
+        """With `reuse_steady_pool`: the decision `schedule` would return now that no request is
+        waiting and every resident request is a member of `pool` whose next blocks fit (the
+        loop has not yet reported requests that finished since the last call), or None to be
+        called. The loop applies it without calling `schedule`."""
+        return None
 
     def schedule(self, view: View) -> Decision:  # pragma: no cover - interface
         raise NotImplementedError

@@ -290,6 +290,12 @@ class _Loop:
                 and type(kv) in (KVCache, PrefixCachingKVCache) and not kv.track_block_ids):
             self.pool = DecodePool(kv, lookahead_tokens)
         self.num_admissions = 0
+        # A pool-only steady decision the loop applies again without a call (`reuse_steady_pool`).
+        self._reuse_steady = self.pool is not None and getattr(scheduler, "reuse_steady_pool", False)
+        self._steady: Decision | None = None
+        self._steady_version = 0  # the prefix cache's key version when it was decided
+        self._steady_waiting = False  # whether requests were waiting when it was decided
+        self._steady_past_arrivals = self._reuse_steady and getattr(scheduler, "steady_past_arrivals", False)
         self._decode_time = getattr(backend, "decode_time", None)
         self._make_views()
 
@@ -343,6 +349,28 @@ class _Loop:
 
     def _schedule_and_apply(self) -> None:
         """One scheduling call and the step (or idling) it decides."""
+        if self._reuse_steady:
+            # The scheduler opted in (`Scheduler.reuse_steady_pool`) to a pool-only step without
+            # a call while the members' next blocks fit: its last decision if that was steady
+            # (so every resident was a member) and, if requests wait, nothing finished, nothing
+            # arrived (or, with `steady_past_arrivals`, others were waiting then) and no key a
+            # lookup can find was added or removed; or, with nothing waiting and every resident
+            # a member, `pool_decision_when_idle`. Arrived and finished requests stay in
+            # `arrived` and `finished` for the next call.
+            pool, kv = self.pool, self.kv
+            if pool.members and pool.num_new_blocks <= kv.num_free_blocks:
+                steady = self._steady
+                if not self.waiting and not pool.outside:
+                    if steady is None:
+                        steady = self.scheduler.pool_decision_when_idle(pool)
+                elif steady is not None and not (
+                        (not self.arrived or self._steady_waiting and self._steady_past_arrivals)
+                        and not self.finished and (not self.apc or kv._version == self._steady_version)):
+                    steady = None
+                if steady is not None:
+                    self._pool_step(steady, len(pool.members))
+                    return
+            self._steady = None
         arrived, finished, wrap, kv = self.arrived, self.finished, self.wrap, self.kv
         if wrap is not None:
             arrived, finished = [wrap(r) for r in arrived], [wrap(r) for r in finished]
@@ -356,7 +384,14 @@ class _Loop:
             self.blocks_view, self.lookahead, self.hits, self.pool,
         )
         self.arrived, self.finished = [], []
-        self._apply(self.scheduler.schedule(view))
+        decision = self.scheduler.schedule(view)
+        if (self._reuse_steady and not decision.run and decision.pool and decision.repeat > 1
+                and not decision.preempt and not decision.restart and self.pool.members):
+            self._steady = decision
+            self._steady_waiting = bool(self.waiting)
+            if self.apc:
+                self._steady_version = kv._version
+        self._apply(decision)
 
     def _admit_arrivals(self) -> None:
         reqs, i, n = self.reqs, self.next_arrival, len(self.reqs)
@@ -423,27 +458,22 @@ class _Loop:
                     pool.leave(rid)
             if decision.pool:
                 members = len(inside)
-        if self.apc and runs:
+        admitted = None  # with nothing preempted, every waiting request in `runs` was waiting then
+        if self.apc and runs and (decision.preempt or decision.restart):
             admitted = [rid for rid in runs if rid in self.waiting]  # waiting when the view was built
         for rid in decision.preempt:
             self._preempt(rid)
         for rid in decision.restart:
             self._preempt(rid, restart=True)
-        if not runs and not members:
-            self._idle(decision)
-            return
         if not runs:
-            # Only the pool decodes (most steps of a loaded run): what `_validate` returns
-            # for an empty `run`, without its per-request setup.
-            longest, shortest = pool.decode_kv_range()
-            batch = totals = ()
-            new_blocks = pool.num_new_blocks
-            shape = BatchShape(members, 0, members, pool.num_kv_tokens, 0, longest, shortest)
-            min_slack = min_left = 1 << 62
-        else:
-            if self.apc:
-                runs = self._admit_with_hits(runs, admitted)
-            batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
+            if members:
+                self._pool_step(decision, members)
+            else:
+                self._idle(decision)
+            return
+        if self.apc:
+            runs = self._admit_with_hits(runs, admitted)
+        batch, totals, shape, new_blocks, min_slack, min_left = self._validate(runs, members)
         pool_blocks = 0
         if members:
             pool_blocks = pool.num_new_blocks
@@ -471,17 +501,15 @@ class _Loop:
             duration = float(durations[-1])  # cumulative
             if members:
                 pool.allocate(num_steps, pool.new_blocks_over(num_steps))
-            if totals:  # (a pool-only run has none)
-                bs, held = kv.block_size, kv._blocks
-                totals = [(rid, total + num_steps - 1) for rid, total in totals]
-                new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
-                kv.allocate_many(totals, new_blocks)
+            bs, held = kv.block_size, kv._blocks
+            totals = [(rid, total + num_steps - 1) for rid, total in totals]
+            new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
+            kv.allocate_many(totals, new_blocks)
         else:
             # Allocate first: an engine writes the step's K/V into the blocks it is given.
             if members:
                 pool.allocate(1, pool_blocks)
-            if totals:  # (nothing to allocate otherwise: the pool's share is allocated)
-                kv.allocate_many(totals, new_blocks - pool_blocks)
+            kv.allocate_many(totals, new_blocks - pool_blocks)  # (the pool's share is allocated)
             duration = self.backend.execute(batch, shape)
         used = kv.num_used_tokens
         # Time-weighted KV of the row. In a fast-forwarded run step i holds
@@ -491,6 +519,70 @@ class _Loop:
             kv_seconds -= shape.num_seqs * _sum(durations[:-1])
         self._finish_step(batch, shape, num_steps, duration, len(decision.preempt) + len(decision.restart),
                           kv_seconds, members)
+
+    def _pool_step(self, decision: Decision, members: int) -> None:
+        """`_apply` and `_finish_step` for a decision whose only batch is the decode pool (most
+        rows of a loaded run; it may preempt): the same row, without the per-request parts.
+        Its shape is what `_validate` gives for an empty `run`, from the pool's aggregates.
+        (Only a loop with a pool gets here: `OnlineLoop`, whose overrides it skips, has none.)"""
+        pool, kv = self.pool, self.kv
+        new_blocks = pool.num_new_blocks
+        if new_blocks > kv.num_free_blocks:
+            raise SchedulingError(
+                f"step {self.step_index}: decision needs {new_blocks} new KV blocks but only "
+                f"{kv.num_free_blocks} of {kv.num_blocks} are free; run={{}}"
+            )
+        longest, shortest = pool.decode_kv_range()
+        num_kv = pool.num_kv_tokens
+        shape = BatchShape(members, 0, members, num_kv, 0, longest, shortest)
+        num_preempted = len(decision.preempt) + len(decision.restart)
+        durations = None
+        if decision.repeat > 1 and self.backend.max_repeat > 1 and not num_preempted:
+            min_left = pool.min_left()
+            if min_left > 1:  # (else a single step: `_fast_forward_durations` would say None)
+                durations = self._fast_forward_durations(decision, shape, pool.min_slack(), min_left)
+        if durations is None:
+            num_steps = 1
+            pool.allocate(1, new_blocks)
+            duration = self.backend.execute((), shape)
+            kv_seconds = kv._num_used_tokens * duration
+        else:
+            num_steps = len(durations)
+            duration = float(durations[-1])  # cumulative
+            pool.allocate(num_steps, pool.new_blocks_over(num_steps))
+            kv_seconds = kv._num_used_tokens * duration  # as `_apply` computes it
+            if num_steps > 1:
+                kv_seconds -= members * _sum(durations[:-1])
+        start = self.now
+        end = start + duration
+        used_tokens, used_blocks = kv._num_used_tokens, kv._num_used_blocks  # (a stock KV model: a pool runs)
+        num_finished = 0
+        for r in pool.advance(num_steps):  # as in `_finish_step`
+            rid = r.request_id
+            r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "finish"))
+            r.finish_time = end
+            r.status = RequestStatus.FINISHED
+            kv.free(rid)
+            pool.gone(rid)
+            del self.resident[rid]
+            self.finished.append(r)
+            num_finished += 1
+            if self.table is not None:
+                self._pack(r)
+        self.num_done += num_finished
+        steps = self.steps
+        row = (
+            self.step_index, num_steps, members, 0, members, num_kv + (num_steps - 1) * members,
+            used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
+            num_preempted, num_finished,
+        )
+        try:  # StepTable.append_row, inlined: one row per iteration
+            steps._ints.extend(row)
+        except OverflowError:
+            steps._widen(row)
+        steps._floats.extend((start, duration, kv_seconds))
+        self.step_index += num_steps
+        self.now = end
 
     def _fast_forward_durations(self, decision, shape, min_slack, min_left):
         """Cumulative durations of the longest identical decode run that is safe, or None
@@ -528,12 +620,13 @@ class _Loop:
             cum = cum[: min(j + 1, k)]
         return cum
 
-    def _admit_with_hits(self, runs, admitted: list[int]):
+    def _admit_with_hits(self, runs, admitted: list[int] | None):
         """Prefix caching: every request the decision admits holds its cached prefix (as the
         view reported it) before the step, and computes only the rest. A request preempted
         by this same decision is re-admitted without a hit. Returns `runs`, with a request's
         token count cut to what is left after its hit (a scheduler that sized it without
-        looking at the cache asked for too many)."""
+        looking at the cache asked for too many). `admitted`: the ids in `runs` that were
+        waiting when the view was built (None when nothing was preempted: every waiting one)."""
         kv, hits, waiting = self.kv, self.hits, self.waiting
         clipped = None
         for rid in runs:
@@ -542,7 +635,7 @@ class _Loop:
                 continue
             if r.num_computed_tokens:
                 raise SchedulingError(f"step {self.step_index}: waiting request {rid} holds computed tokens")
-            blocks = hits.blocks(rid) if rid in admitted else []
+            blocks = hits.blocks(rid) if admitted is None or rid in admitted else []
             kv.admit(r, blocks)
             if blocks:
                 hit = len(blocks) * kv.block_size

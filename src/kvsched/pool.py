@@ -259,12 +259,14 @@ class DecodePool:
         elif not self._apc:
             kv._num_used_blocks += num_new_blocks
 
-    def advance(self, num_steps: int) -> list[Request]:
+    def advance(self, num_steps: int) -> list[Request] | tuple[()]:
         """The members decoded `num_steps` times: move the counter and return the members
         that reached their output length (materialised, left), in admission order."""
         self.t += num_steps
         t = self.t
         heap, members = self._heap, self.members
+        if not heap or heap[0][0] > t:
+            return ()  # (most steps: no member is due)
         done: list[Request] = []
         while heap and heap[0][0] <= t:
             _, _, rid, join = heapq.heappop(heap)

@@ -28,6 +28,7 @@ predictor are clairvoyant exactly when that predictor is the oracle.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 from kvsched.decision import Decision, Scheduler, View
 from kvsched.kvcache import blocks_for
@@ -37,6 +38,7 @@ from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.queues import FCFSQueue, PriorityQueue
 
 STEADY = 1 << 30  # Decision.repeat when the same decode decision holds until an event
+_POOL_STEADY = Decision(MappingProxyType({}), (), STEADY, pool=True)  # every member decodes, nothing else
 
 
 @SCHEDULERS.register("vllm", "vLLM v1: token budget, chunked prefill, tail-victim recompute preemption")
@@ -66,6 +68,14 @@ class VLLMScheduler(Scheduler):
 
     clairvoyant = False  # a class attribute, not an option
     uses_pool = True  # decoders as a group (docs/architecture.md, Performance)
+    # A steady pool-only decision holds until a block shortage, a change of the prefix cache's
+    # key map, an arrival into an empty queue or a finish with requests waiting: phase 1 is
+    # the pool alone, and admission stays blocked (or has no one to admit) since free memory
+    # only shrinks while the queue head's need cannot fall faster (its hit is unchanged; an
+    # own run, outside the key map, loses its highest blocks first, each eviction taking one
+    # free block and lowering its need by at most one). Arrivals behind a blocked head change
+    # nothing in FIFO order (`steady_past_arrivals`), unlike a priority queue's.
+    reuse_steady_pool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
@@ -82,6 +92,15 @@ class VLLMScheduler(Scheduler):
 
     def config(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+    @property
+    def steady_past_arrivals(self) -> bool:
+        return isinstance(self._waiting, FCFSQueue)
+
+    def pool_decision_when_idle(self, pool) -> Decision | None:
+        # `_schedule_pool` with no request outside the pool and none waiting: the members alone,
+        # steady, unless they exceed the token budget (then the per-request pass decides).
+        return _POOL_STEADY if len(pool.members) <= self.max_num_batched_tokens else None
 
     # --- hooks for the policies built on these mechanics ------------------------------
     def _make_queue(self):
