@@ -20,6 +20,9 @@
 # methods cpdef with C-typed locals. The .py files are unchanged and stay the meaning; a .pxd
 # only changes how Cython compiles them. TYPED_MODULES (default: every module with a .pxd)
 # picks which .pxd files are used, to time one group at a time; the others compile untyped.
+# One source change is unavoidable: Cython compiles the @dataclass of a cdef class with its own
+# dataclass, which rejects `slots=True`, so the typed tree's copy of each UNSLOT module (when its
+# .pxd is used) loses that argument (a cdef class has no __dict__ either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -30,10 +33,11 @@ TYPED_TREE=${TYPED_TREE:-/tmp/compiled_tree_typed}
 PXD_DIR=benchmarks/compiled_pxd
 ROUNDS=${ROUNDS:-3}
 REPEATS=${REPEATS:-3}
-CONFIGS=${CONFIGS-"vllm vllm-noapc sarathi synthetic:100000"}
+CONFIGS=${CONFIGS-"vllm vllm-noapc sarathi synthetic:100000"}  # CONFIGS= (empty): build only
 ANNOTATION_TYPING=${ANNOTATION_TYPING:-False}
 MODULES=${MODULES:-"loop.py pool.py kvcache.py decision.py fastinit.py schedulers/vllm.py schedulers/vidur.py
 sim/backend.py sim/cost.py request.py request_table.py"}
+UNSLOT=${UNSLOT-"request.py kvcache.py"}
 TYPED_MODULES=${TYPED_MODULES:-$(cd "$PXD_DIR/kvsched" 2>/dev/null && find . -name '*.pxd' | sed 's|^\./||; s|\.pxd$|.py|' | sort)}
 
 build() {  # build TREE_DIR WITH_PXD: a copy of src/ at HEAD, MODULES compiled in place
@@ -42,7 +46,12 @@ build() {  # build TREE_DIR WITH_PXD: a copy of src/ at HEAD, MODULES compiled i
   mkdir -p "$tree"
   git archive HEAD src | tar -x -C "$tree"
   if [ "$with_pxd" = 1 ]; then
-    for m in $TYPED_MODULES; do cp "$PXD_DIR/kvsched/${m%.py}.pxd" "$tree/src/kvsched/${m%.py}.pxd"; done
+    for m in $TYPED_MODULES; do
+      cp "$PXD_DIR/kvsched/${m%.py}.pxd" "$tree/src/kvsched/${m%.py}.pxd"
+      case " $(echo $UNSLOT) " in *" $m "*)
+        sed -i -E 's/@dataclass\(slots=True, /@dataclass(/; s/@dataclass\(slots=True\)/@dataclass/' "$tree/src/kvsched/$m";;
+      esac
+    done
   fi
   for m in $MODULES; do
     # From src/, so that a .pxd can cimport another module's (`from kvsched.pool cimport ...`).

@@ -3,9 +3,11 @@
 # a DecodePool-typed pool (its cpdef methods and attributes are then reached without a Python
 # call or lookup); the per-step methods become cpdef with C-typed locals. OnlineLoop stays a
 # Python subclass (it overrides _finish_step, which cpdef dispatch honours). Requests, View,
-# Decision, BatchShape and the KV model stay Python objects (dataclasses: see the notes).
+# Decision and BatchShape stay Python objects (frozen dataclasses whose __init__ fast_frozen_init
+# replaces), and so does `kv` here: an engine may hand the loop a KV model of its own.
 cimport cython
 from kvsched.pool cimport DecodePool
+from kvsched.request cimport Request
 
 cdef class _Loop:
     cdef public list reqs, arrived, finished
@@ -24,7 +26,7 @@ cdef class _Loop:
     cpdef _schedule_and_apply(self)
 
     @cython.locals(reqs=list, i=Py_ssize_t, n=Py_ssize_t, index=dict, waiting=dict, arrived=list,
-                   la=Py_ssize_t, bs=Py_ssize_t, num_blocks=Py_ssize_t)
+                   la=Py_ssize_t, bs=Py_ssize_t, num_blocks=Py_ssize_t, r=Request)
     cpdef _admit_arrivals(self)
 
     cpdef _pack(self, r)
@@ -38,11 +40,11 @@ cdef class _Loop:
                    attn=Py_ssize_t, new_blocks=Py_ssize_t, max_dec=Py_ssize_t, min_slack=Py_ssize_t,
                    min_left=Py_ssize_t, min_dec=Py_ssize_t, computed=Py_ssize_t, out=Py_ssize_t,
                    remaining=Py_ssize_t, n=Py_ssize_t, total=Py_ssize_t, held=Py_ssize_t, need=Py_ssize_t,
-                   pool=DecodePool, longest=Py_ssize_t, shortest=Py_ssize_t)
+                   pool=DecodePool, longest=Py_ssize_t, shortest=Py_ssize_t, r=Request)
     cpdef tuple _validate(self, runs, Py_ssize_t members=*)
 
     @cython.locals(now=double, start=double, end=double, la=Py_ssize_t, pool=DecodePool,
                    used_tokens=Py_ssize_t, used_blocks=Py_ssize_t, num_finished=Py_ssize_t, n=Py_ssize_t,
-                   caught_up=bint, row=tuple)
+                   caught_up=bint, row=tuple, r=Request)
     cpdef _finish_step(self, batch, shape, Py_ssize_t num_steps, double duration, Py_ssize_t num_preempted,
                        double kv_seconds, Py_ssize_t members=*)
