@@ -4,14 +4,17 @@
 # call or lookup); the per-step methods become cpdef with C-typed locals. OnlineLoop stays a
 # Python subclass (it overrides _finish_step, which cpdef dispatch honours). Requests, View,
 # Decision and BatchShape stay Python objects (frozen dataclasses whose __init__ fast_frozen_init
-# replaces), and so does `kv` here: an engine may hand the loop a KV model of its own.
+# replaces). `kv` is typed KVCache: every KV model handed to the loop in this repository is
+# one (the engine's too; the tests' checking models subclass it).
 cimport cython
 from kvsched.pool cimport DecodePool
 from kvsched.request cimport Request
+from kvsched.kvcache cimport KVCache
 
 cdef class _Loop:
     cdef public list reqs, arrived, finished
-    cdef public object scheduler, backend, kv, progress, max_steps, hits, steps, table, _decode_time
+    cdef public KVCache kv
+    cdef public object scheduler, backend, progress, max_steps, hits, steps, table, _decode_time
     cdef public object blocks_view, waiting_view, resident_view, wrap, _proxies
     cdef public Py_ssize_t progress_every, lookahead, step_index, next_arrival, num_done, num_admissions
     cdef public bint apc, blind, accepting
@@ -22,11 +25,11 @@ cdef class _Loop:
     @cython.locals(n_total=Py_ssize_t, last_report=Py_ssize_t, reqs=list, eps=double, i=Py_ssize_t)
     cpdef run(self)
 
-    @cython.locals(arrived=list, finished=list)
+    @cython.locals(arrived=list, finished=list, kv=KVCache)
     cpdef _schedule_and_apply(self)
 
     @cython.locals(reqs=list, i=Py_ssize_t, n=Py_ssize_t, index=dict, waiting=dict, arrived=list,
-                   la=Py_ssize_t, bs=Py_ssize_t, num_blocks=Py_ssize_t, r=Request)
+                   la=Py_ssize_t, bs=Py_ssize_t, num_blocks=Py_ssize_t, r=Request, kv=KVCache)
     cpdef _admit_arrivals(self)
 
     cpdef _pack(self, r)
@@ -45,6 +48,6 @@ cdef class _Loop:
 
     @cython.locals(now=double, start=double, end=double, la=Py_ssize_t, pool=DecodePool,
                    used_tokens=Py_ssize_t, used_blocks=Py_ssize_t, num_finished=Py_ssize_t, n=Py_ssize_t,
-                   caught_up=bint, row=tuple, r=Request)
+                   caught_up=bint, row=tuple, r=Request, kv=KVCache)
     cpdef _finish_step(self, batch, shape, Py_ssize_t num_steps, double duration, Py_ssize_t num_preempted,
                        double kv_seconds, Py_ssize_t members=*)
