@@ -23,6 +23,12 @@
 # One source change is unavoidable: Cython compiles the @dataclass of a cdef class with its own
 # dataclass, which rejects `slots=True`, so the typed tree's copy of each UNSLOT module (when its
 # .pxd is used) loses that argument (a cdef class has no __dict__ either way).
+#
+# EDITS=1 builds a fourth tree, EDITS_TREE: the typed one plus benchmarks/compiled_pxd_edits/, the
+# source edits a typed build of the rest needs (source_edits.patch, applied to the copy: View,
+# Decision and BatchShape without fast_frozen_init and slots, VLLMScheduler registered after its
+# class, _apply's generator expression as a loop) and the .pxd files that use them (they replace
+# compiled_pxd's). It measures what those edits would buy; the repository's sources stay as they are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -30,6 +36,8 @@ CYTHONIZE=${CYTHONIZE:-cythonize}
 TREE=${TREE:-/tmp/compiled_tree}
 TYPED=${TYPED:-0}
 TYPED_TREE=${TYPED_TREE:-/tmp/compiled_tree_typed}
+EDITS=${EDITS:-0}
+EDITS_TREE=${EDITS_TREE:-/tmp/compiled_tree_edits}
 PXD_DIR=benchmarks/compiled_pxd
 ROUNDS=${ROUNDS:-3}
 REPEATS=${REPEATS:-3}
@@ -40,12 +48,12 @@ sim/backend.py sim/cost.py request.py request_table.py"}
 UNSLOT=${UNSLOT-"request.py kvcache.py"}
 TYPED_MODULES=${TYPED_MODULES:-$(cd "$PXD_DIR/kvsched" 2>/dev/null && find . -name '*.pxd' | sed 's|^\./||; s|\.pxd$|.py|' | sort)}
 
-build() {  # build TREE_DIR WITH_PXD: a copy of src/ at HEAD, MODULES compiled in place
-  local tree=$1 with_pxd=$2 m
+build() {  # build TREE_DIR MODE (0 untyped, 1 typed, 2 typed + edits): src/ at HEAD, MODULES compiled in place
+  local tree=$1 mode=$2 m modules=$MODULES
   [ -d "$tree/src" ] && return
   mkdir -p "$tree"
   git archive HEAD src | tar -x -C "$tree"
-  if [ "$with_pxd" = 1 ]; then
+  if [ "$mode" != 0 ]; then
     for m in $TYPED_MODULES; do
       cp "$PXD_DIR/kvsched/${m%.py}.pxd" "$tree/src/kvsched/${m%.py}.pxd"
       case " $(echo $UNSLOT) " in *" $m "*)
@@ -53,12 +61,17 @@ build() {  # build TREE_DIR WITH_PXD: a copy of src/ at HEAD, MODULES compiled i
       esac
     done
   fi
-  for m in $MODULES; do
+  if [ "$mode" = 2 ]; then
+    patch -s -p1 -d "$tree" < benchmarks/compiled_pxd_edits/source_edits.patch
+    (cd benchmarks/compiled_pxd_edits && find kvsched -name '*.pxd' -exec cp {} "$tree/src/{}" \;)
+    modules="$modules backend.py"
+  fi
+  for m in $modules; do
     # From src/, so that a .pxd can cimport another module's (`from kvsched.pool cimport ...`).
     (cd "$tree/src" && "$CYTHONIZE" -i -3 -q -X annotation_typing="$ANNOTATION_TYPING" "kvsched/$m" >/dev/null) \
       || echo "FAILED to compile $m ($tree)" >&2
   done
-  for m in $MODULES; do
+  for m in $modules; do
     PYTHONPATH="$tree/src" "$PY" -c "import importlib, sys; m = importlib.import_module('kvsched.' + sys.argv[1]); \
 assert m.__file__.endswith('.so'), m.__file__" "$(echo "${m%.py}" | tr / .)" || echo "NOT COMPILED: $m ($tree)" >&2
   done
@@ -69,6 +82,10 @@ build "$TREE" 0
 if [ "$TYPED" = 1 ]; then
   build "$TYPED_TREE" 1
   trees="$trees $TYPED_TREE/src"
+fi
+if [ "$EDITS" = 1 ]; then
+  build "$EDITS_TREE" 2
+  trees="$trees $EDITS_TREE/src"
 fi
 for config in $CONFIGS; do
   for round in $(seq "$ROUNDS"); do
