@@ -2,9 +2,9 @@
 # package never uses this file). _Loop becomes a cdef class with C-typed clock and counters and
 # a DecodePool-typed pool (its cpdef methods and attributes are then reached without a Python
 # call or lookup); the per-step methods become cpdef with C-typed locals. OnlineLoop stays a
-# Python subclass (it overrides _finish_step, which cpdef dispatch honours). Requests, View,
-# Decision and BatchShape stay Python objects (frozen dataclasses whose __init__ fast_frozen_init
-# replaces). `kv` is typed KVCache: every KV model handed to the loop in this repository is
+# Python subclass (it overrides _finish_step, which cpdef dispatch honours). Request locals are
+# typed (request.pxd); View, Decision and BatchShape stay Python objects here (frozen dataclasses
+# whose __init__ fast_frozen_init replaces). `kv` is typed KVCache: every KV model handed to the loop in this repository is
 # one (the engine's too; the tests' checking models subclass it).
 cimport cython
 from kvsched.pool cimport DecodePool
