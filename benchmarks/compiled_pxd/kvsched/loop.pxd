@@ -1,0 +1,53 @@
+# Augmenting declarations for kvsched/loop.py (benchmarks/bench_compiled.sh TYPED=1 only; the
+# package never uses this file). _Loop becomes a cdef class with C-typed clock and counters and
+# a DecodePool-typed pool (its cpdef methods and attributes are then reached without a Python
+# call or lookup); the per-step methods become cpdef with C-typed locals. OnlineLoop stays a
+# Python subclass (it overrides _finish_step, which cpdef dispatch honours). Request locals are
+# typed (request.pxd); View, Decision and BatchShape stay Python objects here (frozen dataclasses
+# whose __init__ fast_frozen_init replaces). `kv` is typed KVCache: every KV model handed to the loop in this repository is
+# one (the engine's too; the tests' checking models subclass it).
+cimport cython
+from kvsched.pool cimport DecodePool
+from kvsched.request cimport Request
+from kvsched.kvcache cimport KVCache
+
+cdef class _Loop:
+    cdef public list reqs, arrived, finished
+    cdef public KVCache kv
+    cdef public object scheduler, backend, progress, max_steps, hits, steps, table, _decode_time
+    cdef public object blocks_view, waiting_view, resident_view, wrap, _proxies
+    cdef public Py_ssize_t progress_every, lookahead, step_index, next_arrival, num_done, num_admissions
+    cdef public bint apc, blind, accepting
+    cdef public dict waiting, resident, _index
+    cdef public double now
+    cdef public DecodePool pool
+
+    @cython.locals(n_total=Py_ssize_t, last_report=Py_ssize_t, reqs=list, eps=double, i=Py_ssize_t)
+    cpdef run(self)
+
+    @cython.locals(arrived=list, finished=list, kv=KVCache)
+    cpdef _schedule_and_apply(self)
+
+    @cython.locals(reqs=list, i=Py_ssize_t, n=Py_ssize_t, index=dict, waiting=dict, arrived=list,
+                   la=Py_ssize_t, bs=Py_ssize_t, num_blocks=Py_ssize_t, r=Request, kv=KVCache)
+    cpdef _admit_arrivals(self)
+
+    cpdef _pack(self, r)
+
+    # _apply stays a def method: its generator expression (`sum(... for rid, total in totals)`) is a
+    # closure, which Cython does not allow in a cpdef function ("closures inside cpdef functions
+    # not yet supported"). Its calls to the cpdef methods below still bind at compile time.
+
+    @cython.locals(bs=Py_ssize_t, la=Py_ssize_t, blocks=dict, resident=dict, waiting=dict, batch=list,
+                   totals=list, num_prefill=Py_ssize_t, num_decode=Py_ssize_t, num_kv=Py_ssize_t,
+                   attn=Py_ssize_t, new_blocks=Py_ssize_t, max_dec=Py_ssize_t, min_slack=Py_ssize_t,
+                   min_left=Py_ssize_t, min_dec=Py_ssize_t, computed=Py_ssize_t, out=Py_ssize_t,
+                   remaining=Py_ssize_t, n=Py_ssize_t, total=Py_ssize_t, held=Py_ssize_t, need=Py_ssize_t,
+                   pool=DecodePool, longest=Py_ssize_t, shortest=Py_ssize_t, r=Request)
+    cpdef tuple _validate(self, runs, Py_ssize_t members=*)
+
+    @cython.locals(now=double, start=double, end=double, la=Py_ssize_t, pool=DecodePool,
+                   used_tokens=Py_ssize_t, used_blocks=Py_ssize_t, num_finished=Py_ssize_t, n=Py_ssize_t,
+                   caught_up=bint, row=tuple, r=Request, kv=KVCache)
+    cpdef _finish_step(self, batch, shape, Py_ssize_t num_steps, double duration, Py_ssize_t num_preempted,
+                       double kv_seconds, Py_ssize_t members=*)
