@@ -17,6 +17,9 @@ cdef class _Loop:
     cdef public dict waiting, resident, _index
     cdef public double now
     cdef public DecodePool pool
+    cdef public object _steady
+    cdef public Py_ssize_t _steady_version
+    cdef public bint _reuse_steady, _steady_waiting, _steady_past_arrivals
 
     @cython.locals(n_total=Py_ssize_t, last_report=Py_ssize_t, reqs=list, eps=double, i=Py_ssize_t)
     cpdef run(self)
