@@ -43,4 +43,4 @@ cdef class DecodePool:
     cpdef allocate(self, Py_ssize_t num_steps, Py_ssize_t num_new_blocks)
 
     @cython.locals(t=Py_ssize_t, heap=list, members=dict, done=list)
-    cpdef list advance(self, Py_ssize_t num_steps)
+    cpdef advance(self, Py_ssize_t num_steps)  # a list, or () when no member is due
