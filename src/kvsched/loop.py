@@ -556,33 +556,13 @@ class _Loop:
         start = self.now
         end = start + duration
         used_tokens, used_blocks = kv._num_used_tokens, kv._num_used_blocks  # (a stock KV model: a pool runs)
-        num_finished = 0
-        for r in pool.advance(num_steps):  # as in `_finish_step`
-            rid = r.request_id
-            r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "finish"))
-            r.finish_time = end
-            r.status = RequestStatus.FINISHED
-            kv.free(rid)
-            pool.gone(rid)
-            del self.resident[rid]
-            self.finished.append(r)
-            num_finished += 1
-            if self.table is not None:
-                self._pack(r)
+        num_finished = self._finish_members(num_steps, end)
         self.num_done += num_finished
-        steps = self.steps
-        row = (
+        self._record_row((
             self.step_index, num_steps, members, 0, members, num_kv + (num_steps - 1) * members,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
             num_preempted, num_finished,
-        )
-        try:  # StepTable.append_row, inlined: one row per iteration
-            steps._ints.extend(row)
-        except OverflowError:
-            steps._widen(row)
-        steps._floats.extend((start, duration, kv_seconds))
-        self.step_index += num_steps
-        self.now = end
+        ), start, duration, kv_seconds, num_steps)
 
     def _fast_forward_durations(self, decision, shape, min_slack, min_left):
         """Cumulative durations of the longest identical decode run that is safe, or None
@@ -757,20 +737,8 @@ class _Loop:
         kv, now, la, pool, table = self.kv, self.now, self.lookahead, self.pool, self.table
         start, end = now, now + duration
         used_tokens, used_blocks = kv.num_used_tokens, kv._num_used_blocks
-        num_finished = 0
-        if members:  # the pool came first in the batch: its finishes are freed first
-            for r in pool.advance(num_steps):
-                rid = r.request_id
-                r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "finish"))
-                r.finish_time = end
-                r.status = RequestStatus.FINISHED
-                kv.free(rid)
-                pool.gone(rid)
-                del self.resident[rid]
-                self.finished.append(r)
-                num_finished += 1
-                if table is not None:
-                    self._pack(r)
+        # The pool came first in the batch: its finishes are freed first.
+        num_finished = self._finish_members(num_steps, end) if members else 0
         for r, n in batch:
             rid = r.request_id
             if r.status is RequestStatus.WAITING:
@@ -810,20 +778,42 @@ class _Loop:
                 elif pool is not None:
                     pool.try_join(r)  # it decodes from now on
         self.num_done += num_finished
-        steps = self.steps
-        row = (
+        self._record_row((
             self.step_index, num_steps, shape.num_seqs, shape.num_prefill_tokens,
             shape.num_decode_seqs, shape.num_kv_tokens + (num_steps - 1) * shape.num_decode_seqs,
             used_tokens, used_blocks, len(self.waiting), len(self.resident) + num_finished,
             num_preempted, num_finished,
-        )
+        ), start, duration, kv_seconds, num_steps)
+
+    def _finish_members(self, num_steps: int, end: float) -> int:
+        """The pool members that reached their output length in these `num_steps` steps finish
+        at `end`; returns how many."""
+        kv, pool, table = self.kv, self.pool, self.table
+        num_finished = 0
+        for r in pool.advance(num_steps):
+            rid = r.request_id
+            r.attempts.append((r.attempt_start_step, r.num_attempt_tokens, "finish"))
+            r.finish_time = end
+            r.status = RequestStatus.FINISHED
+            kv.free(rid)
+            pool.gone(rid)
+            del self.resident[rid]
+            self.finished.append(r)
+            num_finished += 1
+            if table is not None:
+                self._pack(r)
+        return num_finished
+
+    def _record_row(self, row: tuple, start: float, duration: float, kv_seconds: float, num_steps: int) -> None:
+        """The step's row (its integer columns, then the times) and the clock after it."""
+        steps = self.steps
         try:  # StepTable.append_row, inlined: one row per iteration
             steps._ints.extend(row)
         except OverflowError:
             steps._widen(row)
         steps._floats.extend((start, duration, kv_seconds))
         self.step_index += num_steps
-        self.now = end
+        self.now = start + duration
 
 
 class OnlineLoop(_Loop):

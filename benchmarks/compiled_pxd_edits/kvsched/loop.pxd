@@ -49,6 +49,11 @@ cdef class _Loop:
 
     @cython.locals(now=double, start=double, end=double, la=Py_ssize_t, pool=DecodePool,
                    used_tokens=Py_ssize_t, used_blocks=Py_ssize_t, num_finished=Py_ssize_t, n=Py_ssize_t,
-                   caught_up=bint, row=tuple, r=Request, kv=KVCache)
+                   caught_up=bint, r=Request, kv=KVCache)
     cpdef _finish_step(self, batch, BatchShape shape, Py_ssize_t num_steps, double duration, Py_ssize_t num_preempted,
                        double kv_seconds, Py_ssize_t members=*)
+
+    @cython.locals(kv=KVCache, pool=DecodePool, num_finished=Py_ssize_t, r=Request)
+    cpdef Py_ssize_t _finish_members(self, Py_ssize_t num_steps, double end) except? -1
+
+    cpdef _record_row(self, tuple row, double start, double duration, double kv_seconds, Py_ssize_t num_steps)
