@@ -6,6 +6,10 @@ come from `kvsched.traces`; results are summarised by `kvsched.metrics` and save
 by `kvsched.results`.
 """
 
+from kvsched.compiled import select as _select_core
+
+_select_core()  # before the first hot module is imported: compiled, or its .py (kvsched.compiled)
+
 from kvsched.request import Request, RequestStatus
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kvsched import __version__
+from kvsched.compiled import describe as describe_core
 from kvsched.registry import COST_MODELS, SCHEDULERS, TRACES
 from kvsched.request import RequestStatus
 
@@ -1139,7 +1140,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from kvsched.cli_args import Parser
 
     p = Parser(prog="kvsched", description="LLM inference scheduling under KV-cache limits")
-    p.add_argument("--version", action="version", version=f"kvsched {__version__}")
+    p.add_argument("--version", action="version", version=f"kvsched {__version__} ({describe_core()})")
     sub = p.add_subparsers(dest="command", required=True) if command is None else _OnlySubcommand(p, command)
 
     s = sub.add_parser("simulate", help="simulate one scheduler on a workload")

@@ -503,7 +503,11 @@ class _Loop:
                 pool.allocate(num_steps, pool.new_blocks_over(num_steps))
             bs, held = kv.block_size, kv._blocks
             totals = [(rid, total + num_steps - 1) for rid, total in totals]
-            new_blocks = sum(max(0, -(-total // bs) - held.get(rid, 0)) for rid, total in totals)
+            new_blocks = 0
+            for rid, total in totals:
+                need = -(-total // bs) - held.get(rid, 0)
+                if need > 0:
+                    new_blocks += need
             kv.allocate_many(totals, new_blocks)
         else:
             # Allocate first: an engine writes the step's K/V into the blocks it is given.

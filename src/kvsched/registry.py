@@ -18,6 +18,7 @@ X | None, list[X]) and a value of the wrong type names the option, its type and 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import importlib.util
@@ -99,9 +100,16 @@ def _options(factory: Callable[..., Any]) -> tuple[Option, ...] | None:
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
+        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+            return _compiled_options(factory)
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None  # takes anything: nothing to check against
+    if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        # In field order: a dataclass on a compiled base (kvsched.compiled) gets the base's
+        # fields as keyword-only, which inspect lists last.
+        order = {f.name: i for i, f in enumerate(dataclasses.fields(factory))}
+        params = dict(sorted(params.items(), key=lambda item: order.get(item[0], len(order))))
     try:
         hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
     except Exception:  # noqa: BLE001 -- an annotation that does not resolve: fall back to the defaults' types
@@ -114,6 +122,17 @@ def _options(factory: Callable[..., Any]) -> tuple[Option, ...] | None:
         if tp is None and p.default not in (_NO_DEFAULT, None):
             tp = type(p.default)
         out.append(Option(p.name, tp, p.default))
+    return tuple(out)
+
+
+def _compiled_options(cls: type) -> tuple[Option, ...]:
+    """A dataclass compiled by Cython (kvsched.compiled) has no Python signature, and its fields
+    carry the C types of its .pxd: its options are its init fields, typed by their defaults."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.init:
+            default = _NO_DEFAULT if f.default is dataclasses.MISSING else f.default
+            out.append(Option(f.name, None if default in (_NO_DEFAULT, None) else type(default), default))
     return tuple(out)
 
 

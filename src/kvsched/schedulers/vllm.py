@@ -41,7 +41,6 @@ STEADY = 1 << 30  # Decision.repeat when the same decode decision holds until an
 _POOL_STEADY = Decision(MappingProxyType({}), (), STEADY, pool=True)  # every member decodes, nothing else
 
 
-@SCHEDULERS.register("vllm", "vLLM v1: token budget, chunked prefill, tail-victim recompute preemption")
 @dataclass(eq=False)
 class VLLMScheduler(Scheduler):
     max_num_batched_tokens: int = 2048
@@ -65,6 +64,7 @@ class VLLMScheduler(Scheduler):
     # Running requests by id, in admission order (insertion-ordered: a finish or a victim
     # is removed in O(1), the FCFS victim is the last entry).
     _running: dict[int, Request] = field(init=False, repr=False)
+    _waiting: object = field(init=False, repr=False)
 
     clairvoyant = False  # a class attribute, not an option
     uses_pool = True  # decoders as a group (docs/architecture.md, Performance)
@@ -314,6 +314,9 @@ class VLLMScheduler(Scheduler):
             return running.pop()
         j = max(range(len(running)), key=lambda k: (running[k].arrival_time, running[k].request_id))
         return running.pop(j)
+
+
+SCHEDULERS.register("vllm", "vLLM v1: token budget, chunked prefill, tail-victim recompute preemption")(VLLMScheduler)
 
 
 @SCHEDULERS.register("sjf", "shortest (predicted) job first on vLLM v1 mechanics; key='remaining' gives SRPT")

@@ -1,8 +1,8 @@
-# Augmenting declarations for kvsched/request.py (benchmarks/bench_compiled.sh TYPED=1 only).
+# C types for kvsched/request.py in the compiled core (setup.py; docs/architecture.md, "Compiled core").
 # Request becomes a cdef class with C-typed lengths and counters (Cython turns the @dataclass
 # of a cdef class into its cython.dataclasses.dataclass, which generates the same __init__,
 # __repr__ and fields). Cython's dataclass rejects `slots=True`, so the build drops that
-# argument from this module's copy (bench_compiled.sh, UNSLOT): a cdef class has no __dict__
+# argument from the compiled copy (setup.py, compiled_copy): a cdef class has no __dict__
 # anyway. Times and optional fields stay objects: None is a legal value of each. The fields are
 # declared in the .py's order: Cython's dataclass takes its field order (__init__, repr) from here.
 

@@ -1,6 +1,11 @@
-# EDITS=1 only (benchmarks/bench_compiled.sh): compiled_pxd/kvsched/loop.pxd plus _apply as a cpdef
-# method (the patch turns its generator expression into a loop) and the shape typed BatchShape.
-# Augmenting declarations for kvsched/loop.py; the package never uses this file.
+# C types for kvsched/loop.py in the compiled core (setup.py; docs/architecture.md, "Compiled core").
+# _Loop becomes a cdef class with C-typed clock and counters and a DecodePool-typed pool (its
+# cpdef methods and attributes are then reached without a Python call or lookup); the per-step
+# methods, _apply among them, become cpdef with C-typed locals. OnlineLoop stays a Python
+# subclass (it overrides _finish_step, which cpdef dispatch honours). Request locals are typed
+# (request.pxd), the step's shape is a BatchShape (backend.pxd). `kv` is typed KVCache: every KV
+# model handed to the loop in this repository is one (the engine's too; the tests' checking
+# models subclass it).
 cimport cython
 from kvsched.pool cimport DecodePool
 from kvsched.request cimport Request

@@ -1,7 +1,7 @@
-# Augmenting declarations for kvsched/kvcache.py (benchmarks/bench_compiled.sh TYPED=1 only).
-# KVCache and PrefixCachingKVCache become cdef classes with C-typed counters (their
-# @dataclass(slots=True) loses `slots=True` in the build's copy: see request.pxd), fields in the
-# .py's order (request.pxd says why). The per-step methods (allocate_many, free, and prefix
+# C types for kvsched/kvcache.py in the compiled core (setup.py; docs/architecture.md, "Compiled core").
+# KVCache and PrefixCachingKVCache become cdef classes with C-typed counters (the compiled copy
+# drops `slots=True` from their @dataclass: see request.pxd), fields in the .py's order
+# (request.pxd says why). The per-step methods (allocate_many, free, and prefix
 # caching's queue work) become cpdef with C-typed locals; a Python subclass (the tests' checking
 # models) still overrides them. The rest stay def methods.
 cimport cython

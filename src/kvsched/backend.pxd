@@ -1,5 +1,6 @@
-# EDITS=1 only (benchmarks/bench_compiled.sh): with source_edits.patch applied to the build's copy.
-# BatchShape as a cdef class (frozen Cython dataclass; the patch drops fast_frozen_init, slots=True).
+# C types for kvsched/backend.py in the compiled core (setup.py; docs/architecture.md, "Compiled core").
+# BatchShape as a cdef class (a frozen Cython dataclass; the compiled copy drops fast_frozen_init
+# and slots=True from it). The module's other dataclass stays a Python class.
 cdef class BatchShape:
     cdef readonly Py_ssize_t num_seqs
     cdef readonly Py_ssize_t num_prefill_tokens

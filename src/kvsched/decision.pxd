@@ -1,7 +1,8 @@
-# EDITS=1 only (benchmarks/bench_compiled.sh): with source_edits.patch applied to the build's copy.
-# View and Decision as cdef classes (frozen Cython dataclasses, C-typed counts): the patch drops
-# fast_frozen_init and slots=True from them, which a cdef class cannot take. Scheduler becomes an
-# empty cdef class so that VLLMScheduler can be one; every other scheduler stays a Python class.
+# C types for kvsched/decision.py in the compiled core (setup.py; docs/architecture.md, "Compiled core").
+# View and Decision become cdef classes (frozen Cython dataclasses, C-typed counts): the compiled
+# copy drops fast_frozen_init and slots=True from them, which a cdef class cannot take (Cython
+# writes their __init__ in C). Scheduler becomes an empty cdef class so that VLLMScheduler can be
+# one; every other scheduler stays a Python class.
 # Fields in the .py's order (Cython's dataclass takes __init__'s order from here).
 cdef class Decision:
     cdef readonly object run

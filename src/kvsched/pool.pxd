@@ -1,5 +1,5 @@
-# Augmenting declarations for kvsched/pool.py (benchmarks/bench_compiled.sh TYPED=1 only; the
-# package never uses this file). DecodePool becomes a cdef class with C-typed counters; the
+# C types for kvsched/pool.py in the compiled core (setup.py; docs/architecture.md, "Compiled core").
+# DecodePool becomes a cdef class with C-typed counters; the
 # methods the loop calls per step become cpdef with C-typed locals. Python-level semantics are
 # unchanged: floor division and modulo keep Python's rules (cdivision is off), and every
 # counter fits in 64 bits for any run that fits in memory.
