@@ -8,8 +8,9 @@ Configs: `vllm` (azure-conv x1, prefix caching on, its default), `vllm-noapc`, `
 (exact predictions), and
 `synthetic:N` (N requests of bench_sim.py's synthetic spec, seed 0, vllm). It prints the CPU
 seconds (`time.process_time`, best of REPEATS runs in this process), the number of step rows,
-the peak RSS, and a sha256 over the end time, every steps column and every request (`repr`):
-equal digests mean byte-identical results. CPU time is less sensitive than wall time to the
+the peak RSS, a sha256 over the end time, every steps column and every request (`repr`):
+equal digests mean byte-identical results; and the core it ran on (`compiled-core` or
+`pure-Python`, kvsched.compiled: KVSCHED_PURE=1 picks the Python source). CPU time is less sensitive than wall time to the
 other processes on a shared machine; still, compare only figures measured in the same run.
 """
 
@@ -22,8 +23,9 @@ import time
 
 import numpy as np
 
+import kvsched.compiled
 import kvsched.schedulers
-import kvsched.sim.cost  # noqa: F401  (registers the cost models)
+import kvsched.sim.cost
 from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.sim import simulate
@@ -62,7 +64,7 @@ def main() -> None:
         digest.update(repr(r).encode())
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{args.config} cpu_s={best:.3f} rows={run.steps.num_rows} peak_rss_mib={rss_mib:.0f} "
-          f"digest={digest.hexdigest()[:16]}")
+          f"digest={digest.hexdigest()[:16]} core={kvsched.compiled.describe().split(':')[0].replace(' ', '-')}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 import kvsched
+import kvsched.compiled
 import kvsched.schedulers
 import kvsched.sim.cost
 from kvsched.decision import Decision, Scheduler, View
@@ -638,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     load = results["loadavg_1_5_15_at_end"]
     load_txt = f"; load average at end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)" if load else ""
     print(f"\n{results['mode']} run: {results['total_wall_s']:.0f} s in all{load_txt}; results in {args.out}")
-    print("Single-threaded Python: every figure is one core's work; other processes on the machine inflate them.")
+    print("Single-threaded: every figure is one core's work; other processes on the machine inflate them.")
+    print(f"kvsched core: {kvsched.compiled.describe()} (KVSCHED_PURE=1 runs the Python source)")
     return 0
 
 

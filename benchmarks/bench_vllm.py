@@ -79,20 +79,29 @@ def _state(s) -> str:
     return f"{len(s.running)} running / {len(s.waiting)} waiting"
 
 
+class _TimedPolicy:
+    """The policy with its decisions timed into `total_s[0]` (a wrapper: a compiled scheduler
+    takes no instance attributes, kvsched.compiled)."""
+
+    def __init__(self, inner, total_s: list[float]) -> None:
+        self._inner, self._total_s = inner, total_s
+
+    def schedule(self, view):
+        t = CLOCK()
+        try:
+            return self._inner.schedule(view)
+        finally:
+            self._total_s[0] += CLOCK() - t
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
 def measure(policy: str, steps: int, warmup: int, strict: bool = False) -> dict:
     base, base_driver = _build(Scheduler)
     plug, plug_driver = _build(_TimedPlugin, kvsched_config=PolicyConfig(policy, strict=strict))
     decide_s = [0.0]
-    decide = plug.policy_scheduler.schedule
-
-    def timed_decide(view):
-        t = CLOCK()
-        try:
-            return decide(view)
-        finally:
-            decide_s[0] += CLOCK() - t
-
-    plug.policy_scheduler.schedule = timed_decide
+    plug.policy_scheduler = _TimedPolicy(plug.policy_scheduler, decide_s)
     for _ in range(warmup):
         if _steady(base) and _steady(plug):
             break

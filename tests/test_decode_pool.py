@@ -238,6 +238,21 @@ class _CheckedKV(PrefixCachingKVCache):
         self.check()
 
 
+class _Counted:
+    """A scheduler counting its `schedule` calls, `reuse_steady_pool` as given (a wrapper: a
+    compiled scheduler takes no instance attributes, kvsched.compiled)."""
+
+    def __init__(self, inner, reuse_steady_pool):
+        self._inner, self.reuse_steady_pool, self.calls = inner, reuse_steady_pool, 0
+
+    def schedule(self, view):
+        self.calls += 1
+        return self._inner.schedule(view)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 def run_reuse_on_and_off(reqs, name, options, *, capacity, block_size, lookahead=0, prefix_caching=False,
                          cost=COST):
     """(run calling `schedule` every step, run reusing steady pool-only decisions, calls made in
@@ -246,17 +261,9 @@ def run_reuse_on_and_off(reqs, name, options, *, capacity, block_size, lookahead
     for reuse in (False, True):
         reqs_in = sorted((r.copy_fresh() for r in reqs), key=lambda r: (r.arrival_time, r.request_id))
         kv = make_kv_cache(capacity, block_size, prefix_caching=prefix_caching)
-        scheduler = SCHEDULERS.create(name, **options)
-        scheduler.reuse_steady_pool = reuse
-        calls = [0]
-
-        def counted(view, schedule=scheduler.schedule, calls=calls):
-            calls[0] += 1
-            return schedule(view)
-
-        scheduler.schedule = counted
+        scheduler = _Counted(SCHEDULERS.create(name, **options), reuse)
         loop = _Loop(reqs_in, scheduler, SimBackend(cost), kv, None, 2048, 100_000, lookahead, False, True)
-        out.append((loop.run(), calls[0]))
+        out.append((loop.run(), scheduler.calls))
     (every, every_calls), (reused, reused_calls) = out
     return every, reused, every_calls, reused_calls
 
