@@ -160,6 +160,22 @@ class Driver:
         return self.records
 
 
+class _Recording:
+    """`inner`, each decision passed to `record`. A wrapper, not a patched `schedule`: the
+    compiled core's schedulers (kvsched.compiled) take no instance attributes."""
+
+    def __init__(self, inner, record) -> None:
+        self._inner, self._record = inner, record
+
+    def schedule(self, view):
+        decision = self._inner.schedule(view)
+        self._record(view, decision)
+        return decision
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
 def simulate(stream: Sequence[Arrival], scheduler, *, num_blocks: int, block_size: int) -> list[StepRecord]:
     """kvsched's own loop on `stream` with unit-length steps (request i arrives at time
     stream[i].step, output length = max_tokens), recording each step's decision."""
@@ -172,7 +188,6 @@ def simulate(stream: Sequence[Arrival], scheduler, *, num_blocks: int, block_siz
     reqs = [KRequest(k, float(stream[i].step), stream[i].prompt_len, stream[i].max_tokens)
             for k, i in enumerate(order)]
     records: list[StepRecord] = []
-    inner = scheduler
 
     class UnitBackend:
         max_repeat = 1
@@ -187,15 +202,7 @@ def simulate(stream: Sequence[Arrival], scheduler, *, num_blocks: int, block_siz
         records.append(StepRecord(round(view.now), dict(decision.run), frozenset(decision.preempt),
                                   frozenset(), 0))
 
-    original = inner.schedule
-
-    def schedule(view):
-        decision = original(view)
-        record(view, decision)
-        return decision
-
-    inner.schedule = schedule
-    result = run(reqs, inner, UnitBackend(), KVCache((num_blocks - 1) * block_size, block_size))
+    result = run(reqs, _Recording(scheduler, record), UnitBackend(), KVCache((num_blocks - 1) * block_size, block_size))
     finished_at: dict[int, int] = {r.request_id: round(r.finish_time) - 1 for r in result.requests}
     out = []
     for rec in records:
