@@ -33,7 +33,7 @@ SRC = HERE / "src"
 GEN = HERE / "build" / "cython"  # the compiled copies and their C files
 HOT = (
     "request", "kvcache", "pool", "decision", "fastinit", "backend", "loop", "request_table",
-    "schedulers/vllm", "schedulers/vidur", "sim/backend", "sim/cost",
+    "schedulers/vllm", "schedulers/vidur", "schedulers/queues", "sim/backend", "sim/cost",
 )
 MANIFEST = "compiled.json"
 
