@@ -56,45 +56,7 @@ class RequestTable(Sequence):
         """Store request `r` (the loop's copy of input `i`) for good."""
         if i >= len(self._status):
             self._grow()
-        # Field by field from columns bound once (extended in place by _grow), not a loop over
-        # names or dict lookups: this runs once per request of the run.
-        (computed, output, preemptions, restarts, wasted, discarded, wasted_area, start_step, start_output,
-         kv_area, cached, reused) = self._int_cols
-        computed[i] = r.num_computed_tokens
-        output[i] = r.num_output_tokens
-        preemptions[i] = r.num_preemptions
-        restarts[i] = r.num_restarts
-        wasted[i] = r.num_wasted_tokens
-        discarded[i] = r.num_discarded_tokens
-        wasted_area[i] = r.wasted_kv_area
-        step = r.attempt_start_step
-        start_step[i] = -1 if step is None else step
-        start_output[i] = r.attempt_start_output
-        kv_area[i] = r.attempt_kv_area
-        cached[i] = r.num_cached_tokens
-        reused[i] = r.num_reused_tokens
-        admit, scheduled, first_token, finish = self._time_cols
-        nan = math.nan
-        v = r.admit_time
-        admit[i] = nan if v is None else v
-        v = r.first_scheduled_time
-        scheduled[i] = nan if v is None else v
-        v = r.first_token_time
-        first_token[i] = nan if v is None else v
-        v = r.finish_time
-        finish[i] = nan if v is None else v
-        self._status[i] = _STATUS_CODE[r.status]
-        self._packed[i] = 1
-        att_start = self._att_start
-        self._att_first[i] = len(att_start)
-        attempts = r.attempts
-        self._att_count[i] = len(attempts)
-        for start, tokens, kind in attempts:
-            att_start.append(start)
-            self._att_tokens.append(tokens)
-            self._att_kind.append(_KIND_CODE[kind])
-        if r.reject_reason is not None:
-            self._reasons[i] = r.reject_reason
+        _pack(self, i, r)
 
     def _grow(self) -> None:
         """The input list grew (appended to while the loop ran): room for the new entries."""
@@ -185,3 +147,47 @@ class RequestTable(Sequence):
     def complete(self) -> bool:
         """Every request has left (the loop returned this table in a Run)."""
         return all(self._packed[:len(self)])
+
+
+def _pack(table: RequestTable, i: int, r: Request) -> None:
+    """RequestTable.pack's body, a function so that the compiled core can type `r`
+    (request_table.pxd): its fields are then read as C values, not attributes."""
+    # Field by field from columns bound once (extended in place by _grow), not a loop over
+    # names or dict lookups: this runs once per request of the run.
+    (computed, output, preemptions, restarts, wasted, discarded, wasted_area, start_step, start_output,
+     kv_area, cached, reused) = table._int_cols
+    computed[i] = r.num_computed_tokens
+    output[i] = r.num_output_tokens
+    preemptions[i] = r.num_preemptions
+    restarts[i] = r.num_restarts
+    wasted[i] = r.num_wasted_tokens
+    discarded[i] = r.num_discarded_tokens
+    wasted_area[i] = r.wasted_kv_area
+    step = r.attempt_start_step
+    start_step[i] = -1 if step is None else step
+    start_output[i] = r.attempt_start_output
+    kv_area[i] = r.attempt_kv_area
+    cached[i] = r.num_cached_tokens
+    reused[i] = r.num_reused_tokens
+    admit, scheduled, first_token, finish = table._time_cols
+    nan = math.nan
+    v = r.admit_time
+    admit[i] = nan if v is None else v
+    v = r.first_scheduled_time
+    scheduled[i] = nan if v is None else v
+    v = r.first_token_time
+    first_token[i] = nan if v is None else v
+    v = r.finish_time
+    finish[i] = nan if v is None else v
+    table._status[i] = _STATUS_CODE[r.status]
+    table._packed[i] = 1
+    att_start = table._att_start
+    table._att_first[i] = len(att_start)
+    attempts = r.attempts
+    table._att_count[i] = len(attempts)
+    for start, tokens, kind in attempts:
+        att_start.append(start)
+        table._att_tokens.append(tokens)
+        table._att_kind.append(_KIND_CODE[kind])
+    if r.reject_reason is not None:
+        table._reasons[i] = r.reject_reason
