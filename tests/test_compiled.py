@@ -164,7 +164,12 @@ def test_an_edited_source_is_imported_instead_of_the_stale_extensions(tmp_path):
 @needs_compiled
 def test_extensions_without_a_manifest_are_not_trusted(tmp_path):
     shutil.copytree(PACKAGE, tmp_path / "kvsched", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "kvsched" / "compiled.json").unlink()  # a build that stopped before writing it
-    files, err = _imported_from(tmp_path, "kvsched.loop", "kvsched.schedulers.vllm")
-    assert all(f.endswith(".py") for f in files)
-    assert "kvsched: extension modules without compiled.json (" in err and "kvsched.schedulers.vllm" in err
+    manifest = tmp_path / "kvsched" / "compiled.json"
+    for broken in ("{not json", None):  # cut short while written; a build that stopped before it
+        if broken is None:
+            manifest.unlink()
+        else:
+            manifest.write_text(broken)
+        files, err = _imported_from(tmp_path, "kvsched.loop", "kvsched.schedulers.vllm")
+        assert all(f.endswith(".py") for f in files)
+        assert "kvsched: extension modules without a readable compiled.json (" in err and "kvsched.schedulers.vllm" in err

@@ -27,8 +27,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def _manifest(package_dir: Path) -> dict[str, str]:
     """Module name -> sha256 of the .py it was compiled from; empty for a pure install."""
     try:
-        return json.loads((package_dir / MANIFEST).read_text())["sources_sha256"]
-    except FileNotFoundError:
+        return dict(json.loads((package_dir / MANIFEST).read_text())["sources_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: its extensions are not trusted
         return {}
 
 
@@ -36,12 +36,18 @@ def _source(package_dir: Path, module: str) -> Path:
     return package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:  # a source removed since the build: stale
+        return None
+
+
 def status(package_dir: Path = _PACKAGE_DIR) -> dict:
     """What this install has and what this process uses: the compiled module names, the stale
     ones (source edited since the build), and whether the extensions are in use."""
     sources = _manifest(package_dir)
-    stale = sorted(m for m, digest in sources.items()
-                   if hashlib.sha256(_source(package_dir, m).read_bytes()).hexdigest() != digest)
+    stale = sorted(m for m, digest in sources.items() if _sha256(_source(package_dir, m)) != digest)
     in_use = [m for m in sources if m in sys.modules and
               isinstance(getattr(sys.modules[m], "__loader__", None), importlib.machinery.ExtensionFileLoader)]
     return {"compiled_modules": sorted(sources), "stale": stale, "pure_requested": os.environ.get("KVSCHED_PURE") == "1",
@@ -90,7 +96,7 @@ def select(package_dir: Path = _PACKAGE_DIR) -> None:
     if not sources:
         unrecorded = _unrecorded_extensions(package_dir)
         if unrecorded:
-            print(f"kvsched: extension modules without {MANIFEST} ({', '.join(sorted(unrecorded))}): using "
+            print(f"kvsched: extension modules without a readable {MANIFEST} ({', '.join(sorted(unrecorded))}): using "
                   "their Python source (rebuild: pip install -e .)", file=sys.stderr)
             sys.meta_path.insert(0, _SourceFinder({m: _source(package_dir, m) for m in unrecorded}))
         return
