@@ -25,7 +25,7 @@ import numpy as np
 
 import kvsched.compiled
 import kvsched.schedulers
-import kvsched.sim.cost
+import kvsched.sim.cost  # registers the cost models
 from kvsched.predictors import with_predictions
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.sim import simulate

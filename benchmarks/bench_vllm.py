@@ -31,6 +31,7 @@ logging.disable(logging.WARNING)
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.outputs import ModelRunnerOutput
 
+from kvsched.schedulers.proxy import SchedulerProxy
 from kvsched.vllm.config import PolicyConfig
 from kvsched.vllm.harness import Driver, build_scheduler, tiny_model_dir
 from kvsched.vllm.plugin import KvschedMixin
@@ -79,22 +80,19 @@ def _state(s) -> str:
     return f"{len(s.running)} running / {len(s.waiting)} waiting"
 
 
-class _TimedPolicy:
-    """The policy with its decisions timed into `total_s[0]` (a wrapper: a compiled scheduler
-    takes no instance attributes, kvsched.compiled)."""
+class _TimedPolicy(SchedulerProxy):
+    """The policy, its decisions timed into `total_s[0]`."""
 
     def __init__(self, inner, total_s: list[float]) -> None:
-        self._inner, self._total_s = inner, total_s
+        super().__init__(inner)
+        self._total_s = total_s
 
     def schedule(self, view):
         t = CLOCK()
         try:
-            return self._inner.schedule(view)
+            return self.inner.schedule(view)
         finally:
             self._total_s[0] += CLOCK() - t
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
 
 
 def measure(policy: str, steps: int, warmup: int, strict: bool = False) -> dict:

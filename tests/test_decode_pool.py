@@ -21,6 +21,7 @@ from kvsched.loop import _Loop
 from kvsched.registry import COST_MODELS, SCHEDULERS
 from kvsched.request import Request, RequestStatus
 from kvsched.schedulers import future_plan
+from kvsched.schedulers.proxy import SchedulerProxy
 from kvsched.sim.backend import SimBackend
 from kvsched.sim.cost import AffinePrefillCost
 from kvsched.traces import load_trace, scale_rate
@@ -238,19 +239,16 @@ class _CheckedKV(PrefixCachingKVCache):
         self.check()
 
 
-class _Counted:
-    """A scheduler counting its `schedule` calls, `reuse_steady_pool` as given (a wrapper: a
-    compiled scheduler takes no instance attributes, kvsched.compiled)."""
+class _Counted(SchedulerProxy):
+    """The scheduler, counting its `schedule` calls, with `reuse_steady_pool` as given."""
 
     def __init__(self, inner, reuse_steady_pool):
-        self._inner, self.reuse_steady_pool, self.calls = inner, reuse_steady_pool, 0
+        super().__init__(inner)
+        self.reuse_steady_pool, self.calls = reuse_steady_pool, 0
 
     def schedule(self, view):
         self.calls += 1
-        return self._inner.schedule(view)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+        return self.inner.schedule(view)
 
 
 def run_reuse_on_and_off(reqs, name, options, *, capacity, block_size, lookahead=0, prefix_caching=False,

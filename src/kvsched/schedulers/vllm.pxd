@@ -1,7 +1,7 @@
 # C types for kvsched/schedulers/vllm.py in the compiled core (setup.py; docs/architecture.md,
 # "Compiled core"). VLLMScheduler becomes a cdef class (registered after its class: a cdef class
 # takes no decorator but @dataclass; _waiting is declared as a field: every declared attribute of
-# a Cython dataclass is one). Its instances take no new attributes: wrap one rather than patch it.
+# a Cython dataclass is one). Its instances take no new attributes: wrap one (schedulers/proxy.py) rather than patch it.
 # Its per-step passes become cpdef with C-typed locals; the hooks Python subclasses override
 # (_can_admit, _admitted, _left, _make_queue) and _pick_victim (a lambda, a closure) stay def
 # methods. Requests stay untyped here: a blind run hands it BlindRequests.

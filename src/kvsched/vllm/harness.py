@@ -32,6 +32,8 @@ from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request
 from vllm.v1.structured_output import StructuredOutputManager
 
+from kvsched.schedulers.proxy import SchedulerProxy
+
 SAMPLED_TOKEN = 7
 
 _TINY_LLAMA = {
@@ -160,20 +162,17 @@ class Driver:
         return self.records
 
 
-class _Recording:
-    """`inner`, each decision passed to `record`. A wrapper, not a patched `schedule`: the
-    compiled core's schedulers (kvsched.compiled) take no instance attributes."""
+class _Recording(SchedulerProxy):
+    """The scheduler, each of its decisions passed to `record`."""
 
     def __init__(self, inner, record) -> None:
-        self._inner, self._record = inner, record
+        super().__init__(inner)
+        self._record = record
 
     def schedule(self, view):
-        decision = self._inner.schedule(view)
+        decision = self.inner.schedule(view)
         self._record(view, decision)
         return decision
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
 
 
 def simulate(stream: Sequence[Arrival], scheduler, *, num_blocks: int, block_size: int) -> list[StepRecord]:
