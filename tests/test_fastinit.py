@@ -50,9 +50,31 @@ def test_fast_init_equals_the_generated_init(cls, data):
 
 
 def test_default_factories_give_a_fresh_object_each_time():
-    a, b = Decision(), Decision()
-    assert a.run == {} and a.run is not b.run
+    spec = [("x", int), ("items", list, dataclasses.field(default_factory=list))]
+    cls = fast_frozen_init(dataclasses.make_dataclass("WithFactory", spec, frozen=True, slots=True))
+    a, b = cls(1), cls(1)
+    assert a.items == [] and a.items is not b.items and cls(1, [2]).items == [2]
     with pytest.raises(TypeError):
         BatchShape(1, 2)  # required fields stay required
     with pytest.raises(TypeError):
         fast_frozen_init(dataclasses.make_dataclass("Plain", [("x", int)]))  # not frozen: refused
+
+
+def test_empty_defaults_are_one_immutable_mapping():
+    """Decision.run and View.block_counts default to NO_ENTRIES, not a dict per object (a
+    default_factory costs the compiled core an import per construction): so it must read as
+    an empty dict and refuse writes."""
+    import pickle
+
+    from kvsched.decision import NO_ENTRIES
+
+    a = Decision()
+    assert a.run is NO_ENTRIES and a.run == {} and Decision(run={}) == a and repr(a.run) == "{}"
+    assert not a.run and a.run.get(3, 0) == 0 and 3 not in a.run and dict(a.run.items()) == {}
+    with pytest.raises(TypeError):
+        a.run[3] = 1  # type: ignore[index]
+    with pytest.raises(KeyError):
+        a.run[3]
+    assert pickle.loads(pickle.dumps(a)).run is NO_ENTRIES
+    view = View(0.0, 0, {}, {}, [], [], 4, 4, 16, False)
+    assert view.block_counts is NO_ENTRIES and view.blocks_freed_by(7) == 0

@@ -8,7 +8,7 @@ out of `run` keep their KV (they are paused), which WAIT-style policies need.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvsched.fastinit import fast_frozen_init
@@ -17,6 +17,36 @@ from kvsched.request import Request
 
 if TYPE_CHECKING:
     from kvsched.pool import DecodePool
+
+
+class _NoEntries(Mapping):
+    """An empty mapping that cannot change, for the defaults of `Decision.run` and
+    `View.block_counts`. Being hashable, a dataclass takes it as a plain default where a dict
+    needs `default_factory`, which the compiled core pays for on every construction (Cython's
+    dataclass `__init__` imports `dataclasses` each time to find its factory sentinel)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "{}"
+
+    def __reduce__(self):
+        return "NO_ENTRIES"
+
+
+NO_ENTRIES: Mapping = _NoEntries()
 
 
 @fast_frozen_init
@@ -46,7 +76,7 @@ class Decision:
              `restart` leave the pool first and are handled one by one.
     """
 
-    run: Mapping[int, int] = field(default_factory=dict)
+    run: Mapping[int, int] = NO_ENTRIES
     preempt: tuple[int, ...] = ()
     repeat: int = 1
     restart: tuple[int, ...] = ()
@@ -79,7 +109,7 @@ class View:
     num_blocks: int
     block_size: int
     arrivals_pending: bool  # more requests will arrive later
-    block_counts: Mapping[int, int] = field(default_factory=dict)  # resident request id -> blocks held
+    block_counts: Mapping[int, int] = NO_ENTRIES  # resident request id -> blocks held
     # KV slots allocated beyond the computed tokens of every scheduled request (vLLM's
     # lookahead slots). 1 in theory mode: the papers charge the token a round emits at once.
     lookahead_tokens: int = 0
