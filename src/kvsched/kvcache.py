@@ -13,6 +13,10 @@ from types import MappingProxyType
 
 from kvsched.request import RequestStatus
 
+# Bound once: reading an Enum member off its class goes through the metaclass's
+# __getattr__ hook, about 15x the cost of a global, and these are read every step.
+_FINISHED = RequestStatus.FINISHED
+
 
 class KVCapacityError(RuntimeError):
     """An allocation that does not fit: always a scheduler bug, never silently clipped."""
@@ -644,13 +648,13 @@ class PrefixCachingKVCache(KVCache):
             return
         if self.lazy_own_keys:
             r = self._reqs[request_id]
-            if r.status is RequestStatus.FINISHED and not r.prefix_block_ids:
+            if r.status is _FINISHED and not r.prefix_block_ids:
                 self._free_finished_own(request_id, mine, own_from)
                 return
         if own_from is not None:
             r = self._reqs[request_id]
             keyed = self._num_keyed[request_id]
-            if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
+            if r.status is _FINISHED:  # its own keys can never be looked up
                 for j in range(own_from, keyed):
                     keys[mine[j]] = DEAD
             else:  # it may come back: its own keys, as eager registration made them
@@ -662,7 +666,7 @@ class PrefixCachingKVCache(KVCache):
                     b = mine[j]
                     cached[k] = b
                     keys[b] = k
-        if self._reqs[request_id].status is not RequestStatus.FINISHED:
+        if self._reqs[request_id].status is not _FINISHED:
             self._had_kv.add(request_id)  # it may come back, and find its own keys
         still_shared = 0
         # Tail first: a request's last blocks are evicted first. Keyless blocks (never
@@ -703,14 +707,14 @@ class PrefixCachingKVCache(KVCache):
         elif n > keyed:
             self._push_run(mine[keyed:], None, True)
         if keyed:
-            if r.status is RequestStatus.FINISHED:  # its own keys can never be looked up
+            if r.status is _FINISHED:  # its own keys can never be looked up
                 dead = mine[keyed - 1::-1]
                 self._push_run(dead, DEAD, False)
             else:  # it may come back: its keyed blocks as its own run, last block first
                 node = self._push_run(mine if keyed == len(mine) else mine[:keyed], OWN, False)
                 self._runs[node].append(request_id)
                 self._own_runs[request_id] = node
-        if r.status is not RequestStatus.FINISHED:
+        if r.status is not _FINISHED:
             self._had_kv.add(request_id)
         self._num_free += n
         self._num_used_tokens -= self._tokens.pop(request_id)
