@@ -3,14 +3,16 @@
 # cpdef methods and attributes are then reached without a Python call or lookup); the per-step
 # methods, _apply among them, become cpdef with C-typed locals. OnlineLoop stays a Python
 # subclass (it overrides _finish_step, which cpdef dispatch honours). Request locals are typed
-# (request.pxd), the step's shape is a BatchShape (backend.pxd). `kv` is typed KVCache: every KV
-# model handed to the loop in this repository is one (the engine's too; the tests' checking
-# models subclass it).
+# (request.pxd), the step's shape is a BatchShape (backend.pxd) and the scheduler's decision a
+# Decision (decision.pxd: a scheduler that returns anything else fails with a TypeError naming
+# both types). `kv` is typed KVCache: every KV model handed to the loop in this repository is
+# one (the engine's too; the tests' checking models subclass it).
 cimport cython
 from kvsched.pool cimport DecodePool
 from kvsched.request cimport Request
 from kvsched.kvcache cimport KVCache
 from kvsched.backend cimport BatchShape
+from kvsched.decision cimport Decision
 
 cdef class _Loop:
     cdef public list reqs, arrived, finished
@@ -29,7 +31,7 @@ cdef class _Loop:
     @cython.locals(n_total=Py_ssize_t, last_report=Py_ssize_t, reqs=list, eps=double, i=Py_ssize_t)
     cpdef run(self)
 
-    @cython.locals(arrived=list, finished=list, kv=KVCache)
+    @cython.locals(arrived=list, finished=list, kv=KVCache, decision=Decision)
     cpdef _schedule_and_apply(self)
 
     @cython.locals(reqs=list, i=Py_ssize_t, n=Py_ssize_t, index=dict, waiting=dict, arrived=list,
@@ -42,7 +44,7 @@ cdef class _Loop:
                    min_slack=Py_ssize_t, min_left=Py_ssize_t, pool_blocks=Py_ssize_t, num_steps=Py_ssize_t,
                    longest=Py_ssize_t, shortest=Py_ssize_t, duration=double, kv_seconds=double,
                    bs=Py_ssize_t, need=Py_ssize_t, total=Py_ssize_t, kv=KVCache, used=Py_ssize_t)
-    cpdef _apply(self, decision)
+    cpdef _apply(self, Decision decision)
 
     @cython.locals(bs=Py_ssize_t, la=Py_ssize_t, blocks=dict, resident=dict, waiting=dict, batch=list,
                    totals=list, num_prefill=Py_ssize_t, num_decode=Py_ssize_t, num_kv=Py_ssize_t,
