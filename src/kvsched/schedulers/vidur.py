@@ -30,6 +30,17 @@ def _arrival_key(r: Request) -> tuple[float, int]:
     return (r.arrival_time, r.request_id)
 
 
+def _any_aborted(finished) -> bool:
+    return any(r.status is RequestStatus.ABORTED for r in finished)
+
+
+def _by_arrival(ids, resident) -> list[int]:
+    """The request ids `ids` in arrival order (ties by id), their requests looked up in `resident`.
+    (This and _any_aborted are functions, not expressions in the methods: the compiled core's
+    cpdef methods take no closures.)"""
+    return sorted(ids, key=lambda rid: _arrival_key(resident[rid]))
+
+
 @dataclass(eq=False)
 class _VidurBase(Scheduler):
     batch_size_cap: int = 128
@@ -58,9 +69,9 @@ class _VidurBase(Scheduler):
                 i = bisect.bisect_left(running, _arrival_key(r), key=_arrival_key)
                 if i < len(running) and running[i] is r:
                     del running[i]
-            if self._queue and any(r.status is RequestStatus.ABORTED for r in view.finished):
+            if self._queue and _any_aborted(view.finished):
                 # A client disconnect (online loop) may withdraw a queued request.
-                self._queue = deque(r for r in self._queue if not r.is_finished)
+                self._queue = deque([r for r in self._queue if not r.is_finished])
 
     def _admit(self, r: Request) -> None:
         self._queue.popleft()
@@ -80,12 +91,15 @@ class _VidurBase(Scheduler):
         return victim, view.block_counts.get(victim.request_id, 0)
 
 
-@SCHEDULERS.register("vidur-vllm", "Vidur's vLLM: prefill-only batches first, else decode all; restart latest arrival")
 @dataclass(eq=False)
 class VidurVLLMScheduler(_VidurBase):
     max_tokens_in_batch: int = 4096  # counted as len(batch) * max(prompt tokens)
 
     uses_pool = True  # the decode-all step as a group (docs/architecture.md, Performance)
+
+    def __post_init__(self) -> None:
+        # Spelled out: compiled (a Cython dataclass), __init__ calls only a class's own __post_init__.
+        super().__post_init__()
 
     def schedule(self, view: View) -> Decision:
         self._sync(view)
@@ -154,11 +168,10 @@ class VidurVLLMScheduler(_VidurBase):
             else:
                 need_all -= needs.pop(vid)
             free += self._restart_latest(view, preempted)[1]
-        run = dict.fromkeys(sorted(needs, key=lambda rid: _arrival_key(view.resident[rid])), 1)
+        run = dict.fromkeys(_by_arrival(needs, view.resident), 1)
         return Decision(run, tuple(preempted), 1 if preempted else STEADY, pool=True)
 
 
-@SCHEDULERS.register("sarathi", "Sarathi-Serve (Vidur): decodes first, then prefill chunks within chunk_size")
 @dataclass(eq=False)
 class SarathiScheduler(_VidurBase):
     chunk_size: int = 512
@@ -220,7 +233,7 @@ class SarathiScheduler(_VidurBase):
                 free += blocks_for(victim.num_tokens + la, bs) - freed  # its reservation too
                 partial.remove(victim)
         free -= need_all
-        run = dict.fromkeys(sorted(decoders, key=lambda rid: _arrival_key(view.resident[rid])), 1) if decoders else {}
+        run = dict.fromkeys(_by_arrival(decoders, view.resident), 1) if decoders else {}
         num_batch_tokens = len(pool.members) + len(run)
         chunk_size = self.chunk_size
         for r in partial:
@@ -241,9 +254,9 @@ class SarathiScheduler(_VidurBase):
         # them at admission); kvsched allocates per chunk, so keep the rest reserved.
         partial = [r for r in self._running
                    if r.num_output_tokens == 0 or r.prompt_len + r.num_output_tokens - r.num_computed_tokens > 1]
-        free = view.num_free_blocks - sum(
-            blocks_for(r.num_tokens + la, bs) - view.block_counts.get(r.request_id, 0) for r in partial
-        )
+        free = view.num_free_blocks
+        for r in partial:
+            free -= blocks_for(r.num_tokens + la, bs) - view.block_counts.get(r.request_id, 0)
         run: dict[int, int] = {}
         preempted: list[int] = []
         num_batch_tokens = 0
@@ -303,3 +316,9 @@ class SarathiScheduler(_VidurBase):
             free -= -(-(num_tokens + la) // bs)
             admitted = True
         return admitted
+
+
+SCHEDULERS.register("vidur-vllm", "Vidur's vLLM: prefill-only batches first, else decode all; restart latest arrival")(
+    VidurVLLMScheduler)
+SCHEDULERS.register("sarathi", "Sarathi-Serve (Vidur): decodes first, then prefill chunks within chunk_size")(
+    SarathiScheduler)
