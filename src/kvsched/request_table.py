@@ -2,7 +2,7 @@
 
 A simulated request that finishes (or is rejected) leaves the loop for good: its progress
 counters, timestamps and attempt log are packed into a record of a flat buffer (about 150
-bytes a request, plus 17 a attempt, instead of about 700 for a live `Request` and its attempt
+bytes a request, plus 17 an attempt, instead of about 700 for a live `Request` and its attempt
 list) and the loop drops the object. `Run.requests` is this table: a sequence that rebuilds an
 equal `Request` on every access (a new object each time), from the input request it was copied
 from (identity, lengths, predictions, prefix ids: the loop never mutates inputs) and the
