@@ -492,14 +492,14 @@ def test_step_table_widens_and_reads_back_exactly():
     t.append_row((2**40, *range(11)), (1e-9, 2.5, 1e300))
     assert t.num_rows == 2 and list(t) == list(STEP_COLUMNS)
     assert t["step"] == [0, 2**40] and t["num_finished"] == [11, 10]
+    assert t["start_time"] == [0.1, 1e-9] and t["kv_token_seconds"] == [0.3, 1e300]
+    assert all(type(v) is int for v in t["kv_used_tokens"])
     late = StepTable()  # the row that overflows is the second one, at its last column
     late.append_row(tuple(range(12)), (0.1, 0.2, 0.3))
     late.append_row((*range(11), -(2**35)), (0.4, 0.5, 0.6))
     assert late.num_rows == 2 and late["num_finished"] == [11, -(2**35)] and late["step"] == [0, 0]
     with pytest.raises(OverflowError, match="64 bits"):
         late.append_row((2**70, *range(11)), (0.0, 0.0, 0.0))
-    assert t["start_time"] == [0.1, 1e-9] and t["kv_token_seconds"] == [0.3, 1e300]
-    assert all(type(v) is int for v in t["kv_used_tokens"])
 
 
 def test_requests_frame_from_the_packed_arrays_equals_the_one_from_objects():
@@ -531,6 +531,7 @@ def test_request_table_grows_with_its_input_list():
     inputs = [Request(0, 0.0, 10, 3)]
     table = RequestTable(inputs)
     inputs.append(Request(7, 1.0, 5, 2))  # a driver that appends arrivals while the loop runs
+    assert not table.complete and table.indices(RequestStatus.FINISHED) == [0, 1]  # neither has left
     late = inputs[1].copy_fresh()
     late.status, late.finish_time, late.attempts = RequestStatus.FINISHED, 4.5, [(3, 2, "finish")]
     table.pack(1, late)

@@ -57,32 +57,35 @@ class RequestTable(Sequence):
 
     def pack(self, i: int, r: Request) -> None:
         """Store request `r` (the loop's copy of input `i`) for good."""
-        if i >= len(self._records) // _RECORD.size:
+        if i >= len(self._records) // _RECORD_SIZE:  # _num_slots() inlined: once per request of a run
             self._grow()
         _pack(self, i, r)
 
     def _grow(self) -> None:
         """The input list grew (appended to while the loop ran): room for the new entries."""
-        more = len(self._inputs) - len(self._records) // _RECORD.size
-        self._records.extend(_BLANK * more)
+        self._records.extend(_BLANK * (len(self._inputs) - self._num_slots()))
+
+    def _num_slots(self) -> int:
+        """Records the buffer holds room for (packed or not)."""
+        return len(self._records) // _RECORD_SIZE
 
     def _view(self, n: int) -> np.ndarray:
         """The first `n` records as a structured array over the buffer (no copy: copy what
         outlives the call, or the buffer cannot grow)."""
-        if n > len(self._records) // _RECORD.size:
+        if n > self._num_slots():
             self._grow()  # inputs appended since the last pack: not left yet
         return np.frombuffer(self._records, dtype=_RECORD_DTYPE, count=n)
 
     def _build(self, i: int) -> Request:
-        if i >= len(self._records) // _RECORD.size:
+        if i >= self._num_slots():
             raise RuntimeError(f"request {self._inputs[i].request_id} has not left the run")
         (computed, output, preemptions, restarts, wasted, discarded, wasted_area, step, start_output, kv_area,
-         cached, reused, *times, first, count, status, packed) = _RECORD.unpack_from(self._records, i * _RECORD.size)
+         cached, reused, *times, first, count, status, packed) = _RECORD.unpack_from(self._records, i * _RECORD_SIZE)
         if not packed:
             raise RuntimeError(f"request {self._inputs[i].request_id} has not left the run")
         att = self._attempts
         attempts = [(start, tokens, _KINDS[kind]) for start, tokens, kind
-                    in _ATTEMPT.iter_unpack(att[first * _ATTEMPT.size:(first + count) * _ATTEMPT.size])]
+                    in _ATTEMPT.iter_unpack(att[first * _ATTEMPT_SIZE:(first + count) * _ATTEMPT_SIZE])]
         src = self._inputs[i]
         # Positional, in Request's field order: one constructor call per rebuilt request.
         return Request(

@@ -28,9 +28,8 @@ predictor are clairvoyant exactly when that predictor is the oracle.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from types import MappingProxyType
 
-from kvsched.decision import Decision, Scheduler, View
+from kvsched.decision import NO_ENTRIES, Decision, Scheduler, View
 from kvsched.kvcache import blocks_for
 from kvsched.predictors import make_predictor
 from kvsched.registry import SCHEDULERS
@@ -38,7 +37,7 @@ from kvsched.request import Request, RequestStatus
 from kvsched.schedulers.queues import FCFSQueue, PriorityQueue
 
 STEADY = 1 << 30  # Decision.repeat when the same decode decision holds until an event
-_POOL_STEADY = Decision(MappingProxyType({}), (), STEADY, pool=True)  # every member decodes, nothing else
+_POOL_STEADY = Decision(NO_ENTRIES, (), STEADY, pool=True)  # every member decodes, nothing else
 
 
 @dataclass(eq=False)
