@@ -7,6 +7,8 @@
     python benchmarks/bench_ip.py --model 1 2 --instances 20 --time-limit 60 600 --configs default cpsat best
     # root LP only: value and time per formulation / cuts
     python benchmarks/bench_ip.py --lp --model 1 2 --instances 5 --time-limit 60 --configs default chain sparse
+    # closed-form bounds only (seconds): sum-output, LB_vol, chain, growth waste, over MC-SF's TEL
+    python benchmarks/bench_ip.py --closed --model 1 2 --instances 20
 
 `default` is HiGHS on the time-indexed IP with kvsched's defaults; `cpsat` is OR-Tools
 CP-SAT on the interval model (`kvsched.bounds.cpsat`); `best` runs a short CP-SAT probe, then HiGHS
@@ -54,9 +56,11 @@ from kvsched.bounds import (
     solve_hindsight,
     solve_ip,
     solve_lp,
+    sum_output_bound,
     volume_bound,
 )
 from kvsched.bounds.chain import chain_bound
+from kvsched.bounds.waste import waste_bound
 from kvsched.experiments.mcsf_instances import (
     instance_rng,
     model1_instance,
@@ -113,8 +117,11 @@ CONFIGS: dict[str, tuple[dict[str, object], bool]] = {
     "sparse+chain": ({"formulation": "sparse", "chain_cuts": 3}, True),
     "cpsat-chain": ({"chain_cuts": 3}, True),
     "best-chain": ({"chain_cuts": 3}, True),
+    # The growth-waste bound (kvsched.bounds.waste) is on by default; these turn it off.
+    "default-nowaste": ({"waste_bound": False}, True),
+    "cpsat-nowaste": ({"waste_bound": False}, True),
 }
-METHOD = {"cpsat": "cpsat", "best": "best", "cpsat-chain": "cpsat", "best-chain": "best"}  # every other configuration: HiGHS (solve_ip)
+METHOD = {"cpsat": "cpsat", "best": "best", "cpsat-chain": "cpsat", "best-chain": "best", "cpsat-nowaste": "cpsat"}  # every other configuration: HiGHS (solve_ip)
 DEFAULT_CONFIGS = ("plain", "+aggregate", "+warm+tighten", "+threshold1", "default", "everything")
 
 
@@ -148,9 +155,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             inst = make_instance(model, args.seed, index, args.size)
             source, warm = heuristic_starts(inst)
             warm_tel, _ = evaluate_starts(inst, warm)
-            lb_chain = chain_bound(inst)
+            lb_chain, lb_waste = chain_bound(inst), waste_bound(inst)
             log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} safe horizon={inst.safe_horizon()} "
-                f"LB_vol={volume_bound(inst)} chain={lb_chain} {source}={warm_tel}")
+                f"LB_vol={volume_bound(inst)} chain={lb_chain} waste={lb_waste} {source}={warm_tel}")
             for limit in args.time_limit:
                 for name in configs:
                     overrides, use_warm = CONFIGS[name]
@@ -170,7 +177,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                         "solve_time_s": res.solve_time_s, "wall_s": wall, "num_vars": res.num_vars,
                         "num_rows": res.num_rows, "num_nonzeros": res.num_nonzeros, "horizon": res.horizon,
                         "horizon_kind": res.horizon_kind, "heuristic": source, "heuristic_tel": warm_tel,
-                        "volume_bound": volume_bound(inst), "chain_bound": lb_chain,
+                        "volume_bound": volume_bound(inst), "chain_bound": lb_chain, "waste_bound": lb_waste,
                         "certificate": res.certificate(),
                     })
                     log(f"  {name:15s} {limit:5g}s {res.status:9s} obj={res.objective} lb={res.lower_bound} "
@@ -218,6 +225,33 @@ def run_lp(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                     if done else None,
                     "median_nonzeros": int(statistics.median(r["num_nonzeros"] for r in sel)),
                 })
+    return {"rows": rows, "summary": summary}
+
+
+def run_closed(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """`--closed`: the closed-form bounds only (no solver), each over the heuristic's TEL."""
+    names = ("sum-output", "volume", "chain", "waste")
+    rows: list[dict] = []
+    for model in args.model:
+        for index in range(args.instances):
+            inst = make_instance(model, args.seed, index, args.size)
+            source, warm = heuristic_starts(inst)
+            warm_tel, _ = evaluate_starts(inst, warm)
+            t0 = time.perf_counter()
+            lb_waste = waste_bound(inst)
+            waste_s = time.perf_counter() - t0
+            values = dict(zip(names, (sum_output_bound(inst), volume_bound(inst), chain_bound(inst), lb_waste),
+                              strict=True))
+            rows.append({"model": model, "instance": index, "n": inst.n, "capacity": inst.capacity,
+                         "heuristic": source, "heuristic_tel": warm_tel, **values, "waste_time_s": waste_s})
+            log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} "
+                + " ".join(f"{k}={v}" for k, v in values.items()) + f" {source}={warm_tel} ({waste_s:.3f} s)")
+    summary = [
+        {"model": model, "instances": len(sel),
+         **{f"mean_{k}_over_heuristic": float(np.mean([r[k] / r["heuristic_tel"] for r in sel])) for k in names}}
+        for model in args.model
+        for sel in [[r for r in rows if r["model"] == model]]
+    ]
     return {"rows": rows, "summary": summary}
 
 
@@ -308,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--lp", action="store_true", help="solve only the root LP of each configuration's model")
+    p.add_argument("--closed", action="store_true", help="closed-form bounds only (no solver): Σo, LB_vol, chain, waste")
     args = p.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -315,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    result = run_lp(args, log) if args.lp else run(args, log)
+    result = run_closed(args, log) if args.closed else run_lp(args, log) if args.lp else run(args, log)
     cmd = "python benchmarks/bench_ip.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result.update({
         "command": cmd.strip(),
@@ -328,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if args.closed:
+        for s in result["summary"]:
+            print(f"model {s['model']}, {s['instances']} instances, mean bound / heuristic TEL: "
+                  + "  ".join(f"{k.removeprefix('mean_').removesuffix('_over_heuristic')} {v:.3f}"
+                              for k, v in s.items() if k.startswith("mean_")))
+        print(f"{result['total_wall_s']:.0f} s in all; results in {args.out}")
+        return 0
     if args.lp:
         for s in result["summary"]:
             ratio = "-" if s["mean_lp_over_lb_vol"] is None else f"{s['mean_lp_over_lb_vol']:.3f}"

@@ -1,4 +1,5 @@
-"""Completion-chain bounds and the cumulative-start formulation against brute force."""
+"""Closed-form bounds beyond LB_vol (completion chains, growth waste) and the cumulative-start
+formulation, against brute force."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from kvsched.bounds.chain import (
 )
 from kvsched.bounds.cpsat import cpsat_available, solve_cpsat
 from kvsched.bounds.model import build_model
+from kvsched.bounds.waste import _min_charges, price_grid, waste_bound, waste_completion_bounds
+from kvsched.experiments.mcsf_instances import generate
 
 needs_highs = pytest.mark.skipif(not solver_available(), reason="needs HiGHS")
 
@@ -198,3 +201,79 @@ def test_certificate_recomputes_a_chain_bound() -> None:
     check_result(inst, res)
     with pytest.raises(CertificateError, match="claims chain"):
         check_result(inst, dataclasses.replace(res, lower_bound=lb + 1, status="bounded"))
+
+
+# --- the growth-waste bound (kvsched.bounds.waste) -------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small)
+def test_waste_bounds_every_schedules_completions_rank_by_rank(inst: Instance) -> None:
+    # The k-th bound is below the k-th smallest completion of every feasible schedule, so
+    # the sum is below the optimum.
+    ranks = waste_completion_bounds(inst)
+    for starts, _ in feasible_schedules(inst):
+        done = np.sort(np.add(starts, inst.output_len))
+        assert np.all(ranks <= done), (starts, ranks, done)
+    assert volume_bound(inst) <= waste_bound(inst) <= brute_force_optimum(inst)
+
+
+def test_waste_at_price_zero_is_lb_vol_and_more_prices_only_raise_it() -> None:
+    inst = generate(1, 0, 0)
+    assert waste_bound(inst, prices=[0.0]) == volume_bound(inst)
+    coarse = waste_bound(inst, prices=price_grid(step=1 / 2, max_price=4.0))
+    assert volume_bound(inst) < coarse <= waste_bound(inst)
+    with pytest.raises(ValueError, match="prices"):
+        waste_bound(inst, prices=[-1.0])
+
+
+def test_waste_shortest_path_matches_every_breakpoint_set() -> None:
+    # The vectorised shortest path against enumerating the breakpoint sets themselves.
+    prompt, output, max_age = np.array([0, 1, 3, 2]), np.array([1, 5, 7, 8]), np.array([0, 4, 3, 7])
+    prices = np.array([0.0, 0.25, 1.0, 2.5])
+    fast = _min_charges(prompt, output, max_age, prices)
+    for c in range(len(prompt)):
+        ages = range(1, min(int(output[c]) - 1, int(max_age[c])) + 1)
+        for li, lam in enumerate(prices):
+            best = np.inf
+            for r in range(len(ages) + 1):
+                for chosen in itertools.combinations(ages, r):
+                    cuts = (0, *chosen, int(output[c]))
+                    lengths = np.diff(cuts)
+                    best = min(best, float((lengths * (lengths - 1) / 2).sum() + lam * sum(prompt[c] + x for x in chosen)))
+            assert fast[c, li] == best, (c, lam)
+
+
+def test_waste_sees_the_memory_a_paper_size_schedule_leaves_free() -> None:
+    # The MC-SF paper's model-1 size: good schedules run one or two requests at a time.
+    for index in range(3):
+        inst = generate(1, 0, index)
+        assert waste_bound(inst) > 1.1 * max(volume_bound(inst), chain_bound(inst))
+
+
+def test_certificate_recomputes_a_waste_bound() -> None:
+    import dataclasses
+
+    from kvsched.bounds import CertificateError, IPOptions, IPResult, best_greedy_starts
+
+    inst = generate(1, 0, 1)
+    starts = best_greedy_starts(inst)
+    tel, _ = evaluate_starts(inst, starts)
+    lb = waste_bound(inst)
+    res = IPResult(status="bounded", objective=tel, lower_bound=lb, lower_bound_source="waste", upper_bound=tel,
+                   gap=(tel - lb) / tel, starts=starts, incumbent_source="warm-start", horizon=0, horizon_kind="safe",
+                   horizon_proven=True, dual_bound=None, solver_status="", solve_time_s=0.0, solver="",
+                   num_vars=0, num_rows=0, num_nonzeros=0, row_counts={}, options=IPOptions(),
+                   lower_bound_solver="closed-form")
+    check_result(inst, res)  # recomputes the bound: no solver involved
+    with pytest.raises(CertificateError, match="claims waste"):
+        check_result(inst, dataclasses.replace(res, lower_bound=lb + 1))
+
+
+@pytest.mark.skipif(not cpsat_available(), reason="needs OR-Tools")
+def test_cpsat_reports_the_waste_bound_when_it_is_the_best() -> None:
+    inst = generate(1, 0, 1)
+    res = solve_cpsat(inst, time_limit_s=0.2)
+    check_result(inst, res)
+    assert res.lower_bound >= waste_bound(inst)
+    assert solve_cpsat(inst, time_limit_s=0.2, waste_bound=False).options.waste_bound is False

@@ -128,7 +128,8 @@ def test_bound_prints_what_readme_lists_per_mode(tmp_path) -> None:
     csv.write_text("arrival_time,prompt_len,output_len\n0,2,3\n0,1,4\n1,2,2\n2,1,5\n")
     theory = json.loads(kvsched("bound", "--trace", str(csv), "--capacity", "12", "--theory", "--json"))
     names = [b["name"] for b in theory["bounds"]]
-    assert {"sum-output", "volume", "lp"} <= set(names) <= {"sum-output", "volume", "lemma-4.7", "lp", "ip-dual", "cpsat-bound"}
+    assert {"sum-output", "volume", "waste", "lp"} <= set(names) <= {
+        "sum-output", "volume", "waste", "lemma-4.7", "lp", "ip-dual", "cpsat-bound"}
     assert theory["optimum"] is not None
     for name in names:
         assert f"`{name}`" in readme, name

@@ -3,7 +3,8 @@
 * `Instance`: theory-mode data (integer epochs, prompt/output lengths, capacity `M`).
 * `evaluate_starts`, `greedy_starts`: replay a schedule / build a feasible one.
 * `volume_bound`, `lemma47_bound`, `sum_output_bound`, `volume_bound_seconds`:
-  closed-form lower bounds (the MC-SF paper's hindsight IP).
+  closed-form lower bounds (the MC-SF paper's hindsight IP); `waste_bound`: LB_vol plus the
+  memory that growing requests must leave free before each completion (`kvsched.bounds.waste`).
 * `solve_ip`, `solve_lp`: the time-indexed IP of the MC-SF paper's hindsight IP and its LP relaxation, solved
   with HiGHS (highspy preferred, scipy.optimize.milp as fallback), imported lazily so the
   package works without any solver.
@@ -28,7 +29,7 @@ _EXPORTS = {
     "IPOptions": "results", "IPResult": "results", "LPResult": "results",
     "SolverUnavailable": "solvers", "available_solver": "solvers", "solver_available": "solvers",
     "lemma47_bound": "volume", "sum_output_bound": "volume", "volume_bound": "volume",
-    "volume_bound_seconds": "volume",
+    "volume_bound_seconds": "volume", "waste_bound": "waste",
 }
 
 
@@ -72,4 +73,5 @@ __all__ = [
     "sum_output_bound",
     "volume_bound",
     "volume_bound_seconds",
+    "waste_bound",
 ]

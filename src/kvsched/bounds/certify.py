@@ -4,7 +4,8 @@
 
 * the incumbent's start epochs replay (pure-Python `evaluate_starts`: arrivals, memory at
   every epoch) to exactly the reported upper bound;
-* a lower bound from a closed form ("volume", "sum-output", "chain" from `kvsched.bounds.chain`) equals that bound recomputed,
+* a lower bound from a closed form ("volume", "sum-output", "chain" from `kvsched.bounds.chain`,
+  "waste" from `kvsched.bounds.waste`) equals that bound recomputed,
   and no reported lower bound is below them (the code always keeps the strongest);
 * the lower bound names who proved it (`lower_bound_solver`) and does not exceed the
   upper bound, and "optimal" means the two meet.
@@ -50,6 +51,10 @@ def check_result(inst: Instance, res: IPResult) -> None:
         from kvsched.bounds.chain import chain_bound
 
         closed["chain"] = chain_bound(inst)
+    if res.lower_bound_source == "waste":
+        from kvsched.bounds.waste import waste_bound
+
+        closed["waste"] = waste_bound(inst)
     if res.lower_bound_source in closed and res.lower_bound != closed[res.lower_bound_source]:
         raise CertificateError(
             f"lower bound {res.lower_bound} claims {res.lower_bound_source} = {closed[res.lower_bound_source]}"

@@ -39,6 +39,7 @@ from kvsched.bounds.instance import Instance, evaluate_starts
 from kvsched.bounds.results import IPOptions, IPResult, IPStatus
 from kvsched.bounds.solvers import SolverUnavailable, native_stdout_to_stderr
 from kvsched.bounds.volume import sum_output_bound, volume_bound
+from kvsched.bounds.waste import waste_bound
 
 INSTALL_HINT = "OR-Tools CP-SAT is not installed: pip install 'kvsched[cpsat]' (or 'ortools>=9.12,<9.16')"
 
@@ -116,7 +117,8 @@ def solve_cpsat(
                 m.add(starts[i] <= starts[j])
     objective = sum(starts) + const if starts else 0
     lb_chain = chain_bound(inst) if opts.chain_cuts else lb_vol
-    claimed = max(lb_vol, lb_sum, lb_chain, known_lower_bound or 0)
+    lb_waste = waste_bound(inst) if opts.waste_bound else lb_vol
+    claimed = max(lb_vol, lb_sum, lb_chain, lb_waste, known_lower_bound or 0)
     if starts:
         m.add(objective >= claimed)
         if inc_tel is not None:
@@ -168,7 +170,8 @@ def solve_cpsat(
         model_lb = -math.inf
     if code == cp_model.OPTIMAL and inc_tel is not None:
         model_lb = max(model_lb, float(inc_tel))
-    candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum)), ("chain", float(lb_chain))]
+    candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum)), ("chain", float(lb_chain)),
+                  ("waste", float(lb_waste))]
     if math.isfinite(model_lb):
         # Last, so that a tie goes to the closed form: the model states `objective >= LB_vol`,
         # and CP-SAT repeating it proves nothing more.

@@ -39,6 +39,7 @@ from kvsched.bounds.volume import (
     volume_bound,
     volume_bound_without_each,
 )
+from kvsched.bounds.waste import waste_bound
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def solve_ip(
     lb_vol = volume_bound(inst)
     lb_sum = sum_output_bound(inst)
     lb_chain = chain_bound(inst) if opts.chain_cuts or opts.objective_cut else lb_vol
+    lb_waste = waste_bound(inst) if opts.waste_bound else lb_vol
 
     inc_starts, inc_tel, inc_source = initial_incumbent(inst, opts, incumbent_starts, notes)
 
@@ -148,7 +150,7 @@ def solve_ip(
         cardinality_cuts=opts.cardinality_cuts,
         threshold_cuts=opts.threshold_cuts,
         symmetry_cuts=opts.symmetry_cuts,
-        objective_lower_bound=max(lb_vol, lb_chain) if opts.objective_cut else None,
+        objective_lower_bound=max(lb_vol, lb_chain, lb_waste) if opts.objective_cut else None,
         chain_families=chain_families(inst, opts.chain_cuts),
         formulation=opts.formulation,
     )
@@ -196,7 +198,8 @@ def solve_ip(
     if inc_tel is not None and out.outcome == "optimal" and inc_source == "solver":
         model_lb = max(model_lb, float(inc_tel))
     proven = min(model_lb, beyond)
-    candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum)), ("chain", float(lb_chain))]
+    candidates = [("volume", float(lb_vol)), ("sum-output", float(lb_sum)), ("chain", float(lb_chain)),
+                  ("waste", float(lb_waste))]
     if math.isfinite(proven):
         candidates.insert(0, ("ip-dual" if model_lb <= beyond else "horizon-check", proven))
     source, lower = max(candidates, key=lambda kv: kv[1])

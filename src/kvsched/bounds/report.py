@@ -13,6 +13,7 @@ from kvsched.bounds.ip import _ceil_bound, solve_lp
 from kvsched.bounds.results import IPOptions, IPResult, LPResult
 from kvsched.bounds.solvers import SolverName, solver_available
 from kvsched.bounds.volume import lemma47_bound, sum_output_bound, volume_bound
+from kvsched.bounds.waste import waste_bound
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def bound_report(
     bounds: list[tuple[str, float]] = [
         ("sum-output", float(sum_output_bound(inst))),
         ("volume", float(volume_bound(inst))),
+        ("waste", float(waste_bound(inst))),
     ]
     l47 = lemma47_bound(inst)
     if l47 is not None:

@@ -21,7 +21,8 @@ class IPOptions:
     cardinality_cuts: bool = False  # at most K requests alive at any epoch
     threshold_cuts: int = 1  # q = 1..this: at most q alive with footprint > M/(q+1)
     chain_cuts: int = 0  # completion-chain families (kvsched.bounds.chain): one tail per epoch
-    objective_cut: bool = False  # objective >= the best closed-form bound (LB_vol, chain) as a row
+    objective_cut: bool = False  # objective >= the best closed-form bound (LB_vol, chain, waste) as a row
+    waste_bound: bool = True  # the growth-waste closed form (kvsched.bounds.waste): a lower bound, and in CP-SAT a row
     formulation: str = "dense"  # "dense": start columns; "sparse": cumulative starts (same LP)
     symmetry_cuts: bool = False  # order identical requests (only without aggregation)
     greedy_incumbent: bool = True  # no incumbent given: use best_greedy_starts
@@ -46,7 +47,7 @@ class IPResult:
     status: IPStatus
     objective: int | None  # TEL of the incumbent (upper bound), None without one
     lower_bound: int  # proven lower bound on the optimal TEL
-    lower_bound_source: str  # "ip-dual", "cpsat-bound", "volume", "sum-output", "chain" or "horizon-check"
+    lower_bound_source: str  # "ip-dual", "cpsat-bound", "volume", "sum-output", "chain", "waste" or "horizon-check"
     upper_bound: int | None
     gap: float | None  # (upper - lower) / upper
     starts: tuple[int, ...] | None
