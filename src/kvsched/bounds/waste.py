@@ -47,6 +47,9 @@ from kvsched.bounds.volume import request_volumes
 
 PRICE_STEP = 1 / 16  # a power of two: prices times integers stay exact
 MAX_PRICE = 8.0
+# Above this many array cells (sum over ages x of x * classes * prices) the exact shortest path
+# gives way to `_min_charges_relaxed`. Paper-size instances need about 4e7.
+EXACT_WORK_LIMIT = 3e8
 
 
 def price_grid(step: float = PRICE_STEP, max_price: float = MAX_PRICE) -> np.ndarray:
@@ -77,8 +80,31 @@ def _min_charges(prompt_len: np.ndarray, output_len: np.ndarray, max_age: np.nda
     return out
 
 
-def waste_completion_bounds(inst: Instance, prices: np.ndarray | None = None) -> np.ndarray:
-    """Lower bounds on the `k`-th smallest completion epoch of every schedule, `k = 1..n`."""
+def _min_charges_relaxed(prompt_len: np.ndarray, output_len: np.ndarray, max_age: np.ndarray,
+                         prices: np.ndarray) -> np.ndarray:
+    """A lower bound on `_min_charges` in O(o) per class and price, for long outputs.
+
+    Any set of `q` breakpoints costs at least the even split of `o` into `q + 1` segments
+    plus the `q` cheapest ages' memory, `sum_{x=1..q} (s + x)`; take the least over `q`.
+    """
+    out = np.empty((len(output_len), len(prices)))
+    for c, (s, o, top) in enumerate(zip(prompt_len.tolist(), output_len.tolist(), max_age.tolist(), strict=True)):
+        q = np.arange(max(0, min(o - 1, top)) + 1)
+        base, extra = np.divmod(o, q + 1)
+        split = extra * (base + 1) * base / 2 + (q + 1 - extra) * base * (base - 1) / 2
+        memory = q * s + q * (q + 1) / 2
+        out[c] = (split[:, None] + np.outer(memory, prices)).min(axis=0)
+    return out
+
+
+def waste_completion_bounds(inst: Instance, prices: np.ndarray | None = None,
+                            exact: bool | None = None) -> np.ndarray:
+    """Lower bounds on the `k`-th smallest completion epoch of every schedule, `k = 1..n`.
+
+    `exact` picks the shortest path over ages (True) or its O(o) relaxation (False); None
+    picks the exact one unless it would exceed `EXACT_WORK_LIMIT` cells (outputs of
+    thousands of tokens).
+    """
     if inst.n == 0:
         return np.zeros(0, dtype=np.int64)
     a, s, o = inst.arrays()
@@ -89,7 +115,11 @@ def waste_completion_bounds(inst: Instance, prices: np.ndarray | None = None) ->
     peak = s + o
     classes, inverse = np.unique(np.stack([s, o]), axis=1, return_inverse=True)
     cs, co = classes[0], classes[1]
-    h = _min_charges(cs, co, capacity - cs - int(peak.min()), lam)[inverse.ravel()]  # per request
+    max_age = capacity - cs - int(peak.min())
+    if exact is None:
+        exact = float(co.max()) ** 2 / 2 * len(co) * lam.size <= EXACT_WORK_LIMIT
+    charges = _min_charges if exact else _min_charges_relaxed
+    h = charges(cs, co, max_age, lam)[inverse.ravel()]  # per request
     g = request_volumes(s, o)[:, None] + h - np.outer(capacity - peak, lam)
     best = np.cumsum(np.sort(g, axis=0), axis=0).max(axis=1)  # per k: max over prices
     a_min = int(a.min())
@@ -100,17 +130,17 @@ def waste_completion_bounds(inst: Instance, prices: np.ndarray | None = None) ->
 def _ceil_div(values: np.ndarray, capacity: int) -> np.ndarray:
     """`ceil(values / capacity)` in integers: `ceil(ceil(16 v) / 16 M) = ceil(v / M)`.
 
-    On the price grid `16 v` is an integer computed exactly; the 1e-6 only absorbs rounding
-    for prices off the grid.
+    On the price grid `16 v` is an integer computed exactly. For prices off the grid the
+    1e-6 makes float noise round down, never up, so the bound stays valid.
     """
     scale = round(1 / PRICE_STEP)
     scaled = np.ceil(values * scale - 1e-6).astype(np.int64)
     return -((-scaled) // (capacity * scale))
 
 
-def waste_bound(inst: Instance, prices: np.ndarray | None = None) -> int:
+def waste_bound(inst: Instance, prices: np.ndarray | None = None, exact: bool | None = None) -> int:
     """The growth-waste lower bound on the optimal TEL (module docstring); at least LB_vol."""
     if inst.n == 0:
         return 0
     a, _, _ = inst.arrays()
-    return int(waste_completion_bounds(inst, prices).sum() - a.sum())
+    return int(waste_completion_bounds(inst, prices, exact).sum() - a.sum())

@@ -147,8 +147,9 @@ def _synthetic_findings(ctx: Context, model: int) -> Findings:
     reasons = [("Solver: the paper solved its IPs with Gurobi; kvsched uses free solvers: HiGHS on the time-indexed "
                "IP, whose dual bound on paper-size instances (up to about 120k binaries) stays far below the "
                "optimum (0.7-0.9 of it after minutes), and OR-Tools CP-SAT, which finds schedules better than "
-               "MC-SF's but proves even less, so only the interval [TEL/incumbent, TEL/LB] is proven "
-               "(docs/bounds.md has the measured figures)."),
+               "MC-SF's but proves even less. The best lower bound at this size is mostly the growth-waste "
+               "closed form (kvsched.bounds.waste, about 0.75 of MC-SF's TEL on model 1). So only the interval "
+               "[TEL/incumbent, TEL/LB] is proven (docs/bounds.md has the measured figures)."),
                ("Draws: kvsched's instances are its own seeded draws of the paper's generator (its synthetic study); the "
                "paper's draws are not published."),
                ("Small instances (M 10-16, s 1-3) are a different distribution with relatively larger, more "
@@ -159,7 +160,8 @@ def _synthetic_findings(ctx: Context, model: int) -> Findings:
                 "small instances": small_n, "small IP time limit (s)": small_limit,
                 "small instance sizes": exp.SCALES["small"][model],
                 "solver": {"highs": "HiGHS (time-indexed IP)", "cpsat": "OR-Tools CP-SAT (intervals)",
-                           "best": "CP-SAT for a third of the limit, then HiGHS"}[method] + ", 1 thread",
+                           "best": "a CP-SAT probe, then HiGHS, then CP-SAT from the best schedule"}[method]
+                + ", 1 thread",
                 "base seed": 0}
     return Findings(table=table, table_note="one row per instance (column `scale`: paper or small): TELs, bounds, "
                                             "IP status, the proven ratio interval",
