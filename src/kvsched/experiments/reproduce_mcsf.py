@@ -49,12 +49,12 @@ def entries() -> list[Reproduction]:
     return [
         Reproduction("mcsf-synthetic-1", PAPER_ID, "synthetic study, arrival model 1",
                      "MC-SF against the hindsight optimum, all requests at time 0", _synthetic(1),
-                     {"default": 458, "quick": 34, "full": 6600}, synthetic_note,
+                     {"default": 281, "quick": 34, "full": 6600}, synthetic_note,
                      "paper-size instances with an IP time limit of 60 s per instance (about 1 h 50 min on 2 "
                      "cores, estimate); the free solvers still prove none of the ones we tried optimal"),
         Reproduction("mcsf-synthetic-2", PAPER_ID, "synthetic study, arrival model 2",
                      "MC-SF against the hindsight optimum, Poisson arrivals per epoch", _synthetic(2),
-                     {"default": 731, "quick": 69, "full": 6600}, synthetic_note,
+                     {"default": 458, "quick": 69, "full": 6600}, synthetic_note,
                      "paper-size instances with an IP time limit of 60 s per instance (about 1 h 50 min on 2 "
                      "cores, estimate); the free solvers still prove none of the ones we tried optimal"),
         Reproduction("mcsf-trace", PAPER_ID, "trace-driven study (LMSYS-Chat-1M, Llama-2-70B on 2×A100)",
@@ -92,7 +92,7 @@ def _synthetic_rows(model: int, paper_size: dict, small: dict) -> list[Compariso
         Comparison("MC-SF provably optimal, paper-size instances", f"{whole.get('mcsf_certainly_optimal', 0)} of "
                    f"{n_big}", f"{paper['optimal']}", "—"),
         Comparison("paper-size instances with a proven optimum",
-                   f"{paper_size.get('proven_optimal', 0)} of {n_big} ({pct(paper_size.get('proven_share') or 0)}; "
+                   f"{paper_size.get('proven_optimal', 0)} of {n_big} ({pct(paper_size.get('proven_share') or 0, signed=False)}; "
                    f"proved by {_proved_by(paper_size)})", "all (Gurobi)", "—"),
         Comparison("mean TEL(MC-SF)/TEL(OPT) over the proven paper-size instances",
                    f"{fmt(big_proven.get('mean'))} ({paper_size.get('proven_optimal', 0)} instances)",
