@@ -35,7 +35,9 @@ from kvsched.bounds.model import build_model
 from kvsched.bounds.waste import (
     _min_charges,
     _min_charges_relaxed,
+    _RankedCosts,
     price_grid,
+    ranked_waste_bound,
     waste_bound,
     waste_completion_bounds,
 )
@@ -223,14 +225,59 @@ def test_waste_bounds_every_schedules_completions_rank_by_rank(inst: Instance) -
     for starts, _ in feasible_schedules(inst):
         done = np.sort(np.add(starts, inst.output_len))
         assert np.all(ranks <= done), (starts, ranks, done)
-    assert volume_bound(inst) <= waste_bound(inst, exact=False) <= waste_bound(inst) <= brute_force_optimum(inst)
+    per_rank = waste_bound(inst, ranked=False)
+    assert volume_bound(inst) <= waste_bound(inst, exact=False, ranked=False) <= per_rank <= waste_bound(inst)
+    assert waste_bound(inst) <= brute_force_optimum(inst)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small)
+def test_ranked_waste_bound_is_valid_with_and_without_arrivals(inst: Instance) -> None:
+    assert ranked_waste_bound(inst) <= brute_force_optimum(inst)
+    together = Instance.from_triples([(0, s, o) for s, o in zip(inst.prompt_len, inst.output_len, strict=True)],
+                                     inst.capacity)
+    assert waste_bound(together) == max(waste_bound(together, ranked=False), ranked_waste_bound(together))
+    assert waste_bound(together) <= brute_force_optimum(together)
+
+
+def test_ranked_form_raises_the_bound_at_paper_size_and_matches_its_shortest_path() -> None:
+    inst = generate(1, 0, 0)
+    assert waste_bound(inst, ranked=False) < ranked_waste_bound(inst) == waste_bound(inst)
+    poisson = generate(2, 0, 2)  # spread arrivals: only on request
+    assert waste_bound(poisson) == waste_bound(poisson, ranked=False)
+    assert ranked_waste_bound(poisson) <= waste_bound(poisson, ranked=True)
+    # The shortest path over ages against enumerating breakpoint sets, per weight column.
+    prompt, output, max_age = np.array([1.0, 3.0]), np.array([5, 6]), np.array([4, 3])
+    rng = np.random.default_rng(0)
+    base = rng.integers(1, 4, size=(2, 3, 6)).astype(float)
+    bonus = rng.integers(0, 2, size=(2, 3, 6)).astype(float)
+    for c in range(2):
+        base[c, :, output[c]:] = bonus[c, :, output[c]:] = 0
+    costs = _RankedCosts(prompt, output, max_age, 12, base, bonus)(0.5)
+    for c in range(2):
+        s, o = prompt[c], int(output[c])
+        for k in range(3):
+            weight, extra = base[c, k], bonus[c, k]
+            best = np.inf
+            ages = range(1, min(o - 1, int(max_age[c])) + 1)
+            for r in range(len(ages) + 1):
+                for chosen in itertools.combinations(ages, r):
+                    cuts = (0, *chosen, o)
+                    total = 0.0
+                    for y, z in itertools.pairwise(cuts):
+                        w = weight + (extra if z < o else 0)
+                        total += sum((z - age) * w[age - 1] for age in range(y + 1, z))
+                    total += sum(extra[age - 1] * (s + age) for x in chosen for age in range(1, x + 1))
+                    best = min(best, total + sum(0.5 * (s + x) for x in chosen))
+            volume = sum(weight[age - 1] * (s + age) for age in range(1, o + 1))
+            assert costs[c, k] == volume - 0.5 * (12 - s - o) + best, (c, k)
 
 
 def test_waste_at_price_zero_is_lb_vol_and_more_prices_only_raise_it() -> None:
     inst = generate(1, 0, 0)
-    assert waste_bound(inst, prices=[0.0]) == volume_bound(inst)
-    coarse = waste_bound(inst, prices=price_grid(step=1 / 2, max_price=4.0))
-    assert volume_bound(inst) < coarse <= waste_bound(inst)
+    assert waste_bound(inst, prices=[0.0], ranked=False) == volume_bound(inst)
+    coarse = waste_bound(inst, prices=price_grid(step=1 / 2, max_price=4.0), ranked=False)
+    assert volume_bound(inst) < coarse <= waste_bound(inst, ranked=False)
     with pytest.raises(ValueError, match="prices"):
         waste_bound(inst, prices=[-1.0])
 
@@ -259,7 +306,7 @@ def test_waste_sees_the_memory_a_paper_size_schedule_leaves_free() -> None:
     for index in range(3):
         inst = generate(1, 0, index)
         assert waste_bound(inst) > 1.1 * max(volume_bound(inst), chain_bound(inst))
-        assert volume_bound(inst) < waste_bound(inst, exact=False) < waste_bound(inst)
+        assert volume_bound(inst) < waste_bound(inst, exact=False, ranked=False) < waste_bound(inst, ranked=False)
 
 
 def test_certificate_recomputes_a_waste_bound() -> None:

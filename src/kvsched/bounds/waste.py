@@ -32,6 +32,21 @@ shortest path over ages, `_min_charges`), so
 `k`-th smallest `a + o`, as in LB_vol; the prices are the grid `j / 16`, `j = 0..16 * 8`, so
 every sum is exact in binary floating point and the ceiling is taken in integers.
 
+**Ranked form** (`ranked_waste_bound`). Count TEL epoch by epoch instead: `TEL = sum_t V(t)`,
+`V(t)` the requests arrived before `t` and not finished before it, and
+`M V(t) = V(t) (mem(t) + free(t))`. For `t` in the life of `i`, `V(t)` is at least
+`w_i` (the requests finishing no earlier than `i`: `n + 1 - rank`) plus the breakpoints of `i`
+at ages `>= t - p_i`, less the requests that arrive at `t` or later (`_ranked_weights`; none
+when all arrive together). So a breakpoint at age `x` also costs the memory `i` held up to
+it, `s x + x (x + 1) / 2`, once more, and every segment but the last its charge once more:
+this is what stops small requests from funding the breakpoints of tall ones that finish
+much later. With a price `mu` on the breakpoints' memory,
+`M TEL >= sum_i F_i(w_i, mu)`, `F_i(w, mu) = w vol_i - mu cap_i + min_B [w waste(B) + ...]`,
+and since the `w_i` are a permutation of `1..n` the least sum is an assignment problem
+(`scipy.optimize.linear_sum_assignment`). The sum is concave in `mu`; a ternary search over
+`mu = j / 16` finds its maximum. It costs O(n^2 o^2) per price, so it runs only up to
+`RANKED_MAX_CELLS`, and by default only when all requests arrive together.
+
 At the MC-SF paper's size the good schedules run 1-2 requests at a time and a quarter to a
 third of the memory-epochs stay free; this bound sees much of that where LB_vol, the LP
 relaxation and the chains do not (docs/bounds.md has the measurements).
@@ -47,6 +62,8 @@ from kvsched.bounds.volume import request_volumes
 
 PRICE_STEP = 1 / 16  # a power of two: prices times integers stay exact
 MAX_PRICE = 8.0
+RANKED_MAX_CELLS = 1e7  # the ranked form tabulates n^2 o^2 / 2 segment charges (80 MB at this limit)
+RANKED_MAX_PRICE_STEPS = 4096  # mu = 0 .. 256 in steps of 1/16
 # Above this many array cells (sum over ages x of x * classes * prices) the exact shortest path
 # gives way to `_min_charges_relaxed`. Paper-size instances need about 4e7.
 EXACT_WORK_LIMIT = 3e8
@@ -138,9 +155,134 @@ def _ceil_div(values: np.ndarray, capacity: int) -> np.ndarray:
     return -((-scaled) // (capacity * scale))
 
 
-def waste_bound(inst: Instance, prices: np.ndarray | None = None, exact: bool | None = None) -> int:
-    """The growth-waste lower bound on the optimal TEL (module docstring); at least LB_vol."""
+class _RankedCosts:
+    """`F[c, k]` of the ranked form, for any breakpoint-memory price (`__call__`).
+
+    `base[c, k, age - 1]` is the weight of an epoch at that age of a class-`c` request in
+    weight column `k` (`V(t) >= base`), and `bonus[c, k, age - 1]` is 1 where every later
+    breakpoint adds one to it, else 0. Shortest path over ages as in `_min_charges`: a
+    segment costs `sum (end - age) * weight` over its ages, with `base + bonus` when it ends
+    at a breakpoint and `base` when it ends at completion; a breakpoint at age `x` adds
+    `sum_{age <= x} bonus (s + age) + price (s + x)`. The segment charges do not depend on
+    the price, so they are tabulated once (`RANKED_MAX_CELLS` bounds their number).
+    """
+
+    def __init__(self, prompt_len: np.ndarray, output_len: np.ndarray, max_age: np.ndarray, capacity: int,
+                 base: np.ndarray, bonus: np.ndarray) -> None:
+        o_max = base.shape[2]
+        ages = np.arange(1, o_max + 1, dtype=np.float64)
+
+        def prefix(weight: np.ndarray) -> np.ndarray:  # [k]: sums over ages 1..k, k = 0..o_max; age first
+            sums = np.cumsum(np.moveaxis(weight, 2, 0), axis=0)
+            return np.concatenate([np.zeros((1, *sums.shape[1:])), sums])
+
+        def charges(w0: np.ndarray, w1: np.ndarray, x: int) -> np.ndarray:
+            # a segment from a breakpoint at y = 0..x-1 to x covers ages y+1..x-1, each weighted (x - age)
+            return x * (w0[x - 1] - w0[:x]) - (w1[x - 1] - w1[:x])
+
+        self.prompt_len, self.output_len, self.max_age = prompt_len, output_len, max_age
+        self.o_max = o_max
+        h0, h1 = prefix(base + bonus), prefix((base + bonus) * ages)
+        b0, b1 = prefix(base), prefix(base * ages)
+        self.to_breakpoint = [None] + [charges(h0, h1, x) for x in range(1, o_max)]
+        self.to_end = {x: charges(b0, b1, x)[:, output_len == x] for x in np.unique(output_len).tolist()}
+        self.held = prefix(bonus * (prompt_len[:, None, None] + ages))
+        self.fixed = (base * (prompt_len[:, None, None] + ages)).sum(axis=2)  # volume; ages past o weigh 0
+        self.cap = capacity - prompt_len - output_len
+
+    def __call__(self, price: float) -> np.ndarray:
+        o = self.output_len
+        dp = np.full((self.o_max + 1, *self.fixed.shape), np.inf)
+        dp[0] = 0.0
+        out = np.empty(self.fixed.shape)
+        for x in range(1, self.o_max + 1):
+            ends = o == x
+            if ends.any():
+                out[ends] = (dp[:x, ends] + self.to_end[x]).min(axis=0)
+            allowed = (x < o) & (x <= self.max_age)
+            if allowed.any():
+                step = (dp[:x] + self.to_breakpoint[x]).min(axis=0) + self.held[x]
+                step += (price * (self.prompt_len + x))[:, None]
+                dp[x] = np.where(allowed[:, None], step, np.inf)
+        return out + self.fixed - (price * self.cap)[:, None]
+
+
+def _ranked_weights(inst: Instance, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`base`, `bonus` of `_ranked_costs` for classes `(a, s, o)` and columns `w = 1..n`.
+
+    For a request of weight `w` (`n + 1 - rank`) at age `age`, `V(t)` counts the `w`
+    requests finishing no earlier, less those that arrive at `t` or later, at most
+    `N(p + age)` with `N(tau)` the requests arriving at `tau` or later; plus one per later
+    breakpoint, less the same arrivals (counted once). So `V(t) >= max(1, w - N + later
+    breakpoints) >= base + bonus * later breakpoints` with `base = max(1, w - N)` and
+    `bonus = [w - N >= 1]`. The start `p` is at least the arrival and at least the rank's
+    completion bound (`waste_completion_bounds`) minus `o`.
+    """
+    a, _, _ = inst.arrays()
+    n = inst.n
+    ca, co = classes[0], classes[2]
+    o_max = int(co.max())
+    arrivals = np.sort(a)
+    rank_done = waste_completion_bounds(inst)  # rank r (1-based) completes no earlier than rank_done[r - 1]
+    w = np.arange(1, n + 1)
+    start = np.maximum(ca[:, None], rank_done[::-1][None, :] - co[:, None])  # column w: rank n + 1 - w
+    tau = start[:, :, None] + np.arange(1, o_max + 1)
+    later = n - np.searchsorted(arrivals, tau, side="left")  # arrivals at tau or later
+    excess = w[None, :, None] - later
+    alive = np.arange(1, o_max + 1)[None, None, :] <= co[:, None, None]
+    base = np.where(alive, np.maximum(1, excess), 0).astype(np.float64)
+    bonus = np.where(alive & (excess >= 1), 1.0, 0.0)
+    return base, bonus
+
+
+def ranked_waste_bound(inst: Instance) -> int | None:
+    """The ranked form (module docstring); None when its tables would exceed `RANKED_MAX_CELLS`."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, s, o = inst.arrays()
+    if inst.n == 0 or float(inst.n) ** 2 * float(o.max()) ** 2 / 2 > RANKED_MAX_CELLS:
+        return None
+    classes, inverse = np.unique(np.stack([a, s, o]), axis=1, return_inverse=True)
+    cs = classes[1].astype(np.float64)
+    max_age = inst.capacity - classes[1] - int((s + o).min())
+    costs_at = _RankedCosts(cs, classes[2], max_age, inst.capacity, *_ranked_weights(inst, classes))
+    inverse = inverse.ravel()
+    cache: dict[int, float] = {}
+
+    def value(step: int) -> float:  # the least assignment at mu = step / 16; exact on the grid
+        if step not in cache:
+            costs = costs_at(step * PRICE_STEP)[inverse]
+            rows, cols = linear_sum_assignment(costs)
+            cache[step] = float(costs[rows, cols].sum())
+        return cache[step]
+
+    lo, hi = 0, RANKED_MAX_PRICE_STEPS
+    while hi - lo > 2:  # concave in mu: ternary search over the grid
+        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        if value(m1) < value(m2):
+            lo = m1
+        elif value(m1) > value(m2):
+            hi = m2
+        else:
+            lo, hi = m1, m2
+    best = max(value(step) for step in range(lo, hi + 1))
+    return int(_ceil_div(np.array([best]), inst.capacity)[0])  # M TEL >= best
+
+
+def waste_bound(inst: Instance, prices: np.ndarray | None = None, exact: bool | None = None,
+                ranked: bool | None = None) -> int:
+    """The growth-waste lower bound on the optimal TEL (module docstring); at least LB_vol.
+
+    The larger of the per-rank form and the ranked form. `ranked=None` computes the ranked
+    form only when every request arrives at the same epoch: with arrivals spread over time
+    its weights lose the later arrivals and it is rarely stronger (docs/bounds.md), at up to
+    seconds per instance. True forces it, False skips it.
+    """
     if inst.n == 0:
         return 0
     a, _, _ = inst.arrays()
-    return int(waste_completion_bounds(inst, prices, exact).sum() - a.sum())
+    per_rank = int(waste_completion_bounds(inst, prices, exact).sum() - a.sum())
+    if ranked is None:
+        ranked = bool(np.all(a == a[0]))
+    together = ranked_waste_bound(inst) if ranked else None
+    return per_rank if together is None else max(per_rank, together)
