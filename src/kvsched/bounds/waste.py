@@ -47,10 +47,10 @@ and since the `w_i` are a permutation of `1..n` the least sum is an assignment p
 `mu = j / 16` finds its maximum. It costs O(n^2 o^2) per price, so it runs only up to
 `RANKED_MAX_CELLS`, and by default only when all requests arrive together.
 
-At the MC-SF paper's size the good schedules run 1-2 requests at a time and a quarter to a
-third of the memory-epochs stay free; this bound sees much of that where LB_vol, the LP
-relaxation and the chains do not (docs/bounds.md has the measurements).
-`tests/test_waste.py` checks it against brute force on random tiny instances.
+At the MC-SF paper's size good schedules run one or two requests at a time and about 40 % of
+the memory-epochs stay free; this bound sees much of that where LB_vol, the LP relaxation
+and the chains do not (docs/bounds.md has the measurements). `tests/test_chain.py` checks
+both forms against brute force on random tiny instances.
 """
 
 from __future__ import annotations
