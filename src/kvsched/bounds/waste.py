@@ -208,7 +208,7 @@ class _RankedCosts:
 
 
 def _ranked_weights(inst: Instance, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`base`, `bonus` of `_ranked_costs` for classes `(a, s, o)` and columns `w = 1..n`.
+    """`base`, `bonus` of `_RankedCosts` for classes `(a, s, o)` and columns `w = 1..n`.
 
     For a request of weight `w` (`n + 1 - rank`) at age `age`, `V(t)` counts the `w`
     requests finishing no earlier, less those that arrive at `t` or later, at most

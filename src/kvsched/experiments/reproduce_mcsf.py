@@ -49,12 +49,12 @@ def entries() -> list[Reproduction]:
     return [
         Reproduction("mcsf-synthetic-1", PAPER_ID, "synthetic study, arrival model 1",
                      "MC-SF against the hindsight optimum, all requests at time 0", _synthetic(1),
-                     {"default": 281, "quick": 34, "full": 6600}, synthetic_note,
+                     {"default": 302, "quick": 34, "full": 6600}, synthetic_note,
                      "paper-size instances with an IP time limit of 60 s per instance (about 1 h 50 min on 2 "
                      "cores, estimate); the free solvers still prove none of the ones we tried optimal"),
         Reproduction("mcsf-synthetic-2", PAPER_ID, "synthetic study, arrival model 2",
                      "MC-SF against the hindsight optimum, Poisson arrivals per epoch", _synthetic(2),
-                     {"default": 458, "quick": 69, "full": 6600}, synthetic_note,
+                     {"default": 445, "quick": 69, "full": 6600}, synthetic_note,
                      "paper-size instances with an IP time limit of 60 s per instance (about 1 h 50 min on 2 "
                      "cores, estimate); the free solvers still prove none of the ones we tried optimal"),
         Reproduction("mcsf-trace", PAPER_ID, "trace-driven study (LMSYS-Chat-1M, Llama-2-70B on 2×A100)",
@@ -148,7 +148,7 @@ def _synthetic_findings(ctx: Context, model: int) -> Findings:
                "IP, whose dual bound on paper-size instances (up to about 120k binaries) stays far below the "
                "optimum (0.7-0.9 of it after minutes), and OR-Tools CP-SAT, which finds schedules better than "
                "MC-SF's but proves even less. The best lower bound at this size is mostly the growth-waste "
-               "closed form (kvsched.bounds.waste, about 0.75 of MC-SF's TEL on model 1). So only the interval "
+               "closed form (kvsched.bounds.waste, about 0.80 of MC-SF's TEL on model 1). So only the interval "
                "[TEL/incumbent, TEL/LB] is proven (docs/bounds.md has the measured figures)."),
                ("Draws: kvsched's instances are its own seeded draws of the paper's generator (its synthetic study); the "
                "paper's draws are not published."),
