@@ -145,43 +145,49 @@ def heuristic_starts(inst: Instance) -> tuple[str, tuple[int, ...]]:
     return "greedy", best_greedy_starts(inst)
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    configs = list(args.configs)
-    if "plain" not in configs and not args.no_plain:
-        configs.insert(0, "plain")
-    rows: list[dict] = []
+def warm_started_instances(args: argparse.Namespace):
+    """Each instance of the run with the heuristic's name, start epochs and TEL."""
     for model in args.model:
         for index in range(args.instances):
             inst = make_instance(model, args.seed, index, args.size)
             source, warm = heuristic_starts(inst)
             warm_tel, _ = evaluate_starts(inst, warm)
-            lb_chain, lb_waste = chain_bound(inst), waste_bound(inst)
-            log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} safe horizon={inst.safe_horizon()} "
-                f"LB_vol={volume_bound(inst)} chain={lb_chain} waste={lb_waste} {source}={warm_tel}")
-            for limit in args.time_limit:
-                for name in configs:
-                    overrides, use_warm = CONFIGS[name]
-                    opts = IPOptions(time_limit_s=limit, threads=args.threads, **overrides)  # type: ignore[arg-type]
-                    t0 = time.perf_counter()
-                    if name in METHOD:
-                        res = solve_hindsight(inst, opts, method=METHOD[name], incumbent_starts=warm)
-                    else:
-                        res = solve_ip(inst, opts, incumbent_starts=warm if use_warm else None)
-                        check_result(inst, res)
-                    wall = time.perf_counter() - t0
-                    rows.append({
-                        "model": model, "instance": index, "config": name, "time_limit_s": limit, "n": inst.n,
-                        "capacity": inst.capacity, "status": res.status, "objective": res.objective,
-                        "lower_bound": res.lower_bound, "lower_bound_source": res.lower_bound_source,
-                        "lower_bound_solver": res.lower_bound_solver, "gap": res.gap,
-                        "solve_time_s": res.solve_time_s, "wall_s": wall, "num_vars": res.num_vars,
-                        "num_rows": res.num_rows, "num_nonzeros": res.num_nonzeros, "horizon": res.horizon,
-                        "horizon_kind": res.horizon_kind, "heuristic": source, "heuristic_tel": warm_tel,
-                        "volume_bound": volume_bound(inst), "chain_bound": lb_chain, "waste_bound": lb_waste,
-                        "certificate": res.certificate(),
-                    })
-                    log(f"  {name:15s} {limit:5g}s {res.status:9s} obj={res.objective} lb={res.lower_bound} "
-                        f"({res.lower_bound_source}/{res.lower_bound_solver}) t={res.solve_time_s:6.2f}s")
+            yield model, index, inst, source, warm, warm_tel
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    configs = list(args.configs)
+    if "plain" not in configs and not args.no_plain:
+        configs.insert(0, "plain")
+    rows: list[dict] = []
+    for model, index, inst, source, warm, warm_tel in warm_started_instances(args):
+        lb_chain, lb_waste = chain_bound(inst), waste_bound(inst)
+        log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} safe horizon={inst.safe_horizon()} "
+            f"LB_vol={volume_bound(inst)} chain={lb_chain} waste={lb_waste} {source}={warm_tel}")
+        for limit in args.time_limit:
+            for name in configs:
+                overrides, use_warm = CONFIGS[name]
+                opts = IPOptions(time_limit_s=limit, threads=args.threads, **overrides)  # type: ignore[arg-type]
+                t0 = time.perf_counter()
+                if name in METHOD:
+                    res = solve_hindsight(inst, opts, method=METHOD[name], incumbent_starts=warm)
+                else:
+                    res = solve_ip(inst, opts, incumbent_starts=warm if use_warm else None)
+                    check_result(inst, res)
+                wall = time.perf_counter() - t0
+                rows.append({
+                    "model": model, "instance": index, "config": name, "time_limit_s": limit, "n": inst.n,
+                    "capacity": inst.capacity, "status": res.status, "objective": res.objective,
+                    "lower_bound": res.lower_bound, "lower_bound_source": res.lower_bound_source,
+                    "lower_bound_solver": res.lower_bound_solver, "gap": res.gap,
+                    "solve_time_s": res.solve_time_s, "wall_s": wall, "num_vars": res.num_vars,
+                    "num_rows": res.num_rows, "num_nonzeros": res.num_nonzeros, "horizon": res.horizon,
+                    "horizon_kind": res.horizon_kind, "heuristic": source, "heuristic_tel": warm_tel,
+                    "volume_bound": volume_bound(inst), "chain_bound": lb_chain, "waste_bound": lb_waste,
+                    "certificate": res.certificate(),
+                })
+                log(f"  {name:15s} {limit:5g}s {res.status:9s} obj={res.objective} lb={res.lower_bound} "
+                    f"({res.lower_bound_source}/{res.lower_bound_solver}) t={res.solve_time_s:6.2f}s")
     summary = []
     for model in args.model:
         for limit in args.time_limit:
@@ -232,20 +238,16 @@ def run_closed(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     """`--closed`: the closed-form bounds only (no solver), each over the heuristic's TEL."""
     names = ("sum-output", "volume", "chain", "waste")
     rows: list[dict] = []
-    for model in args.model:
-        for index in range(args.instances):
-            inst = make_instance(model, args.seed, index, args.size)
-            source, warm = heuristic_starts(inst)
-            warm_tel, _ = evaluate_starts(inst, warm)
-            t0 = time.perf_counter()
-            lb_waste = waste_bound(inst)
-            waste_s = time.perf_counter() - t0
-            values = dict(zip(names, (sum_output_bound(inst), volume_bound(inst), chain_bound(inst), lb_waste),
-                              strict=True))
-            rows.append({"model": model, "instance": index, "n": inst.n, "capacity": inst.capacity,
-                         "heuristic": source, "heuristic_tel": warm_tel, **values, "waste_time_s": waste_s})
-            log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} "
-                + " ".join(f"{k}={v}" for k, v in values.items()) + f" {source}={warm_tel} ({waste_s:.3f} s)")
+    for model, index, inst, source, _, warm_tel in warm_started_instances(args):
+        t0 = time.perf_counter()
+        lb_waste = waste_bound(inst)
+        waste_s = time.perf_counter() - t0
+        values = dict(zip(names, (sum_output_bound(inst), volume_bound(inst), chain_bound(inst), lb_waste),
+                          strict=True))
+        rows.append({"model": model, "instance": index, "n": inst.n, "capacity": inst.capacity,
+                     "heuristic": source, "heuristic_tel": warm_tel, **values, "waste_time_s": waste_s})
+        log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} "
+            + " ".join(f"{k}={v}" for k, v in values.items()) + f" {source}={warm_tel} ({waste_s:.3f} s)")
     summary = [
         {"model": model, "instances": len(sel),
          **{f"mean_{k}_over_heuristic": float(np.mean([r[k] / r["heuristic_tel"] for r in sel])) for k in names}}
