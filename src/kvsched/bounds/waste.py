@@ -207,7 +207,7 @@ class _RankedCosts:
         return out + self.fixed - (price * self.cap)[:, None]
 
 
-def _ranked_weights(inst: Instance, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ranked_weights(inst: Instance, classes: np.ndarray, rank_done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`base`, `bonus` of `_RankedCosts` for classes `(a, s, o)` and columns `w = 1..n`.
 
     For a request of weight `w` (`n + 1 - rank`) at age `age`, `V(t)` counts the `w`
@@ -223,8 +223,8 @@ def _ranked_weights(inst: Instance, classes: np.ndarray) -> tuple[np.ndarray, np
     ca, co = classes[0], classes[2]
     o_max = int(co.max())
     arrivals = np.sort(a)
-    rank_done = waste_completion_bounds(inst)  # rank r (1-based) completes no earlier than rank_done[r - 1]
     w = np.arange(1, n + 1)
+    # rank r (1-based) completes no earlier than rank_done[r - 1]
     start = np.maximum(ca[:, None], rank_done[::-1][None, :] - co[:, None])  # column w: rank n + 1 - w
     tau = start[:, :, None] + np.arange(1, o_max + 1)
     later = n - np.searchsorted(arrivals, tau, side="left")  # arrivals at tau or later
@@ -235,8 +235,11 @@ def _ranked_weights(inst: Instance, classes: np.ndarray) -> tuple[np.ndarray, np
     return base, bonus
 
 
-def ranked_waste_bound(inst: Instance) -> int | None:
-    """The ranked form (module docstring); None when its tables would exceed `RANKED_MAX_CELLS`."""
+def ranked_waste_bound(inst: Instance, rank_done: np.ndarray | None = None) -> int | None:
+    """The ranked form (module docstring); None when its tables would exceed `RANKED_MAX_CELLS`.
+
+    `rank_done`: `waste_completion_bounds(inst)` when the caller has it already.
+    """
     from scipy.optimize import linear_sum_assignment
 
     a, s, o = inst.arrays()
@@ -245,7 +248,9 @@ def ranked_waste_bound(inst: Instance) -> int | None:
     classes, inverse = np.unique(np.stack([a, s, o]), axis=1, return_inverse=True)
     cs = classes[1].astype(np.float64)
     max_age = inst.capacity - classes[1] - int((s + o).min())
-    costs_at = _RankedCosts(cs, classes[2], max_age, inst.capacity, *_ranked_weights(inst, classes))
+    if rank_done is None:
+        rank_done = waste_completion_bounds(inst)
+    costs_at = _RankedCosts(cs, classes[2], max_age, inst.capacity, *_ranked_weights(inst, classes, rank_done))
     inverse = inverse.ravel()
     cache: dict[int, float] = {}
 
@@ -281,8 +286,9 @@ def waste_bound(inst: Instance, prices: np.ndarray | None = None, exact: bool | 
     if inst.n == 0:
         return 0
     a, _, _ = inst.arrays()
-    per_rank = int(waste_completion_bounds(inst, prices, exact).sum() - a.sum())
+    rank_done = waste_completion_bounds(inst, prices, exact)
+    per_rank = int(rank_done.sum() - a.sum())
     if ranked is None:
         ranked = bool(np.all(a == a[0]))
-    together = ranked_waste_bound(inst) if ranked else None
+    together = ranked_waste_bound(inst, rank_done) if ranked else None
     return per_rank if together is None else max(per_rank, together)
