@@ -27,6 +27,10 @@ time (a run that hits the limit counts as the limit), the mean final gap
 values any configuration found for that instance, and the median time as a ratio to the
 "plain" configuration of the same run.
 
+Each solve runs in one long-lived child process (`kvsched.bounds.IsolatedWorker`): a solver
+that dies in native code (OR-Tools did once, in a 600 s run) becomes a row with status
+"crashed" and the run goes on. `--no-isolate` solves in the benchmark's own process.
+
 Warm starts come from MC-SF (`kvsched.experiments.mcsf.theory_schedule`) when it is
 importable, else from `best_greedy_starts`. Results go to
 benchmarks/results/bench_ip.json (git-ignored).
@@ -50,6 +54,8 @@ import kvsched
 from kvsched.bounds import (
     Instance,
     IPOptions,
+    IsolatedWorker,
+    SolverCrashed,
     best_greedy_starts,
     check_result,
     evaluate_starts,
@@ -148,7 +154,7 @@ def heuristic_starts(inst: Instance) -> tuple[str, tuple[int, ...]]:
 def warm_started_instances(args: argparse.Namespace):
     """Each instance of the run with the heuristic's name, start epochs and TEL."""
     for model in args.model:
-        for index in range(args.instances):
+        for index in range(args.first, args.first + args.instances):
             inst = make_instance(model, args.seed, index, args.size)
             source, warm = heuristic_starts(inst)
             warm_tel, _ = evaluate_starts(inst, warm)
@@ -159,6 +165,23 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     configs = list(args.configs)
     if "plain" not in configs and not args.no_plain:
         configs.insert(0, "plain")
+    if args.isolate:
+        with IsolatedWorker() as worker:
+            rows = _solve_all(args, configs, worker.call, log)
+    else:
+        rows = _solve_all(args, configs, lambda fn, *a, **kw: fn(*a, **kw), log)
+    summary = []
+    for model in args.model:
+        for limit in args.time_limit:
+            sel = [r for r in rows if r["model"] == model and r["time_limit_s"] == limit]
+            for s in summarize(sel, configs, limit):
+                summary.append({"model": model, "time_limit_s": limit, **s})
+    return {"rows": rows, "summary": summary}
+
+
+def _solve_all(args: argparse.Namespace, configs: list[str], call: Callable, log: Callable[[str], None]) -> list[dict]:
+    """Every configuration on every instance. `call(fn, ...)` runs one solve: in a child process
+    with --isolate, so that a solver dying in native code costs one row, not the run."""
     rows: list[dict] = []
     for model, index, inst, source, warm, warm_tel in warm_started_instances(args):
         lb_chain, lb_waste = chain_bound(inst), waste_bound(inst)
@@ -169,11 +192,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                 overrides, use_warm = CONFIGS[name]
                 opts = IPOptions(time_limit_s=limit, threads=args.threads, **overrides)  # type: ignore[arg-type]
                 t0 = time.perf_counter()
-                if name in METHOD:
-                    res = solve_hindsight(inst, opts, method=METHOD[name], incumbent_starts=warm)
-                else:
-                    res = solve_ip(inst, opts, incumbent_starts=warm if use_warm else None)
-                    check_result(inst, res)
+                try:
+                    if name in METHOD:
+                        res = call(solve_hindsight, inst, opts, method=METHOD[name], incumbent_starts=warm)
+                    else:
+                        res = call(solve_ip, inst, opts, incumbent_starts=warm if use_warm else None)
+                        check_result(inst, res)
+                except SolverCrashed as exc:
+                    rows.append({"model": model, "instance": index, "config": name, "time_limit_s": limit,
+                                 "n": inst.n, "capacity": inst.capacity, "status": "crashed", "error": str(exc),
+                                 "wall_s": time.perf_counter() - t0, "heuristic": source, "heuristic_tel": warm_tel})
+                    log(f"  {name:15s} {limit:5g}s CRASHED: {exc}")
+                    continue
                 wall = time.perf_counter() - t0
                 rows.append({
                     "model": model, "instance": index, "config": name, "time_limit_s": limit, "n": inst.n,
@@ -188,20 +218,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                 })
                 log(f"  {name:15s} {limit:5g}s {res.status:9s} obj={res.objective} lb={res.lower_bound} "
                     f"({res.lower_bound_source}/{res.lower_bound_solver}) t={res.solve_time_s:6.2f}s")
-    summary = []
-    for model in args.model:
-        for limit in args.time_limit:
-            sel = [r for r in rows if r["model"] == model and r["time_limit_s"] == limit]
-            for s in summarize(sel, configs, limit):
-                summary.append({"model": model, "time_limit_s": limit, **s})
-    return {"rows": rows, "summary": summary}
+    return rows
 
 
 def run_lp(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     """`--lp`: the root LP only (safe horizon, each configuration's formulation and cuts)."""
     rows: list[dict] = []
     for model in args.model:
-        for index in range(args.instances):
+        for index in range(args.first, args.first + args.instances):
             inst = make_instance(model, args.seed, index, args.size)
             lb_vol = volume_bound(inst)
             log(f"model {model} instance {index}: n={inst.n} M={inst.capacity} LB_vol={lb_vol}")
@@ -260,6 +284,9 @@ def run_closed(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
 def summarize(rows: list[dict], configs: list[str], time_limit_s: float) -> list[dict]:
     best_lb: dict[int, int] = {}
     best_ub: dict[int, int] = {}
+    # A crashed solve (--isolate) has no answer: it counts as unproven and stays out of the means.
+    crashed = [r for r in rows if r["status"] == "crashed"]
+    rows = [r for r in rows if r["status"] != "crashed"]
     for r in rows:
         best_lb[r["instance"]] = max(best_lb.get(r["instance"], 0), r["lower_bound"])
         if r["objective"] is not None:
@@ -268,18 +295,23 @@ def summarize(rows: list[dict], configs: list[str], time_limit_s: float) -> list
     plain_median = None
     for name in configs:
         sel = [r for r in rows if r["config"] == name]
+        num_crashed = sum(r["config"] == name for r in crashed)
         if not sel:
+            if num_crashed:
+                out.append({"config": name, "instances": num_crashed, "crashed": num_crashed, "solved": 0})
             continue
         # A run without a proof counts as the limit: the median is "time to proof" when
         # at least half the instances were proven, else the limit.
         times = [min(r["solve_time_s"], time_limit_s) if r["status"] == "optimal" else time_limit_s for r in sel]
+        times += [time_limit_s] * num_crashed
         med = statistics.median(times)
         if name == "plain":
             plain_median = med
         gaps = [1.0 if r["gap"] is None else r["gap"] for r in sel]
         out.append({
             "config": name,
-            "instances": len(sel),
+            "instances": len(sel) + num_crashed,
+            "crashed": num_crashed,
             "solved": sum(r["status"] == "optimal" for r in sel),
             "median_time_s": med,
             "time_ratio_to_plain": med / plain_median if plain_median else None,
@@ -303,14 +335,16 @@ def print_table(summary: list[dict], title: str) -> None:
               "heur/UB", "heur/LB", "nonzeros")
     cells = [
         (
-            str(s["model"]), f"{s['time_limit_s']:g}", s["config"], f"{s['solved']}/{s['instances']}",
+            str(s["model"]), f"{s['time_limit_s']:g}", s["config"],
+            f"{s['solved']}/{s['instances']}" + (f" ({s['crashed']} crashed)" if s["crashed"] else ""),
             f"{s['median_time_s']:.2f}",
             "-" if s["time_ratio_to_plain"] is None else f"{s['time_ratio_to_plain']:.2f}",
             f"{s['mean_gap']:.3f}", f"{s['mean_lb_over_best_lb']:.3f}", f"{s['mean_ub_over_best_ub']:.3f}",
             f"{s['mean_heuristic_over_ub']:.4f}", f"{s['mean_heuristic_over_lb']:.3f}", f"{s['median_nonzeros']:,}",
         )
-        for s in summary
-    ]
+        for s in summary if "median_time_s" in s
+    ] + [(str(s["model"]), f"{s['time_limit_s']:g}", s["config"], f"0/{s['instances']} ({s['crashed']} crashed)",
+          *["-"] * 8) for s in summary if "median_time_s" not in s]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -332,6 +366,7 @@ def print_table(summary: list[dict], title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--instances", type=int, default=5)
+    p.add_argument("--first", type=int, default=0, help="index of the first instance (to split a long run)")
     p.add_argument("--time-limit", type=float, nargs="+", default=[10.0],
                    help="seconds per solve; several values: every configuration runs under each")
     p.add_argument("--model", type=int, nargs="+", choices=(1, 2), default=[2],
@@ -343,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(DEFAULT_CONFIGS))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="solve in this process (default: in a child process, so that a solver crash costs one row)")
     p.add_argument("--lp", action="store_true", help="solve only the root LP of each configuration's model")
     p.add_argument("--closed", action="store_true", help="closed-form bounds only (no solver): Σo, LB_vol, chain, waste")
     args = p.parse_args(argv)

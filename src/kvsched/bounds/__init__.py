@@ -12,6 +12,8 @@
   variable per request under a cumulative; `solve_hindsight` picks HiGHS, CP-SAT or both.
 * `check_result`: re-checks an answer's certificate (replay, closed-form bounds, sources).
 * `bound_report`: all of the above for one instance.
+* `IsolatedWorker`: runs solver calls in a child process, so that a crash in a solver's
+  native code raises `SolverCrashed` instead of ending the caller.
 """
 
 import importlib
@@ -24,6 +26,7 @@ _EXPORTS = {
     "evaluate_starts": "instance", "greedy_starts": "instance", "makespan": "instance",
     "CertificateError": "certify", "check_result": "certify",
     "cpsat_available": "cpsat", "solve_cpsat": "cpsat", "solve_hindsight": "hindsight",
+    "IsolatedWorker": "isolated", "SolverCrashed": "isolated",
     "canonical_starts": "ip", "solve_ip": "ip", "solve_lp": "ip",
     "BoundReport": "report", "bound_report": "report",
     "IPOptions": "results", "IPResult": "results", "LPResult": "results",
@@ -53,7 +56,9 @@ __all__ = [
     "IPResult",
     "InfeasibleSchedule",
     "Instance",
+    "IsolatedWorker",
     "LPResult",
+    "SolverCrashed",
     "SolverUnavailable",
     "available_solver",
     "best_greedy_starts",
