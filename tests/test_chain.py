@@ -38,6 +38,7 @@ from kvsched.bounds.waste import (
     _RankedCosts,
     price_grid,
     ranked_waste_bound,
+    schedule_waste,
     waste_bound,
     waste_completion_bounds,
 )
@@ -239,6 +240,32 @@ def test_ranked_waste_bound_is_valid_with_and_without_arrivals(inst: Instance) -
     assert ranked_waste_bound(together) <= waste_bound(together) <= brute_force_optimum(together)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small)
+def test_every_schedule_pays_the_waste_the_bound_charges(inst: Instance) -> None:
+    """The bound's two facts on every feasible schedule: the free memory of the epochs where
+    nothing completes covers the growth-waste charges, and the breakpoints one completion
+    gives fit beside its peak; and the relaxation never charges more than a schedule pays."""
+    a, s, o = inst.arrays()
+    capacity, lam = inst.capacity, price_grid()
+    max_age = capacity - s - int((s + o).min())
+    relaxed = _min_charges(s, o, max_age, lam)
+    for starts, _ in feasible_schedules(inst):
+        p = np.asarray(starts)
+        done = p + o
+        charge, memory = schedule_waste(inst, starts)
+        epochs = np.arange(int(a.min()) + 1, int(done.max()) + 1)
+        alive = (p[:, None] < epochs) & (epochs <= done[:, None])
+        held = np.where(alive, s[:, None] + epochs - p[:, None], 0)
+        quiet = ~np.isin(epochs, done)
+        assert (capacity - held.sum(axis=0))[quiet].sum() >= charge.sum(), starts
+        for t in np.unique(done):
+            going_on = (p < t) & (t < done)
+            peak = int((s + o)[done == t].max())
+            assert (s + t - p)[going_on].sum() <= capacity - peak, (starts, t)
+        assert np.all(relaxed <= charge[:, None] + np.outer(memory, lam)), starts
+
+
 def test_ranked_form_raises_the_bound_at_paper_size_and_matches_its_shortest_path() -> None:
     inst = generate(1, 0, 0)
     assert waste_bound(inst, ranked=False) < ranked_waste_bound(inst) == waste_bound(inst)
@@ -334,3 +361,27 @@ def test_cpsat_reports_the_waste_bound_when_it_is_the_best() -> None:
     check_result(inst, res)
     assert res.lower_bound >= waste_bound(inst)
     assert solve_cpsat(inst, time_limit_s=0.2, waste_bound=False).lower_bound_source != "waste"
+
+
+def test_waste_gap_splits_a_paper_size_schedules_makespan_into_non_negative_terms() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from kvsched.experiments.mcsf import theory_schedule
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "waste_gap.py"
+    spec = importlib.util.spec_from_file_location("waste_gap", path)
+    waste_gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(waste_gap)
+    inst = generate(1, 0, 0)
+    _, starts = theory_schedule(inst, "mcsf")
+    row = waste_gap.decompose(inst, starts)
+    assert row["makespan"] == max(np.add(starts, inst.output_len))
+    # The bound's last rank is below the schedule's makespan, and each part of the difference is
+    # non-negative: the relaxation never charges a request more than the schedule does, and no
+    # completion gives more room than it has.
+    assert row["bound_makespan"] < row["makespan"]
+    assert min(row["choice_by_third"]) >= 0 and row["unused_funding"] >= 0 and row["uncharged_free"] >= 0
+    assert sum(row["choice_by_third"]) == pytest.approx(row["choice"])
+    charge, _ = schedule_waste(inst, starts)
+    assert row["charged"] == charge.sum() > 0

@@ -144,6 +144,30 @@ def waste_completion_bounds(inst: Instance, prices: np.ndarray | None = None,
     return np.maximum(a_min + by_volume, np.sort(a + o))
 
 
+def schedule_waste(inst: Instance, starts) -> tuple[np.ndarray, np.ndarray]:
+    """What one schedule realises of the bound's terms, per request: the growth-waste charge
+    (`sum l (l - 1) / 2` over the segments between its breakpoints) and the breakpoints'
+    memory (`sum s + x`).
+
+    The argument of the module docstring says that the free memory-epochs of the schedule's
+    non-completion epochs are at least the charges' sum, and that the breakpoints one
+    completion gives hold at most `M` less the peak of what completes there; the bound
+    relaxes both. `benchmarks/waste_gap.py` compares them to what the bound assumes.
+    """
+    _, s, o = inst.arrays()
+    start = np.asarray(starts, dtype=np.int64)
+    done = start + o
+    charge = np.zeros(inst.n, dtype=np.int64)
+    memory = np.zeros(inst.n, dtype=np.int64)
+    for i in range(inst.n):
+        inside = done[(done > start[i]) & (done < done[i])]
+        ages = np.unique(inside) - start[i]
+        lengths = np.diff(np.concatenate([[0], ages, [o[i]]]))
+        charge[i] = int((lengths * (lengths - 1) // 2).sum())
+        memory[i] = int((s[i] + ages).sum())
+    return charge, memory
+
+
 def _ceil_div(values: np.ndarray, capacity: int) -> np.ndarray:
     """`ceil(values / capacity)` in integers: `ceil(ceil(16 v) / 16 M) = ceil(v / M)`.
 
