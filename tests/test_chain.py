@@ -385,3 +385,4 @@ def test_waste_gap_splits_a_paper_size_schedules_makespan_into_non_negative_term
     assert sum(row["choice_by_third"]) == pytest.approx(row["choice"])
     charge, _ = schedule_waste(inst, starts)
     assert row["charged"] == charge.sum() > 0
+    assert 0 < row["uncharged_free_alone"] <= row["uncharged_free"]
