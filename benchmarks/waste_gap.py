@@ -13,7 +13,7 @@ memory-epochs at the bound's best price `lam`:
 * **breakpoint choice**: `sum (charge_i + lam memory_i - h_i(lam))`, how much cheaper the
   relaxation's breakpoint sets are than the ones the schedule has (split by output-length
   thirds: which requests it lets off);
-* **unused funding**: `lam (sum cap - sum memory)`, completions' room the relaxation credits in
+* **unused room**: `lam (sum cap - sum memory)`, completions' room the relaxation credits in
   full although the schedule's continuing requests do not use it;
 * **uncharged free memory**: free memory-epochs the growth argument does not see (and the
   share of it on epochs where one request runs alone, where it is that request's room
@@ -70,13 +70,13 @@ def decompose(inst, starts) -> dict:
         "schedule_minus_bound": capacity * span - bound,
         "choice": float(choice.sum()),
         "choice_by_third": [float(choice[idx].sum()) for idx in thirds],
-        "unused_funding": price * float(cap.sum() - memory.sum()),
+        "unused_room": price * float(cap.sum() - memory.sum()),
         "uncharged_free": float(capacity * span - vol.sum() - charge.sum()),
         "uncharged_free_alone": float(beyond[quiet & (alive.sum(axis=0) == 1)].sum()),
         "free": float(capacity * span - vol.sum()), "charged": float(charge.sum()),
     }
     # The identity the split rests on (exact: the prices are sixteenths, everything else integers).
-    assert abs(row["choice"] + row["unused_funding"] + row["uncharged_free"] - row["schedule_minus_bound"]) < 1e-6
+    assert abs(row["choice"] + row["unused_room"] + row["uncharged_free"] - row["schedule_minus_bound"]) < 1e-6
     assert beyond.sum() == row["uncharged_free"]
     return row
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"instance {index}: makespan {row['makespan']} vs bound {row['bound_makespan']:.1f}", file=sys.stderr)
     gap = np.array([r["schedule_minus_bound"] for r in rows])
-    share = {k: float(np.sum([r[k] for r in rows]) / gap.sum()) for k in ("choice", "unused_funding", "uncharged_free")}
+    share = {k: float(np.sum([r[k] for r in rows]) / gap.sum()) for k in ("choice", "unused_room", "uncharged_free")}
     by_third = np.sum([r["choice_by_third"] for r in rows], axis=0) / gap.sum()
     alone = float(np.sum([r["uncharged_free_alone"] for r in rows]) / np.sum([r["uncharged_free"] for r in rows]))
     summary = {"instances": len(rows), "mean_makespan": float(np.mean([r["makespan"] for r in rows])),

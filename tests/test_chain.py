@@ -381,7 +381,7 @@ def test_waste_gap_splits_a_paper_size_schedules_makespan_into_non_negative_term
     # non-negative: the relaxation never charges a request more than the schedule does, and no
     # completion gives more room than it has.
     assert row["bound_makespan"] < row["makespan"]
-    assert min(row["choice_by_third"]) >= 0 and row["unused_funding"] >= 0 and row["uncharged_free"] >= 0
+    assert min(row["choice_by_third"]) >= 0 and row["unused_room"] >= 0 and row["uncharged_free"] >= 0
     assert sum(row["choice_by_third"]) == pytest.approx(row["choice"])
     charge, _ = schedule_waste(inst, starts)
     assert row["charged"] == charge.sum() > 0
