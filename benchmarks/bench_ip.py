@@ -191,6 +191,8 @@ def _solve_all(args: argparse.Namespace, configs: list[str], call: Callable, log
             for name in configs:
                 overrides, use_warm = CONFIGS[name]
                 opts = IPOptions(time_limit_s=limit, threads=args.threads, **overrides)  # type: ignore[arg-type]
+                row = {"model": model, "instance": index, "config": name, "time_limit_s": limit, "n": inst.n,
+                       "capacity": inst.capacity, "heuristic": source, "heuristic_tel": warm_tel}
                 t0 = time.perf_counter()
                 try:
                     if name in METHOD:
@@ -199,20 +201,17 @@ def _solve_all(args: argparse.Namespace, configs: list[str], call: Callable, log
                         res = call(solve_ip, inst, opts, incumbent_starts=warm if use_warm else None)
                         check_result(inst, res)
                 except SolverCrashed as exc:
-                    rows.append({"model": model, "instance": index, "config": name, "time_limit_s": limit,
-                                 "n": inst.n, "capacity": inst.capacity, "status": "crashed", "error": str(exc),
-                                 "wall_s": time.perf_counter() - t0, "heuristic": source, "heuristic_tel": warm_tel})
+                    rows.append({**row, "status": "crashed", "error": str(exc), "wall_s": time.perf_counter() - t0})
                     log(f"  {name:15s} {limit:5g}s CRASHED: {exc}")
                     continue
                 wall = time.perf_counter() - t0
                 rows.append({
-                    "model": model, "instance": index, "config": name, "time_limit_s": limit, "n": inst.n,
-                    "capacity": inst.capacity, "status": res.status, "objective": res.objective,
+                    **row, "status": res.status, "objective": res.objective,
                     "lower_bound": res.lower_bound, "lower_bound_source": res.lower_bound_source,
                     "lower_bound_solver": res.lower_bound_solver, "gap": res.gap,
                     "solve_time_s": res.solve_time_s, "wall_s": wall, "num_vars": res.num_vars,
                     "num_rows": res.num_rows, "num_nonzeros": res.num_nonzeros, "horizon": res.horizon,
-                    "horizon_kind": res.horizon_kind, "heuristic": source, "heuristic_tel": warm_tel,
+                    "horizon_kind": res.horizon_kind,
                     "volume_bound": volume_bound(inst), "chain_bound": lb_chain, "waste_bound": lb_waste,
                     "certificate": res.certificate(),
                 })

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kvsched.bounds import evaluate_starts
 from kvsched.bounds.volume import request_volumes
-from kvsched.bounds.waste import _min_charges, price_grid, schedule_waste
+from kvsched.bounds.waste import request_terms, schedule_waste
 from kvsched.experiments.mcsf import theory_schedule
 from kvsched.experiments.mcsf_instances import generate
 
@@ -43,15 +44,14 @@ def decompose(inst, starts) -> dict:
     """The three terms above for one instance and schedule (memory-epochs), and the totals."""
     a, s, o = inst.arrays()
     capacity = inst.capacity
-    lam = price_grid()
-    peak = s + o
-    cap = capacity - peak
-    h = _min_charges(s, o, capacity - s - int(peak.min()), lam)
-    vol = request_volumes(s, o)
-    totals = vol.sum() + h.sum(axis=0) - lam * cap.sum()
+    cap = capacity - s - o
+    lam, h, g = request_terms(inst, exact=True)
+    totals = g.sum(axis=0)  # the last rank: every request
     best = int(np.argmax(totals))
     price, bound = float(lam[best]), float(totals[best])
+    vol = request_volumes(s, o)
     charge, memory = schedule_waste(inst, starts)
+    _, profile = evaluate_starts(inst, starts)  # epochs 1..makespan; refuses an infeasible schedule
     start = np.asarray(starts)
     done = start + o
     span = int(done.max()) - int(a.min())
@@ -59,7 +59,7 @@ def decompose(inst, starts) -> dict:
     # it on epochs where one request runs alone (there it is that request's room, M - s - o).
     epochs = np.arange(int(a.min()) + 1, int(done.max()) + 1)
     alive = (start[:, None] < epochs) & (epochs <= done[:, None])
-    free = capacity - np.where(alive, s[:, None] + epochs - start[:, None], 0).sum(axis=0)
+    free = capacity - np.asarray(profile)[epochs - 1]
     quiet = ~np.isin(epochs, done)
     next_done = np.sort(done)[np.searchsorted(np.sort(done), epochs)]
     beyond = np.where(quiet, free - alive.sum(axis=0) * (next_done - epochs), free)

@@ -38,6 +38,7 @@ from kvsched.bounds.waste import (
     _RankedCosts,
     price_grid,
     ranked_waste_bound,
+    request_terms,
     schedule_waste,
     waste_bound,
     waste_completion_bounds,
@@ -247,18 +248,16 @@ def test_every_schedule_pays_the_waste_the_bound_charges(inst: Instance) -> None
     nothing completes covers the growth-waste charges, and the breakpoints one completion
     gives fit beside its peak; and the relaxation never charges more than a schedule pays."""
     a, s, o = inst.arrays()
-    capacity, lam = inst.capacity, price_grid()
-    max_age = capacity - s - int((s + o).min())
-    relaxed = _min_charges(s, o, max_age, lam)
+    capacity = inst.capacity
+    lam, relaxed, _ = request_terms(inst, exact=True)
     for starts, _ in feasible_schedules(inst):
         p = np.asarray(starts)
         done = p + o
         charge, memory = schedule_waste(inst, starts)
+        _, profile = evaluate_starts(inst, starts)
         epochs = np.arange(int(a.min()) + 1, int(done.max()) + 1)
-        alive = (p[:, None] < epochs) & (epochs <= done[:, None])
-        held = np.where(alive, s[:, None] + epochs - p[:, None], 0)
         quiet = ~np.isin(epochs, done)
-        assert (capacity - held.sum(axis=0))[quiet].sum() >= charge.sum(), starts
+        assert (capacity - np.asarray(profile)[epochs - 1])[quiet].sum() >= charge.sum(), starts
         for t in np.unique(done):
             going_on = (p < t) & (t < done)
             peak = int((s + o)[done == t].max())

@@ -113,5 +113,8 @@ def test_bench_ip_reports_a_crashed_solve_as_a_row_and_goes_on(capsys: pytest.Ca
     (summary,) = bench.summarize(rows, ["default"], 5.0)
     assert (summary["instances"], summary["crashed"], summary["solved"]) == (2, 1, 1)
     assert summary["median_time_s"] == pytest.approx((min(rows[0]["solve_time_s"], 5.0) + 5.0) / 2)  # crash = limit
-    bench.print_table([{"model": 1, "time_limit_s": 5.0, **summary}], "t")
-    assert "1/2 (1 crashed)" in capsys.readouterr().out
+    (only_crashed,) = bench.summarize(rows[1:], ["default"], 5.0)
+    assert (only_crashed["instances"], only_crashed["crashed"], only_crashed["solved"]) == (1, 1, 0)
+    bench.print_table([{"model": 1, "time_limit_s": 5.0, **s} for s in (summary, only_crashed)], "t")
+    out = capsys.readouterr().out
+    assert "1/2 (1 crashed)" in out and "0/1 (1 crashed)" in out

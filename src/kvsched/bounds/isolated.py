@@ -109,7 +109,7 @@ class IsolatedWorker:
         try:
             self._conn.send((fn, args, kwargs))
             kind, value = self._conn.recv()
-        except (EOFError, ConnectionError, BrokenPipeError):
+        except (EOFError, ConnectionError):  # ConnectionError covers a broken pipe
             how = describe_exit(self._forget())
             name = getattr(fn, "__qualname__", repr(fn))
             raise SolverCrashed(f"{name} died in its child process ({how}); the next call starts a fresh one") from None

@@ -124,7 +124,19 @@ def waste_completion_bounds(inst: Instance, prices: np.ndarray | None = None,
     """
     if inst.n == 0:
         return np.zeros(0, dtype=np.int64)
-    a, s, o = inst.arrays()
+    a, _, o = inst.arrays()
+    _, _, g = request_terms(inst, prices, exact)
+    best = np.cumsum(np.sort(g, axis=0), axis=0).max(axis=1)  # per k: max over prices
+    by_volume = _ceil_div(best, inst.capacity)
+    return np.maximum(int(a.min()) + by_volume, np.sort(a + o))
+
+
+def request_terms(inst: Instance, prices: np.ndarray | None = None,
+                  exact: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-rank form's terms: the prices `lam`, and per request `i` and price `lam[l]`
+    the cheapest breakpoint set's cost `h[i, l]` and `g[i, l] = vol_i + h[i, l] - lam[l] cap_i`
+    (module docstring; `exact` as in `waste_completion_bounds`)."""
+    _, s, o = inst.arrays()
     capacity = inst.capacity
     lam = price_grid() if prices is None else np.asarray(prices, dtype=np.float64)
     if lam.ndim != 1 or lam.size == 0 or not np.all(np.isfinite(lam)) or lam.min() < 0:
@@ -138,10 +150,7 @@ def waste_completion_bounds(inst: Instance, prices: np.ndarray | None = None,
     charges = _min_charges if exact else _min_charges_relaxed
     h = charges(cs, co, max_age, lam)[inverse.ravel()]  # per request
     g = request_volumes(s, o)[:, None] + h - np.outer(capacity - peak, lam)
-    best = np.cumsum(np.sort(g, axis=0), axis=0).max(axis=1)  # per k: max over prices
-    a_min = int(a.min())
-    by_volume = _ceil_div(best, capacity)
-    return np.maximum(a_min + by_volume, np.sort(a + o))
+    return lam, h, g
 
 
 def schedule_waste(inst: Instance, starts) -> tuple[np.ndarray, np.ndarray]:
