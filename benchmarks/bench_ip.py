@@ -76,9 +76,25 @@ from kvsched.experiments.mcsf_instances import (
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_ip.json"
 
-# Instance families: the paper's (the MC-SF paper's studies), one HiGHS closes in seconds, and a tiny one like the hand-computed test vectors.
+def _paper_scaled(factor: float) -> dict[int, dict[str, object]]:
+    """The paper's generator with M, n (or the arrival epochs) and the prompt range scaled by `factor`."""
+    def scale(x: int) -> int:
+        return max(1, int(factor * x + 0.5))
+
+    capacity, count, prompt_max = (scale(30), scale(50)), (scale(40), scale(60)), scale(5)
+    return {
+        1: {"capacity_range": capacity, "n_range": count, "prompt_max": prompt_max},
+        2: {"capacity_range": capacity, "epochs_range": count, "prompt_max": prompt_max},
+    }
+
+
+# Instance families: the paper's (the MC-SF paper's studies), the paper's scaled down (where
+# proofs stop), one HiGHS closes in seconds, and a tiny one like the hand-computed test vectors.
 SIZES: dict[str, dict[int, dict[str, object]]] = {
     "paper": {1: {}, 2: {}},
+    "paper-0.75": _paper_scaled(0.75),
+    "paper-0.5": _paper_scaled(0.5),
+    "paper-0.25": _paper_scaled(0.25),
     "medium": {
         1: {"capacity_range": (10, 16), "n_range": (8, 14), "prompt_max": 3},
         2: {"capacity_range": (10, 16), "epochs_range": (8, 12), "prompt_max": 3},

@@ -34,8 +34,9 @@ def test_an_exception_in_the_child_is_raised_as_itself_and_the_child_lives_on() 
 def test_a_child_killed_by_a_signal_is_a_clear_error_and_the_next_call_gets_a_fresh_child(sig: int) -> None:
     with IsolatedWorker() as worker:
         child = worker.call(os.getpid)
-        with pytest.raises(SolverCrashed, match=f"kill died in its child process \\(signal {signal.Signals(sig).name}\\)"):
+        with pytest.raises(SolverCrashed, match=f"kill died in its child process \\(signal {signal.Signals(sig).name}\\)") as info:
             worker.call(os.kill, child, sig)
+        assert info.value.how == f"signal {signal.Signals(sig).name}"
         assert worker.pid is None
         fresh = worker.call(os.getpid)
         assert fresh != child
@@ -44,8 +45,9 @@ def test_a_child_killed_by_a_signal_is_a_clear_error_and_the_next_call_gets_a_fr
 
 def test_a_child_that_exits_is_reported_with_its_status() -> None:
     with IsolatedWorker() as worker:
-        with pytest.raises(SolverCrashed, match=r"_exit died in its child process \(exit status 3\)"):
+        with pytest.raises(SolverCrashed, match=r"_exit died in its child process \(exit status 3\)") as info:
             worker.call(os._exit, 3)
+        assert info.value.how == "exit status 3"
         assert worker.call(abs, -4) == 4
 
 

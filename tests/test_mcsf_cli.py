@@ -7,7 +7,10 @@ solver, real files read back with pandas). Instances are tiny so the file runs i
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -81,6 +84,55 @@ def test_bound_with_a_tiny_time_limit_reports_a_proven_interval(exe, tmp_path):
         assert cert["lower_bound"] == opt["lower"] and cert["lower_bound_solver"] and cert["upper_bound_from"]
     else:
         assert opt["status"] == "optimal"
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Processes that `multiprocessing` spawned from `pid` to run calls (its resource tracker is not one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # the process left while we looked
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"--multiprocessing-fork" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the solver's process in /proc")
+def test_bound_whose_solver_process_dies_fails_with_one_line(exe, tmp_path):
+    """The solver runs in a child process: killing it (as the OOM killer would) ends `kvsched bound`
+    with a one-line error and exit code 1, not with the command itself killed."""
+    from kvsched.experiments.mcsf_instances import instance_rng, model1_instance
+
+    inst = model1_instance(instance_rng(0, 1, 0))  # paper size (n = 58, M = 40): no solver closes it in 600 s
+    path = tmp_path / "paper.csv"
+    path.write_text("arrival_time,prompt_len,output_len\n"
+                    + "".join(f"{a},{s},{o}\n" for a, s, o in zip(*inst.arrays(), strict=True)))
+    proc = subprocess.Popen([exe, "bound", "--trace", str(path), "--capacity", str(inst.capacity), "--theory",
+                             "--json", "--no-lp", "--time-limit", "600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (children := _spawned_children(proc.pid)):
+            assert proc.poll() is None, f"kvsched bound ended before its solver started: {proc.communicate()}"
+            assert time.monotonic() < deadline, "no solver process appeared within 300 s"
+            time.sleep(0.05)
+        os.kill(children[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("kvsched: error: the solver's process died (signal SIGKILL) before it answered"), err
 
 
 def test_bound_in_trace_mode_gives_the_volume_bound_in_seconds(exe, tiny):

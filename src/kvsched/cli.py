@@ -31,6 +31,10 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class SolverFailed(Exception):
+    """A solver's process died (not the user's fault): printed as one line, exit code 1."""
+
+
 # What `pip install 'kvsched[engine]'` brings; `serve` needs the web modules too.
 ENGINE_MODULES = ("torch", "gguf", "tokenizers", "safetensors")
 SERVE_MODULES = ("fastapi", "uvicorn")
@@ -533,11 +537,24 @@ def _ip_bound(result, args) -> dict:
         inst = Instance.from_requests(done, args.capacity)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    report = bound_report(inst, ip=True, time_limit_s=args.bound_time_limit)
+    report = _isolated(bound_report, inst, ip=True, time_limit_s=args.bound_time_limit)
     name, value = report.best_lower_bound
     total = sum(r.finish_time - r.arrival_time for r in done)
     return {"bound_name": name, "bound_total_latency_s": float(value),
             "ratio_to_bound": total / value if value else float("nan"), "optimum": report.optimum}
+
+
+def _isolated(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a child process, so that a solver dying in native code (a crash, the
+    OOM killer) is a one-line error rather than the end of the command."""
+    from kvsched.bounds import IsolatedWorker, SolverCrashed
+
+    try:
+        with IsolatedWorker() as worker:
+            return worker.call(fn, *args, **kwargs)
+    except SolverCrashed as exc:
+        raise SolverFailed(f"the solver's process died ({exc.how}) before it answered: a crash in the solver, "
+                           "or the system ran out of memory (try a shorter time limit)") from None
 
 
 def _theory_heuristics(reqs, capacity: int, names: list[str]) -> dict[str, tuple[int, dict | None]]:
@@ -590,8 +607,8 @@ def cmd_bound(args) -> int:
 
             if not cpsat_available():
                 raise CLIError(f"--solver {args.solver}: {INSTALL_HINT}")
-        report = bound_report(inst, ip=not args.no_ip, lp=not args.no_lp, time_limit_s=args.time_limit,
-                              incumbent_starts=warm, method=method)
+        report = _isolated(bound_report, inst, ip=not args.no_ip, lp=not args.no_lp, time_limit_s=args.time_limit,
+                           incumbent_starts=warm, method=method)
         result = {"workload": workload, "capacity_tokens": args.capacity, "mode": "theory", **report.to_dict()}
         result["notes"] = notes + result.get("notes", [])
         best = report.best_lower_bound[1]
@@ -1380,6 +1397,9 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as exc:
         print(f"kvsched: error: {exc}", file=sys.stderr)
         return 2
+    except SolverFailed as exc:
+        print(f"kvsched: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

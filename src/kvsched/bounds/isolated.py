@@ -29,7 +29,15 @@ _CLOSE_WAIT_S = 10.0
 
 
 class SolverCrashed(RuntimeError):
-    """The child process running a solver call died before it answered."""
+    """The child process running a solver call died before it answered; `how` says of what
+    ("signal SIGSEGV", "exit status 3")."""
+
+    def __init__(self, message: str, how: str = "") -> None:
+        super().__init__(message, how)
+        self.how = how
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -112,7 +120,8 @@ class IsolatedWorker:
         except (EOFError, ConnectionError):  # ConnectionError covers a broken pipe
             how = describe_exit(self._forget())
             name = getattr(fn, "__qualname__", repr(fn))
-            raise SolverCrashed(f"{name} died in its child process ({how}); the next call starts a fresh one") from None
+            raise SolverCrashed(f"{name} died in its child process ({how}); the next call starts a fresh one",
+                                how) from None
         if kind == "error":
             raise value
         return value
