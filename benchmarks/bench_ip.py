@@ -340,6 +340,10 @@ def summarize(rows: list[dict], configs: list[str], time_limit_s: float) -> list
                 r["heuristic_tel"] / r["objective"] if r["objective"] else np.nan for r in sel
             ])),
             "mean_heuristic_over_lb": float(np.mean([r["heuristic_tel"] / r["lower_bound"] for r in sel])),
+            # Over the proven instances only, the heuristic's ratio to a proven optimum (None: none proven).
+            "mean_heuristic_over_optimum": float(np.mean(proven)) if (proven := [
+                r["heuristic_tel"] / r["objective"] for r in sel if r["status"] == "optimal"
+            ]) else None,
             "median_nonzeros": int(statistics.median(r["num_nonzeros"] for r in sel)),
         })
     return out

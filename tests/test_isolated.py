@@ -115,8 +115,27 @@ def test_bench_ip_reports_a_crashed_solve_as_a_row_and_goes_on(capsys: pytest.Ca
     (summary,) = bench.summarize(rows, ["default"], 5.0)
     assert (summary["instances"], summary["crashed"], summary["solved"]) == (2, 1, 1)
     assert summary["median_time_s"] == pytest.approx((min(rows[0]["solve_time_s"], 5.0) + 5.0) / 2)  # crash = limit
+    assert summary["mean_heuristic_over_optimum"] == rows[0]["heuristic_tel"] / rows[0]["objective"]
     (only_crashed,) = bench.summarize(rows[1:], ["default"], 5.0)
     assert (only_crashed["instances"], only_crashed["crashed"], only_crashed["solved"]) == (1, 1, 0)
     bench.print_table([{"model": 1, "time_limit_s": 5.0, **s} for s in (summary, only_crashed)], "t")
     out = capsys.readouterr().out
     assert "1/2 (1 crashed)" in out and "0/1 (1 crashed)" in out
+
+
+# (factor, capacity range, request count or arrival epochs, largest prompt): the paper's M 30-50,
+# n or T 40-60 and s 1-5, times the factor, rounded half up.
+SCALED = [(0.25, (8, 13), (10, 15), 1), (0.5, (15, 25), (20, 30), 3), (0.75, (23, 38), (30, 45), 4)]
+
+
+@pytest.mark.parametrize(("factor", "capacity", "count", "prompt_max"), SCALED)
+def test_bench_ip_scaled_families_draw_the_papers_instances_scaled_down(factor, capacity, count, prompt_max) -> None:
+    bench = _load_bench_ip()
+    for model in (1, 2):
+        insts = [bench.make_instance(model, 0, i, f"paper-{factor}") for i in range(30)]
+        assert {inst.capacity for inst in insts} <= set(range(capacity[0], capacity[1] + 1))
+        assert max(max(inst.prompt_len, default=1) for inst in insts) <= prompt_max
+        if model == 1:
+            assert {inst.n for inst in insts} <= set(range(count[0], count[1] + 1))
+        else:  # arrivals fall in the first T epochs, T <= the count's upper end
+            assert max(max(inst.arrival, default=0) for inst in insts) < count[1]
