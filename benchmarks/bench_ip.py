@@ -76,6 +76,7 @@ from kvsched.experiments.mcsf_instances import (
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_ip.json"
 
+
 def _paper_scaled(factor: float) -> dict[int, dict[str, object]]:
     """The paper's generator with M, n (or the arrival epochs) and the prompt range scaled by `factor`."""
     def scale(x: int) -> int:
@@ -88,13 +89,11 @@ def _paper_scaled(factor: float) -> dict[int, dict[str, object]]:
     }
 
 
-# Instance families: the paper's (the MC-SF paper's studies), the paper's scaled down (where
-# proofs stop), one HiGHS closes in seconds, and a tiny one like the hand-computed test vectors.
+# Instance families: the paper's (the MC-SF paper's studies), one HiGHS closes in seconds, and a
+# tiny one like the hand-computed test vectors; `paper-F` (any 0 < F <= 1) is the paper's scaled
+# by F (`family`), to find where proofs stop.
 SIZES: dict[str, dict[int, dict[str, object]]] = {
     "paper": {1: {}, 2: {}},
-    "paper-0.75": _paper_scaled(0.75),
-    "paper-0.5": _paper_scaled(0.5),
-    "paper-0.25": _paper_scaled(0.25),
     "medium": {
         1: {"capacity_range": (10, 16), "n_range": (8, 14), "prompt_max": 3},
         2: {"capacity_range": (10, 16), "epochs_range": (8, 12), "prompt_max": 3},
@@ -147,9 +146,28 @@ METHOD = {"cpsat": "cpsat", "best": "best", "cpsat-chain": "cpsat", "best-chain"
 DEFAULT_CONFIGS = ("plain", "+aggregate", "+warm+tighten", "+threshold1", "default", "everything")
 
 
+def family(size: str) -> dict[int, dict[str, object]]:
+    """The generator's arguments per arrival model for `--size` (a name in SIZES or `paper-F`)."""
+    if size in SIZES:
+        return SIZES[size]
+    factor = size.removeprefix("paper-")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = 0.0
+    if size == factor or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{size!r} is not one of {', '.join(SIZES)} or paper-F, 0 < F <= 1")
+    return _paper_scaled(value)
+
+
+def _size(size: str) -> str:
+    family(size)
+    return size
+
+
 def make_instance(model: int, seed: int, index: int, size: str) -> Instance:
     rng = instance_rng(seed, model, index)
-    kwargs = SIZES[size][model]
+    kwargs = family(size)[model]
     return model1_instance(rng, **kwargs) if model == 1 else model2_instance(rng, **kwargs)  # type: ignore[arg-type]
 
 
@@ -392,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="arrival model(s) of the MC-SF paper's studies")
     p.add_argument("--no-plain", action="store_true", help="skip the plain baseline (ratios then show '-')")
     p.add_argument("--seed", type=int, default=0, help="base seed: instance i uses SeedSequence([seed, model, i])")
-    p.add_argument("--size", choices=tuple(SIZES), default="paper")
+    p.add_argument("--size", type=_size, default="paper",
+                   help=f"instance family: {', '.join(SIZES)}, or paper-F (the paper's M, n and prompts times F)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(DEFAULT_CONFIGS))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)

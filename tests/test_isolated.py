@@ -139,3 +139,12 @@ def test_bench_ip_scaled_families_draw_the_papers_instances_scaled_down(factor, 
             assert {inst.n for inst in insts} <= set(range(count[0], count[1] + 1))
         else:  # arrivals fall in the first T epochs, T <= the count's upper end
             assert max(max(inst.arrival, default=0) for inst in insts) < count[1]
+
+
+@pytest.mark.parametrize("size", ["paper-2", "paper-0", "paper-x", "huge"])
+def test_bench_ip_names_a_size_it_cannot_draw(size: str) -> None:
+    import argparse
+
+    bench = _load_bench_ip()
+    with pytest.raises(argparse.ArgumentTypeError, match=f"'{size}' is not one of paper, medium, small or paper-F"):
+        bench.family(size)
