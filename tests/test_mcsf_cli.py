@@ -86,6 +86,13 @@ def test_bound_with_a_tiny_time_limit_reports_a_proven_interval(exe, tmp_path):
         assert opt["status"] == "optimal"
 
 
+def test_bound_without_solvers_gives_the_closed_forms(exe, tiny):
+    out = json.loads(kvsched(exe, "bound", "--trace", str(tiny), "--capacity", "10", "--theory", "--json",
+                             "--no-ip", "--no-lp").stdout)
+    assert [b["name"] for b in out["bounds"]] == ["sum-output", "volume", "waste", "lemma-4.7"]
+    assert out["optimum"] is None and out["ip"] is None and out["lp"] is None
+
+
 def _spawned_children(pid: int) -> list[int]:
     """Processes that `multiprocessing` spawned from `pid` to run calls (its resource tracker is not one)."""
     found = []

@@ -607,8 +607,11 @@ def cmd_bound(args) -> int:
 
             if not cpsat_available():
                 raise CLIError(f"--solver {args.solver}: {INSTALL_HINT}")
-        report = _isolated(bound_report, inst, ip=not args.no_ip, lp=not args.no_lp, time_limit_s=args.time_limit,
-                           incumbent_starts=warm, method=method)
+        options = {"ip": not args.no_ip, "lp": not args.no_lp, "time_limit_s": args.time_limit,
+                   "incumbent_starts": warm, "method": method}
+        # Only a solver needs its own process; the closed forms alone run here.
+        report = (bound_report(inst, **options) if args.no_ip and args.no_lp
+                  else _isolated(bound_report, inst, **options))
         result = {"workload": workload, "capacity_tokens": args.capacity, "mode": "theory", **report.to_dict()}
         result["notes"] = notes + result.get("notes", [])
         best = report.best_lower_bound[1]
